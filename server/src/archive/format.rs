@@ -1,0 +1,63 @@
+//! The fixed parts of the byte layout (docs/ARCHIVE_FORMAT.md): prefix, lengths, frames, nonces,
+//! and the SHA-256 chain of unencrypted archives.
+
+use sha2::{Digest, Sha256};
+
+/// First eight bytes of every archive.
+pub const MAGIC: &[u8; 8] = b"MSKBKP\x00\x01";
+/// Major format version this build writes and reads.
+pub const FORMAT_MAJOR: u16 = 1;
+/// Minor format version this build writes.
+pub const FORMAT_MINOR: u16 = 0;
+/// Largest header or key envelope a reader accepts.
+pub const MAX_HEADER_LEN: u32 = 64 * 1024;
+/// Default uncompressed bytes per chunk.
+pub const DEFAULT_CHUNK_SIZE: u32 = 1024 * 1024;
+/// Largest chunk size a reader accepts from a header.
+pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
+/// Largest single record (an event with a 64 MiB payload does not fit).
+pub const MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
+/// Frame flag: this is the final chunk (it holds the footer).
+pub const FLAG_LAST: u8 = 0x01;
+/// Bytes of an AES-GCM tag.
+pub const GCM_TAG_LEN: usize = 16;
+/// Bytes of the SHA-256 chain tag of an unencrypted chunk.
+pub const CHAIN_TAG_LEN: usize = 32;
+/// Protection name of encrypted archives.
+pub const PROTECTION_AES: &str = "aes-256-gcm-stream";
+/// Protection name of unencrypted archives.
+pub const PROTECTION_SHA256: &str = "sha256-chain";
+/// Compression name.
+pub const COMPRESSION_ZSTD: &str = "zstd";
+
+/// Largest frame body a reader accepts for a header's chunk size.
+pub fn max_frame_len(chunk_size: u32) -> usize {
+    zstd::zstd_safe::compress_bound(chunk_size as usize) + CHAIN_TAG_LEN.max(GCM_TAG_LEN)
+}
+
+/// STREAM nonce (Hoang, Reyhanitabar, Rogaway, Vizár): 7-byte random prefix, 32-bit big-endian
+/// chunk counter, 1-byte last-chunk flag.
+pub fn nonce(prefix: &[u8; 7], counter: u32, last: bool) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[..7].copy_from_slice(prefix);
+    n[7..11].copy_from_slice(&counter.to_be_bytes());
+    n[11] = u8::from(last);
+    n
+}
+
+/// Tag of an unencrypted chunk: SHA-256(previous tag ‖ counter ‖ flags ‖ body). The chain
+/// starts from SHA-256 of the authenticated prefix, so chunks cannot be reordered, dropped or
+/// moved between archives without the chain breaking (it detects damage, not forgery).
+pub fn chain_tag(prev: &[u8; 32], counter: u32, flags: u8, body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(counter.to_be_bytes());
+    h.update([flags]);
+    h.update(body);
+    h.finalize().into()
+}
+
+/// Start of the SHA-256 chain: the digest of everything before the first frame.
+pub fn chain_start(prefix: &[u8]) -> [u8; 32] {
+    Sha256::digest(prefix).into()
+}

@@ -1,0 +1,401 @@
+//! Reads an archive back into records in constant memory, authenticating every chunk before any
+//! record of it is handed out, and checking the footer against what was read.
+
+use std::io::{ErrorKind, Read};
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use monoskope_backup_api::archive::v1::{Footer, Header, KeyEnvelope, Record};
+use prost::Message;
+
+use super::error::ArchiveError;
+use super::format::*;
+use super::keys::{self, Argon2Params, Keys, ARGON2_MAX};
+use super::writer::Tally;
+
+enum Opener {
+    Aes { cipher: Box<Aes256Gcm>, prefix: [u8; 7], aad: Vec<u8> },
+    Chain { prev: [u8; 32] },
+}
+
+/// Streams the records of an archive.
+pub struct ArchiveReader<R: Read> {
+    input: R,
+    header: Header,
+    key_id: String,
+    opener: Opener,
+    decompressor: zstd::bulk::Decompressor<'static>,
+    chunk_size: usize,
+    next_chunk: u64,
+    plain: Vec<u8>,
+    pos: usize,
+    frame: Vec<u8>,
+    tally: Tally,
+    footer: Option<Footer>,
+    failed: bool,
+    bytes_read: u64,
+}
+
+impl<R: Read> std::fmt::Debug for ArchiveReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveReader")
+            .field("backup_id", &self.header.backup_id)
+            .field("next_chunk", &self.next_chunk)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads exactly `buf.len()` bytes; `Ok(false)` on a clean end of input before the first byte.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<bool, ArchiveError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(ArchiveError::Io(std::io::Error::new(ErrorKind::UnexpectedEof, "short read"))),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
+fn is_eof(e: &ArchiveError) -> bool {
+    matches!(e, ArchiveError::Io(io) if io.kind() == ErrorKind::UnexpectedEof)
+}
+
+/// Reads a u32-length-prefixed block of the header area.
+fn read_block<R: Read>(r: &mut R, what: &str) -> Result<Vec<u8>, ArchiveError> {
+    let mut len = [0u8; 4];
+    if !read_full(r, &mut len).map_err(|e| if is_eof(&e) { ArchiveError::Truncated { after_chunk: None } } else { e })? {
+        return Err(ArchiveError::Truncated { after_chunk: None });
+    }
+    let len = u32::from_be_bytes(len);
+    if len > MAX_HEADER_LEN {
+        return Err(ArchiveError::HeaderCorrupt(format!("{what} length {len} exceeds {MAX_HEADER_LEN}")));
+    }
+    let mut buf = vec![0u8; len as usize];
+    match read_full(r, &mut buf) {
+        Ok(true) => Ok(buf),
+        Ok(false) if len == 0 => Ok(buf),
+        Ok(false) => Err(ArchiveError::Truncated { after_chunk: None }),
+        Err(e) if is_eof(&e) => Err(ArchiveError::Truncated { after_chunk: None }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Decodes a varint at the start of `buf`: `Ok(None)` when `buf` ends inside it.
+fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, ()> {
+    let mut v: u64 = 0;
+    for (i, b) in buf.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((v, i + 1)));
+        }
+    }
+    if buf.len() >= 10 {
+        Err(())
+    } else {
+        Ok(None)
+    }
+}
+
+impl<R: Read> ArchiveReader<R> {
+    /// Reads the prefix, header and key envelope, and unwraps the data key with `keys`.
+    pub fn open(mut input: R, keys: &Keys) -> Result<Self, ArchiveError> {
+        let mut fixed = [0u8; 12];
+        match read_full(&mut input, &mut fixed) {
+            Ok(true) => {}
+            Ok(false) => return Err(ArchiveError::NotAnArchive),
+            Err(e) if is_eof(&e) => return Err(ArchiveError::NotAnArchive),
+            Err(e) => return Err(e),
+        }
+        if &fixed[..8] != MAGIC {
+            return Err(ArchiveError::NotAnArchive);
+        }
+        let major = u16::from_be_bytes([fixed[8], fixed[9]]);
+        let minor = u16::from_be_bytes([fixed[10], fixed[11]]);
+        if major != FORMAT_MAJOR {
+            return Err(ArchiveError::UnsupportedVersion {
+                major,
+                minor,
+                supported: FORMAT_MAJOR,
+            });
+        }
+        let header_bytes = read_block(&mut input, "header")?;
+        let header = Header::decode(header_bytes.as_slice())
+            .map_err(|e| ArchiveError::HeaderCorrupt(format!("header does not decode: {e}")))?;
+        let env_bytes = read_block(&mut input, "key envelope")?;
+        let envelope = KeyEnvelope::decode(env_bytes.as_slice())
+            .map_err(|e| ArchiveError::HeaderCorrupt(format!("key envelope does not decode: {e}")))?;
+        let mut prefix = Vec::with_capacity(16 + header_bytes.len());
+        prefix.extend_from_slice(&fixed);
+        prefix.extend_from_slice(&(header_bytes.len() as u32).to_be_bytes());
+        prefix.extend_from_slice(&header_bytes);
+
+        if header.compression != COMPRESSION_ZSTD {
+            return Err(ArchiveError::HeaderCorrupt(format!("unknown compression {:?}", header.compression)));
+        }
+        if header.chunk_size == 0 || header.chunk_size > MAX_CHUNK_SIZE {
+            return Err(ArchiveError::HeaderCorrupt(format!("chunk size {} out of range", header.chunk_size)));
+        }
+        let opener = match header.protection.as_str() {
+            PROTECTION_SHA256 => {
+                if envelope.kdf != "none" {
+                    return Err(ArchiveError::HeaderCorrupt(format!("unencrypted archive with key derivation {:?}", envelope.kdf)));
+                }
+                Opener::Chain {
+                    prev: chain_start(&[&prefix[..], &(env_bytes.len() as u32).to_be_bytes(), &env_bytes].concat()),
+                }
+            }
+            PROTECTION_AES => {
+                let nonce_prefix: [u8; 7] = header
+                    .nonce_prefix
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| ArchiveError::HeaderCorrupt("nonce prefix is not 7 bytes".into()))?;
+                let data_key = unwrap_data_key(&envelope, keys, &prefix)?;
+                Opener::Aes {
+                    cipher: Box::new(Aes256Gcm::new((&data_key).into())),
+                    prefix: nonce_prefix,
+                    aad: prefix.clone(),
+                }
+            }
+            other => return Err(ArchiveError::HeaderCorrupt(format!("unknown protection {other:?}"))),
+        };
+        let key_id = envelope.key_id.clone();
+        let bytes_read = (prefix.len() + 4 + env_bytes.len()) as u64;
+        Ok(Self {
+            input,
+            chunk_size: header.chunk_size as usize,
+            header,
+            key_id,
+            opener,
+            decompressor: zstd::bulk::Decompressor::new()?,
+            next_chunk: 0,
+            plain: Vec::new(),
+            pos: 0,
+            frame: Vec::new(),
+            tally: Tally::default(),
+            footer: None,
+            failed: false,
+            bytes_read,
+        })
+    }
+
+    /// The archive's header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Id of the key the archive was written under ("passphrase", or "none" when unencrypted).
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The footer, once every record has been read and checked.
+    pub fn footer(&self) -> Option<&Footer> {
+        self.footer.as_ref()
+    }
+
+    /// Bytes consumed from the input so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    /// Reads every remaining record, discarding them, and returns the checked footer.
+    pub fn verify_to_end(&mut self) -> Result<Footer, ArchiveError> {
+        while self.next_record()?.is_some() {}
+        self.footer
+            .clone()
+            .ok_or_else(|| ArchiveError::corrupt(self.next_chunk, "no footer"))
+    }
+
+    /// The next record; `None` after the footer has been read and checked.
+    pub fn next_record(&mut self) -> Result<Option<Record>, ArchiveError> {
+        if self.failed {
+            return Err(ArchiveError::corrupt(self.next_chunk, "reading after an error"));
+        }
+        let r = self.next_inner();
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+
+    fn next_inner(&mut self) -> Result<Option<Record>, ArchiveError> {
+        loop {
+            if self.footer.is_some() {
+                return Ok(None);
+            }
+            let avail = &self.plain[self.pos..];
+            match peek_varint(avail) {
+                Err(()) => return Err(ArchiveError::corrupt(self.next_chunk.saturating_sub(1), "bad record length")),
+                Ok(Some((len, n))) => {
+                    if len as usize > MAX_RECORD_LEN {
+                        return Err(ArchiveError::corrupt(self.next_chunk.saturating_sub(1), "record length exceeds limit"));
+                    }
+                    let end = n + len as usize;
+                    if avail.len() >= end {
+                        let encoded = &avail[..end];
+                        let rec = Record::decode(&encoded[n..])
+                            .map_err(|e| ArchiveError::corrupt(self.next_chunk.saturating_sub(1), format!("record does not decode: {e}")))?;
+                        self.tally.add(&rec, encoded);
+                        self.pos += end;
+                        return Ok(Some(rec));
+                    }
+                }
+                Ok(None) => {}
+            }
+            self.read_chunk()?;
+        }
+    }
+
+    fn read_chunk(&mut self) -> Result<(), ArchiveError> {
+        let chunk = self.next_chunk;
+        let after = chunk.checked_sub(1);
+        let mut fh = [0u8; 5];
+        match read_full(&mut self.input, &mut fh) {
+            Ok(true) => {}
+            Ok(false) => return Err(ArchiveError::Truncated { after_chunk: after }),
+            Err(e) if is_eof(&e) => return Err(ArchiveError::Truncated { after_chunk: after }),
+            Err(e) => return Err(e),
+        }
+        let flags = fh[0];
+        if flags & !FLAG_LAST != 0 {
+            return Err(ArchiveError::corrupt(chunk, format!("unknown frame flags {flags:#04x}")));
+        }
+        let last = flags & FLAG_LAST != 0;
+        let len = u32::from_be_bytes([fh[1], fh[2], fh[3], fh[4]]) as usize;
+        if len > max_frame_len(self.chunk_size as u32) {
+            return Err(ArchiveError::corrupt(chunk, format!("frame length {len} exceeds limit")));
+        }
+        self.frame.clear();
+        self.frame.resize(len, 0);
+        match read_full(&mut self.input, &mut self.frame) {
+            Ok(true) => {}
+            Ok(false) if len == 0 => {}
+            Ok(false) => return Err(ArchiveError::Truncated { after_chunk: after }),
+            Err(e) if is_eof(&e) => return Err(ArchiveError::Truncated { after_chunk: after }),
+            Err(e) => return Err(e),
+        }
+        self.bytes_read += 5 + len as u64;
+        let counter = u32::try_from(chunk).map_err(|_| ArchiveError::corrupt(chunk, "too many chunks"))?;
+        match &mut self.opener {
+            Opener::Aes { cipher, prefix, aad } => {
+                let nonce = nonce(prefix, counter, last);
+                cipher
+                    .decrypt_in_place(Nonce::from_slice(&nonce), aad, &mut self.frame)
+                    .map_err(|_| ArchiveError::corrupt(chunk, ""))?;
+            }
+            Opener::Chain { prev } => {
+                if self.frame.len() < CHAIN_TAG_LEN {
+                    return Err(ArchiveError::corrupt(chunk, ""));
+                }
+                let body_len = self.frame.len() - CHAIN_TAG_LEN;
+                let tag = chain_tag(prev, counter, flags, &self.frame[..body_len]);
+                if tag[..] != self.frame[body_len..] {
+                    return Err(ArchiveError::corrupt(chunk, ""));
+                }
+                *prev = tag;
+                self.frame.truncate(body_len);
+            }
+        }
+        self.next_chunk += 1;
+        // Drop what has been consumed, keep a partial record.
+        self.plain.drain(..self.pos);
+        self.pos = 0;
+        let mut out = Vec::with_capacity(self.chunk_size);
+        self.decompressor
+            .decompress_to_buffer(&self.frame[..], &mut out)
+            .map_err(|e| ArchiveError::corrupt(chunk, format!("chunk does not decompress: {e}")))?;
+        if !last {
+            self.plain.extend_from_slice(&out);
+            return Ok(());
+        }
+        // The final chunk holds the footer and nothing else.
+        if !self.plain.is_empty() {
+            return Err(ArchiveError::corrupt(chunk, "a record is cut off by the final chunk"));
+        }
+        let footer = Footer::decode_length_delimited(out.as_slice())
+            .map_err(|e| ArchiveError::corrupt(chunk, format!("footer does not decode: {e}")))?;
+        self.check_footer(&footer, chunk)?;
+        let mut extra = [0u8; 1];
+        loop {
+            match self.input.read(&mut extra) {
+                Ok(0) => break,
+                Ok(_) => return Err(ArchiveError::TrailingData { chunk }),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.footer = Some(footer);
+        Ok(())
+    }
+
+    fn check_footer(&mut self, footer: &Footer, chunk: u64) -> Result<(), ArchiveError> {
+        let tally = std::mem::take(&mut self.tally);
+        let mine = tally.footer(chunk);
+        if mine != *footer {
+            return Err(ArchiveError::corrupt(
+                chunk,
+                format!(
+                    "footer does not match the records (footer: {} events in {} chunks; read: {} events in {} chunks)",
+                    footer.event_count, footer.data_chunks, mine.event_count, mine.data_chunks
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Iterator for ArchiveReader<R> {
+    type Item = Result<Record, ArchiveError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        self.next_record().transpose()
+    }
+}
+
+fn unwrap_data_key(env: &KeyEnvelope, keys: &Keys, aad: &[u8]) -> Result<[u8; 32], ArchiveError> {
+    if env.salt.len() != 16 {
+        return Err(ArchiveError::HeaderCorrupt("key envelope salt is not 16 bytes".into()));
+    }
+    match env.kdf.as_str() {
+        "hkdf-sha256" => {
+            let ring = keys.keyring.as_ref().ok_or_else(|| ArchiveError::KeyRequired {
+                key_id: env.key_id.clone(),
+            })?;
+            let key = ring.get(&env.key_id).ok_or_else(|| ArchiveError::WrongKey {
+                archive_key_id: env.key_id.clone(),
+                available: ring.ids(),
+            })?;
+            let kek = key.derive_wrap_key(&env.salt);
+            keys::unwrap(&kek, &env.wrap_nonce, &env.wrapped_key, aad).ok_or_else(|| {
+                ArchiveError::HeaderCorrupt("the data key does not unwrap under the matching key: header or key envelope damaged".into())
+            })
+        }
+        "argon2id" => {
+            let pass = keys.passphrase.as_ref().ok_or_else(|| ArchiveError::KeyRequired {
+                key_id: env.key_id.clone(),
+            })?;
+            let params = Argon2Params {
+                memory_kib: env.argon2_memory_kib,
+                iterations: env.argon2_iterations,
+                parallelism: env.argon2_parallelism,
+            };
+            if params.memory_kib > ARGON2_MAX.memory_kib
+                || params.iterations > ARGON2_MAX.iterations
+                || params.parallelism > ARGON2_MAX.parallelism
+            {
+                return Err(ArchiveError::HeaderCorrupt(format!("Argon2id parameters {params:?} exceed the reader's limits")));
+            }
+            let kek = pass.derive_wrap_key(&env.salt, params)?;
+            keys::unwrap(&kek, &env.wrap_nonce, &env.wrapped_key, aad).ok_or(ArchiveError::WrongPassphrase)
+        }
+        other => Err(ArchiveError::HeaderCorrupt(format!("unknown key derivation {other:?}"))),
+    }
+}

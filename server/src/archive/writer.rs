@@ -1,0 +1,310 @@
+//! Writes an archive: records → length-delimited protobuf → ~1 MiB chunks → zstd → AES-256-GCM
+//! STREAM (or the SHA-256 chain) → frames, in constant memory.
+
+use std::io::Write;
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use monoskope_backup_api::archive::v1::{Footer, Header, KeyEnvelope, Record};
+use prost::Message;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use super::error::ArchiveError;
+use super::format::*;
+use super::keys::{self, Protection};
+
+/// What a new archive says about itself.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// The backup's id.
+    pub backup_id: String,
+    /// The parent backup of an incremental backup.
+    pub parent_id: Option<String>,
+    /// "full" or "incremental".
+    pub kind: String,
+    /// Creation time.
+    pub created_at: prost_types::Timestamp,
+    /// zstd level.
+    pub compression_level: i32,
+    /// Uncompressed bytes per chunk.
+    pub chunk_size: u32,
+    /// Encryption.
+    pub protection: Protection,
+}
+
+/// zstd level used unless configured: measured in docs/BENCHMARKS.md as the best
+/// size/throughput trade-off on event data.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+
+impl WriterOptions {
+    /// Options with the defaults: full backup, now, zstd level 3, 1 MiB chunks.
+    pub fn new(backup_id: impl Into<String>, protection: Protection) -> Self {
+        let now = std::time::SystemTime::now();
+        Self {
+            backup_id: backup_id.into(),
+            parent_id: None,
+            kind: "full".into(),
+            created_at: prost_types::Timestamp::from(now),
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            protection,
+        }
+    }
+}
+
+enum Sealer {
+    Aes { cipher: Box<Aes256Gcm>, prefix: [u8; 7], aad: Vec<u8> },
+    Chain { prev: [u8; 32] },
+}
+
+/// Footer accumulator: counts, time range and the digest of the records.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub count: u64,
+    pub first: Option<prost_types::Timestamp>,
+    pub last: Option<prost_types::Timestamp>,
+    pub digest: Sha256,
+    pub record_bytes: u64,
+}
+
+fn ts_key(t: &prost_types::Timestamp) -> (i64, i32) {
+    (t.seconds, t.nanos)
+}
+
+impl Tally {
+    pub fn add(&mut self, rec: &Record, encoded: &[u8]) {
+        self.count += 1;
+        self.record_bytes += encoded.len() as u64;
+        self.digest.update(encoded);
+        let ts = rec.timestamp.clone().unwrap_or_default();
+        if self.first.as_ref().is_none_or(|f| ts_key(&ts) < ts_key(f)) {
+            self.first = Some(ts.clone());
+        }
+        if self.last.as_ref().is_none_or(|l| ts_key(&ts) > ts_key(l)) {
+            self.last = Some(ts);
+        }
+    }
+
+    pub fn footer(self, data_chunks: u64) -> Footer {
+        Footer {
+            event_count: self.count,
+            first_timestamp: self.first,
+            last_timestamp: self.last,
+            events_sha256: self.digest.finalize().to_vec(),
+            data_chunks,
+            record_bytes: self.record_bytes,
+        }
+    }
+}
+
+/// Streams records into an archive.
+pub struct ArchiveWriter<W: Write> {
+    out: W,
+    sealer: Sealer,
+    compressor: zstd::bulk::Compressor<'static>,
+    chunk_size: usize,
+    buf: Vec<u8>,
+    frame: Vec<u8>,
+    counter: u32,
+    tally: Tally,
+    record: Vec<u8>,
+    written: u64,
+}
+
+impl<W: Write> std::fmt::Debug for ArchiveWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveWriter").field("chunks", &self.counter).finish_non_exhaustive()
+    }
+}
+
+impl<W: Write> ArchiveWriter<W> {
+    /// Writes the prefix, header and key envelope, and prepares the chunk stream.
+    pub fn new(mut out: W, opts: WriterOptions) -> Result<Self, ArchiveError> {
+        let chunk_size = opts.chunk_size.clamp(4096, MAX_CHUNK_SIZE);
+        let mut rng = rand::rngs::OsRng;
+        let mut nonce_prefix = [0u8; 7];
+        let encrypted = !matches!(opts.protection, Protection::Unencrypted);
+        if encrypted {
+            rng.fill_bytes(&mut nonce_prefix);
+        }
+        let header = Header {
+            format_major: u32::from(FORMAT_MAJOR),
+            format_minor: u32::from(FORMAT_MINOR),
+            backup_id: opts.backup_id,
+            parent_id: opts.parent_id.unwrap_or_default(),
+            created_at: Some(opts.created_at),
+            compression: COMPRESSION_ZSTD.into(),
+            protection: if encrypted { PROTECTION_AES } else { PROTECTION_SHA256 }.into(),
+            nonce_prefix: if encrypted { nonce_prefix.to_vec() } else { Vec::new() },
+            chunk_size,
+            kind: opts.kind,
+        };
+        let header_bytes = header.encode_to_vec();
+        let mut prefix = Vec::with_capacity(16 + header_bytes.len());
+        prefix.extend_from_slice(MAGIC);
+        prefix.extend_from_slice(&FORMAT_MAJOR.to_be_bytes());
+        prefix.extend_from_slice(&FORMAT_MINOR.to_be_bytes());
+        prefix.extend_from_slice(&(header_bytes.len() as u32).to_be_bytes());
+        prefix.extend_from_slice(&header_bytes);
+
+        let mut data_key = [0u8; 32];
+        let (envelope, sealer) = match &opts.protection {
+            Protection::Unencrypted => (
+                KeyEnvelope {
+                    kdf: "none".into(),
+                    key_id: "none".into(),
+                    ..Default::default()
+                },
+                Sealer::Chain { prev: [0; 32] },
+            ),
+            protection => {
+                rng.fill_bytes(&mut data_key);
+                let mut salt = [0u8; 16];
+                rng.fill_bytes(&mut salt);
+                let mut wrap_nonce = [0u8; 12];
+                rng.fill_bytes(&mut wrap_nonce);
+                let mut env = KeyEnvelope {
+                    salt: salt.to_vec(),
+                    wrap_nonce: wrap_nonce.to_vec(),
+                    ..Default::default()
+                };
+                let kek = match protection {
+                    Protection::Key(k) => {
+                        env.kdf = "hkdf-sha256".into();
+                        env.key_id = k.id().to_string();
+                        k.derive_wrap_key(&salt)
+                    }
+                    Protection::Passphrase(p, params) => {
+                        env.kdf = "argon2id".into();
+                        env.key_id = "passphrase".into();
+                        env.argon2_memory_kib = params.memory_kib;
+                        env.argon2_iterations = params.iterations;
+                        env.argon2_parallelism = params.parallelism;
+                        p.derive_wrap_key(&salt, *params)?
+                    }
+                    Protection::Unencrypted => unreachable!("handled above"),
+                };
+                env.wrapped_key = keys::wrap(&kek, &wrap_nonce, &data_key, &prefix);
+                let cipher = Box::new(Aes256Gcm::new((&data_key).into()));
+                (
+                    env,
+                    Sealer::Aes {
+                        cipher,
+                        prefix: nonce_prefix,
+                        aad: prefix.clone(),
+                    },
+                )
+            }
+        };
+        let env_bytes = envelope.encode_to_vec();
+        let sealer = match sealer {
+            // The chain covers the prefix and the envelope: nothing before the chunks is unchecked.
+            Sealer::Chain { .. } => Sealer::Chain {
+                prev: chain_start(&[&prefix[..], &(env_bytes.len() as u32).to_be_bytes(), &env_bytes].concat()),
+            },
+            aes => aes,
+        };
+        out.write_all(&prefix)?;
+        out.write_all(&(env_bytes.len() as u32).to_be_bytes())?;
+        out.write_all(&env_bytes)?;
+        let written = (prefix.len() + 4 + env_bytes.len()) as u64;
+        Ok(Self {
+            out,
+            sealer,
+            compressor: zstd::bulk::Compressor::new(opts.compression_level)?,
+            chunk_size: chunk_size as usize,
+            buf: Vec::with_capacity(chunk_size as usize),
+            frame: Vec::new(),
+            counter: 0,
+            tally: Tally::default(),
+            record: Vec::new(),
+            written,
+        })
+    }
+
+    /// Appends one record.
+    pub fn append(&mut self, rec: &Record) -> Result<(), ArchiveError> {
+        self.record.clear();
+        rec.encode_length_delimited(&mut self.record)
+            .map_err(|e| ArchiveError::Io(std::io::Error::other(e)))?;
+        if self.record.len() > MAX_RECORD_LEN {
+            return Err(ArchiveError::EventTooLarge {
+                size: self.record.len(),
+                limit: MAX_RECORD_LEN,
+            });
+        }
+        self.tally.add(rec, &self.record);
+        // Records are one continuous byte stream cut into chunks at chunk_size boundaries.
+        let record = std::mem::take(&mut self.record);
+        let mut rest: &[u8] = &record;
+        while !rest.is_empty() {
+            let room = self.chunk_size - self.buf.len();
+            let take = room.min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buf.len() == self.chunk_size {
+                let chunk = std::mem::take(&mut self.buf);
+                self.seal_and_write(&chunk, false)?;
+                self.buf = chunk;
+                self.buf.clear();
+            }
+        }
+        self.record = record;
+        Ok(())
+    }
+
+    /// Number of records appended so far.
+    pub fn event_count(&self) -> u64 {
+        self.tally.count
+    }
+
+    /// Bytes written to the output so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
+    fn seal_and_write(&mut self, plain: &[u8], last: bool) -> Result<(), ArchiveError> {
+        let flags = if last { FLAG_LAST } else { 0 };
+        self.frame.clear();
+        self.frame.resize(zstd::zstd_safe::compress_bound(plain.len()), 0);
+        let n = self.compressor.compress_to_buffer(plain, &mut self.frame[..])?;
+        self.frame.truncate(n);
+        match &mut self.sealer {
+            Sealer::Aes { cipher, prefix, aad } => {
+                let nonce = nonce(prefix, self.counter, last);
+                cipher
+                    .encrypt_in_place(Nonce::from_slice(&nonce), aad, &mut self.frame)
+                    .map_err(|_| ArchiveError::Io(std::io::Error::other("AES-GCM encryption failed")))?;
+            }
+            Sealer::Chain { prev } => {
+                let tag = chain_tag(prev, self.counter, flags, &self.frame);
+                self.frame.extend_from_slice(&tag);
+                *prev = tag;
+            }
+        }
+        self.out.write_all(&[flags])?;
+        self.out.write_all(&(self.frame.len() as u32).to_be_bytes())?;
+        self.out.write_all(&self.frame)?;
+        self.written += 5 + self.frame.len() as u64;
+        self.counter = self
+            .counter
+            .checked_add(1)
+            .ok_or_else(|| ArchiveError::Io(std::io::Error::other("too many chunks")))?;
+        Ok(())
+    }
+
+    /// Writes the last data chunk and the footer chunk; returns the output and the footer.
+    pub fn finish(mut self) -> Result<(W, Footer), ArchiveError> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::take(&mut self.buf);
+            self.seal_and_write(&chunk, false)?;
+        }
+        let tally = std::mem::take(&mut self.tally);
+        let footer = tally.footer(u64::from(self.counter));
+        let bytes = footer.encode_length_delimited_to_vec();
+        self.seal_and_write(&bytes, true)?;
+        self.out.flush()?;
+        Ok((self.out, footer))
+    }
+}

@@ -1,0 +1,9 @@
+//! monoskope-backup: the BackupService that sits next to Monoskope's EventStore.
+//!
+//! One module per piece of the architecture (see `docs/ARCHITECTURE.md`):
+//! - [`archive`]: the backup file format (records, chunks, zstd, AES-256-GCM STREAM, keys);
+//!   byte streams only, no runtime, SQL or network;
+//! - [`devstore`]: the embedded EventStore that speaks Monoskope's contract (demo and tests).
+
+pub mod archive;
+pub mod devstore;
