@@ -3,7 +3,11 @@
 //! One module per piece of the architecture (see `docs/ARCHITECTURE.md`):
 //! - [`archive`]: the backup file format (records, chunks, zstd, AES-256-GCM STREAM, keys);
 //!   byte streams only, no runtime, SQL or network;
+//! - [`cli`]: the `backup-server` command line;
+//! - [`ops`]: logging, secrets, configuration;
 //! - [`devstore`]: the embedded EventStore that speaks Monoskope's contract (demo and tests).
 
 pub mod archive;
+pub mod cli;
 pub mod devstore;
+pub mod ops;

@@ -297,3 +297,66 @@ fn archive_module_does_not_import_runtime_sql_or_network_crates() {
         }
     }
 }
+
+/// Writes the frozen test vectors of tests/vectors/v1 (run once, by hand, when a format version
+/// is introduced; never to regenerate existing vectors):
+/// `MBK_WRITE_VECTORS=DIR cargo test -p monoskope-backup write_test_vectors -- --ignored`
+#[test]
+#[ignore = "writes the frozen test vectors; run by hand only"]
+fn write_test_vectors() {
+    let Some(dir) = std::env::var_os("MBK_WRITE_VECTORS") else { return };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = MasterKey::generate();
+    let records = vec![
+        Record {
+            aggregate_type: "User".into(),
+            aggregate_id: "0b8b3b4e-6f4a-4c8e-9d2b-1f2a3b4c5d6e".into(),
+            aggregate_version: 1,
+            event_type: "UserCreated".into(),
+            data: br#"{"@type": "type.googleapis.com/eventdata.UserCreated", "name": "Jane Doe", "email": "jane@example.com"}"#.to_vec(),
+            metadata: BTreeMap::from([
+                ("component_name".into(), "commandhandler".into()),
+                ("x-auth-email".into(), "admin@example.com".into()),
+                ("x-auth-id".into(), "7c1d7a1e-9a8b-4b5c-8d3e-2f1a0b9c8d7e".into()),
+            ]),
+            timestamp: Some(prost_types::Timestamp { seconds: 1_710_955_518, nanos: 123_456_000 }),
+            event_id: "5e0c4a9d-2b1f-4e3a-8c7d-6b5a4f3e2d1c".into(),
+        },
+        Record {
+            aggregate_type: "User".into(),
+            aggregate_id: "0b8b3b4e-6f4a-4c8e-9d2b-1f2a3b4c5d6e".into(),
+            aggregate_version: 2,
+            event_type: "UserDeleted".into(),
+            data: Vec::new(),
+            metadata: BTreeMap::new(),
+            timestamp: Some(prost_types::Timestamp { seconds: 1_710_955_600, nanos: 0 }),
+            event_id: String::new(),
+        },
+        Record {
+            aggregate_type: "Tenant".into(),
+            aggregate_id: "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a".into(),
+            aggregate_version: 1,
+            event_type: "TenantCreated".into(),
+            data: vec![0xff, 0x00, 0xfe, b'{'],
+            metadata: BTreeMap::from([("x-auth-name".into(), "Zoë \"ops\" <admin>".into())]),
+            timestamp: Some(prost_types::Timestamp { seconds: -86_400, nanos: 999_999_999 }),
+            event_id: String::new(),
+        },
+    ];
+    std::fs::write(dir.join("encrypted.key"), format!("{}\n", key.to_base64())).expect("key");
+    let enc = write(&records, Protection::Key(key), 4096);
+    std::fs::write(dir.join("encrypted.mbk"), &enc).expect("write");
+    std::fs::write(dir.join("unencrypted.mbk"), write(&records, Protection::Unencrypted, 4096)).expect("write");
+    let mut flipped = enc.clone();
+    let (_, fr) = frames(&enc);
+    flipped[fr[0].0 + 9] ^= 0x04;
+    std::fs::write(dir.join("damaged-bitflip.mbk"), flipped).expect("write");
+    std::fs::write(dir.join("damaged-truncated.mbk"), &enc[..fr[fr.len() - 1].0]).expect("write");
+    let mut lines = String::new();
+    for r in &records {
+        lines.push_str(&serde_json::to_string(&crate::cli::record_json(r)).expect("json"));
+        lines.push('\n');
+    }
+    std::fs::write(dir.join("expected.jsonl"), lines).expect("write");
+}

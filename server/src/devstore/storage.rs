@@ -69,7 +69,8 @@ impl Storage {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30));
+            .busy_timeout(Duration::from_secs(30))
+            .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS event_records (

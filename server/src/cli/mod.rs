@@ -1,0 +1,139 @@
+//! The `backup-server` command line.
+
+mod inspect;
+
+pub use inspect::{record_json, rfc3339, summary_json};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::ops::logging::{self, LogFormat};
+use crate::ops::secrets;
+
+/// BackupService for Monoskope's EventStore: encrypted, database-independent backups and safe restores.
+///
+/// Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
+#[derive(Debug, Parser)]
+#[command(name = "backup-server", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "BACKUP_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the embedded EventStore alone (Monoskope's EventStore gRPC contract on SQLite, no bus).
+    Devstore(DevstoreArgs),
+    /// Generate a new 256-bit encryption key (base64), printed or written to a 0600 file.
+    Keygen(KeygenArgs),
+    /// Decrypt a local archive file and print its events as JSON lines, or its header and footer.
+    Inspect(inspect::InspectArgs),
+}
+
+/// `backup-server devstore`.
+#[derive(Debug, clap::Args)]
+pub struct DevstoreArgs {
+    /// Address to listen on (plaintext gRPC, as Monoskope's EventStore).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "DEVSTORE_LISTEN")]
+    pub listen: SocketAddr,
+    /// SQLite database file (created when missing).
+    #[arg(long, default_value = "devstore.db", env = "DEVSTORE_DB")]
+    pub db: PathBuf,
+    /// Largest gRPC message accepted, in bytes (Monoskope's store: 4 MiB).
+    #[arg(long, default_value_t = crate::devstore::DEFAULT_MAX_MESSAGE_SIZE)]
+    pub max_message_size: usize,
+}
+
+/// `backup-server keygen`.
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// Write the key to this file (mode 0600; an existing file is never overwritten) instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Options that locate encryption keys (never the key itself).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeyArgs {
+    /// Key file: one base64 256-bit key per line, the first the primary (the others still read
+    /// older archives). Without it, BACKUP_ENCRYPTION_KEY (base64) or BACKUP_PASSPHRASE is used.
+    #[arg(long, env = "BACKUP_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Parses the command line and runs it; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, "info");
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::new(e)),
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("backup-server: error: {e:#}");
+    ExitCode::from(1)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Devstore(a) => {
+            let listener = crate::devstore::bind(a.listen).await?;
+            let addr = listener.local_addr()?;
+            println!("devstore listening on {addr} (database {})", a.db.display());
+            tracing::info!(%addr, db = %a.db.display(), "embedded EventStore listening (no message bus)");
+            let opts = crate::devstore::DevStoreOptions {
+                max_message_size: a.max_message_size,
+            };
+            crate::devstore::serve(&a.db, listener, opts, shutdown_signal()).await
+        }
+        Command::Keygen(a) => {
+            let key = crate::archive::MasterKey::generate();
+            match a.out {
+                Some(path) => {
+                    secrets::write_key_file(&path, &key)?;
+                    println!("wrote key {} to {} (mode 0600)", key.id(), path.display());
+                }
+                None => println!("{}", key.to_base64()),
+            }
+            Ok(())
+        }
+        Command::Inspect(a) => inspect::run(a),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,4 @@
+//! Operations: logging, secrets, configuration, metrics.
+
+pub mod logging;
+pub mod secrets;
