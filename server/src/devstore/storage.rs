@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use monoskope_backup_api::eventsourcing::{Event, EventFilter};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::mpsc;
 
 use super::jsonb;
