@@ -1,1 +1,284 @@
-//! Client of the BackupService.
+//! Client of monoskope-backup's BackupService (`monoskope.backup.v1.BackupService`).
+//!
+//! A small typed wrapper over the generated client: connect (optionally with TLS), attach a
+//! bearer token, map gRPC statuses to [`ClientError`], and retry the calls that are safe to
+//! retry (`ListBackups`, `GetStatus`) when the server is briefly unavailable.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), monoskope_backup_client::ClientError> {
+//! use monoskope_backup_client::{BackupClient, ClientOptions};
+//! let opts = ClientOptions::new("http://127.0.0.1:50051").with_token_from_env_or_file(None)?;
+//! let mut client = BackupClient::connect(&opts).await?;
+//! let backup = client.create_backup(true, false).await?;
+//! println!("{} has {} events", backup.id, backup.event_count);
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use monoskope_backup_api::backup::v1 as pb;
+use pb::backup_service_client::BackupServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
+
+/// Environment variable holding a bearer token (as monoctl users have it).
+pub const ENV_TOKEN: &str = "MONOSKOPE_TOKEN";
+
+/// Why a call failed, by what the caller must decide.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server could not be reached or configured.
+    #[error("cannot connect to {server}: {message}")]
+    Connect {
+        /// Server URL.
+        server: String,
+        /// Why.
+        message: String,
+    },
+    /// The token is missing, malformed, expired or not accepted.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    /// The token is valid but lacks the right for this call.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// Another backup or restore is running.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The backup does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request is malformed.
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    /// The server or one of its peers is unavailable (retry later).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The server does not offer this call.
+    #[error("not supported by the server: {0}")]
+    Unimplemented(String),
+    /// The call ran out of time.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    /// Any other status.
+    #[error("{code:?}: {message}")]
+    Other {
+        /// gRPC code.
+        code: Code,
+        /// Message.
+        message: String,
+    },
+    /// A local problem (token file, ...).
+    #[error("{0}")]
+    Local(String),
+}
+
+impl From<Status> for ClientError {
+    fn from(s: Status) -> Self {
+        let m = s.message().to_string();
+        match s.code() {
+            Code::Unauthenticated => ClientError::Unauthenticated(m),
+            Code::PermissionDenied => ClientError::PermissionDenied(m),
+            Code::FailedPrecondition => ClientError::Busy(m),
+            Code::NotFound => ClientError::NotFound(m),
+            Code::InvalidArgument => ClientError::InvalidArgument(m),
+            Code::Unavailable => ClientError::Unavailable(m),
+            Code::Unimplemented => ClientError::Unimplemented(m),
+            Code::DeadlineExceeded => ClientError::DeadlineExceeded(m),
+            code => ClientError::Other { code, message: m },
+        }
+    }
+}
+
+/// How to reach the service.
+#[derive(Clone, Default)]
+pub struct ClientOptions {
+    /// `http://HOST:PORT` or `https://HOST:PORT`.
+    pub server: String,
+    /// PEM CA certificate for `https://` (system roots otherwise).
+    pub ca_file: Option<PathBuf>,
+    /// Bearer token; never printed.
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("server", &self.server)
+            .field("ca_file", &self.ca_file)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ClientOptions {
+    /// Options for `server` (a bare `HOST:PORT` means `http://HOST:PORT`).
+    pub fn new(server: impl Into<String>) -> Self {
+        let server = server.into();
+        let server = if server.contains("://") { server } else { format!("http://{server}") };
+        Self { server, ..Default::default() }
+    }
+
+    /// Reads the token from `file` if given, else from `MONOSKOPE_TOKEN`; none is fine.
+    pub fn with_token_from_env_or_file(mut self, file: Option<&Path>) -> Result<Self, ClientError> {
+        self.token = match file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| ClientError::Local(format!("cannot read token file {}: {e}", p.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var(ENV_TOKEN).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
+        };
+        Ok(self)
+    }
+
+    /// Uses this token.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts this CA for `https://`.
+    pub fn with_ca_file(mut self, ca: Option<PathBuf>) -> Self {
+        self.ca_file = ca;
+        self
+    }
+}
+
+/// Adds `authorization: bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Inner = BackupServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// A connected client.
+#[derive(Clone)]
+pub struct BackupClient {
+    inner: Inner,
+}
+
+impl std::fmt::Debug for BackupClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackupClient")
+    }
+}
+
+const RETRIES: u32 = 3;
+
+impl BackupClient {
+    /// Connects to the service.
+    pub async fn connect(opts: &ClientOptions) -> Result<Self, ClientError> {
+        let conn_err = |m: String| ClientError::Connect { server: opts.server.clone(), message: m };
+        let mut ep = Endpoint::from_shared(opts.server.clone())
+            .map_err(|e| conn_err(e.to_string()))?
+            .connect_timeout(Duration::from_secs(10));
+        if opts.server.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = &opts.ca_file {
+                let pem = std::fs::read(ca).map_err(|e| conn_err(format!("cannot read {}: {e}", ca.display())))?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            ep = ep.tls_config(tls).map_err(|e| conn_err(e.to_string()))?;
+        }
+        let channel = ep.connect().await.map_err(|e| {
+            let mut m = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                m = format!("{m}: {s}");
+                src = s.source();
+            }
+            conn_err(m)
+        })?;
+        let token = match &opts.token {
+            Some(t) => Some(
+                format!("bearer {t}")
+                    .parse()
+                    .map_err(|_| ClientError::Local("the token contains characters not allowed in a header".into()))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            inner: BackupServiceClient::with_interceptor(channel, BearerToken(token))
+                .max_decoding_message_size(16 << 20),
+        })
+    }
+
+    /// Starts a backup; with `wait`, returns when it has ended (its state tells the outcome).
+    pub async fn create_backup(&mut self, wait: bool, incremental: bool) -> Result<pb::Backup, ClientError> {
+        let resp = self.inner.create_backup(pb::CreateBackupRequest { wait, incremental }).await?;
+        resp.into_inner().backup.ok_or_else(|| ClientError::Local("the server returned no backup".into()))
+    }
+
+    /// One page of backups, newest first.
+    pub async fn list_backups(&mut self, page_size: u32, page_token: &str, include_incomplete: bool) -> Result<pb::ListBackupsResponse, ClientError> {
+        let req = pb::ListBackupsRequest { page_size, page_token: page_token.to_string(), include_incomplete };
+        retry(|| {
+            let mut c = self.inner.clone();
+            let req = req.clone();
+            async move { c.list_backups(req).await }
+        })
+        .await
+    }
+
+    /// Every backup, following pages.
+    pub async fn list_all(&mut self, include_incomplete: bool) -> Result<Vec<pb::Backup>, ClientError> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self.list_backups(1000, &token, include_incomplete).await?;
+            out.extend(page.backups);
+            if page.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// The service's status.
+    pub async fn get_status(&mut self) -> Result<pb::GetStatusResponse, ClientError> {
+        retry(|| {
+            let mut c = self.inner.clone();
+            async move { c.get_status(pb::GetStatusRequest {}).await }
+        })
+        .await
+    }
+
+    /// Starts (or, with `wait`, runs) a restore.
+    pub async fn restore(&mut self, req: pb::RestoreRequest) -> Result<pb::Restore, ClientError> {
+        let resp = self.inner.restore(req).await?;
+        resp.into_inner().restore.ok_or_else(|| ClientError::Local("the server returned no restore".into()))
+    }
+}
+
+async fn retry<T, F, Fut>(mut f: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) if s.code() == Code::Unavailable && attempt + 1 < RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(delay).await;
+                delay *= 3;
+            }
+            Err(s) => return Err(s.into()),
+        }
+    }
+}

@@ -1,1 +1,275 @@
-fn main() {}
+//! `backupctl`: the command line of monoskope-backup's BackupService — what `monoctl backup …`
+//! offers. Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use monoskope_backup_client::{pb, BackupClient, ClientError, ClientOptions};
+
+/// Talk to monoskope-backup's BackupService.
+///
+/// The bearer token comes from --token-file or MONOSKOPE_TOKEN, never from an argument.
+#[derive(Debug, Parser)]
+#[command(name = "backupctl", version, propagate_version = true)]
+struct Cli {
+    /// The BackupService: http://HOST:PORT or https://HOST:PORT.
+    #[arg(long, global = true, env = "BACKUP_SERVER", default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// PEM CA certificate to trust for https:// (system roots otherwise).
+    #[arg(long, global = true, env = "BACKUP_SERVER_CA")]
+    ca_file: Option<PathBuf>,
+    /// File holding the bearer token (default: the MONOSKOPE_TOKEN environment variable).
+    #[arg(long, global = true, env = "BACKUP_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a backup of the EventStore; with --wait, wait for it and exit 1 if it failed.
+    Create {
+        /// Wait until the backup has ended (progress on a terminal).
+        #[arg(long)]
+        wait: bool,
+        /// Back up only what the newest backup chain does not hold.
+        #[arg(long)]
+        incremental: bool,
+    },
+    /// List backups, newest first.
+    List {
+        /// Print JSON (one array) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also list running, failed and incomplete backups.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show the last success and failure, the running operation and the health of peers.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e.to_string()),
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("backupctl: error: {msg}");
+    ExitCode::from(1)
+}
+
+fn time(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::OperationState::try_from(s) {
+        Ok(pb::OperationState::Running) => "running",
+        Ok(pb::OperationState::Succeeded) => "complete",
+        Ok(pb::OperationState::Failed) => "failed",
+        Ok(pb::OperationState::Incomplete) => "incomplete",
+        _ => "unknown",
+    }
+}
+
+fn kind_name(k: i32) -> &'static str {
+    match pb::BackupKind::try_from(k) {
+        Ok(pb::BackupKind::Incremental) => "incremental",
+        _ => "full",
+    }
+}
+
+fn backup_json(b: &pb::Backup) -> serde_json::Value {
+    serde_json::json!({
+        "id": b.id,
+        "kind": kind_name(b.kind),
+        "state": state_name(b.state),
+        "parent_id": b.parent_id,
+        "created_at": time(b.created_at.as_ref()),
+        "completed_at": time(b.completed_at.as_ref()),
+        "event_count": b.event_count,
+        "bytes": b.bytes,
+        "first_event_time": time(b.first_event_time.as_ref()),
+        "last_event_time": time(b.last_event_time.as_ref()),
+        "key_id": b.key_id,
+        "format_version": b.format_version,
+        "sha256": b.sha256,
+        "created_by": b.created_by,
+        "location": b.location,
+        "error": b.error,
+    })
+}
+
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
+    let opts = ClientOptions::new(cli.server.clone())
+        .with_ca_file(cli.ca_file.clone())
+        .with_token_from_env_or_file(cli.token_file.as_deref())?;
+    let mut client = BackupClient::connect(&opts).await?;
+    match cli.command {
+        Command::Create { wait, incremental } => {
+            let b = if wait { create_and_watch(&mut client, incremental).await? } else { client.create_backup(false, incremental).await? };
+            match pb::OperationState::try_from(b.state) {
+                Ok(pb::OperationState::Failed) => {
+                    eprintln!("backupctl: error: backup {} failed: {}", b.id, b.error);
+                    Ok(ExitCode::from(1))
+                }
+                Ok(pb::OperationState::Running) => {
+                    println!("backup {} started; follow it with `backupctl status`", b.id);
+                    Ok(ExitCode::SUCCESS)
+                }
+                _ => {
+                    println!("backup {} complete: {} events, {} at {}", b.id, b.event_count, human_bytes(b.bytes), b.location);
+                    println!("{}", b.id);
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::List { json, all } => {
+            let backups = client.list_all(all).await?;
+            if json {
+                let v: Vec<_> = backups.iter().map(backup_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else if backups.is_empty() {
+                println!("no backups");
+            } else {
+                println!("{:<30} {:<11} {:<10} {:>10} {:>10}  {:<20}  LAST EVENT", "ID", "KIND", "STATE", "EVENTS", "SIZE", "CREATED");
+                for b in &backups {
+                    println!(
+                        "{:<30} {:<11} {:<10} {:>10} {:>10}  {:<20}  {}",
+                        b.id,
+                        kind_name(b.kind),
+                        state_name(b.state),
+                        b.event_count,
+                        human_bytes(b.bytes),
+                        time(b.created_at.as_ref()),
+                        time(b.last_event_time.as_ref())
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let s = client.get_status().await?;
+            if json {
+                let reach = |r: &Option<pb::Reachability>| {
+                    r.as_ref().map(|r| serde_json::json!({"address": r.address, "reachable": r.reachable, "error": r.error}))
+                };
+                let v = serde_json::json!({
+                    "version": s.version,
+                    "last_success": s.last_success.as_ref().map(backup_json),
+                    "last_failure": s.last_failure.as_ref().map(backup_json),
+                    "running_backup": s.running_backup.as_ref().map(|b| {
+                        let mut v = backup_json(b);
+                        if let Some(p) = &b.progress { v["progress"] = serde_json::json!({"events": p.events, "bytes": p.bytes}); }
+                        v
+                    }),
+                    "event_store": reach(&s.event_store),
+                    "destination": reach(&s.destination),
+                    "catalog_backups": s.catalog_backups,
+                });
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print_status(&s);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_status(s: &pb::GetStatusResponse) {
+    println!("service version   {}", s.version);
+    match &s.last_success {
+        Some(b) => println!("last success      {} at {} ({} events, {})", b.id, time(b.completed_at.as_ref()), b.event_count, human_bytes(b.bytes)),
+        None => println!("last success      none"),
+    }
+    match &s.last_failure {
+        Some(b) => println!("last failure      {} at {}: {}", b.id, time(b.completed_at.as_ref()), b.error),
+        None => println!("last failure      none"),
+    }
+    match &s.running_backup {
+        Some(b) => {
+            let p = b.progress.clone().unwrap_or_default();
+            println!("running           backup {} ({} events, {} so far)", b.id, p.events, human_bytes(p.bytes));
+        }
+        None => println!("running           nothing"),
+    }
+    for (name, r) in [("event store", &s.event_store), ("destination", &s.destination)] {
+        if let Some(r) = r {
+            if r.reachable {
+                println!("{name:<17} {} reachable", r.address);
+            } else {
+                println!("{name:<17} {} UNREACHABLE: {}", r.address, r.error);
+            }
+        }
+    }
+    println!("catalog           {} complete backups", s.catalog_backups);
+}
+
+/// Runs CreateBackup{wait} while showing progress from GetStatus (a bar on a terminal, a line
+/// every 10 s otherwise).
+async fn create_and_watch(client: &mut BackupClient, incremental: bool) -> Result<pb::Backup, ClientError> {
+    let mut creator = client.clone();
+    let call = tokio::spawn(async move { creator.create_backup(true, incremental).await });
+    let tty = std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()));
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let mut ticks = 0u64;
+    loop {
+        if call.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ticks += 1;
+        if let Ok(s) = client.get_status().await {
+            if let Some(b) = s.running_backup {
+                let p = b.progress.unwrap_or_default();
+                let msg = format!("backup {}: {} events, {} written", b.id, p.events, human_bytes(p.bytes));
+                match &bar {
+                    Some(bar) => bar.set_message(msg),
+                    None if ticks % 20 == 0 => eprintln!("{msg}"),
+                    None => {}
+                }
+            }
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    call.await.map_err(|e| ClientError::Local(format!("backup call failed: {e}")))?
+}

@@ -8,6 +8,11 @@
 //! - [`devstore`]: the embedded EventStore that speaks Monoskope's contract (demo and tests).
 
 pub mod archive;
+pub mod catalog;
 pub mod cli;
+pub mod destination;
 pub mod devstore;
+pub mod engine;
+pub mod grpc;
 pub mod ops;
+pub mod source;

@@ -19,6 +19,7 @@ pub struct InspectArgs {
     /// Print the header and the (checked) footer as one JSON object instead of the events.
     #[arg(long)]
     pub summary: bool,
+    /// Where keys come from.
     #[command(flatten)]
     pub keys: KeyArgs,
 }

@@ -1,6 +1,9 @@
 //! The `backup-server` command line.
 
+mod demo;
 mod inspect;
+mod service;
+pub mod settings;
 
 pub use inspect::{record_json, rfc3339, summary_json};
 
@@ -36,6 +39,18 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Decrypt a local archive file and print its events as JSON lines, or its header and footer.
     Inspect(inspect::InspectArgs),
+    /// Run the BackupService (gRPC, with health and reflection).
+    Serve(service::ServeArgs),
+    /// Take one backup now, as CreateBackup does; prints the new backup's id as the last line.
+    Backup(service::BackupArgs),
+    /// List the complete backups straight from the destination's manifests (no catalog needed).
+    List(service::ListArgs),
+    /// Read every byte of backups at the destination and check chunks, footer and manifest; exit 1 on any problem.
+    Verify(service::VerifyArgs),
+    /// Manage the catalog.
+    Catalog(service::CatalogArgs),
+    /// Run everything on this machine: embedded EventStore with sample events, the service, a backup, list and verify.
+    Demo(demo::DemoArgs),
 }
 
 /// `backup-server devstore`.
@@ -112,6 +127,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Inspect(a) => inspect::run(a),
+        Command::Serve(a) => service::serve(a).await,
+        Command::Backup(a) => service::backup(a).await,
+        Command::List(a) => service::list(a).await,
+        Command::Verify(a) => service::verify(a).await,
+        Command::Catalog(a) => service::catalog(a).await,
+        Command::Demo(a) => demo::run(a).await,
     }
 }
 

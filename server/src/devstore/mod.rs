@@ -6,6 +6,7 @@
 //! does. It has no message bus, so storing through it republishes nothing.
 
 pub mod jsonb;
+pub mod sample;
 pub mod storage;
 pub mod validate;
 

@@ -1,4 +1,5 @@
 //! Operations: logging, secrets, configuration, metrics.
 
+pub mod config;
 pub mod logging;
 pub mod secrets;

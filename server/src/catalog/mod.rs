@@ -1,0 +1,408 @@
+//! The catalog: backup and restore records in SQLite (embedded default) or
+//! PostgreSQL/CockroachDB, through sqlx. It is an index: [`Catalog::resync`] rebuilds the backup
+//! records from the manifests at the destination, so losing the catalog loses nothing.
+
+use std::str::FromStr;
+
+use anyhow::Context;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::destination::manifest::Manifest;
+use crate::destination::{layout, Destination};
+
+/// The state of an operation, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Running now.
+    Running,
+    /// Ended well.
+    Succeeded,
+    /// Ended with an error.
+    Failed,
+    /// An archive without a manifest at the destination.
+    Incomplete,
+}
+
+impl State {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Incomplete => "incomplete",
+        }
+    }
+}
+
+impl FromStr for State {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "running" => State::Running,
+            "succeeded" => State::Succeeded,
+            "failed" => State::Failed,
+            "incomplete" => State::Incomplete,
+            other => anyhow::bail!("unknown state {other:?}"),
+        })
+    }
+}
+
+/// One backup as the catalog knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRecord {
+    /// Id.
+    pub id: String,
+    /// "full" or "incremental".
+    pub kind: String,
+    /// State.
+    pub state: State,
+    /// Parent of an incremental backup.
+    pub parent_id: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub completed_at: Option<String>,
+    /// Caller identity.
+    pub created_by: String,
+    /// Source description.
+    pub source: String,
+    /// Events.
+    pub event_count: u64,
+    /// Archive size.
+    pub archive_bytes: u64,
+    /// Archive SHA-256.
+    pub archive_sha256: Option<String>,
+    /// Archive key at the destination.
+    pub archive_key: Option<String>,
+    /// Oldest event.
+    pub first_event_time: Option<String>,
+    /// Newest event.
+    pub last_event_time: Option<String>,
+    /// Digest of the records.
+    pub events_sha256: Option<String>,
+    /// Key id.
+    pub key_id: Option<String>,
+    /// Format version.
+    pub format_version: Option<String>,
+    /// Failure.
+    pub error: Option<String>,
+}
+
+impl BackupRecord {
+    /// The record of a complete backup described by its manifest.
+    pub fn from_manifest(m: &Manifest) -> Self {
+        Self {
+            id: m.id.clone(),
+            kind: m.kind.clone(),
+            state: State::Succeeded,
+            parent_id: m.parent_id.clone(),
+            created_at: m.created_at.clone(),
+            completed_at: Some(m.completed_at.clone()),
+            created_by: m.created_by.clone(),
+            source: m.source.clone(),
+            event_count: m.event_count,
+            archive_bytes: m.archive_bytes,
+            archive_sha256: Some(m.archive_sha256.clone()),
+            archive_key: Some(m.archive_key.clone()),
+            first_event_time: m.first_event_time.clone(),
+            last_event_time: m.last_event_time.clone(),
+            events_sha256: Some(m.events_sha256.clone()),
+            key_id: Some(m.key_id.clone()),
+            format_version: Some(m.format_version.clone()),
+            error: None,
+        }
+    }
+}
+
+/// One restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreRecord {
+    /// Id.
+    pub id: String,
+    /// Backup restored.
+    pub backup_id: String,
+    /// State.
+    pub state: State,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339.
+    pub completed_at: Option<String>,
+    /// Caller identity.
+    pub created_by: String,
+    /// "events-table" or "eventstore-api".
+    pub sink: String,
+    /// Point in time restored to.
+    pub until: Option<String>,
+    /// Whether existing events were dropped.
+    pub drop_existing: bool,
+    /// Backups restored, full first.
+    pub chain: Vec<String>,
+    /// Events written.
+    pub event_count: u64,
+    /// Archive bytes read.
+    pub archive_bytes: u64,
+    /// Failure.
+    pub error: Option<String>,
+}
+
+/// A page of backups.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// Backups, newest first.
+    pub backups: Vec<BackupRecord>,
+    /// Token of the next page.
+    pub next: Option<String>,
+}
+
+/// The catalog database.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pool: AnyPool,
+    url_kind: &'static str,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+const BACKUP_COLUMNS: &str = "id, kind, state, parent_id, created_at, completed_at, created_by, source, event_count, archive_bytes, archive_sha256, archive_key, first_event_time, last_event_time, events_sha256, key_id, format_version, error";
+
+impl Catalog {
+    /// Connects to `sqlite://PATH` (created when missing) or `postgres://…` and migrates.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (url, kind) = if let Some(path) = url.strip_prefix("sqlite://") {
+            if let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+            }
+            let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+            (url, "sqlite")
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (url.to_string(), "postgres")
+        } else {
+            anyhow::bail!("unsupported catalog URL {url:?}: use sqlite://PATH or postgres://…");
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if kind == "sqlite" { 1 } else { 5 })
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .context("cannot connect to the catalog database")?;
+        MIGRATOR.run(&pool).await.context("catalog migrations failed")?;
+        Ok(Self { pool, url_kind: kind })
+    }
+
+    /// "sqlite" or "postgres".
+    pub fn kind(&self) -> &'static str {
+        self.url_kind
+    }
+
+    /// Inserts or replaces a backup record.
+    pub async fn upsert_backup(&self, r: &BackupRecord) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM backups WHERE id = $1").bind(&r.id).execute(&mut *tx).await?;
+        sqlx::query(&format!(
+            "INSERT INTO backups ({BACKUP_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+        ))
+        .bind(&r.id)
+        .bind(&r.kind)
+        .bind(r.state.as_str())
+        .bind(&r.parent_id)
+        .bind(&r.created_at)
+        .bind(&r.completed_at)
+        .bind(&r.created_by)
+        .bind(&r.source)
+        .bind(r.event_count as i64)
+        .bind(r.archive_bytes as i64)
+        .bind(&r.archive_sha256)
+        .bind(&r.archive_key)
+        .bind(&r.first_event_time)
+        .bind(&r.last_event_time)
+        .bind(&r.events_sha256)
+        .bind(&r.key_id)
+        .bind(&r.format_version)
+        .bind(&r.error)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The backup with this id.
+    pub async fn get_backup(&self, id: &str) -> anyhow::Result<Option<BackupRecord>> {
+        let row = sqlx::query(&format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| backup_from_row(&r)).transpose()
+    }
+
+    /// Backups newest first; complete ones only unless `include_incomplete`.
+    pub async fn list_backups(&self, page_size: usize, page_token: Option<&str>, include_incomplete: bool) -> anyhow::Result<Page> {
+        let states = if include_incomplete { "" } else { " AND state = 'succeeded'" };
+        let rows = sqlx::query(&format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE id < $1{states} ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(page_token.unwrap_or("~"))
+        .bind(page_size as i64 + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut backups = rows.iter().map(backup_from_row).collect::<anyhow::Result<Vec<_>>>()?;
+        let next = if backups.len() > page_size {
+            backups.truncate(page_size);
+            backups.last().map(|b| b.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { backups, next })
+    }
+
+    /// Every backup in a state, newest first.
+    pub async fn backups_in_state(&self, state: State) -> anyhow::Result<Vec<BackupRecord>> {
+        let rows = sqlx::query(&format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE state = $1 ORDER BY id DESC"))
+            .bind(state.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(backup_from_row).collect()
+    }
+
+    /// The newest backup in a state.
+    pub async fn newest_in_state(&self, state: State) -> anyhow::Result<Option<BackupRecord>> {
+        let row = sqlx::query(&format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE state = $1 ORDER BY id DESC LIMIT 1"))
+            .bind(state.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| backup_from_row(&r)).transpose()
+    }
+
+    /// Number of complete backups.
+    pub async fn count_complete(&self) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM backups WHERE state = 'succeeded'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    /// Removes a backup record.
+    pub async fn delete_backup(&self, id: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM backups WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Marks operations left RUNNING by a process that died as FAILED.
+    pub async fn fail_interrupted(&self) -> anyhow::Result<u64> {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let a = sqlx::query("UPDATE backups SET state = 'failed', error = 'interrupted: the service stopped while the backup ran', completed_at = $1 WHERE state = 'running'")
+            .bind(&now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let b = sqlx::query("UPDATE restores SET state = 'failed', error = 'interrupted: the service stopped while the restore ran', completed_at = $1 WHERE state = 'running'")
+            .bind(&now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(a + b)
+    }
+
+    /// Rebuilds the complete backups from the manifests at `dest`: adds what is missing,
+    /// removes complete records whose manifest is gone, keeps failed-run records. Returns
+    /// the number of complete backups found.
+    pub async fn resync(&self, dest: &dyn Destination) -> anyhow::Result<u64> {
+        let objects = dest.list(layout::BACKUPS_DIR).await?;
+        let mut found = std::collections::BTreeSet::new();
+        for o in &objects {
+            let Some((id, true)) = layout::parse_key(&o.key) else { continue };
+            let bytes = dest.get_bytes(&o.key).await?;
+            match Manifest::parse(&bytes) {
+                Ok(m) => {
+                    self.upsert_backup(&BackupRecord::from_manifest(&m)).await?;
+                    found.insert(m.id);
+                }
+                Err(e) => tracing::warn!(backup_id = id, error = %e, "ignoring an unreadable manifest"),
+            }
+        }
+        for r in self.backups_in_state(State::Succeeded).await? {
+            if !found.contains(&r.id) {
+                self.delete_backup(&r.id).await?;
+            }
+        }
+        Ok(found.len() as u64)
+    }
+
+    /// Inserts or replaces a restore record.
+    pub async fn upsert_restore(&self, r: &RestoreRecord) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM restores WHERE id = $1").bind(&r.id).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO restores (id, backup_id, state, started_at, completed_at, created_by, sink, until_time, drop_existing, chain, event_count, archive_bytes, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
+            .bind(&r.id)
+            .bind(&r.backup_id)
+            .bind(r.state.as_str())
+            .bind(&r.started_at)
+            .bind(&r.completed_at)
+            .bind(&r.created_by)
+            .bind(&r.sink)
+            .bind(&r.until)
+            .bind(i64::from(r.drop_existing))
+            .bind(r.chain.join(","))
+            .bind(r.event_count as i64)
+            .bind(r.archive_bytes as i64)
+            .bind(&r.error)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The newest restore.
+    pub async fn last_restore(&self) -> anyhow::Result<Option<RestoreRecord>> {
+        let row = sqlx::query("SELECT id, backup_id, state, started_at, completed_at, created_by, sink, until_time, drop_existing, chain, event_count, archive_bytes, error FROM restores ORDER BY started_at DESC, id DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| restore_from_row(&r)).transpose()
+    }
+}
+
+fn backup_from_row(r: &AnyRow) -> anyhow::Result<BackupRecord> {
+    Ok(BackupRecord {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        state: r.try_get::<String, _>("state")?.parse()?,
+        parent_id: r.try_get("parent_id")?,
+        created_at: r.try_get("created_at")?,
+        completed_at: r.try_get("completed_at")?,
+        created_by: r.try_get("created_by")?,
+        source: r.try_get("source")?,
+        event_count: r.try_get::<i64, _>("event_count")? as u64,
+        archive_bytes: r.try_get::<i64, _>("archive_bytes")? as u64,
+        archive_sha256: r.try_get("archive_sha256")?,
+        archive_key: r.try_get("archive_key")?,
+        first_event_time: r.try_get("first_event_time")?,
+        last_event_time: r.try_get("last_event_time")?,
+        events_sha256: r.try_get("events_sha256")?,
+        key_id: r.try_get("key_id")?,
+        format_version: r.try_get("format_version")?,
+        error: r.try_get("error")?,
+    })
+}
+
+fn restore_from_row(r: &AnyRow) -> anyhow::Result<RestoreRecord> {
+    let chain: String = r.try_get("chain")?;
+    Ok(RestoreRecord {
+        id: r.try_get("id")?,
+        backup_id: r.try_get("backup_id")?,
+        state: r.try_get::<String, _>("state")?.parse()?,
+        started_at: r.try_get("started_at")?,
+        completed_at: r.try_get("completed_at")?,
+        created_by: r.try_get("created_by")?,
+        sink: r.try_get("sink")?,
+        until: r.try_get("until_time")?,
+        drop_existing: r.try_get::<i64, _>("drop_existing")? != 0,
+        chain: chain.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        event_count: r.try_get::<i64, _>("event_count")? as u64,
+        archive_bytes: r.try_get::<i64, _>("archive_bytes")? as u64,
+        error: r.try_get("error")?,
+    })
+}

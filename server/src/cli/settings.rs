@@ -1,0 +1,188 @@
+//! The options every service command shares, resolved from flags, their environment variables
+//! and the config file, in that order of precedence.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::KeyArgs;
+use crate::archive::{Keys, Protection, DEFAULT_COMPRESSION_LEVEL};
+use crate::catalog::Catalog;
+use crate::destination::{self, Destination, S3Options};
+use crate::engine::{Engine, EngineConfig};
+use crate::ops::config::{parse_duration, FileConfig};
+use crate::ops::secrets;
+use crate::source::EventStoreAddr;
+
+/// Options shared by `serve`, `backup`, `list`, `verify` and `catalog`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// YAML config file (see the README); flags and environment variables override it.
+    #[arg(long, env = "BACKUP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The EventStore's gRPC API: HOST:PORT (plaintext, as Monoskope serves it) or https://HOST:PORT.
+    #[arg(long, env = "BACKUP_EVENT_STORE")]
+    pub event_store: Option<String>,
+    /// PEM CA certificate for an https:// EventStore.
+    #[arg(long, env = "BACKUP_EVENT_STORE_CA")]
+    pub event_store_ca: Option<PathBuf>,
+    /// Where backups are: file:///DIR or s3://BUCKET/PREFIX.
+    #[arg(long, env = "BACKUP_DESTINATION")]
+    pub destination: Option<String>,
+    /// S3 endpoint, host[:port] or URL (default: AWS). Credentials: S3_ACCESS_KEY/S3_SECRET_KEY or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
+    #[arg(long, env = "S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default us-east-1).
+    #[arg(long, env = "S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Plain HTTP to a host[:port] S3 endpoint.
+    #[arg(long, env = "S3_DISABLE_SSL", num_args = 0..=1, default_missing_value = "true")]
+    pub s3_disable_ssl: Option<bool>,
+    /// Catalog database: sqlite://PATH or postgres://USER@HOST/DB (password via this variable, not a flag).
+    #[arg(long, env = "BACKUP_CATALOG")]
+    pub catalog: Option<String>,
+    /// Where keys come from.
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// Write unencrypted archives (still integrity-checked). Only when asked for explicitly.
+    #[arg(long, env = "BACKUP_NO_ENCRYPTION")]
+    pub no_encryption: bool,
+    /// Complete backups kept after each backup; less than 1 keeps all.
+    #[arg(long, env = "BACKUP_RETENTION_COUNT", allow_negative_numbers = true)]
+    pub retention_count: Option<i64>,
+    /// Longest a backup may run (e.g. 90s, 1h); it then fails cleanly.
+    #[arg(long, env = "BACKUP_TIMEOUT")]
+    pub timeout: Option<String>,
+    /// zstd level of archives, 1–19.
+    #[arg(long, env = "BACKUP_COMPRESSION_LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compression_level: Option<i32>,
+}
+
+/// Resolved settings.
+#[derive(Debug)]
+pub struct Settings {
+    /// The file config (for command-specific keys).
+    pub file: FileConfig,
+    /// EventStore address.
+    pub event_store: EventStoreAddr,
+    /// Destination URL.
+    pub destination_url: Option<String>,
+    /// S3 options.
+    pub s3: S3Options,
+    /// Catalog URL.
+    pub catalog_url: String,
+    /// Read keys.
+    pub keys: Keys,
+    /// Write protection (None when no key and not asked for unencrypted: backups then refuse).
+    pub protection: Option<Protection>,
+    /// Retention.
+    pub retention_count: i64,
+    /// Backup timeout.
+    pub timeout: Duration,
+    /// zstd level.
+    pub compression_level: i32,
+}
+
+/// Default catalog of the embedded default.
+pub const DEFAULT_CATALOG: &str = "sqlite://backup-catalog.db";
+
+impl CommonArgs {
+    /// Resolves flags, environment and file.
+    pub fn resolve(&self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let b = file.backup.clone().unwrap_or_default();
+        let (file_dest, file_s3) = file.destination().map_or((None, None), |(u, s)| (Some(u), s));
+        let s3f = file_s3.unwrap_or_default();
+        let s3 = S3Options {
+            endpoint: self.s3_endpoint.clone().or(s3f.endpoint),
+            region: self.s3_region.clone().or(s3f.region),
+            disable_ssl: self.s3_disable_ssl.or(s3f.disable_ssl).unwrap_or(false),
+            virtual_hosted: false,
+            attempt_timeout: None,
+        };
+        let es = file.event_store.clone().unwrap_or_default();
+        let event_store = EventStoreAddr {
+            addr: self.event_store.clone().or(es.address).unwrap_or_else(|| "127.0.0.1:8080".into()),
+            ca_file: self.event_store_ca.clone().or(es.ca_file),
+        };
+        let enc = file.encryption.clone().unwrap_or_default();
+        let key_file = self.keys.key_file.clone().or(enc.key_file);
+        let keys = secrets::load_keys(key_file.as_deref())?;
+        let no_enc = self.no_encryption || enc.no_encryption.unwrap_or(false);
+        let protection = secrets::protection(&keys, no_enc).ok();
+        let timeout = match self.timeout.clone().or(b.timeout) {
+            Some(t) => parse_duration(&t).context("--timeout")?,
+            None => Duration::from_secs(3600),
+        };
+        Ok(Settings {
+            event_store,
+            destination_url: self.destination.clone().or(file_dest),
+            s3,
+            catalog_url: self
+                .catalog
+                .clone()
+                .or(file.catalog.as_ref().and_then(|c| c.url.clone()))
+                .unwrap_or_else(|| DEFAULT_CATALOG.into()),
+            keys,
+            protection,
+            retention_count: self.retention_count.or(b.retention_count).unwrap_or(7),
+            timeout,
+            compression_level: self.compression_level.or(enc.compression_level).unwrap_or(DEFAULT_COMPRESSION_LEVEL),
+            file,
+        })
+    }
+}
+
+impl Settings {
+    /// Opens the destination.
+    pub async fn destination(&self) -> anyhow::Result<Arc<dyn Destination>> {
+        let url = self
+            .destination_url
+            .as_deref()
+            .context("no destination: give --destination file:///DIR or s3://BUCKET/PREFIX (or backup.destination in --config)")?;
+        destination::open(url, &self.s3).await
+    }
+
+    /// Connects the catalog, marks interrupted runs failed, and resyncs it from the
+    /// destination when it is empty.
+    pub async fn catalog(&self, dest: &dyn Destination) -> anyhow::Result<Catalog> {
+        let catalog = Catalog::connect(&self.catalog_url).await?;
+        let n = catalog.fail_interrupted().await?;
+        if n > 0 {
+            tracing::warn!(operations = n, "marked operations interrupted by a previous stop as failed");
+        }
+        if catalog.count_complete().await? == 0 {
+            match catalog.resync(dest).await {
+                Ok(found) if found > 0 => tracing::info!(backups = found, destination = %dest.url(), "catalog was empty; rebuilt it from the destination"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not rebuild the catalog from the destination"),
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// Builds the engine (destination, catalog, keys).
+    pub async fn engine(&self) -> anyhow::Result<Engine> {
+        let protection = self
+            .protection
+            .clone()
+            .context("no encryption key: give --key-file, BACKUP_ENCRYPTION_KEY or BACKUP_PASSPHRASE (or --no-encryption to write unencrypted archives)")?;
+        let destination = self.destination().await?;
+        let catalog = self.catalog(destination.as_ref()).await?;
+        Ok(Engine::new(EngineConfig {
+            event_store: self.event_store.clone(),
+            destination,
+            catalog,
+            keys: self.keys.clone(),
+            protection,
+            retention_count: self.retention_count,
+            backup_timeout: self.timeout,
+            compression_level: self.compression_level,
+        }))
+    }
+}

@@ -1,0 +1,186 @@
+//! A local directory destination: uploads are staged in a hidden file and renamed into place
+//! after fsync, so an object is either whole or absent.
+
+use std::path::{Path, PathBuf};
+
+use tokio::io::AsyncWriteExt;
+
+use super::{Destination, DestinationError, ObjectInfo, ObjectReader, Upload};
+
+/// Objects as files under a root directory.
+#[derive(Debug, Clone)]
+pub struct LocalDir {
+    root: PathBuf,
+}
+
+const STAGING_MARK: &str = ".upload-";
+
+impl LocalDir {
+    /// A destination rooted at `root` (created on first write).
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, DestinationError> {
+        if key.is_empty() || key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            return Err(DestinationError::Other(format!("invalid object key {key:?}")));
+        }
+        Ok(self.root.join(key))
+    }
+
+    fn staging(path: &Path) -> PathBuf {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        path.with_file_name(format!("{STAGING_MARK}{}-{name}", uuid::Uuid::new_v4().simple()))
+    }
+}
+
+fn io_err(what: &str, e: std::io::Error) -> DestinationError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => DestinationError::NotFound(what.to_string()),
+        std::io::ErrorKind::PermissionDenied => DestinationError::PermissionDenied(format!("{what}: {e}")),
+        _ => DestinationError::Other(format!("{what}: {e}")),
+    }
+}
+
+struct LocalUpload {
+    file: tokio::fs::File,
+    staging: PathBuf,
+    target: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl Upload for LocalUpload {
+    async fn write_part(&mut self, part: Vec<u8>) -> Result<(), DestinationError> {
+        self.file.write_all(&part).await.map_err(|e| io_err(&self.staging.display().to_string(), e))
+    }
+
+    async fn complete(mut self: Box<Self>) -> Result<(), DestinationError> {
+        let what = self.target.display().to_string();
+        self.file.flush().await.map_err(|e| io_err(&what, e))?;
+        self.file.sync_all().await.map_err(|e| io_err(&what, e))?;
+        tokio::fs::rename(&self.staging, &self.target).await.map_err(|e| io_err(&what, e))?;
+        if let Some(dir) = self.target.parent() {
+            if let Ok(d) = tokio::fs::File::open(dir).await {
+                let _ = d.sync_all().await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn abort(self: Box<Self>) {
+        drop(self.file);
+        let _ = tokio::fs::remove_file(&self.staging).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl Destination for LocalDir {
+    fn url(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    async fn upload(&self, key: &str) -> Result<Box<dyn Upload>, DestinationError> {
+        let target = self.path(key)?;
+        if let Some(dir) = target.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| io_err(&dir.display().to_string(), e))?;
+        }
+        let staging = Self::staging(&target);
+        let file = tokio::fs::File::create(&staging)
+            .await
+            .map_err(|e| io_err(&staging.display().to_string(), e))?;
+        Ok(Box::new(LocalUpload { file, staging, target }))
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), DestinationError> {
+        let mut up = self.upload(key).await?;
+        if let Err(e) = up.write_part(bytes).await {
+            up.abort().await;
+            return Err(e);
+        }
+        up.complete().await
+    }
+
+    async fn get(&self, key: &str) -> Result<ObjectReader, DestinationError> {
+        let path = self.path(key)?;
+        let f = tokio::fs::File::open(&path).await.map_err(|e| io_err(key, e))?;
+        Ok(Box::pin(tokio::io::BufReader::with_capacity(1 << 20, f)))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, DestinationError> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let mut rd = match tokio::fs::read_dir(&dir).await {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&dir.display().to_string(), e)),
+            };
+            while let Some(entry) = rd.next_entry().await.map_err(|e| io_err(&dir.display().to_string(), e))? {
+                let meta = entry.metadata().await.map_err(|e| io_err(&entry.path().display().to_string(), e))?;
+                let path = entry.path();
+                if meta.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let Ok(rel) = path.strip_prefix(&self.root) else { continue };
+                let key = rel.to_string_lossy().replace('\\', "/");
+                if key.rsplit('/').next().is_some_and(|n| n.starts_with(STAGING_MARK)) || !key.starts_with(prefix) {
+                    continue;
+                }
+                let modified_unix = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs() as i64);
+                out.push(ObjectInfo { key, size: meta.len(), modified_unix });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), DestinationError> {
+        match tokio::fs::remove_file(self.path(key)?).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(key, e)),
+        }
+    }
+
+    async fn probe(&self) -> Result<(), DestinationError> {
+        tokio::fs::create_dir_all(&self.root)
+            .await
+            .map_err(|e| io_err(&self.root.display().to_string(), e))?;
+        let meta = tokio::fs::metadata(&self.root).await.map_err(|e| io_err(&self.root.display().to_string(), e))?;
+        if meta.permissions().readonly() {
+            return Err(DestinationError::PermissionDenied(format!("{} is read-only", self.root.display())));
+        }
+        Ok(())
+    }
+
+    async fn cleanup_stale_uploads(&self, max_age_secs: i64) -> Result<u64, DestinationError> {
+        let now = chrono::Utc::now().timestamp();
+        let mut removed = 0;
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(mut rd) = tokio::fs::read_dir(&dir).await else { continue };
+            while let Ok(Some(entry)) = rd.next_entry().await {
+                let Ok(meta) = entry.metadata().await else { continue };
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                    continue;
+                }
+                let staged = entry.file_name().to_string_lossy().starts_with(STAGING_MARK);
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| now - d.as_secs() as i64);
+                if staged && age > max_age_secs && tokio::fs::remove_file(entry.path()).await.is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}

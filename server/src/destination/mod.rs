@@ -1,0 +1,113 @@
+//! Where backups live: a local directory or any S3-compatible bucket, behind one small trait.
+//!
+//! Every object is addressed by a key relative to the destination's prefix. The layout of
+//! backups under the prefix (archive and manifest per backup) is in [`layout`] and
+//! [`manifest`]; the trait itself knows nothing about backups. Both implementations run the same
+//! behaviour suite (tests/it/destination.rs).
+
+pub mod layout;
+mod local;
+pub mod manifest;
+mod s3;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::io::AsyncRead;
+
+pub use local::LocalDir;
+pub use s3::{S3Destination, S3Options};
+
+/// Why a destination operation failed, grouped by what the caller must decide.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DestinationError {
+    /// The object does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Credentials are missing, wrong, or not allowed to do this (permanent).
+    #[error("access denied by the destination: {0}")]
+    PermissionDenied(String),
+    /// The bucket or directory does not exist (permanent).
+    #[error("{0}")]
+    Missing(String),
+    /// The destination could not be reached or failed transiently (retries exhausted).
+    #[error("destination unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// An object at the destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the destination's prefix.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification, Unix seconds.
+    pub modified_unix: i64,
+}
+
+/// A byte stream read from the destination.
+pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// A streaming upload: parts in order, then `complete`; `abort` leaves nothing visible.
+#[async_trait::async_trait]
+pub trait Upload: Send {
+    /// Appends a part (every part but the last is at least [`PART_SIZE`] bytes).
+    async fn write_part(&mut self, part: Vec<u8>) -> Result<(), DestinationError>;
+    /// Makes the object visible under its key.
+    async fn complete(self: Box<Self>) -> Result<(), DestinationError>;
+    /// Discards everything written.
+    async fn abort(self: Box<Self>);
+}
+
+/// Size of upload parts (S3's minimum is 5 MiB).
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// A place to keep objects.
+#[async_trait::async_trait]
+pub trait Destination: Send + Sync + std::fmt::Debug {
+    /// Where this is, e.g. `file:///backups` or `s3://bucket/prefix`.
+    fn url(&self) -> String;
+    /// Starts a streaming upload of `key`.
+    async fn upload(&self, key: &str) -> Result<Box<dyn Upload>, DestinationError>;
+    /// Writes a small object at once (atomically visible).
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), DestinationError>;
+    /// Reads an object as a stream.
+    async fn get(&self, key: &str) -> Result<ObjectReader, DestinationError>;
+    /// Reads a small object whole.
+    async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, DestinationError> {
+        use tokio::io::AsyncReadExt;
+        let mut r = self.get(key).await?;
+        let mut buf = Vec::new();
+        r.read_to_end(&mut buf)
+            .await
+            .map_err(|e| DestinationError::Unavailable(format!("reading {key}: {e}")))?;
+        Ok(buf)
+    }
+    /// Lists every object whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, DestinationError>;
+    /// Deletes an object (deleting a missing object succeeds).
+    async fn delete(&self, key: &str) -> Result<(), DestinationError>;
+    /// Checks that the destination answers and is usable.
+    async fn probe(&self) -> Result<(), DestinationError>;
+    /// Removes unfinished uploads older than `max_age_secs` (staged files, S3 multipart uploads).
+    async fn cleanup_stale_uploads(&self, max_age_secs: i64) -> Result<u64, DestinationError>;
+}
+
+/// Opens the destination named by `url`: `file:///DIR` or `s3://BUCKET[/PREFIX]`.
+pub async fn open(url: &str, s3: &S3Options) -> anyhow::Result<Arc<dyn Destination>> {
+    if let Some(path) = url.strip_prefix("file://") {
+        anyhow::ensure!(path.starts_with('/'), "file destinations need an absolute path: file:///DIR (got {url})");
+        return Ok(Arc::new(LocalDir::new(path.into())));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        anyhow::ensure!(!bucket.is_empty(), "s3 destinations need a bucket: s3://BUCKET/PREFIX (got {url})");
+        return Ok(Arc::new(S3Destination::new(bucket, prefix, s3)?));
+    }
+    anyhow::bail!("unsupported destination {url:?}: use file:///DIR or s3://BUCKET/PREFIX")
+}

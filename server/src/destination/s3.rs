@@ -1,0 +1,330 @@
+//! Any S3-compatible bucket through `aws-sdk-s3`: streaming multipart uploads (flat memory),
+//! the SDK's retries with backoff for transient errors, immediate clear failures for permanent
+//! ones (403, no such bucket), and an aborted multipart upload on any failure.
+
+use std::time::Duration;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use aws_smithy_http_client::tls;
+
+use super::{Destination, DestinationError, ObjectInfo, ObjectReader, Upload};
+
+/// How to reach an S3-compatible service. Credentials come from the environment only:
+/// `S3_ACCESS_KEY`/`S3_SECRET_KEY` (Monoskope's names), else `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY` and optional `AWS_SESSION_TOKEN`.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// Endpoint as `host[:port]` or a URL; empty means AWS.
+    pub endpoint: Option<String>,
+    /// Region (default `us-east-1`).
+    pub region: Option<String>,
+    /// Use plain HTTP for a `host[:port]` endpoint.
+    pub disable_ssl: bool,
+    /// Virtual-hosted-style addressing instead of path-style (path-style is the default for
+    /// non-AWS endpoints).
+    pub virtual_hosted: bool,
+    /// Per-attempt timeout of one request.
+    pub attempt_timeout: Option<Duration>,
+}
+
+impl S3Options {
+    /// The endpoint URL: a URL is used as given; `host[:port]` gets `https://`, or `http://`
+    /// with `disable_ssl`.
+    pub fn endpoint_url(&self) -> Option<String> {
+        let e = self.endpoint.as_deref()?.trim();
+        if e.is_empty() {
+            return None;
+        }
+        if e.contains("://") {
+            return Some(e.trim_end_matches('/').to_string());
+        }
+        Some(format!("{}://{}", if self.disable_ssl { "http" } else { "https" }, e.trim_end_matches('/')))
+    }
+}
+
+fn credentials_from_env() -> Result<Credentials, DestinationError> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let (ak, sk, token) = match (get("S3_ACCESS_KEY"), get("S3_SECRET_KEY")) {
+        (Some(a), Some(s)) => (a, s, None),
+        _ => match (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
+            (Some(a), Some(s)) => (a, s, get("AWS_SESSION_TOKEN")),
+            _ => {
+                return Err(DestinationError::PermissionDenied(
+                    "no S3 credentials: set S3_ACCESS_KEY and S3_SECRET_KEY (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)".into(),
+                ))
+            }
+        },
+    };
+    Ok(Credentials::new(ak, sk, token, None, "environment"))
+}
+
+/// A bucket and a prefix in it.
+#[derive(Debug, Clone)]
+pub struct S3Destination {
+    client: Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl S3Destination {
+    /// A destination for `bucket` under `prefix`, configured from `opts` and the environment.
+    pub fn new(bucket: &str, prefix: &str, opts: &S3Options) -> anyhow::Result<Self> {
+        let creds = credentials_from_env()?;
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .build_https();
+        let endpoint = opts.endpoint_url();
+        let mut conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(opts.region.clone().unwrap_or_else(|| "us-east-1".into())))
+            .credentials_provider(creds)
+            .http_client(http)
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(5))
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .operation_attempt_timeout(opts.attempt_timeout.unwrap_or(Duration::from_secs(120)))
+                    .build(),
+            )
+            .force_path_style(endpoint.is_some() && !opts.virtual_hosted);
+        if let Some(url) = endpoint {
+            conf = conf.endpoint_url(url);
+        }
+        let prefix = prefix.trim_matches('/');
+        Ok(Self {
+            client: Client::from_conf(conf.build()),
+            bucket: bucket.to_string(),
+            prefix: if prefix.is_empty() { String::new() } else { format!("{prefix}/") },
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+/// Sorts an SDK error into what the caller must decide.
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    what: &str,
+    bucket: &str,
+    err: SdkError<E, HttpResponse>,
+) -> DestinationError {
+    let status = match &err {
+        SdkError::ServiceError(se) => Some(se.raw().status().as_u16()),
+        SdkError::ResponseError(re) => Some(re.raw().status().as_u16()),
+        _ => None,
+    };
+    let code = err.code().unwrap_or_default().to_string();
+    let msg = err.message().unwrap_or_default().to_string();
+    match (&err, code.as_str(), status) {
+        (_, "NoSuchBucket", _) => DestinationError::Missing(format!("bucket {bucket} does not exist ({what})")),
+        (_, "NoSuchKey" | "NotFound", _) | (_, _, Some(404)) => DestinationError::NotFound(what.to_string()),
+        (_, "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken", _) | (_, _, Some(403)) => {
+            DestinationError::PermissionDenied(format!("{what}: {code} {msg}").trim().to_string())
+        }
+        (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_), _, _) => {
+            DestinationError::Unavailable(format!("{what}: {}", DisplayErrorContext(&err)))
+        }
+        (_, _, Some(s)) if s >= 500 => DestinationError::Unavailable(format!("{what}: HTTP {s} {code} {msg}")),
+        _ => DestinationError::Other(format!("{what}: {}", DisplayErrorContext(&err))),
+    }
+}
+
+struct S3Upload {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    parts: Vec<CompletedPart>,
+}
+
+#[async_trait::async_trait]
+impl Upload for S3Upload {
+    async fn write_part(&mut self, part: Vec<u8>) -> Result<(), DestinationError> {
+        let n = self.parts.len() as i32 + 1;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(n)
+            .body(ByteStream::from(part))
+            .send()
+            .await
+            .map_err(|e| classify(&format!("upload part {n} of {}", self.key), &self.bucket, e))?;
+        self.parts.push(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag).build());
+        Ok(())
+    }
+
+    async fn complete(self: Box<Self>) -> Result<(), DestinationError> {
+        let parts = CompletedMultipartUpload::builder().set_parts(Some(self.parts.clone())).build();
+        let res = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(parts)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = classify(&format!("complete upload of {}", self.key), &self.bucket, e);
+                self.abort().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn abort(self: Box<Self>) {
+        let res = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await;
+        if let Err(e) = res {
+            tracing::warn!(key = %self.key, error = %classify("abort multipart upload", &self.bucket, e), "could not abort the multipart upload; retention removes it after a day");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Destination for S3Destination {
+    fn url(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
+    }
+
+    async fn upload(&self, key: &str) -> Result<Box<dyn Upload>, DestinationError> {
+        let full = self.key(key);
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| classify(&format!("start upload of {full}"), &self.bucket, e))?;
+        let upload_id = out
+            .upload_id
+            .ok_or_else(|| DestinationError::Other("the S3 server returned no upload id".into()))?;
+        Ok(Box::new(S3Upload {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: full,
+            upload_id,
+            parts: Vec::new(),
+        }))
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), DestinationError> {
+        let full = self.key(key);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| classify(&format!("put {full}"), &self.bucket, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<ObjectReader, DestinationError> {
+        let full = self.key(key);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| classify(&full, &self.bucket, e))?;
+        Ok(Box::pin(out.body.into_async_read()))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, DestinationError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(self.key(prefix))
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| classify(&format!("list {}", self.url()), &self.bucket, e))?;
+            for o in page.contents() {
+                let Some(key) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else { continue };
+                out.push(ObjectInfo {
+                    key: key.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    modified_unix: o.last_modified().map_or(0, |t| t.secs()),
+                });
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), DestinationError> {
+        let full = self.key(key);
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| classify(&format!("delete {full}"), &self.bucket, e))?;
+        Ok(())
+    }
+
+    async fn probe(&self) -> Result<(), DestinationError> {
+        self.client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| classify(&format!("list {}", self.url()), &self.bucket, e))?;
+        Ok(())
+    }
+
+    async fn cleanup_stale_uploads(&self, max_age_secs: i64) -> Result<u64, DestinationError> {
+        let now = chrono::Utc::now().timestamp();
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .send()
+            .await
+            .map_err(|e| classify("list multipart uploads", &self.bucket, e))?;
+        let mut removed = 0;
+        for u in out.uploads() {
+            let old = u.initiated().is_some_and(|t| now - t.secs() > max_age_secs);
+            if let (true, Some(key), Some(id)) = (old, u.key(), u.upload_id()) {
+                if self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(id).send().await.is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,179 @@
+//! One full backup: EventStore → records → archive writer (a blocking thread) → upload parts
+//! → destination; then the manifest, last. Memory is bounded by the channels between the stages.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use super::{EngineConfig, Progress};
+use crate::archive::{ArchiveWriter, Record, WriterOptions};
+use crate::catalog::{BackupRecord, State};
+use crate::cli::rfc3339;
+use crate::destination::manifest::{Manifest, MANIFEST_FORMAT};
+use crate::destination::{layout, Upload, PART_SIZE};
+
+/// A `Write` that cuts the archive into upload parts, hashing and counting what passes.
+struct PartWriter {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+    sha: Sha256,
+    bytes: u64,
+    progress: Arc<Progress>,
+}
+
+impl PartWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        let part = std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE));
+        self.tx
+            .blocking_send(part)
+            .map_err(|_| std::io::Error::other("the upload stopped"))
+    }
+
+    fn finish(mut self) -> std::io::Result<(String, u64)> {
+        if !self.buf.is_empty() || self.bytes == 0 {
+            self.send()?;
+        }
+        let sha = self.sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok((sha, self.bytes))
+    }
+}
+
+impl Write for PartWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let take = (PART_SIZE - self.buf.len()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buf.len() == PART_SIZE {
+                self.send()?;
+            }
+        }
+        self.sha.update(data);
+        self.bytes += data.len() as u64;
+        self.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub(super) async fn run(cfg: &EngineConfig, running: &BackupRecord, progress: Arc<Progress>) -> anyhow::Result<BackupRecord> {
+    let dest = cfg.destination.clone();
+    let archive_key = layout::archive_key(&running.id);
+    let upload = dest.upload(&archive_key).await.context("cannot start the upload")?;
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let (rec_tx, mut rec_rx) = mpsc::channel::<Record>(1024);
+    let (part_tx, mut part_rx) = mpsc::channel::<Vec<u8>>(2);
+
+    let mut opts = WriterOptions::new(&running.id, cfg.protection.clone());
+    opts.compression_level = cfg.compression_level;
+    let enc_cancel = cancelled.clone();
+    let enc_progress = progress.clone();
+    let encoder = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let out = PartWriter {
+            tx: part_tx,
+            buf: Vec::with_capacity(PART_SIZE),
+            sha: Sha256::new(),
+            bytes: 0,
+            progress: enc_progress,
+        };
+        let mut w = ArchiveWriter::new(out, opts)?;
+        while let Some(rec) = rec_rx.blocking_recv() {
+            w.append(&rec)?;
+        }
+        // The record channel also closes when reading failed or timed out: never seal then.
+        if enc_cancel.load(Ordering::SeqCst) {
+            anyhow::bail!("cancelled");
+        }
+        let (out, footer) = w.finish()?;
+        let (sha, bytes) = out.finish()?;
+        Ok((footer, sha, bytes))
+    });
+    let uploader = tokio::spawn(async move {
+        let mut upload: Box<dyn Upload> = upload;
+        while let Some(part) = part_rx.recv().await {
+            if let Err(e) = upload.write_part(part).await {
+                return (upload, Err(anyhow::Error::new(e)));
+            }
+        }
+        (upload, Ok(()))
+    });
+
+    let source = cfg.event_store.clone();
+    let read_progress = progress.clone();
+    let reader = async move {
+        let mut stream = Box::pin(source.retrieve_all().await?);
+        while let Some(rec) = stream.next().await {
+            let rec = rec?;
+            read_progress.events.fetch_add(1, Ordering::Relaxed);
+            if rec_tx.send(rec).await.is_err() {
+                // The encoder or the upload stopped; their error is reported below.
+                return Ok(());
+            }
+        }
+        anyhow::Ok(())
+    };
+    let read_result = match tokio::time::timeout(cfg.backup_timeout, reader).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow!("timed out after {}", humantime::format_duration(cfg.backup_timeout))),
+    };
+    if read_result.is_err() {
+        cancelled.store(true, Ordering::SeqCst);
+    }
+    let enc_result = encoder.await.map_err(|e| anyhow!("archive writer panicked: {e}"))?;
+    let (upload, up_result) = uploader.await.map_err(|e| anyhow!("uploader panicked: {e}"))?;
+    // The first real cause wins: a failed read or upload explains a cancelled or stopped writer.
+    let outcome = read_result
+        .context("reading from the EventStore failed")
+        .and(up_result.context("uploading the archive failed"))
+        .and(enc_result.context("writing the archive failed"));
+    let (footer, sha, bytes) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            upload.abort().await;
+            return Err(e);
+        }
+    };
+    upload.complete().await.context("completing the archive upload failed")?;
+
+    let completed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let key_id = match &cfg.protection {
+        crate::archive::Protection::Key(k) => k.id().to_string(),
+        crate::archive::Protection::Passphrase(..) => "passphrase".into(),
+        crate::archive::Protection::Unencrypted => "none".into(),
+    };
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        id: running.id.clone(),
+        kind: running.kind.clone(),
+        parent_id: running.parent_id.clone(),
+        created_at: running.created_at.clone(),
+        completed_at,
+        created_by: running.created_by.clone(),
+        source: running.source.clone(),
+        event_count: footer.event_count,
+        archive_bytes: bytes,
+        archive_sha256: sha,
+        archive_key: archive_key.clone(),
+        first_event_time: rfc3339(footer.first_timestamp.as_ref()),
+        last_event_time: rfc3339(footer.last_timestamp.as_ref()),
+        events_sha256: footer.events_sha256.iter().map(|b| format!("{b:02x}")).collect(),
+        key_id,
+        format_version: crate::archive::format_version(),
+    };
+    if let Err(e) = dest.put(&layout::manifest_key(&running.id), manifest.to_json()).await {
+        let _ = dest.delete(&archive_key).await;
+        return Err(anyhow::Error::new(e).context("writing the manifest failed"));
+    }
+    let mut record = BackupRecord::from_manifest(&manifest);
+    record.state = State::Succeeded;
+    Ok(record)
+}

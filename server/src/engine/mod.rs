@@ -1,0 +1,249 @@
+//! The engine: backups, verification and retention, one operation at a time, each with a
+//! timeout. Heavy steps are split into a plan (a plain value) and its execution.
+
+mod backup;
+pub mod retention;
+pub mod verify;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Mutex};
+
+use crate::archive::{Keys, Protection};
+use crate::catalog::{BackupRecord, Catalog};
+use crate::destination::Destination;
+use crate::source::EventStoreAddr;
+
+/// Why the engine refused or failed an operation, as a caller must decide.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// Another operation runs; try again later.
+    #[error("another operation is running: {kind} {id}")]
+    Busy {
+        /// "backup" or "restore".
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The named backup does not exist (or is not complete).
+    #[error("{0}")]
+    NotFound(String),
+    /// A request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// A peer (EventStore, destination, catalog) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// Live progress of the running operation.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Events read or written.
+    pub events: AtomicU64,
+    /// Archive bytes written or read.
+    pub bytes: AtomicU64,
+}
+
+/// A snapshot of the running operation.
+#[derive(Debug, Clone)]
+pub struct RunningOp {
+    /// "backup" or "restore".
+    pub kind: &'static str,
+    /// Operation id.
+    pub id: String,
+    /// Events so far.
+    pub events: u64,
+    /// Bytes so far.
+    pub bytes: u64,
+    /// Time since start.
+    pub elapsed: Duration,
+}
+
+struct Running {
+    kind: &'static str,
+    id: String,
+    started: Instant,
+    progress: Arc<Progress>,
+}
+
+/// Everything the engine needs, from configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The EventStore to back up.
+    pub event_store: EventStoreAddr,
+    /// Where backups go.
+    pub destination: Arc<dyn Destination>,
+    /// The catalog.
+    pub catalog: Catalog,
+    /// Keys that read archives.
+    pub keys: Keys,
+    /// How new archives are protected.
+    pub protection: Protection,
+    /// Complete backups kept (< 1 keeps all).
+    pub retention_count: i64,
+    /// Longest a backup may run.
+    pub backup_timeout: Duration,
+    /// zstd level.
+    pub compression_level: i32,
+}
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    cfg: Arc<EngineConfig>,
+    running: Arc<Mutex<Option<Running>>>,
+    done: Arc<Mutex<std::collections::HashMap<String, watch::Receiver<Option<BackupRecord>>>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("destination", &self.cfg.destination.url()).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine over `cfg`.
+    pub fn new(cfg: EngineConfig) -> Self {
+        Self {
+            cfg: Arc::new(cfg),
+            running: Arc::new(Mutex::new(None)),
+            done: Arc::new(Mutex::new(std::collections::HashMap::new())),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The running operation, if any.
+    pub async fn running(&self) -> Option<RunningOp> {
+        self.running.lock().await.as_ref().map(|r| RunningOp {
+            kind: r.kind,
+            id: r.id.clone(),
+            events: r.progress.events.load(Ordering::Relaxed),
+            bytes: r.progress.bytes.load(Ordering::Relaxed),
+            elapsed: r.started.elapsed(),
+        })
+    }
+
+    /// Takes the single operation slot, or says who holds it.
+    async fn claim(&self, kind: &'static str, id: &str) -> Result<Arc<Progress>, EngineError> {
+        let mut slot = self.running.lock().await;
+        if let Some(r) = slot.as_ref() {
+            return Err(EngineError::Busy { kind: r.kind, id: r.id.clone() });
+        }
+        let progress = Arc::new(Progress::default());
+        *slot = Some(Running {
+            kind,
+            id: id.to_string(),
+            started: Instant::now(),
+            progress: progress.clone(),
+        });
+        Ok(progress)
+    }
+
+    async fn release(&self) {
+        *self.running.lock().await = None;
+    }
+
+    /// Starts a full backup and returns its RUNNING record and a receiver of the final record.
+    pub async fn start_backup(&self, created_by: &str) -> Result<(BackupRecord, watch::Receiver<Option<BackupRecord>>), EngineError> {
+        let now = chrono::Utc::now();
+        let id = crate::destination::layout::new_id(now);
+        let progress = self.claim("backup", &id).await?;
+        let record = BackupRecord {
+            id: id.clone(),
+            kind: "full".into(),
+            state: crate::catalog::State::Running,
+            parent_id: None,
+            created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            completed_at: None,
+            created_by: created_by.to_string(),
+            source: format!("eventstore-api:{}", self.cfg.event_store.addr),
+            event_count: 0,
+            archive_bytes: 0,
+            archive_sha256: None,
+            archive_key: None,
+            first_event_time: None,
+            last_event_time: None,
+            events_sha256: None,
+            key_id: None,
+            format_version: None,
+            error: None,
+        };
+        if let Err(e) = self.cfg.catalog.upsert_backup(&record).await {
+            self.release().await;
+            return Err(EngineError::Unavailable(format!("catalog: {e:#}")));
+        }
+        let (tx, rx) = watch::channel(None);
+        self.done.lock().await.insert(id.clone(), rx.clone());
+        let engine = self.clone();
+        let running = record.clone();
+        tokio::spawn(async move {
+            let final_record = engine.finish_backup(running, progress).await;
+            engine.release().await;
+            let _ = tx.send(Some(final_record));
+        });
+        Ok((record, rx))
+    }
+
+    /// Runs a full backup to its end (used by the one-shot command and the scheduler).
+    pub async fn backup(&self, created_by: &str) -> Result<BackupRecord, EngineError> {
+        let (_, mut rx) = self.start_backup(created_by).await?;
+        loop {
+            if let Some(r) = rx.borrow().clone() {
+                return Ok(r);
+            }
+            rx.changed().await.map_err(|_| EngineError::Internal(anyhow::anyhow!("backup task ended without a result")))?;
+        }
+    }
+
+    async fn finish_backup(&self, mut record: BackupRecord, progress: Arc<Progress>) -> BackupRecord {
+        let started = Instant::now();
+        tracing::info!(backup_id = %record.id, created_by = %record.created_by, source = %record.source, destination = %self.cfg.destination.url(), "backup started");
+        match backup::run(&self.cfg, &record, progress).await {
+            Ok(done) => {
+                record = done;
+                tracing::info!(backup_id = %record.id, events = record.event_count, bytes = record.archive_bytes, seconds = started.elapsed().as_secs_f64(), "backup complete");
+            }
+            Err(e) => {
+                record.state = crate::catalog::State::Failed;
+                record.completed_at = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                record.error = Some(format!("{e:#}"));
+                tracing::error!(backup_id = %record.id, error = %format!("{e:#}"), "backup failed");
+            }
+        }
+        if let Err(e) = self.cfg.catalog.upsert_backup(&record).await {
+            tracing::error!(backup_id = %record.id, error = %format!("{e:#}"), "could not record the backup in the catalog; `catalog resync` restores it from the destination");
+        }
+        if record.state == crate::catalog::State::Succeeded {
+            match retention::run(&self.cfg).await {
+                Ok(plan) if !plan.is_empty() => tracing::info!(deleted = ?plan.delete_backups, leftovers = ?plan.delete_leftovers, "retention applied"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "retention failed; it runs again after the next backup"),
+            }
+        }
+        record
+    }
+
+    /// Waits for the backup `id` started by this process to end.
+    pub async fn wait_backup(&self, id: &str) -> Option<BackupRecord> {
+        let mut rx = self.done.lock().await.get(id).cloned()?;
+        loop {
+            if let Some(r) = rx.borrow().clone() {
+                return Some(r);
+            }
+            if rx.changed().await.is_err() {
+                return rx.borrow().clone();
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The BackupService over gRPC: request validation, engine calls, and the one table that maps
+//! engine errors to gRPC status codes.
+
+use std::time::Duration;
+
+use monoskope_backup_api::backup::v1 as pb;
+use pb::backup_service_server::BackupService;
+use tonic::{Request, Response, Status};
+
+use crate::catalog::{BackupRecord, RestoreRecord, State};
+use crate::engine::{Engine, EngineError, RunningOp};
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct Service {
+    engine: Engine,
+}
+
+impl Service {
+    /// A service over `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+}
+
+/// The one mapping of engine errors to gRPC statuses.
+pub fn status_of(e: EngineError) -> Status {
+    match e {
+        EngineError::Busy { .. } => Status::failed_precondition(e.to_string()),
+        EngineError::NotFound(m) => Status::not_found(m),
+        EngineError::Invalid(m) => Status::invalid_argument(m),
+        EngineError::Unavailable(m) => Status::unavailable(m),
+        EngineError::Internal(e) => Status::internal(format!("{e:#}")),
+    }
+}
+
+/// The identity of the caller, as later layers (authentication) record it in the request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub String);
+
+fn caller<T>(req: &Request<T>) -> String {
+    if let Some(c) = req.extensions().get::<Caller>() {
+        return c.0.clone();
+    }
+    match req.remote_addr() {
+        Some(a) => format!("unauthenticated@{}", a.ip()),
+        None => "unauthenticated".into(),
+    }
+}
+
+fn ts(rfc3339: Option<&str>) -> Option<prost_types::Timestamp> {
+    let t = chrono::DateTime::parse_from_rfc3339(rfc3339?).ok()?;
+    Some(prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    })
+}
+
+fn state(s: State) -> i32 {
+    (match s {
+        State::Running => pb::OperationState::Running,
+        State::Succeeded => pb::OperationState::Succeeded,
+        State::Failed => pb::OperationState::Failed,
+        State::Incomplete => pb::OperationState::Incomplete,
+    }) as i32
+}
+
+fn progress(op: &RunningOp) -> pb::Progress {
+    pb::Progress {
+        events: op.events,
+        bytes: op.bytes,
+        elapsed: prost_types::Duration::try_from(op.elapsed).ok(),
+    }
+}
+
+/// A catalog record as the API's `Backup`.
+pub fn backup_pb(r: &BackupRecord, location_base: &str) -> pb::Backup {
+    pb::Backup {
+        id: r.id.clone(),
+        kind: (if r.kind == "incremental" { pb::BackupKind::Incremental } else { pb::BackupKind::Full }) as i32,
+        state: state(r.state),
+        parent_id: r.parent_id.clone().unwrap_or_default(),
+        created_at: ts(Some(&r.created_at)),
+        completed_at: ts(r.completed_at.as_deref()),
+        event_count: r.event_count,
+        bytes: r.archive_bytes,
+        first_event_time: ts(r.first_event_time.as_deref()),
+        last_event_time: ts(r.last_event_time.as_deref()),
+        key_id: r.key_id.clone().unwrap_or_default(),
+        format_version: r.format_version.clone().unwrap_or_default(),
+        sha256: r.archive_sha256.clone().unwrap_or_default(),
+        created_by: r.created_by.clone(),
+        error: r.error.clone().unwrap_or_default(),
+        location: r.archive_key.as_ref().map(|k| format!("{}/{k}", location_base.trim_end_matches('/'))).unwrap_or_default(),
+        progress: None,
+    }
+}
+
+/// A catalog record as the API's `Restore`.
+pub fn restore_pb(r: &RestoreRecord) -> pb::Restore {
+    pb::Restore {
+        id: r.id.clone(),
+        backup_id: r.backup_id.clone(),
+        state: state(r.state),
+        started_at: ts(Some(&r.started_at)),
+        completed_at: ts(r.completed_at.as_deref()),
+        event_count: r.event_count,
+        bytes: r.archive_bytes,
+        until: ts(r.until.as_deref()),
+        drop_existing: r.drop_existing,
+        sink: r.sink.clone(),
+        created_by: r.created_by.clone(),
+        error: r.error.clone().unwrap_or_default(),
+        chain: r.chain.clone(),
+        next_steps: Vec::new(),
+        progress: None,
+    }
+}
+
+async fn probe<F: std::future::Future<Output = anyhow::Result<()>>>(address: String, f: F) -> pb::Reachability {
+    match tokio::time::timeout(Duration::from_secs(5), f).await {
+        Ok(Ok(())) => pb::Reachability { reachable: true, address, error: String::new() },
+        Ok(Err(e)) => pb::Reachability { reachable: false, address, error: format!("{e:#}") },
+        Err(_) => pb::Reachability { reachable: false, address, error: "no answer within 5 s".into() },
+    }
+}
+
+#[tonic::async_trait]
+impl BackupService for Service {
+    async fn create_backup(&self, request: Request<pb::CreateBackupRequest>) -> Result<Response<pb::CreateBackupResponse>, Status> {
+        let who = caller(&request);
+        let req = request.into_inner();
+        if req.incremental {
+            return Err(Status::unimplemented("incremental backups are not available yet; create a full backup"));
+        }
+        let base = self.engine.config().destination.url();
+        let (record, _) = self.engine.start_backup(&who).await.map_err(status_of)?;
+        let record = if req.wait {
+            self.engine.wait_backup(&record.id).await.unwrap_or(record)
+        } else {
+            record
+        };
+        Ok(Response::new(pb::CreateBackupResponse { backup: Some(backup_pb(&record, &base)) }))
+    }
+
+    async fn list_backups(&self, request: Request<pb::ListBackupsRequest>) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        let req = request.into_inner();
+        let size = match req.page_size {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
+        if let Some(t) = token {
+            if !crate::destination::layout::valid_id(t) {
+                return Err(Status::invalid_argument("page_token is not a token from a previous ListBackups"));
+            }
+        }
+        let base = self.engine.config().destination.url();
+        let page = self
+            .engine
+            .config()
+            .catalog
+            .list_backups(size, token, req.include_incomplete)
+            .await
+            .map_err(|e| Status::unavailable(format!("catalog: {e:#}")))?;
+        let running = self.engine.running().await;
+        let backups = page
+            .backups
+            .iter()
+            .map(|r| {
+                let mut b = backup_pb(r, &base);
+                if let Some(op) = running.as_ref().filter(|op| op.id == r.id) {
+                    b.progress = Some(progress(op));
+                }
+                b
+            })
+            .collect();
+        Ok(Response::new(pb::ListBackupsResponse { backups, next_page_token: page.next.unwrap_or_default() }))
+    }
+
+    async fn restore(&self, _request: Request<pb::RestoreRequest>) -> Result<Response<pb::RestoreResponse>, Status> {
+        Err(Status::unimplemented("Restore is not available in this version; use `backup-server inspect` to read an archive"))
+    }
+
+    async fn get_status(&self, _request: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let cfg = self.engine.config();
+        let catalog = &cfg.catalog;
+        let unavailable = |e: anyhow::Error| Status::unavailable(format!("catalog: {e:#}"));
+        let base = cfg.destination.url();
+        let last_success = catalog.newest_in_state(State::Succeeded).await.map_err(unavailable)?;
+        let last_failure = catalog.newest_in_state(State::Failed).await.map_err(unavailable)?;
+        let last_restore = catalog.last_restore().await.map_err(unavailable)?;
+        let count = catalog.count_complete().await.map_err(unavailable)?;
+        let running = self.engine.running().await;
+        let mut running_backup = None;
+        if let Some(op) = running.as_ref().filter(|op| op.kind == "backup") {
+            if let Some(r) = catalog.get_backup(&op.id).await.map_err(unavailable)? {
+                let mut b = backup_pb(&r, &base);
+                b.progress = Some(progress(op));
+                running_backup = Some(b);
+            }
+        }
+        let es = cfg.event_store.clone();
+        let dest = cfg.destination.clone();
+        let (event_store, destination) = tokio::join!(
+            probe(es.addr.clone(), async move { es.probe().await }),
+            probe(base.clone(), async move { dest.probe().await.map_err(anyhow::Error::new) })
+        );
+        Ok(Response::new(pb::GetStatusResponse {
+            last_success: last_success.map(|r| backup_pb(&r, &base)),
+            last_failure: last_failure.map(|r| backup_pb(&r, &base)),
+            running_backup,
+            running_restore: None,
+            last_restore: last_restore.as_ref().map(restore_pb),
+            event_store: Some(event_store),
+            destination: Some(destination),
+            catalog_backups: count,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+}
+
+/// Serves the BackupService, gRPC health and server reflection on `listener` until `shutdown`.
+pub async fn serve(
+    engine: Engine,
+    listener: tokio::net::TcpListener,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    use pb::backup_service_server::BackupServiceServer;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<BackupServiceServer<Service>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(monoskope_backup_api::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key)))?;
+    }
+    builder
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(BackupServiceServer::new(Service::new(engine)).max_decoding_message_size(1 << 20))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! Configuration: a YAML file (`--config FILE`) whose `backup:` part has the shape Monoskope
+//! operators write in their chart values, plus the service's own sections. Command-line flags
+//! and their environment variables override the file. Secrets are never in the file: keys and
+//! tokens come from files or the environment. Unknown keys and bad values fail at start with
+//! the key's path.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileConfig {
+    /// gRPC listen address of `serve`.
+    pub listen: Option<String>,
+    /// TLS of the gRPC server.
+    pub tls: Option<TlsConfig>,
+    /// The EventStore.
+    pub event_store: Option<EventStoreConfig>,
+    /// The catalog database.
+    pub catalog: Option<CatalogConfig>,
+    /// Archive encryption and compression.
+    pub encryption: Option<EncryptionConfig>,
+    /// Authentication of callers.
+    pub auth: Option<AuthConfig>,
+    /// Backups, in the shape of Monoskope's chart values.
+    pub backup: Option<BackupConfig>,
+}
+
+/// TLS files.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key.
+    pub key_file: Option<PathBuf>,
+}
+
+/// The EventStore.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EventStoreConfig {
+    /// `HOST:PORT` or URL.
+    pub address: Option<String>,
+    /// CA for an `https://` address.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The catalog.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CatalogConfig {
+    /// `sqlite://PATH` or `postgres://…` (a password belongs in the environment: BACKUP_CATALOG).
+    pub url: Option<String>,
+}
+
+/// Encryption.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EncryptionConfig {
+    /// Keyring file.
+    pub key_file: Option<PathBuf>,
+    /// Write unencrypted archives (integrity-checked only).
+    pub no_encryption: Option<bool>,
+    /// zstd level (1–19).
+    pub compression_level: Option<i32>,
+}
+
+/// Authentication.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthConfig {
+    /// `none` (loopback only).
+    pub mode: Option<String>,
+}
+
+/// The `backup:` block.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BackupConfig {
+    /// Cron schedule of in-process backups (not yet run in-process; the chart's CronJob calls CreateBackup).
+    pub schedule: Option<String>,
+    /// Complete backups kept; < 1 keeps all.
+    pub retention_count: Option<i64>,
+    /// Longest a backup may run, e.g. `1h`.
+    pub timeout: Option<String>,
+    /// Pushgateway URL.
+    pub prometheus_pushgateway_url: Option<String>,
+    /// Alerting values of the chart (used by the chart's PrometheusRule).
+    pub alerting: Option<AlertingConfig>,
+    /// Where backups go.
+    pub destination: Option<DestinationConfig>,
+    /// Restore defaults.
+    pub restore: Option<RestoreConfig>,
+}
+
+/// `backup.alerting`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AlertingConfig {
+    /// Whether alert rules are rendered.
+    pub enabled: Option<bool>,
+    /// Age of the last success that alerts.
+    pub seconds_since_last_successful_backup: Option<u64>,
+    /// `for:` of the alert.
+    pub alert_after: Option<String>,
+}
+
+/// `backup.destination`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestinationConfig {
+    /// An S3-compatible bucket.
+    pub s3: Option<S3Config>,
+    /// A local directory.
+    pub file: Option<FileDestConfig>,
+}
+
+/// `backup.destination.s3`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct S3Config {
+    /// `host[:port]` or URL.
+    pub endpoint: Option<String>,
+    /// Bucket.
+    pub bucket: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Plain HTTP.
+    #[serde(rename = "disableSSL")]
+    pub disable_ssl: Option<bool>,
+    /// Prefix inside the bucket.
+    pub prefix: Option<String>,
+}
+
+/// `backup.destination.file`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileDestConfig {
+    /// Absolute directory.
+    pub path: Option<PathBuf>,
+}
+
+/// `backup.restore`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestoreConfig {
+    /// Backup id or `latest`.
+    pub backup_identifier: Option<String>,
+    /// Longest a restore may run.
+    pub timeout: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads and checks a config file; errors name the key's path.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Parses and checks YAML text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let cfg: FileConfig = match serde_path_to_error::deserialize(de) {
+            Ok(c) => c,
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                bail!("{}: {inner}", if path == "." { "(top level)".to_string() } else { path });
+            }
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if let Some(b) = &self.backup {
+            if let Some(t) = &b.timeout {
+                parse_duration(t).with_context(|| "backup.timeout")?;
+            }
+            if let Some(r) = b.restore.as_ref().and_then(|r| r.timeout.as_ref()) {
+                parse_duration(r).with_context(|| "backup.restore.timeout")?;
+            }
+            if let Some(a) = b.alerting.as_ref().and_then(|a| a.alert_after.as_ref()) {
+                parse_duration(a).with_context(|| "backup.alerting.alertAfter")?;
+            }
+            if let Some(d) = &b.destination {
+                if d.s3.is_some() && d.file.is_some() {
+                    bail!("backup.destination: give either s3 or file, not both");
+                }
+                if let Some(s3) = &d.s3 {
+                    if s3.bucket.as_deref().unwrap_or("").is_empty() {
+                        bail!("backup.destination.s3.bucket: required");
+                    }
+                }
+                if let Some(f) = &d.file {
+                    match &f.path {
+                        Some(p) if p.is_absolute() => {}
+                        _ => bail!("backup.destination.file.path: an absolute directory is required"),
+                    }
+                }
+            }
+        }
+        if let Some(l) = self.encryption.as_ref().and_then(|e| e.compression_level) {
+            if !(1..=19).contains(&l) {
+                bail!("encryption.compressionLevel: {l} is not a zstd level from 1 to 19");
+            }
+        }
+        Ok(())
+    }
+
+    /// The destination URL and S3 options described by `backup.destination`.
+    pub fn destination(&self) -> Option<(String, Option<S3Config>)> {
+        let d = self.backup.as_ref()?.destination.as_ref()?;
+        if let Some(s3) = &d.s3 {
+            let prefix = s3.prefix.clone().unwrap_or_default();
+            let url = format!("s3://{}/{}", s3.bucket.clone().unwrap_or_default(), prefix.trim_matches('/'));
+            return Some((url, Some(s3.clone())));
+        }
+        let path = d.file.as_ref()?.path.as_ref()?;
+        Some((format!("file://{}", path.display()), None))
+    }
+}
+
+/// Parses durations like `1h`, `90s`, `1h30m` (humantime); zero is refused.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| anyhow::anyhow!("{s:?} is not a duration ({e}); use e.g. 90s, 15m, 1h"))?;
+    anyhow::ensure!(!d.is_zero(), "{s:?}: a timeout must be longer than zero");
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_their_path() {
+        let err = FileConfig::parse("backup:\n  retentionCont: 3\n").expect_err("typo");
+        assert!(err.to_string().starts_with("backup: unknown field `retentionCont`"), "{err}");
+        let err = FileConfig::parse("backup:\n  destination:\n    s3:\n      bucket: b\n      disableSsl: true\n").expect_err("case");
+        assert!(err.to_string().starts_with("backup.destination.s3: unknown field `disableSsl`"), "{err}");
+        let err = FileConfig::parse("backup:\n  timeout: soon\n").expect_err("duration");
+        assert!(format!("{err:#}").starts_with("backup.timeout: \"soon\" is not a duration"), "{err:#}");
+        let err = FileConfig::parse("backup:\n  retentionCount: many\n").expect_err("type");
+        assert!(err.to_string().starts_with("backup.retentionCount: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn chart_shaped_values_parse() {
+        let cfg = FileConfig::parse(
+            "backup:\n  schedule: \"0 22 * * *\"\n  retentionCount: 7\n  timeout: 1h\n  prometheusPushgatewayUrl: \"\"\n  alerting:\n    enabled: true\n    secondsSinceLastSuccessfulBackup: 86400\n    alertAfter: 1h\n  destination:\n    s3:\n      endpoint: s3.example.com\n      bucket: m8-backups\n      region: eu-central-1\n      disableSSL: false\n  restore:\n    backupIdentifier: latest\n    timeout: 1h\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.destination().map(|d| d.0), Some("s3://m8-backups/".to_string()));
+    }
+}
