@@ -8,7 +8,10 @@
 //!
 //! [`FILE_DESCRIPTOR_SET`] holds every file's descriptor, for gRPC server reflection.
 
-#![allow(missing_docs, reason = "generated code; the .proto files document every item")]
+#![allow(
+    missing_docs,
+    reason = "generated code; the .proto files document every item"
+)]
 #![allow(clippy::all, reason = "generated code")]
 
 /// Monoskope's EventStore contract.

@@ -118,8 +118,15 @@ impl ClientOptions {
     /// Options for `server` (a bare `HOST:PORT` means `http://HOST:PORT`).
     pub fn new(server: impl Into<String>) -> Self {
         let server = server.into();
-        let server = if server.contains("://") { server } else { format!("http://{server}") };
-        Self { server, ..Default::default() }
+        let server = if server.contains("://") {
+            server
+        } else {
+            format!("http://{server}")
+        };
+        Self {
+            server,
+            ..Default::default()
+        }
     }
 
     /// Reads the token from `file` if given, else from `MONOSKOPE_TOKEN`; none is fine.
@@ -127,11 +134,16 @@ impl ClientOptions {
         self.token = match file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
-                    .map_err(|e| ClientError::Local(format!("cannot read token file {}: {e}", p.display())))?
+                    .map_err(|e| {
+                        ClientError::Local(format!("cannot read token file {}: {e}", p.display()))
+                    })?
                     .trim()
                     .to_string(),
             ),
-            None => std::env::var(ENV_TOKEN).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
+            None => std::env::var(ENV_TOKEN)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
         };
         Ok(self)
     }
@@ -181,14 +193,18 @@ const RETRIES: u32 = 3;
 impl BackupClient {
     /// Connects to the service.
     pub async fn connect(opts: &ClientOptions) -> Result<Self, ClientError> {
-        let conn_err = |m: String| ClientError::Connect { server: opts.server.clone(), message: m };
+        let conn_err = |m: String| ClientError::Connect {
+            server: opts.server.clone(),
+            message: m,
+        };
         let mut ep = Endpoint::from_shared(opts.server.clone())
             .map_err(|e| conn_err(e.to_string()))?
             .connect_timeout(Duration::from_secs(10));
         if opts.server.starts_with("https://") {
             let mut tls = ClientTlsConfig::new().with_native_roots();
             if let Some(ca) = &opts.ca_file {
-                let pem = std::fs::read(ca).map_err(|e| conn_err(format!("cannot read {}: {e}", ca.display())))?;
+                let pem = std::fs::read(ca)
+                    .map_err(|e| conn_err(format!("cannot read {}: {e}", ca.display())))?;
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
             }
             ep = ep.tls_config(tls).map_err(|e| conn_err(e.to_string()))?;
@@ -203,11 +219,9 @@ impl BackupClient {
             conn_err(m)
         })?;
         let token = match &opts.token {
-            Some(t) => Some(
-                format!("bearer {t}")
-                    .parse()
-                    .map_err(|_| ClientError::Local("the token contains characters not allowed in a header".into()))?,
-            ),
+            Some(t) => Some(format!("bearer {t}").parse().map_err(|_| {
+                ClientError::Local("the token contains characters not allowed in a header".into())
+            })?),
             None => None,
         };
         Ok(Self {
@@ -217,14 +231,32 @@ impl BackupClient {
     }
 
     /// Starts a backup; with `wait`, returns when it has ended (its state tells the outcome).
-    pub async fn create_backup(&mut self, wait: bool, incremental: bool) -> Result<pb::Backup, ClientError> {
-        let resp = self.inner.create_backup(pb::CreateBackupRequest { wait, incremental }).await?;
-        resp.into_inner().backup.ok_or_else(|| ClientError::Local("the server returned no backup".into()))
+    pub async fn create_backup(
+        &mut self,
+        wait: bool,
+        incremental: bool,
+    ) -> Result<pb::Backup, ClientError> {
+        let resp = self
+            .inner
+            .create_backup(pb::CreateBackupRequest { wait, incremental })
+            .await?;
+        resp.into_inner()
+            .backup
+            .ok_or_else(|| ClientError::Local("the server returned no backup".into()))
     }
 
     /// One page of backups, newest first.
-    pub async fn list_backups(&mut self, page_size: u32, page_token: &str, include_incomplete: bool) -> Result<pb::ListBackupsResponse, ClientError> {
-        let req = pb::ListBackupsRequest { page_size, page_token: page_token.to_string(), include_incomplete };
+    pub async fn list_backups(
+        &mut self,
+        page_size: u32,
+        page_token: &str,
+        include_incomplete: bool,
+    ) -> Result<pb::ListBackupsResponse, ClientError> {
+        let req = pb::ListBackupsRequest {
+            page_size,
+            page_token: page_token.to_string(),
+            include_incomplete,
+        };
         retry(|| {
             let mut c = self.inner.clone();
             let req = req.clone();
@@ -234,7 +266,10 @@ impl BackupClient {
     }
 
     /// Every backup, following pages.
-    pub async fn list_all(&mut self, include_incomplete: bool) -> Result<Vec<pb::Backup>, ClientError> {
+    pub async fn list_all(
+        &mut self,
+        include_incomplete: bool,
+    ) -> Result<Vec<pb::Backup>, ClientError> {
         let mut out = Vec::new();
         let mut token = String::new();
         loop {
@@ -259,7 +294,9 @@ impl BackupClient {
     /// Starts (or, with `wait`, runs) a restore.
     pub async fn restore(&mut self, req: pb::RestoreRequest) -> Result<pb::Restore, ClientError> {
         let resp = self.inner.restore(req).await?;
-        resp.into_inner().restore.ok_or_else(|| ClientError::Local("the server returned no restore".into()))
+        resp.into_inner()
+            .restore
+            .ok_or_else(|| ClientError::Local("the server returned no restore".into()))
     }
 }
 

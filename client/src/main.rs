@@ -16,7 +16,12 @@ use monoskope_backup_client::{pb, BackupClient, ClientError, ClientOptions};
 #[command(name = "backupctl", version, propagate_version = true)]
 struct Cli {
     /// The BackupService: http://HOST:PORT or https://HOST:PORT.
-    #[arg(long, global = true, env = "BACKUP_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "BACKUP_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     server: String,
     /// PEM CA certificate to trust for https:// (system roots otherwise).
     #[arg(long, global = true, env = "BACKUP_SERVER_CA")]
@@ -58,7 +63,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&e.to_string()),
     };
@@ -139,7 +147,11 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
     let mut client = BackupClient::connect(&opts).await?;
     match cli.command {
         Command::Create { wait, incremental } => {
-            let b = if wait { create_and_watch(&mut client, incremental).await? } else { client.create_backup(false, incremental).await? };
+            let b = if wait {
+                create_and_watch(&mut client, incremental).await?
+            } else {
+                client.create_backup(false, incremental).await?
+            };
             match pb::OperationState::try_from(b.state) {
                 Ok(pb::OperationState::Failed) => {
                     eprintln!("backupctl: error: backup {} failed: {}", b.id, b.error);
@@ -150,7 +162,13 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                     Ok(ExitCode::SUCCESS)
                 }
                 _ => {
-                    println!("backup {} complete: {} events, {} at {}", b.id, b.event_count, human_bytes(b.bytes), b.location);
+                    println!(
+                        "backup {} complete: {} events, {} at {}",
+                        b.id,
+                        b.event_count,
+                        human_bytes(b.bytes),
+                        b.location
+                    );
                     println!("{}", b.id);
                     Ok(ExitCode::SUCCESS)
                 }
@@ -164,7 +182,10 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             } else if backups.is_empty() {
                 println!("no backups");
             } else {
-                println!("{:<30} {:<11} {:<10} {:>10} {:>10}  {:<20}  LAST EVENT", "ID", "KIND", "STATE", "EVENTS", "SIZE", "CREATED");
+                println!(
+                    "{:<30} {:<11} {:<10} {:>10} {:>10}  {:<20}  LAST EVENT",
+                    "ID", "KIND", "STATE", "EVENTS", "SIZE", "CREATED"
+                );
                 for b in &backups {
                     println!(
                         "{:<30} {:<11} {:<10} {:>10} {:>10}  {:<20}  {}",
@@ -211,21 +232,40 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
 fn print_status(s: &pb::GetStatusResponse) {
     println!("service version   {}", s.version);
     match &s.last_success {
-        Some(b) => println!("last success      {} at {} ({} events, {})", b.id, time(b.completed_at.as_ref()), b.event_count, human_bytes(b.bytes)),
+        Some(b) => println!(
+            "last success      {} at {} ({} events, {})",
+            b.id,
+            time(b.completed_at.as_ref()),
+            b.event_count,
+            human_bytes(b.bytes)
+        ),
         None => println!("last success      none"),
     }
     match &s.last_failure {
-        Some(b) => println!("last failure      {} at {}: {}", b.id, time(b.completed_at.as_ref()), b.error),
+        Some(b) => println!(
+            "last failure      {} at {}: {}",
+            b.id,
+            time(b.completed_at.as_ref()),
+            b.error
+        ),
         None => println!("last failure      none"),
     }
     match &s.running_backup {
         Some(b) => {
-            let p = b.progress.clone().unwrap_or_default();
-            println!("running           backup {} ({} events, {} so far)", b.id, p.events, human_bytes(p.bytes));
+            let p = b.progress.unwrap_or_default();
+            println!(
+                "running           backup {} ({} events, {} so far)",
+                b.id,
+                p.events,
+                human_bytes(p.bytes)
+            );
         }
         None => println!("running           nothing"),
     }
-    for (name, r) in [("event store", &s.event_store), ("destination", &s.destination)] {
+    for (name, r) in [
+        ("event store", &s.event_store),
+        ("destination", &s.destination),
+    ] {
         if let Some(r) = r {
             if r.reachable {
                 println!("{name:<17} {} reachable", r.address);
@@ -239,13 +279,19 @@ fn print_status(s: &pb::GetStatusResponse) {
 
 /// Runs CreateBackup{wait} while showing progress from GetStatus (a bar on a terminal, a line
 /// every 10 s otherwise).
-async fn create_and_watch(client: &mut BackupClient, incremental: bool) -> Result<pb::Backup, ClientError> {
+async fn create_and_watch(
+    client: &mut BackupClient,
+    incremental: bool,
+) -> Result<pb::Backup, ClientError> {
     let mut creator = client.clone();
     let call = tokio::spawn(async move { creator.create_backup(true, incremental).await });
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new_spinner();
-        b.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()));
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
         b.enable_steady_tick(Duration::from_millis(120));
         b
     });
@@ -259,7 +305,12 @@ async fn create_and_watch(client: &mut BackupClient, incremental: bool) -> Resul
         if let Ok(s) = client.get_status().await {
             if let Some(b) = s.running_backup {
                 let p = b.progress.unwrap_or_default();
-                let msg = format!("backup {}: {} events, {} written", b.id, p.events, human_bytes(p.bytes));
+                let msg = format!(
+                    "backup {}: {} events, {} written",
+                    b.id,
+                    p.events,
+                    human_bytes(p.bytes)
+                );
                 match &bar {
                     Some(bar) => bar.set_message(msg),
                     None if ticks % 20 == 0 => eprintln!("{msg}"),
@@ -271,5 +322,6 @@ async fn create_and_watch(client: &mut BackupClient, incremental: bool) -> Resul
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    call.await.map_err(|e| ClientError::Local(format!("backup call failed: {e}")))?
+    call.await
+        .map_err(|e| ClientError::Local(format!("backup call failed: {e}")))?
 }

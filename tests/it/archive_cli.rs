@@ -8,34 +8,72 @@ use monoskope_backup_tests::bin;
 fn keygen_writes_a_0600_key_file_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("backup.key");
-    let out = Command::new(bin("backup-server")).args(["keygen", "--out"]).arg(&path).output().expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin("backup-server"))
+        .args(["keygen", "--out"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let key = std::fs::read_to_string(&path).expect("key file");
-    assert_eq!(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key.trim()).expect("base64").len(), 32);
+    assert_eq!(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key.trim())
+            .expect("base64")
+            .len(),
+        32
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
     }
-    assert!(!String::from_utf8_lossy(&out.stdout).contains(key.trim()), "the key is not echoed");
-    let again = Command::new(bin("backup-server")).args(["keygen", "--out"]).arg(&path).output().expect("run");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(key.trim()),
+        "the key is not echoed"
+    );
+    let again = Command::new(bin("backup-server"))
+        .args(["keygen", "--out"])
+        .arg(&path)
+        .output()
+        .expect("run");
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
-    assert_eq!(std::fs::read_to_string(&path).expect("key file"), key, "the existing key is untouched");
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("key file"),
+        key,
+        "the existing key is untouched"
+    );
 }
 
 #[test]
 fn inspect_reads_the_committed_test_vectors() {
     let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors/v1");
-    for (archive, key) in [("encrypted.mbk", Some("encrypted.key")), ("unencrypted.mbk", None)] {
+    for (archive, key) in [
+        ("encrypted.mbk", Some("encrypted.key")),
+        ("unencrypted.mbk", None),
+    ] {
         let mut cmd = Command::new(bin("backup-server"));
-        cmd.arg("inspect").arg(vectors.join(archive)).env_remove("BACKUP_ENCRYPTION_KEY").env_remove("BACKUP_PASSPHRASE");
+        cmd.arg("inspect")
+            .arg(vectors.join(archive))
+            .env_remove("BACKUP_ENCRYPTION_KEY")
+            .env_remove("BACKUP_PASSPHRASE");
         if let Some(k) = key {
             cmd.arg("--key-file").arg(vectors.join(k));
         }
         let out = cmd.output().expect("run");
-        assert!(out.status.success(), "{archive}: {}", String::from_utf8_lossy(&out.stderr));
-        let expected = std::fs::read_to_string(vectors.join("expected.jsonl")).expect("expected lines");
+        assert!(
+            out.status.success(),
+            "{archive}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected =
+            std::fs::read_to_string(vectors.join("expected.jsonl")).expect("expected lines");
         assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{archive}");
     }
 }
@@ -45,21 +83,33 @@ fn inspect_errors_are_one_clear_line_with_exit_1() {
     let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors/v1");
     let run = |archive: &str, env_key: Option<&str>| {
         let mut cmd = Command::new(bin("backup-server"));
-        cmd.arg("inspect").arg(vectors.join(archive)).env_remove("BACKUP_PASSPHRASE").env_remove("BACKUP_ENCRYPTION_KEY");
+        cmd.arg("inspect")
+            .arg(vectors.join(archive))
+            .env_remove("BACKUP_PASSPHRASE")
+            .env_remove("BACKUP_ENCRYPTION_KEY");
         if let Some(k) = env_key {
             cmd.env("BACKUP_ENCRYPTION_KEY", k);
         }
         let out = cmd.output().expect("run");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).trim().to_string())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
     };
     let (code, err) = run("encrypted.mbk", None);
     assert_eq!(code, Some(1));
     assert!(err.contains("archive is encrypted (key id"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    let (code, err) = run("encrypted.mbk", Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="));
+    let (code, err) = run(
+        "encrypted.mbk",
+        Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+    );
     assert_eq!(code, Some(1));
     assert!(err.contains("wrong key (archive key id"), "{err}");
-    for (damaged, msg) in [("damaged-bitflip.mbk", "failed authentication"), ("damaged-truncated.mbk", "archive is truncated after chunk")] {
+    for (damaged, msg) in [
+        ("damaged-bitflip.mbk", "failed authentication"),
+        ("damaged-truncated.mbk", "archive is truncated after chunk"),
+    ] {
         let key = std::fs::read_to_string(vectors.join("encrypted.key")).expect("key");
         let (code, err) = run(damaged, Some(key.trim()));
         assert_eq!(code, Some(1), "{damaged}");

@@ -2,4 +2,6 @@
 //! One test binary (link time on two cores); one module per area.
 
 mod archive_cli;
+mod destination;
 mod devstore_contract;
+mod service;

@@ -10,9 +10,16 @@ use std::time::{Duration, Instant};
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/it-<hash> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is not built; run `cargo build --workspace` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace` first",
+        path.display()
+    );
     path
 }
 
@@ -55,7 +62,9 @@ impl Devstore {
     /// Starts a devstore on `db`.
     pub fn start_on(db: &Path, extra: &[&str]) -> Self {
         let mut cmd = Command::new(bin("backup-server"));
-        cmd.args(["devstore", "--listen", "127.0.0.1:0", "--db"]).arg(db).args(extra);
+        cmd.args(["devstore", "--listen", "127.0.0.1:0", "--db"])
+            .arg(db)
+            .args(extra);
         let (proc, line) = spawn_until_line(cmd, "devstore listening on ");
         let addr = line
             .trim_start_matches("devstore listening on ")
@@ -107,8 +116,13 @@ pub fn service_env(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
-            assert!(std::env::var_os("CI").is_none(), "{var} is not set under CI: run the tests through .ci/test");
-            eprintln!("skipping: {var} is not set (run the tests through .ci/test to start the services)");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{var} is not set under CI: run the tests through .ci/test"
+            );
+            eprintln!(
+                "skipping: {var} is not set (run the tests through .ci/test to start the services)"
+            );
             None
         }
     }
@@ -126,4 +140,136 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A BackupService started from the `backup-server serve` binary.
+#[derive(Debug)]
+pub struct Server {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// The process.
+    pub proc: Proc,
+}
+
+impl Server {
+    /// Starts `backup-server serve --listen 127.0.0.1:0 ARGS…` with `envs`.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(bin("backup-server"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let (proc, line) = spawn_until_line(cmd, "backup-server listening on ");
+        Self {
+            addr: line
+                .trim_start_matches("backup-server listening on ")
+                .trim()
+                .to_string(),
+            proc,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Output of a finished command.
+#[derive(Debug)]
+pub struct Out {
+    /// Exit code.
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs a workspace binary to completion with `envs` added.
+pub fn run(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Out {
+    let mut cmd = Command::new(bin(name));
+    cmd.args(args)
+        .env_remove("BACKUP_ENCRYPTION_KEY")
+        .env_remove("BACKUP_PASSPHRASE")
+        .env("RUST_LOG", "warn");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run");
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A moto S3 server of the test's own (for tests that kill it or change its settings).
+pub fn start_moto(envs: &[(&str, &str)]) -> (Proc, String) {
+    let port = free_port();
+    let mut cmd = Command::new("moto_server");
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .spawn()
+        .expect("moto_server on PATH (installed by .ci/test)");
+    let proc = Proc { child };
+    wait_for(Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .expect("moto_server started");
+    (proc, format!("http://127.0.0.1:{port}"))
+}
+
+/// S3 credentials moto accepts.
+pub const S3_ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
+];
+
+/// An S3 client for the test's own checks.
+pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Creates a bucket with a fresh name and returns it.
+pub async fn new_bucket(client: &aws_sdk_s3::Client) -> String {
+    let name = format!("mbk-{}", uuid::Uuid::new_v4().simple());
+    client
+        .create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .expect("create bucket");
+    name
 }

@@ -38,7 +38,10 @@ pub enum ArchiveError {
     #[error("archive header is corrupt: {0}")]
     HeaderCorrupt(String),
     /// A chunk failed authentication or its content is malformed.
-    #[error("chunk {chunk} failed authentication (corrupted or tampered){}", detail_suffix(detail))]
+    #[error(
+        "chunk {chunk} failed authentication (corrupted or tampered){}",
+        detail_suffix(detail)
+    )]
     Corrupt {
         /// Index of the chunk (0-based; the footer chunk is the last index).
         chunk: u64,

@@ -52,7 +52,9 @@ pub struct MasterKey {
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MasterKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("MasterKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -79,9 +81,9 @@ impl MasterKey {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(text.trim())
             .map_err(|_| ArchiveError::InvalidKey("not valid base64".into()))?;
-        let bytes: [u8; 32] = raw
-            .try_into()
-            .map_err(|v: Vec<u8>| ArchiveError::InvalidKey(format!("a key is 32 bytes, got {}", v.len())))?;
+        let bytes: [u8; 32] = raw.try_into().map_err(|v: Vec<u8>| {
+            ArchiveError::InvalidKey(format!("a key is 32 bytes, got {}", v.len()))
+        })?;
         Ok(Self::from_bytes(bytes))
     }
 
@@ -128,7 +130,9 @@ impl Keyring {
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .enumerate()
             .map(|(i, l)| {
-                MasterKey::from_base64(l).map_err(|e| ArchiveError::InvalidKey(format!("key {} of the key file: {e}", i + 1)))
+                MasterKey::from_base64(l).map_err(|e| {
+                    ArchiveError::InvalidKey(format!("key {} of the key file: {e}", i + 1))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Self::new(keys)
@@ -170,9 +174,18 @@ impl Passphrase {
         Ok(Self(p))
     }
 
-    pub(crate) fn derive_wrap_key(&self, salt: &[u8], params: Argon2Params) -> Result<[u8; 32], ArchiveError> {
-        let p = argon2::Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32))
-            .map_err(|e| ArchiveError::HeaderCorrupt(format!("bad Argon2id parameters: {e}")))?;
+    pub(crate) fn derive_wrap_key(
+        &self,
+        salt: &[u8],
+        params: Argon2Params,
+    ) -> Result<[u8; 32], ArchiveError> {
+        let p = argon2::Params::new(
+            params.memory_kib,
+            params.iterations,
+            params.parallelism,
+            Some(32),
+        )
+        .map_err(|e| ArchiveError::HeaderCorrupt(format!("bad Argon2id parameters: {e}")))?;
         let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p);
         let mut kek = [0u8; 32];
         argon
@@ -229,7 +242,9 @@ pub(crate) fn unwrap(kek: &[u8; 32], nonce: &[u8], wrapped: &[u8], aad: &[u8]) -
         return None;
     }
     let cipher = Aes256Gcm::new(kek.into());
-    let dk = cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: wrapped, aad }).ok()?;
+    let dk = cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: wrapped, aad })
+        .ok()?;
     dk.try_into().ok()
 }
 
@@ -251,7 +266,11 @@ mod tests {
     fn keyring_file_parsing() {
         let a = MasterKey::generate();
         let b = MasterKey::generate();
-        let text = format!("# rotated 2026-11\n{}\n\n{}\n", a.to_base64(), b.to_base64());
+        let text = format!(
+            "# rotated 2026-11\n{}\n\n{}\n",
+            a.to_base64(),
+            b.to_base64()
+        );
         let ring = Keyring::parse(&text).expect("valid keyring");
         assert_eq!(ring.primary().id(), a.id());
         assert!(ring.get(b.id()).is_some());

@@ -14,8 +14,14 @@ use super::keys::{self, Argon2Params, Keys, ARGON2_MAX};
 use super::writer::Tally;
 
 enum Opener {
-    Aes { cipher: Box<Aes256Gcm>, prefix: [u8; 7], aad: Vec<u8> },
-    Chain { prev: [u8; 32] },
+    Aes {
+        cipher: Box<Aes256Gcm>,
+        prefix: [u8; 7],
+        aad: Vec<u8>,
+    },
+    Chain {
+        prev: [u8; 32],
+    },
 }
 
 /// Streams the records of an archive.
@@ -51,7 +57,12 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<bool, ArchiveError> {
     while got < buf.len() {
         match r.read(&mut buf[got..]) {
             Ok(0) if got == 0 => return Ok(false),
-            Ok(0) => return Err(ArchiveError::Io(std::io::Error::new(ErrorKind::UnexpectedEof, "short read"))),
+            Ok(0) => {
+                return Err(ArchiveError::Io(std::io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "short read",
+                )))
+            }
             Ok(n) => got += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
@@ -67,12 +78,20 @@ fn is_eof(e: &ArchiveError) -> bool {
 /// Reads a u32-length-prefixed block of the header area.
 fn read_block<R: Read>(r: &mut R, what: &str) -> Result<Vec<u8>, ArchiveError> {
     let mut len = [0u8; 4];
-    if !read_full(r, &mut len).map_err(|e| if is_eof(&e) { ArchiveError::Truncated { after_chunk: None } } else { e })? {
+    if !read_full(r, &mut len).map_err(|e| {
+        if is_eof(&e) {
+            ArchiveError::Truncated { after_chunk: None }
+        } else {
+            e
+        }
+    })? {
         return Err(ArchiveError::Truncated { after_chunk: None });
     }
     let len = u32::from_be_bytes(len);
     if len > MAX_HEADER_LEN {
-        return Err(ArchiveError::HeaderCorrupt(format!("{what} length {len} exceeds {MAX_HEADER_LEN}")));
+        return Err(ArchiveError::HeaderCorrupt(format!(
+            "{what} length {len} exceeds {MAX_HEADER_LEN}"
+        )));
     }
     let mut buf = vec![0u8; len as usize];
     match read_full(r, &mut buf) {
@@ -126,34 +145,50 @@ impl<R: Read> ArchiveReader<R> {
         let header = Header::decode(header_bytes.as_slice())
             .map_err(|e| ArchiveError::HeaderCorrupt(format!("header does not decode: {e}")))?;
         let env_bytes = read_block(&mut input, "key envelope")?;
-        let envelope = KeyEnvelope::decode(env_bytes.as_slice())
-            .map_err(|e| ArchiveError::HeaderCorrupt(format!("key envelope does not decode: {e}")))?;
+        let envelope = KeyEnvelope::decode(env_bytes.as_slice()).map_err(|e| {
+            ArchiveError::HeaderCorrupt(format!("key envelope does not decode: {e}"))
+        })?;
         let mut prefix = Vec::with_capacity(16 + header_bytes.len());
         prefix.extend_from_slice(&fixed);
         prefix.extend_from_slice(&(header_bytes.len() as u32).to_be_bytes());
         prefix.extend_from_slice(&header_bytes);
 
         if header.compression != COMPRESSION_ZSTD {
-            return Err(ArchiveError::HeaderCorrupt(format!("unknown compression {:?}", header.compression)));
+            return Err(ArchiveError::HeaderCorrupt(format!(
+                "unknown compression {:?}",
+                header.compression
+            )));
         }
         if header.chunk_size == 0 || header.chunk_size > MAX_CHUNK_SIZE {
-            return Err(ArchiveError::HeaderCorrupt(format!("chunk size {} out of range", header.chunk_size)));
+            return Err(ArchiveError::HeaderCorrupt(format!(
+                "chunk size {} out of range",
+                header.chunk_size
+            )));
         }
         let opener = match header.protection.as_str() {
             PROTECTION_SHA256 => {
                 if envelope.kdf != "none" {
-                    return Err(ArchiveError::HeaderCorrupt(format!("unencrypted archive with key derivation {:?}", envelope.kdf)));
+                    return Err(ArchiveError::HeaderCorrupt(format!(
+                        "unencrypted archive with key derivation {:?}",
+                        envelope.kdf
+                    )));
                 }
                 Opener::Chain {
-                    prev: chain_start(&[&prefix[..], &(env_bytes.len() as u32).to_be_bytes(), &env_bytes].concat()),
+                    prev: chain_start(
+                        &[
+                            &prefix[..],
+                            &(env_bytes.len() as u32).to_be_bytes(),
+                            &env_bytes,
+                        ]
+                        .concat(),
+                    ),
                 }
             }
             PROTECTION_AES => {
-                let nonce_prefix: [u8; 7] = header
-                    .nonce_prefix
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| ArchiveError::HeaderCorrupt("nonce prefix is not 7 bytes".into()))?;
+                let nonce_prefix: [u8; 7] =
+                    header.nonce_prefix.as_slice().try_into().map_err(|_| {
+                        ArchiveError::HeaderCorrupt("nonce prefix is not 7 bytes".into())
+                    })?;
                 let data_key = unwrap_data_key(&envelope, keys, &prefix)?;
                 Opener::Aes {
                     cipher: Box::new(Aes256Gcm::new((&data_key).into())),
@@ -161,7 +196,11 @@ impl<R: Read> ArchiveReader<R> {
                     aad: prefix.clone(),
                 }
             }
-            other => return Err(ArchiveError::HeaderCorrupt(format!("unknown protection {other:?}"))),
+            other => {
+                return Err(ArchiveError::HeaderCorrupt(format!(
+                    "unknown protection {other:?}"
+                )))
+            }
         };
         let key_id = envelope.key_id.clone();
         let bytes_read = (prefix.len() + 4 + env_bytes.len()) as u64;
@@ -214,7 +253,10 @@ impl<R: Read> ArchiveReader<R> {
     /// The next record; `None` after the footer has been read and checked.
     pub fn next_record(&mut self) -> Result<Option<Record>, ArchiveError> {
         if self.failed {
-            return Err(ArchiveError::corrupt(self.next_chunk, "reading after an error"));
+            return Err(ArchiveError::corrupt(
+                self.next_chunk,
+                "reading after an error",
+            ));
         }
         let r = self.next_inner();
         if r.is_err() {
@@ -230,16 +272,28 @@ impl<R: Read> ArchiveReader<R> {
             }
             let avail = &self.plain[self.pos..];
             match peek_varint(avail) {
-                Err(()) => return Err(ArchiveError::corrupt(self.next_chunk.saturating_sub(1), "bad record length")),
+                Err(()) => {
+                    return Err(ArchiveError::corrupt(
+                        self.next_chunk.saturating_sub(1),
+                        "bad record length",
+                    ))
+                }
                 Ok(Some((len, n))) => {
                     if len as usize > MAX_RECORD_LEN {
-                        return Err(ArchiveError::corrupt(self.next_chunk.saturating_sub(1), "record length exceeds limit"));
+                        return Err(ArchiveError::corrupt(
+                            self.next_chunk.saturating_sub(1),
+                            "record length exceeds limit",
+                        ));
                     }
                     let end = n + len as usize;
                     if avail.len() >= end {
                         let encoded = &avail[..end];
-                        let rec = Record::decode(&encoded[n..])
-                            .map_err(|e| ArchiveError::corrupt(self.next_chunk.saturating_sub(1), format!("record does not decode: {e}")))?;
+                        let rec = Record::decode(&encoded[n..]).map_err(|e| {
+                            ArchiveError::corrupt(
+                                self.next_chunk.saturating_sub(1),
+                                format!("record does not decode: {e}"),
+                            )
+                        })?;
                         self.tally.add(&rec, encoded);
                         self.pos += end;
                         return Ok(Some(rec));
@@ -263,12 +317,18 @@ impl<R: Read> ArchiveReader<R> {
         }
         let flags = fh[0];
         if flags & !FLAG_LAST != 0 {
-            return Err(ArchiveError::corrupt(chunk, format!("unknown frame flags {flags:#04x}")));
+            return Err(ArchiveError::corrupt(
+                chunk,
+                format!("unknown frame flags {flags:#04x}"),
+            ));
         }
         let last = flags & FLAG_LAST != 0;
         let len = u32::from_be_bytes([fh[1], fh[2], fh[3], fh[4]]) as usize;
         if len > max_frame_len(self.chunk_size as u32) {
-            return Err(ArchiveError::corrupt(chunk, format!("frame length {len} exceeds limit")));
+            return Err(ArchiveError::corrupt(
+                chunk,
+                format!("frame length {len} exceeds limit"),
+            ));
         }
         self.frame.clear();
         self.frame.resize(len, 0);
@@ -280,9 +340,14 @@ impl<R: Read> ArchiveReader<R> {
             Err(e) => return Err(e),
         }
         self.bytes_read += 5 + len as u64;
-        let counter = u32::try_from(chunk).map_err(|_| ArchiveError::corrupt(chunk, "too many chunks"))?;
+        let counter =
+            u32::try_from(chunk).map_err(|_| ArchiveError::corrupt(chunk, "too many chunks"))?;
         match &mut self.opener {
-            Opener::Aes { cipher, prefix, aad } => {
+            Opener::Aes {
+                cipher,
+                prefix,
+                aad,
+            } => {
                 let nonce = nonce(prefix, counter, last);
                 cipher
                     .decrypt_in_place(Nonce::from_slice(&nonce), aad, &mut self.frame)
@@ -315,7 +380,10 @@ impl<R: Read> ArchiveReader<R> {
         }
         // The final chunk holds the footer and nothing else.
         if !self.plain.is_empty() {
-            return Err(ArchiveError::corrupt(chunk, "a record is cut off by the final chunk"));
+            return Err(ArchiveError::corrupt(
+                chunk,
+                "a record is cut off by the final chunk",
+            ));
         }
         let footer = Footer::decode_length_delimited(out.as_slice())
             .map_err(|e| ArchiveError::corrupt(chunk, format!("footer does not decode: {e}")))?;
@@ -362,26 +430,36 @@ impl<R: Read> Iterator for ArchiveReader<R> {
 
 fn unwrap_data_key(env: &KeyEnvelope, keys: &Keys, aad: &[u8]) -> Result<[u8; 32], ArchiveError> {
     if env.salt.len() != 16 {
-        return Err(ArchiveError::HeaderCorrupt("key envelope salt is not 16 bytes".into()));
+        return Err(ArchiveError::HeaderCorrupt(
+            "key envelope salt is not 16 bytes".into(),
+        ));
     }
     match env.kdf.as_str() {
         "hkdf-sha256" => {
-            let ring = keys.keyring.as_ref().ok_or_else(|| ArchiveError::KeyRequired {
-                key_id: env.key_id.clone(),
-            })?;
-            let key = ring.get(&env.key_id).ok_or_else(|| ArchiveError::WrongKey {
-                archive_key_id: env.key_id.clone(),
-                available: ring.ids(),
-            })?;
+            let ring = keys
+                .keyring
+                .as_ref()
+                .ok_or_else(|| ArchiveError::KeyRequired {
+                    key_id: env.key_id.clone(),
+                })?;
+            let key = ring
+                .get(&env.key_id)
+                .ok_or_else(|| ArchiveError::WrongKey {
+                    archive_key_id: env.key_id.clone(),
+                    available: ring.ids(),
+                })?;
             let kek = key.derive_wrap_key(&env.salt);
             keys::unwrap(&kek, &env.wrap_nonce, &env.wrapped_key, aad).ok_or_else(|| {
                 ArchiveError::HeaderCorrupt("the data key does not unwrap under the matching key: header or key envelope damaged".into())
             })
         }
         "argon2id" => {
-            let pass = keys.passphrase.as_ref().ok_or_else(|| ArchiveError::KeyRequired {
-                key_id: env.key_id.clone(),
-            })?;
+            let pass = keys
+                .passphrase
+                .as_ref()
+                .ok_or_else(|| ArchiveError::KeyRequired {
+                    key_id: env.key_id.clone(),
+                })?;
             let params = Argon2Params {
                 memory_kib: env.argon2_memory_kib,
                 iterations: env.argon2_iterations,
@@ -391,11 +469,16 @@ fn unwrap_data_key(env: &KeyEnvelope, keys: &Keys, aad: &[u8]) -> Result<[u8; 32
                 || params.iterations > ARGON2_MAX.iterations
                 || params.parallelism > ARGON2_MAX.parallelism
             {
-                return Err(ArchiveError::HeaderCorrupt(format!("Argon2id parameters {params:?} exceed the reader's limits")));
+                return Err(ArchiveError::HeaderCorrupt(format!(
+                    "Argon2id parameters {params:?} exceed the reader's limits"
+                )));
             }
             let kek = pass.derive_wrap_key(&env.salt, params)?;
-            keys::unwrap(&kek, &env.wrap_nonce, &env.wrapped_key, aad).ok_or(ArchiveError::WrongPassphrase)
+            keys::unwrap(&kek, &env.wrap_nonce, &env.wrapped_key, aad)
+                .ok_or(ArchiveError::WrongPassphrase)
         }
-        other => Err(ArchiveError::HeaderCorrupt(format!("unknown key derivation {other:?}"))),
+        other => Err(ArchiveError::HeaderCorrupt(format!(
+            "unknown key derivation {other:?}"
+        ))),
     }
 }

@@ -18,7 +18,11 @@ fn record(i: u64, data: Vec<u8>, metadata: BTreeMap<String, String>) -> Record {
             seconds: 1_700_000_000 + i as i64,
             nanos: (i % 1000) as i32 * 1000,
         }),
-        event_id: if i % 2 == 0 { format!("11111111-0000-4000-8000-{i:012x}") } else { String::new() },
+        event_id: if i % 2 == 0 {
+            format!("11111111-0000-4000-8000-{i:012x}")
+        } else {
+            String::new()
+        },
     }
 }
 
@@ -95,7 +99,10 @@ proptest! {
 #[test]
 fn empty_archive_round_trips() {
     let bytes = write(&[], Protection::Key(key()), DEFAULT_CHUNK_SIZE);
-    let (back, res) = read(&bytes, &Keys::keyring(Keyring::new(vec![key()]).expect("ring")));
+    let (back, res) = read(
+        &bytes,
+        &Keys::keyring(Keyring::new(vec![key()]).expect("ring")),
+    );
     let footer = res.expect("empty archive reads");
     assert!(back.is_empty());
     assert_eq!(footer.event_count, 0);
@@ -104,11 +111,19 @@ fn empty_archive_round_trips() {
 
 #[test]
 fn sixteen_mib_non_utf8_event_round_trips() {
-    let data: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80).collect();
-    let records = vec![record(0, data, BTreeMap::new()), record(1, vec![], BTreeMap::new())];
+    let data: Vec<u8> = (0..16 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80)
+        .collect();
+    let records = vec![
+        record(0, data, BTreeMap::new()),
+        record(1, vec![], BTreeMap::new()),
+    ];
     for protection in [Protection::Key(key()), Protection::Unencrypted] {
         let bytes = write(&records, protection, DEFAULT_CHUNK_SIZE);
-        let (back, res) = read(&bytes, &Keys::keyring(Keyring::new(vec![key()]).expect("ring")));
+        let (back, res) = read(
+            &bytes,
+            &Keys::keyring(Keyring::new(vec![key()]).expect("ring")),
+        );
         res.expect("reads back");
         assert!(back == records, "16 MiB record changed in the round trip");
     }
@@ -125,7 +140,11 @@ fn small_multichunk(protection: Protection) -> (Vec<Record>, Vec<u8>) {
                     b'a' + ((x >> 16) % 26) as u8
                 })
                 .collect();
-            record(i, data, BTreeMap::from([("x-auth-id".to_string(), format!("u{i}"))]))
+            record(
+                i,
+                data,
+                BTreeMap::from([("x-auth-id".to_string(), format!("u{i}"))]),
+            )
         })
         .collect();
     let bytes = write(&records, protection, 4096);
@@ -151,14 +170,21 @@ fn frames(bytes: &[u8]) -> (usize, Vec<(usize, usize)>) {
 fn assert_damaged(original: &[Record], damaged: &[u8], keys: &Keys, what: &str) {
     let (got, res) = read(damaged, keys);
     assert!(res.is_err(), "{what}: damaged archive read without error");
-    assert!(got.len() <= original.len() && got[..] == original[..got.len()], "{what}: yielded a record outside the authenticated prefix");
+    assert!(
+        got.len() <= original.len() && got[..] == original[..got.len()],
+        "{what}: yielded a record outside the authenticated prefix"
+    );
 }
 
 fn exhaustive_damage(protection: Protection) {
     let keys = Keys::keyring(Keyring::new(vec![key()]).expect("ring"));
     let (records, bytes) = small_multichunk(protection);
     let (start, fr) = frames(&bytes);
-    assert!(fr.len() >= 4, "want a multi-chunk archive, got {} frames", fr.len());
+    assert!(
+        fr.len() >= 4,
+        "want a multi-chunk archive, got {} frames",
+        fr.len()
+    );
     assert_eq!(read(&bytes, &keys).0, records);
     for bit in 0..bytes.len() * 8 {
         let mut d = bytes.clone();
@@ -166,7 +192,12 @@ fn exhaustive_damage(protection: Protection) {
         assert_damaged(&records, &d, &keys, &format!("bit flip {bit}"));
     }
     for len in 0..bytes.len() {
-        assert_damaged(&records, &bytes[..len], &keys, &format!("truncation to {len}"));
+        assert_damaged(
+            &records,
+            &bytes[..len],
+            &keys,
+            &format!("truncation to {len}"),
+        );
     }
     let pieces: Vec<&[u8]> = fr.iter().map(|(o, l)| &bytes[*o..o + l]).collect();
     let rebuild = |order: &[usize]| -> Vec<u8> {
@@ -179,21 +210,39 @@ fn exhaustive_damage(protection: Protection) {
     let n = pieces.len();
     for i in 0..n {
         let dropped: Vec<usize> = (0..n).filter(|j| *j != i).collect();
-        assert_damaged(&records, &rebuild(&dropped), &keys, &format!("chunk {i} dropped"));
+        assert_damaged(
+            &records,
+            &rebuild(&dropped),
+            &keys,
+            &format!("chunk {i} dropped"),
+        );
         let mut dup: Vec<usize> = (0..n).collect();
         dup.insert(i, i);
-        assert_damaged(&records, &rebuild(&dup), &keys, &format!("chunk {i} duplicated"));
+        assert_damaged(
+            &records,
+            &rebuild(&dup),
+            &keys,
+            &format!("chunk {i} duplicated"),
+        );
         for j in i + 1..n {
             let mut sw: Vec<usize> = (0..n).collect();
             sw.swap(i, j);
-            assert_damaged(&records, &rebuild(&sw), &keys, &format!("chunks {i} and {j} swapped"));
+            assert_damaged(
+                &records,
+                &rebuild(&sw),
+                &keys,
+                &format!("chunks {i} and {j} swapped"),
+            );
         }
     }
     for extra in [&b"\0"[..], b"garbage", &bytes[start..]] {
         let mut d = bytes.clone();
         d.extend_from_slice(extra);
         let (_, res) = read(&d, &keys);
-        assert!(matches!(res, Err(ArchiveError::TrailingData { .. })), "appended bytes: {res:?}");
+        assert!(
+            matches!(res, Err(ArchiveError::TrailingData { .. })),
+            "appended bytes: {res:?}"
+        );
     }
 }
 
@@ -213,17 +262,29 @@ fn truncation_and_corruption_messages_name_the_chunk() {
     let (_, bytes) = small_multichunk(Protection::Key(key()));
     let (_, fr) = frames(&bytes);
     let (_, res) = read(&bytes[..fr[2].0], &keys);
-    assert_eq!(res.expect_err("truncated").to_string(), "archive is truncated after chunk 1");
+    assert_eq!(
+        res.expect_err("truncated").to_string(),
+        "archive is truncated after chunk 1"
+    );
     let mut d = bytes.clone();
     d[fr[1].0 + 20] ^= 0x10;
     let (_, res) = read(&d, &keys);
-    assert_eq!(res.expect_err("corrupt").to_string(), "chunk 1 failed authentication (corrupted or tampered)");
+    assert_eq!(
+        res.expect_err("corrupt").to_string(),
+        "chunk 1 failed authentication (corrupted or tampered)"
+    );
     let (_, res) = read(b"PK\x03\x04 this is a zip file", &keys);
-    assert_eq!(res.expect_err("not ours").to_string(), "not a backup archive (bad magic bytes)");
+    assert_eq!(
+        res.expect_err("not ours").to_string(),
+        "not a backup archive (bad magic bytes)"
+    );
     let mut newer = bytes.clone();
     newer[8..10].copy_from_slice(&2u16.to_be_bytes());
     let (_, res) = read(&newer, &keys);
-    assert!(matches!(res, Err(ArchiveError::UnsupportedVersion { major: 2, .. })), "{res:?}");
+    assert!(
+        matches!(res, Err(ArchiveError::UnsupportedVersion { major: 2, .. })),
+        "{res:?}"
+    );
 }
 
 #[test]
@@ -231,24 +292,60 @@ fn wrong_key_wrong_passphrase_and_missing_key_are_distinct() {
     let records = vec![record(1, b"{}".to_vec(), BTreeMap::new())];
     let bytes = write(&records, Protection::Key(key()), DEFAULT_CHUNK_SIZE);
     let other = MasterKey::from_bytes([8; 32]);
-    let (_, res) = read(&bytes, &Keys::keyring(Keyring::new(vec![other.clone()]).expect("ring")));
+    let (_, res) = read(
+        &bytes,
+        &Keys::keyring(Keyring::new(vec![other.clone()]).expect("ring")),
+    );
     let err = res.expect_err("wrong key");
     assert!(matches!(err, ArchiveError::WrongKey { .. }));
-    assert_eq!(err.to_string(), format!("wrong key (archive key id {}, keyring has {})", key().id(), other.id()));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "wrong key (archive key id {}, keyring has {})",
+            key().id(),
+            other.id()
+        )
+    );
     let (_, res) = read(&bytes, &Keys::none());
-    assert!(matches!(res, Err(ArchiveError::KeyRequired { .. })), "{res:?}");
+    assert!(
+        matches!(res, Err(ArchiveError::KeyRequired { .. })),
+        "{res:?}"
+    );
     // A keyring with the old key behind a new primary opens it (rotation).
-    let (back, res) = read(&bytes, &Keys::keyring(Keyring::new(vec![other, key()]).expect("ring")));
+    let (back, res) = read(
+        &bytes,
+        &Keys::keyring(Keyring::new(vec![other, key()]).expect("ring")),
+    );
     res.expect("rotated keyring opens old archive");
     assert_eq!(back, records);
 
-    let fast = Argon2Params { memory_kib: 64, iterations: 1, parallelism: 1 };
+    let fast = Argon2Params {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
     let pass = Passphrase::new("correct horse").expect("passphrase");
-    let bytes = write(&records, Protection::Passphrase(pass.clone(), fast), DEFAULT_CHUNK_SIZE);
-    let wrong = Keys { keyring: None, passphrase: Some(Passphrase::new("battery staple").expect("passphrase")) };
-    assert!(matches!(read(&bytes, &wrong).1, Err(ArchiveError::WrongPassphrase)));
-    assert!(matches!(read(&bytes, &Keys::none()).1, Err(ArchiveError::KeyRequired { .. })));
-    let right = Keys { keyring: None, passphrase: Some(pass) };
+    let bytes = write(
+        &records,
+        Protection::Passphrase(pass.clone(), fast),
+        DEFAULT_CHUNK_SIZE,
+    );
+    let wrong = Keys {
+        keyring: None,
+        passphrase: Some(Passphrase::new("battery staple").expect("passphrase")),
+    };
+    assert!(matches!(
+        read(&bytes, &wrong).1,
+        Err(ArchiveError::WrongPassphrase)
+    ));
+    assert!(matches!(
+        read(&bytes, &Keys::none()).1,
+        Err(ArchiveError::KeyRequired { .. })
+    ));
+    let right = Keys {
+        keyring: None,
+        passphrase: Some(pass),
+    };
     assert_eq!(read(&bytes, &right).0, records);
 }
 
@@ -256,24 +353,39 @@ fn wrong_key_wrong_passphrase_and_missing_key_are_distinct() {
 fn stored_bytes_are_ciphertext() {
     let marker = "MARKER-4f1d2c-plaintext-must-not-leak";
     let records: Vec<Record> = (0..200)
-        .map(|i| record(i, format!("{{\"note\":\"{marker} {i}\"}}").into_bytes(), BTreeMap::from([("k".to_string(), marker.to_string())])))
+        .map(|i| {
+            record(
+                i,
+                format!("{{\"note\":\"{marker} {i}\"}}").into_bytes(),
+                BTreeMap::from([("k".to_string(), marker.to_string())]),
+            )
+        })
         .collect();
     // Compression off the table: level 1 and incompressible-looking content do not matter,
     // because we check the uncompressed record stream's 16-byte runs too.
     let bytes = write(&records, Protection::Key(key()), 4096);
     let hay = bytes.as_slice();
-    assert!(!hay.windows(marker.len()).any(|w| w == marker.as_bytes()), "marker found in the archive");
+    assert!(
+        !hay.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "marker found in the archive"
+    );
     let mut plain = Vec::new();
     for r in &records {
         prost::Message::encode_length_delimited(r, &mut plain).expect("encode");
     }
     let runs: std::collections::HashSet<&[u8]> = plain.windows(16).collect();
-    assert!(!hay.windows(16).any(|w| runs.contains(w)), "a 16-byte run of the plaintext appears in the archive");
+    assert!(
+        !hay.windows(16).any(|w| runs.contains(w)),
+        "a 16-byte run of the plaintext appears in the archive"
+    );
 }
 
 #[test]
 fn footer_carries_count_range_and_digest() {
-    let records: Vec<Record> = [5u64, 1, 9].iter().map(|i| record(*i, b"1".to_vec(), BTreeMap::new())).collect();
+    let records: Vec<Record> = [5u64, 1, 9]
+        .iter()
+        .map(|i| record(*i, b"1".to_vec(), BTreeMap::new()))
+        .collect();
     let bytes = write(&records, Protection::Unencrypted, DEFAULT_CHUNK_SIZE);
     let footer = read(&bytes, &Keys::none()).1.expect("reads");
     assert_eq!(footer.event_count, 3);
@@ -291,7 +403,9 @@ fn archive_module_does_not_import_runtime_sql_or_network_crates() {
         for banned in ["tokio", "sqlx", "aws_sdk", "tonic"] {
             let used = text.lines().any(|l| {
                 let l = l.trim_start();
-                (l.starts_with("use ") || l.contains("::")) && l.contains(&format!("{banned}::")) && !l.starts_with("//")
+                (l.starts_with("use ") || l.contains("::"))
+                    && l.contains(&format!("{banned}::"))
+                    && !l.starts_with("//")
             });
             assert!(!used, "{} uses {banned}", path.display());
         }
@@ -304,7 +418,9 @@ fn archive_module_does_not_import_runtime_sql_or_network_crates() {
 #[test]
 #[ignore = "writes the frozen test vectors; run by hand only"]
 fn write_test_vectors() {
-    let Some(dir) = std::env::var_os("MBK_WRITE_VECTORS") else { return };
+    let Some(dir) = std::env::var_os("MBK_WRITE_VECTORS") else {
+        return;
+    };
     let dir = std::path::PathBuf::from(dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let key = MasterKey::generate();
@@ -347,12 +463,20 @@ fn write_test_vectors() {
     std::fs::write(dir.join("encrypted.key"), format!("{}\n", key.to_base64())).expect("key");
     let enc = write(&records, Protection::Key(key), 4096);
     std::fs::write(dir.join("encrypted.mbk"), &enc).expect("write");
-    std::fs::write(dir.join("unencrypted.mbk"), write(&records, Protection::Unencrypted, 4096)).expect("write");
+    std::fs::write(
+        dir.join("unencrypted.mbk"),
+        write(&records, Protection::Unencrypted, 4096),
+    )
+    .expect("write");
     let mut flipped = enc.clone();
     let (_, fr) = frames(&enc);
     flipped[fr[0].0 + 9] ^= 0x04;
     std::fs::write(dir.join("damaged-bitflip.mbk"), flipped).expect("write");
-    std::fs::write(dir.join("damaged-truncated.mbk"), &enc[..fr[fr.len() - 1].0]).expect("write");
+    std::fs::write(
+        dir.join("damaged-truncated.mbk"),
+        &enc[..fr[fr.len() - 1].0],
+    )
+    .expect("write");
     let mut lines = String::new();
     for r in &records {
         lines.push_str(&serde_json::to_string(&crate::cli::record_json(r)).expect("json"));

@@ -54,8 +54,14 @@ impl WriterOptions {
 }
 
 enum Sealer {
-    Aes { cipher: Box<Aes256Gcm>, prefix: [u8; 7], aad: Vec<u8> },
-    Chain { prev: [u8; 32] },
+    Aes {
+        cipher: Box<Aes256Gcm>,
+        prefix: [u8; 7],
+        aad: Vec<u8>,
+    },
+    Chain {
+        prev: [u8; 32],
+    },
 }
 
 /// Footer accumulator: counts, time range and the digest of the records.
@@ -77,9 +83,9 @@ impl Tally {
         self.count += 1;
         self.record_bytes += encoded.len() as u64;
         self.digest.update(encoded);
-        let ts = rec.timestamp.clone().unwrap_or_default();
+        let ts = rec.timestamp.unwrap_or_default();
         if self.first.as_ref().is_none_or(|f| ts_key(&ts) < ts_key(f)) {
-            self.first = Some(ts.clone());
+            self.first = Some(ts);
         }
         if self.last.as_ref().is_none_or(|l| ts_key(&ts) > ts_key(l)) {
             self.last = Some(ts);
@@ -114,7 +120,9 @@ pub struct ArchiveWriter<W: Write> {
 
 impl<W: Write> std::fmt::Debug for ArchiveWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArchiveWriter").field("chunks", &self.counter).finish_non_exhaustive()
+        f.debug_struct("ArchiveWriter")
+            .field("chunks", &self.counter)
+            .finish_non_exhaustive()
     }
 }
 
@@ -135,8 +143,17 @@ impl<W: Write> ArchiveWriter<W> {
             parent_id: opts.parent_id.unwrap_or_default(),
             created_at: Some(opts.created_at),
             compression: COMPRESSION_ZSTD.into(),
-            protection: if encrypted { PROTECTION_AES } else { PROTECTION_SHA256 }.into(),
-            nonce_prefix: if encrypted { nonce_prefix.to_vec() } else { Vec::new() },
+            protection: if encrypted {
+                PROTECTION_AES
+            } else {
+                PROTECTION_SHA256
+            }
+            .into(),
+            nonce_prefix: if encrypted {
+                nonce_prefix.to_vec()
+            } else {
+                Vec::new()
+            },
             chunk_size,
             kind: opts.kind,
         };
@@ -201,7 +218,14 @@ impl<W: Write> ArchiveWriter<W> {
         let sealer = match sealer {
             // The chain covers the prefix and the envelope: nothing before the chunks is unchecked.
             Sealer::Chain { .. } => Sealer::Chain {
-                prev: chain_start(&[&prefix[..], &(env_bytes.len() as u32).to_be_bytes(), &env_bytes].concat()),
+                prev: chain_start(
+                    &[
+                        &prefix[..],
+                        &(env_bytes.len() as u32).to_be_bytes(),
+                        &env_bytes,
+                    ]
+                    .concat(),
+                ),
             },
             aes => aes,
         };
@@ -267,15 +291,24 @@ impl<W: Write> ArchiveWriter<W> {
     fn seal_and_write(&mut self, plain: &[u8], last: bool) -> Result<(), ArchiveError> {
         let flags = if last { FLAG_LAST } else { 0 };
         self.frame.clear();
-        self.frame.resize(zstd::zstd_safe::compress_bound(plain.len()), 0);
-        let n = self.compressor.compress_to_buffer(plain, &mut self.frame[..])?;
+        self.frame
+            .resize(zstd::zstd_safe::compress_bound(plain.len()), 0);
+        let n = self
+            .compressor
+            .compress_to_buffer(plain, &mut self.frame[..])?;
         self.frame.truncate(n);
         match &mut self.sealer {
-            Sealer::Aes { cipher, prefix, aad } => {
+            Sealer::Aes {
+                cipher,
+                prefix,
+                aad,
+            } => {
                 let nonce = nonce(prefix, self.counter, last);
                 cipher
                     .encrypt_in_place(Nonce::from_slice(&nonce), aad, &mut self.frame)
-                    .map_err(|_| ArchiveError::Io(std::io::Error::other("AES-GCM encryption failed")))?;
+                    .map_err(|_| {
+                        ArchiveError::Io(std::io::Error::other("AES-GCM encryption failed"))
+                    })?;
             }
             Sealer::Chain { prev } => {
                 let tag = chain_tag(prev, self.counter, flags, &self.frame);
@@ -284,7 +317,8 @@ impl<W: Write> ArchiveWriter<W> {
             }
         }
         self.out.write_all(&[flags])?;
-        self.out.write_all(&(self.frame.len() as u32).to_be_bytes())?;
+        self.out
+            .write_all(&(self.frame.len() as u32).to_be_bytes())?;
         self.out.write_all(&self.frame)?;
         self.written += 5 + self.frame.len() as u64;
         self.counter = self

@@ -172,12 +172,18 @@ impl Catalog {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let (url, kind) = if let Some(path) = url.strip_prefix("sqlite://") {
-            if let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent() {
+            if let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
+            {
                 if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
                 }
             }
-            let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+            let url = if url.contains('?') {
+                url.to_string()
+            } else {
+                format!("{url}?mode=rwc")
+            };
             (url, "sqlite")
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (url.to_string(), "postgres")
@@ -190,8 +196,14 @@ impl Catalog {
             .connect(&url)
             .await
             .context("cannot connect to the catalog database")?;
-        MIGRATOR.run(&pool).await.context("catalog migrations failed")?;
-        Ok(Self { pool, url_kind: kind })
+        MIGRATOR
+            .run(&pool)
+            .await
+            .context("catalog migrations failed")?;
+        Ok(Self {
+            pool,
+            url_kind: kind,
+        })
     }
 
     /// "sqlite" or "postgres".
@@ -202,7 +214,10 @@ impl Catalog {
     /// Inserts or replaces a backup record.
     pub async fn upsert_backup(&self, r: &BackupRecord) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM backups WHERE id = $1").bind(&r.id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM backups WHERE id = $1")
+            .bind(&r.id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(&format!(
             "INSERT INTO backups ({BACKUP_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
         ))
@@ -232,16 +247,27 @@ impl Catalog {
 
     /// The backup with this id.
     pub async fn get_backup(&self, id: &str) -> anyhow::Result<Option<BackupRecord>> {
-        let row = sqlx::query(&format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| backup_from_row(&r)).transpose()
     }
 
     /// Backups newest first; complete ones only unless `include_incomplete`.
-    pub async fn list_backups(&self, page_size: usize, page_token: Option<&str>, include_incomplete: bool) -> anyhow::Result<Page> {
-        let states = if include_incomplete { "" } else { " AND state = 'succeeded'" };
+    pub async fn list_backups(
+        &self,
+        page_size: usize,
+        page_token: Option<&str>,
+        include_incomplete: bool,
+    ) -> anyhow::Result<Page> {
+        let states = if include_incomplete {
+            ""
+        } else {
+            " AND state = 'succeeded'"
+        };
         let rows = sqlx::query(&format!(
             "SELECT {BACKUP_COLUMNS} FROM backups WHERE id < $1{states} ORDER BY id DESC LIMIT $2"
         ))
@@ -249,7 +275,10 @@ impl Catalog {
         .bind(page_size as i64 + 1)
         .fetch_all(&self.pool)
         .await?;
-        let mut backups = rows.iter().map(backup_from_row).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut backups = rows
+            .iter()
+            .map(backup_from_row)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let next = if backups.len() > page_size {
             backups.truncate(page_size);
             backups.last().map(|b| b.id.clone())
@@ -261,19 +290,23 @@ impl Catalog {
 
     /// Every backup in a state, newest first.
     pub async fn backups_in_state(&self, state: State) -> anyhow::Result<Vec<BackupRecord>> {
-        let rows = sqlx::query(&format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE state = $1 ORDER BY id DESC"))
-            .bind(state.as_str())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE state = $1 ORDER BY id DESC"
+        ))
+        .bind(state.as_str())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(backup_from_row).collect()
     }
 
     /// The newest backup in a state.
     pub async fn newest_in_state(&self, state: State) -> anyhow::Result<Option<BackupRecord>> {
-        let row = sqlx::query(&format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE state = $1 ORDER BY id DESC LIMIT 1"))
-            .bind(state.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE state = $1 ORDER BY id DESC LIMIT 1"
+        ))
+        .bind(state.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| backup_from_row(&r)).transpose()
     }
 
@@ -287,7 +320,10 @@ impl Catalog {
 
     /// Removes a backup record.
     pub async fn delete_backup(&self, id: &str) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM backups WHERE id = $1").bind(id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM backups WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -314,14 +350,18 @@ impl Catalog {
         let objects = dest.list(layout::BACKUPS_DIR).await?;
         let mut found = std::collections::BTreeSet::new();
         for o in &objects {
-            let Some((id, true)) = layout::parse_key(&o.key) else { continue };
+            let Some((id, true)) = layout::parse_key(&o.key) else {
+                continue;
+            };
             let bytes = dest.get_bytes(&o.key).await?;
             match Manifest::parse(&bytes) {
                 Ok(m) => {
                     self.upsert_backup(&BackupRecord::from_manifest(&m)).await?;
                     found.insert(m.id);
                 }
-                Err(e) => tracing::warn!(backup_id = id, error = %e, "ignoring an unreadable manifest"),
+                Err(e) => {
+                    tracing::warn!(backup_id = id, error = %e, "ignoring an unreadable manifest")
+                }
             }
         }
         for r in self.backups_in_state(State::Succeeded).await? {
@@ -335,7 +375,10 @@ impl Catalog {
     /// Inserts or replaces a restore record.
     pub async fn upsert_restore(&self, r: &RestoreRecord) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM restores WHERE id = $1").bind(&r.id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM restores WHERE id = $1")
+            .bind(&r.id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO restores (id, backup_id, state, started_at, completed_at, created_by, sink, until_time, drop_existing, chain, event_count, archive_bytes, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
             .bind(&r.id)
             .bind(&r.backup_id)
@@ -400,7 +443,11 @@ fn restore_from_row(r: &AnyRow) -> anyhow::Result<RestoreRecord> {
         sink: r.try_get("sink")?,
         until: r.try_get("until_time")?,
         drop_existing: r.try_get::<i64, _>("drop_existing")? != 0,
-        chain: chain.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        chain: chain
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
         event_count: r.try_get::<i64, _>("event_count")? as u64,
         archive_bytes: r.try_get::<i64, _>("archive_bytes")? as u64,
         error: r.try_get("error")?,

@@ -29,8 +29,11 @@ pub struct DemoArgs {
 }
 
 pub(super) async fn run(a: DemoArgs) -> anyhow::Result<()> {
-    let run_dir = a.dir.join(chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string());
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let run_dir = a
+        .dir
+        .join(chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string());
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
     let run_dir = std::fs::canonicalize(&run_dir)?;
     println!("monoskope-backup demo in {}", run_dir.display());
 
@@ -51,20 +54,38 @@ pub(super) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     });
     let mut es = EventStoreClient::connect(format!("http://{es_addr}")).await?;
     let start = chrono::Utc::now().timestamp() - 86_400;
-    es.store(tokio_stream::iter(crate::devstore::sample::events(a.events, (a.events / 20).max(1), start, 42).collect::<Vec<_>>()))
-        .await
-        .context("storing sample events")?;
-    println!("1. embedded EventStore on {es_addr} (database {}) holds {} Monoskope-like events", db.display(), a.events);
+    es.store(tokio_stream::iter(
+        crate::devstore::sample::events(a.events, (a.events / 20).max(1), start, 42)
+            .collect::<Vec<_>>(),
+    ))
+    .await
+    .context("storing sample events")?;
+    println!(
+        "1. embedded EventStore on {es_addr} (database {}) holds {} Monoskope-like events",
+        db.display(),
+        a.events
+    );
 
     // 2. A generated key, the service with a SQLite catalog and a directory destination.
     let key = MasterKey::generate();
     let key_file = run_dir.join("backup.key");
     crate::ops::secrets::write_key_file(&key_file, &key)?;
     let backups = run_dir.join("backups");
-    let destination = crate::destination::open(&format!("file://{}", backups.display()), &S3Options::default()).await?;
-    let catalog = crate::catalog::Catalog::connect(&format!("sqlite://{}", run_dir.join("catalog.db").display())).await?;
+    let destination = crate::destination::open(
+        &format!("file://{}", backups.display()),
+        &S3Options::default(),
+    )
+    .await?;
+    let catalog = crate::catalog::Catalog::connect(&format!(
+        "sqlite://{}",
+        run_dir.join("catalog.db").display()
+    ))
+    .await?;
     let engine = Engine::new(EngineConfig {
-        event_store: EventStoreAddr { addr: es_addr.to_string(), ca_file: None },
+        event_store: EventStoreAddr {
+            addr: es_addr.to_string(),
+            ca_file: None,
+        },
         destination: destination.clone(),
         catalog,
         keys: crate::archive::Keys::keyring(crate::archive::Keyring::new(vec![key.clone()])?),
@@ -82,27 +103,62 @@ pub(super) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let svc_task = tokio::spawn(crate::grpc::serve(engine.clone(), listener, None, svc_stop));
-    println!("2. BackupService on {addr} (no authentication: loopback only), key {} in {} (0600)", key.id(), key_file.display());
+    println!(
+        "2. BackupService on {addr} (no authentication: loopback only), key {} in {} (0600)",
+        key.id(),
+        key_file.display()
+    );
 
     // 3. A backup through the API, as backupctl or a CronJob does.
     let mut client = BackupClient::connect(&ClientOptions::new(format!("http://{addr}"))).await?;
     let b = client.create_backup(true, false).await?;
     anyhow::ensure!(b.error.is_empty(), "backup failed: {}", b.error);
-    println!("3. CreateBackup{{wait: true}} -> backup {}: {} events, {} bytes, at {}", b.id, b.event_count, b.bytes, b.location);
+    println!(
+        "3. CreateBackup{{wait: true}} -> backup {}: {} events, {} bytes, at {}",
+        b.id, b.event_count, b.bytes, b.location
+    );
 
     // 4. List and verify.
     let listed = client.list_all(false).await?;
-    println!("4. ListBackups -> {} backup(s): {}", listed.len(), listed.iter().map(|b| b.id.as_str()).collect::<Vec<_>>().join(", "));
+    println!(
+        "4. ListBackups -> {} backup(s): {}",
+        listed.len(),
+        listed
+            .iter()
+            .map(|b| b.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let m = verify::resolve(destination.as_ref(), &b.id).await?;
     let report = verify::verify(destination.as_ref(), &engine.config().keys, &m).await?;
-    anyhow::ensure!(report.ok, "verification failed: {}", report.problems.join("; "));
-    println!("5. verify {} -> ok: every chunk authenticated, {} events, footer and manifest agree", report.id, report.events);
+    anyhow::ensure!(
+        report.ok,
+        "verification failed: {}",
+        report.problems.join("; ")
+    );
+    println!(
+        "5. verify {} -> ok: every chunk authenticated, {} events, footer and manifest agree",
+        report.id, report.events
+    );
 
     println!();
     println!("Try it yourself:");
-    println!("  backup-server inspect --summary --key-file {} {}", key_file.display(), backups.join(crate::destination::layout::archive_key(&b.id)).display());
-    println!("  backup-server list --destination file://{}", backups.display());
-    println!("  backup-server verify --all --destination file://{} --key-file {}", backups.display(), key_file.display());
+    println!(
+        "  backup-server inspect --summary --key-file {} {}",
+        key_file.display(),
+        backups
+            .join(crate::destination::layout::archive_key(&b.id))
+            .display()
+    );
+    println!(
+        "  backup-server list --destination file://{}",
+        backups.display()
+    );
+    println!(
+        "  backup-server verify --all --destination file://{} --key-file {}",
+        backups.display(),
+        key_file.display()
+    );
     if a.keep_running {
         println!("  backupctl --server http://{addr} status");
         println!("  backupctl --server http://{addr} create --wait");

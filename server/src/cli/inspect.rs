@@ -72,19 +72,30 @@ pub fn summary_json(h: &Header, key_id: &str, f: &Footer, bytes: u64) -> serde_j
 
 pub(super) fn run(a: InspectArgs) -> anyhow::Result<()> {
     let keys = secrets::load_keys(a.keys.key_file.as_deref())?;
-    let file = std::fs::File::open(&a.path).with_context(|| format!("cannot open {}", a.path.display()))?;
+    let file = std::fs::File::open(&a.path)
+        .with_context(|| format!("cannot open {}", a.path.display()))?;
     let mut reader = ArchiveReader::open(BufReader::with_capacity(1 << 20, file), &keys)
         .with_context(|| format!("{}", a.path.display()))?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     if a.summary {
-        let footer = reader.verify_to_end().with_context(|| format!("{}", a.path.display()))?;
-        let v = summary_json(reader.header(), reader.key_id(), &footer, reader.bytes_read());
+        let footer = reader
+            .verify_to_end()
+            .with_context(|| format!("{}", a.path.display()))?;
+        let v = summary_json(
+            reader.header(),
+            reader.key_id(),
+            &footer,
+            reader.bytes_read(),
+        );
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         // Events are printed as their chunk authenticates; on damage the error follows the
         // events of the intact prefix and the exit code is 1.
-        while let Some(r) = reader.next_record().with_context(|| format!("{}", a.path.display()))? {
+        while let Some(r) = reader
+            .next_record()
+            .with_context(|| format!("{}", a.path.display()))?
+        {
             serde_json::to_writer(&mut out, &record_json(&r))?;
             out.write_all(b"\n")?;
         }

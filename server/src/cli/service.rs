@@ -98,7 +98,9 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let settings = a.common.resolve()?;
     let listen = match (a.listen, settings.file.listen.as_deref()) {
         (Some(l), _) => l,
-        (None, Some(l)) => l.parse().with_context(|| format!("listen: {l:?} is not HOST:PORT"))?,
+        (None, Some(l)) => l
+            .parse()
+            .with_context(|| format!("listen: {l:?} is not HOST:PORT"))?,
         (None, None) => "127.0.0.1:50051".parse()?,
     };
     let auth = a
@@ -113,7 +115,10 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         bail!("refusing to serve without authentication on {listen}: --auth none is only allowed on loopback addresses");
     }
     let tls_files = settings.file.tls.clone().unwrap_or_default();
-    let tls = match (a.tls_cert.or(tls_files.cert_file), a.tls_key.or(tls_files.key_file)) {
+    let tls = match (
+        a.tls_cert.or(tls_files.cert_file),
+        a.tls_key.or(tls_files.key_file),
+    ) {
         (Some(c), Some(k)) => Some((
             std::fs::read(&c).with_context(|| format!("cannot read {}", c.display()))?,
             std::fs::read(&k).with_context(|| format!("cannot read {}", k.display()))?,
@@ -122,7 +127,9 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         _ => bail!("TLS needs both --tls-cert and --tls-key"),
     };
     let engine = settings.engine().await?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::warn!(%addr, "AUTHENTICATION IS OFF (--auth none): every caller on this machine may create and restore backups; allowed on loopback only");
     tracing::info!(%addr, destination = %engine.config().destination.url(), event_store = %engine.config().event_store.addr, catalog = engine.config().catalog.kind(), tls = tls.is_some(), "BackupService listening");
@@ -133,20 +140,32 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
 pub(super) async fn backup(a: BackupArgs) -> anyhow::Result<()> {
     let settings = a.common.resolve()?;
     let engine = settings.engine().await?;
-    let who = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+    let who = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
     let r = engine.backup(&who).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-            "id": r.id, "state": r.state.as_str(), "event_count": r.event_count, "bytes": r.archive_bytes,
-            "first_event_time": r.first_event_time, "last_event_time": r.last_event_time,
-            "sha256": r.archive_sha256, "key_id": r.key_id, "destination": engine.config().destination.url(), "error": r.error,
-        }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "id": r.id, "state": r.state.as_str(), "event_count": r.event_count, "bytes": r.archive_bytes,
+                "first_event_time": r.first_event_time, "last_event_time": r.last_event_time,
+                "sha256": r.archive_sha256, "key_id": r.key_id, "destination": engine.config().destination.url(), "error": r.error,
+            }))?
+        );
     }
     if let Some(e) = &r.error {
         bail!("backup {} failed: {e}", r.id);
     }
     if !a.json {
-        println!("backup {} complete: {} events, {} bytes at {}", r.id, r.event_count, r.archive_bytes, engine.config().destination.url());
+        println!(
+            "backup {} complete: {} events, {} bytes at {}",
+            r.id,
+            r.event_count,
+            r.archive_bytes,
+            engine.config().destination.url()
+        );
         println!("{}", r.id);
     }
     Ok(())
@@ -161,7 +180,10 @@ pub(super) async fn list(a: ListArgs) -> anyhow::Result<()> {
     } else if manifests.is_empty() {
         println!("no complete backups at {}", dest.url());
     } else {
-        println!("{:<30} {:<11} {:>10} {:>12}  {:<24}  LAST EVENT", "ID", "KIND", "EVENTS", "BYTES", "COMPLETED");
+        println!(
+            "{:<30} {:<11} {:>10} {:>12}  {:<24}  LAST EVENT",
+            "ID", "KIND", "EVENTS", "BYTES", "COMPLETED"
+        );
         for m in &manifests {
             println!(
                 "{:<30} {:<11} {:>10} {:>12}  {:<24}  {}",

@@ -96,7 +96,9 @@ impl CommonArgs {
             None => FileConfig::default(),
         };
         let b = file.backup.clone().unwrap_or_default();
-        let (file_dest, file_s3) = file.destination().map_or((None, None), |(u, s)| (Some(u), s));
+        let (file_dest, file_s3) = file
+            .destination()
+            .map_or((None, None), |(u, s)| (Some(u), s));
         let s3f = file_s3.unwrap_or_default();
         let s3 = S3Options {
             endpoint: self.s3_endpoint.clone().or(s3f.endpoint),
@@ -107,7 +109,11 @@ impl CommonArgs {
         };
         let es = file.event_store.clone().unwrap_or_default();
         let event_store = EventStoreAddr {
-            addr: self.event_store.clone().or(es.address).unwrap_or_else(|| "127.0.0.1:8080".into()),
+            addr: self
+                .event_store
+                .clone()
+                .or(es.address)
+                .unwrap_or_else(|| "127.0.0.1:8080".into()),
             ca_file: self.event_store_ca.clone().or(es.ca_file),
         };
         let enc = file.encryption.clone().unwrap_or_default();
@@ -132,7 +138,10 @@ impl CommonArgs {
             protection,
             retention_count: self.retention_count.or(b.retention_count).unwrap_or(7),
             timeout,
-            compression_level: self.compression_level.or(enc.compression_level).unwrap_or(DEFAULT_COMPRESSION_LEVEL),
+            compression_level: self
+                .compression_level
+                .or(enc.compression_level)
+                .unwrap_or(DEFAULT_COMPRESSION_LEVEL),
             file,
         })
     }
@@ -154,13 +163,20 @@ impl Settings {
         let catalog = Catalog::connect(&self.catalog_url).await?;
         let n = catalog.fail_interrupted().await?;
         if n > 0 {
-            tracing::warn!(operations = n, "marked operations interrupted by a previous stop as failed");
+            tracing::warn!(
+                operations = n,
+                "marked operations interrupted by a previous stop as failed"
+            );
         }
         if catalog.count_complete().await? == 0 {
             match catalog.resync(dest).await {
-                Ok(found) if found > 0 => tracing::info!(backups = found, destination = %dest.url(), "catalog was empty; rebuilt it from the destination"),
+                Ok(found) if found > 0 => {
+                    tracing::info!(backups = found, destination = %dest.url(), "catalog was empty; rebuilt it from the destination")
+                }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not rebuild the catalog from the destination"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not rebuild the catalog from the destination")
+                }
             }
         }
         Ok(catalog)

@@ -22,22 +22,36 @@ impl LocalDir {
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, DestinationError> {
-        if key.is_empty() || key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-            return Err(DestinationError::Other(format!("invalid object key {key:?}")));
+        if key.is_empty()
+            || key
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(DestinationError::Other(format!(
+                "invalid object key {key:?}"
+            )));
         }
         Ok(self.root.join(key))
     }
 
     fn staging(path: &Path) -> PathBuf {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        path.with_file_name(format!("{STAGING_MARK}{}-{name}", uuid::Uuid::new_v4().simple()))
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        path.with_file_name(format!(
+            "{STAGING_MARK}{}-{name}",
+            uuid::Uuid::new_v4().simple()
+        ))
     }
 }
 
 fn io_err(what: &str, e: std::io::Error) -> DestinationError {
     match e.kind() {
         std::io::ErrorKind::NotFound => DestinationError::NotFound(what.to_string()),
-        std::io::ErrorKind::PermissionDenied => DestinationError::PermissionDenied(format!("{what}: {e}")),
+        std::io::ErrorKind::PermissionDenied => {
+            DestinationError::PermissionDenied(format!("{what}: {e}"))
+        }
         _ => DestinationError::Other(format!("{what}: {e}")),
     }
 }
@@ -51,14 +65,19 @@ struct LocalUpload {
 #[async_trait::async_trait]
 impl Upload for LocalUpload {
     async fn write_part(&mut self, part: Vec<u8>) -> Result<(), DestinationError> {
-        self.file.write_all(&part).await.map_err(|e| io_err(&self.staging.display().to_string(), e))
+        self.file
+            .write_all(&part)
+            .await
+            .map_err(|e| io_err(&self.staging.display().to_string(), e))
     }
 
     async fn complete(mut self: Box<Self>) -> Result<(), DestinationError> {
         let what = self.target.display().to_string();
         self.file.flush().await.map_err(|e| io_err(&what, e))?;
         self.file.sync_all().await.map_err(|e| io_err(&what, e))?;
-        tokio::fs::rename(&self.staging, &self.target).await.map_err(|e| io_err(&what, e))?;
+        tokio::fs::rename(&self.staging, &self.target)
+            .await
+            .map_err(|e| io_err(&what, e))?;
         if let Some(dir) = self.target.parent() {
             if let Ok(d) = tokio::fs::File::open(dir).await {
                 let _ = d.sync_all().await;
@@ -82,13 +101,19 @@ impl Destination for LocalDir {
     async fn upload(&self, key: &str) -> Result<Box<dyn Upload>, DestinationError> {
         let target = self.path(key)?;
         if let Some(dir) = target.parent() {
-            tokio::fs::create_dir_all(dir).await.map_err(|e| io_err(&dir.display().to_string(), e))?;
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| io_err(&dir.display().to_string(), e))?;
         }
         let staging = Self::staging(&target);
         let file = tokio::fs::File::create(&staging)
             .await
             .map_err(|e| io_err(&staging.display().to_string(), e))?;
-        Ok(Box::new(LocalUpload { file, staging, target }))
+        Ok(Box::new(LocalUpload {
+            file,
+            staging,
+            target,
+        }))
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), DestinationError> {
@@ -102,7 +127,9 @@ impl Destination for LocalDir {
 
     async fn get(&self, key: &str) -> Result<ObjectReader, DestinationError> {
         let path = self.path(key)?;
-        let f = tokio::fs::File::open(&path).await.map_err(|e| io_err(key, e))?;
+        let f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io_err(key, e))?;
         Ok(Box::pin(tokio::io::BufReader::with_capacity(1 << 20, f)))
     }
 
@@ -115,16 +142,30 @@ impl Destination for LocalDir {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io_err(&dir.display().to_string(), e)),
             };
-            while let Some(entry) = rd.next_entry().await.map_err(|e| io_err(&dir.display().to_string(), e))? {
-                let meta = entry.metadata().await.map_err(|e| io_err(&entry.path().display().to_string(), e))?;
+            while let Some(entry) = rd
+                .next_entry()
+                .await
+                .map_err(|e| io_err(&dir.display().to_string(), e))?
+            {
+                let meta = entry
+                    .metadata()
+                    .await
+                    .map_err(|e| io_err(&entry.path().display().to_string(), e))?;
                 let path = entry.path();
                 if meta.is_dir() {
                     stack.push(path);
                     continue;
                 }
-                let Ok(rel) = path.strip_prefix(&self.root) else { continue };
+                let Ok(rel) = path.strip_prefix(&self.root) else {
+                    continue;
+                };
                 let key = rel.to_string_lossy().replace('\\', "/");
-                if key.rsplit('/').next().is_some_and(|n| n.starts_with(STAGING_MARK)) || !key.starts_with(prefix) {
+                if key
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|n| n.starts_with(STAGING_MARK))
+                    || !key.starts_with(prefix)
+                {
                     continue;
                 }
                 let modified_unix = meta
@@ -132,7 +173,11 @@ impl Destination for LocalDir {
                     .ok()
                     .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_secs() as i64);
-                out.push(ObjectInfo { key, size: meta.len(), modified_unix });
+                out.push(ObjectInfo {
+                    key,
+                    size: meta.len(),
+                    modified_unix,
+                });
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -151,9 +196,14 @@ impl Destination for LocalDir {
         tokio::fs::create_dir_all(&self.root)
             .await
             .map_err(|e| io_err(&self.root.display().to_string(), e))?;
-        let meta = tokio::fs::metadata(&self.root).await.map_err(|e| io_err(&self.root.display().to_string(), e))?;
+        let meta = tokio::fs::metadata(&self.root)
+            .await
+            .map_err(|e| io_err(&self.root.display().to_string(), e))?;
         if meta.permissions().readonly() {
-            return Err(DestinationError::PermissionDenied(format!("{} is read-only", self.root.display())));
+            return Err(DestinationError::PermissionDenied(format!(
+                "{} is read-only",
+                self.root.display()
+            )));
         }
         Ok(())
     }
@@ -163,20 +213,30 @@ impl Destination for LocalDir {
         let mut removed = 0;
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
-            let Ok(mut rd) = tokio::fs::read_dir(&dir).await else { continue };
+            let Ok(mut rd) = tokio::fs::read_dir(&dir).await else {
+                continue;
+            };
             while let Ok(Some(entry)) = rd.next_entry().await {
-                let Ok(meta) = entry.metadata().await else { continue };
+                let Ok(meta) = entry.metadata().await else {
+                    continue;
+                };
                 if meta.is_dir() {
                     stack.push(entry.path());
                     continue;
                 }
-                let staged = entry.file_name().to_string_lossy().starts_with(STAGING_MARK);
+                let staged = entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(STAGING_MARK);
                 let age = meta
                     .modified()
                     .ok()
                     .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
                     .map_or(0, |d| now - d.as_secs() as i64);
-                if staged && age > max_age_secs && tokio::fs::remove_file(entry.path()).await.is_ok() {
+                if staged
+                    && age > max_age_secs
+                    && tokio::fs::remove_file(entry.path()).await.is_ok()
+                {
                     removed += 1;
                 }
             }

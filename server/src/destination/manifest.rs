@@ -50,8 +50,16 @@ impl Manifest {
     /// Parses and checks a manifest.
     pub fn parse(bytes: &[u8]) -> anyhow::Result<Self> {
         let m: Manifest = serde_json::from_slice(bytes)?;
-        anyhow::ensure!(m.format == MANIFEST_FORMAT, "unknown manifest format {:?}", m.format);
-        anyhow::ensure!(super::layout::valid_id(&m.id), "invalid backup id {:?}", m.id);
+        anyhow::ensure!(
+            m.format == MANIFEST_FORMAT,
+            "unknown manifest format {:?}",
+            m.format
+        );
+        anyhow::ensure!(
+            super::layout::valid_id(&m.id),
+            "invalid backup id {:?}",
+            m.id
+        );
         Ok(m)
     }
 

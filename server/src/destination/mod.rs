@@ -101,12 +101,18 @@ pub trait Destination: Send + Sync + std::fmt::Debug {
 /// Opens the destination named by `url`: `file:///DIR` or `s3://BUCKET[/PREFIX]`.
 pub async fn open(url: &str, s3: &S3Options) -> anyhow::Result<Arc<dyn Destination>> {
     if let Some(path) = url.strip_prefix("file://") {
-        anyhow::ensure!(path.starts_with('/'), "file destinations need an absolute path: file:///DIR (got {url})");
+        anyhow::ensure!(
+            path.starts_with('/'),
+            "file destinations need an absolute path: file:///DIR (got {url})"
+        );
         return Ok(Arc::new(LocalDir::new(path.into())));
     }
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        anyhow::ensure!(!bucket.is_empty(), "s3 destinations need a bucket: s3://BUCKET/PREFIX (got {url})");
+        anyhow::ensure!(
+            !bucket.is_empty(),
+            "s3 destinations need a bucket: s3://BUCKET/PREFIX (got {url})"
+        );
         return Ok(Arc::new(S3Destination::new(bucket, prefix, s3)?));
     }
     anyhow::bail!("unsupported destination {url:?}: use file:///DIR or s3://BUCKET/PREFIX")

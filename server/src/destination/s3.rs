@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -43,7 +43,11 @@ impl S3Options {
         if e.contains("://") {
             return Some(e.trim_end_matches('/').to_string());
         }
-        Some(format!("{}://{}", if self.disable_ssl { "http" } else { "https" }, e.trim_end_matches('/')))
+        Some(format!(
+            "{}://{}",
+            if self.disable_ssl { "http" } else { "https" },
+            e.trim_end_matches('/')
+        ))
     }
 }
 
@@ -76,19 +80,25 @@ impl S3Destination {
     pub fn new(bucket: &str, prefix: &str, opts: &S3Options) -> anyhow::Result<Self> {
         let creds = credentials_from_env()?;
         let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
             .build_https();
         let endpoint = opts.endpoint_url();
         let mut conf = aws_sdk_s3::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(opts.region.clone().unwrap_or_else(|| "us-east-1".into())))
+            .region(Region::new(
+                opts.region.clone().unwrap_or_else(|| "us-east-1".into()),
+            ))
             .credentials_provider(creds)
             .http_client(http)
             .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(5))
             .timeout_config(
                 aws_sdk_s3::config::timeout::TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
-                    .operation_attempt_timeout(opts.attempt_timeout.unwrap_or(Duration::from_secs(120)))
+                    .operation_attempt_timeout(
+                        opts.attempt_timeout.unwrap_or(Duration::from_secs(120)),
+                    )
                     .build(),
             )
             .force_path_style(endpoint.is_some() && !opts.virtual_hosted);
@@ -99,7 +109,11 @@ impl S3Destination {
         Ok(Self {
             client: Client::from_conf(conf.build()),
             bucket: bucket.to_string(),
-            prefix: if prefix.is_empty() { String::new() } else { format!("{prefix}/") },
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
         })
     }
 
@@ -122,15 +136,26 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     let code = err.code().unwrap_or_default().to_string();
     let msg = err.message().unwrap_or_default().to_string();
     match (&err, code.as_str(), status) {
-        (_, "NoSuchBucket", _) => DestinationError::Missing(format!("bucket {bucket} does not exist ({what})")),
-        (_, "NoSuchKey" | "NotFound", _) | (_, _, Some(404)) => DestinationError::NotFound(what.to_string()),
-        (_, "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken", _) | (_, _, Some(403)) => {
+        (_, "NoSuchBucket", _) => {
+            DestinationError::Missing(format!("bucket {bucket} does not exist ({what})"))
+        }
+        (_, "NoSuchKey" | "NotFound", _) | (_, _, Some(404)) => {
+            DestinationError::NotFound(what.to_string())
+        }
+        (
+            _,
+            "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken",
+            _,
+        )
+        | (_, _, Some(403)) => {
             DestinationError::PermissionDenied(format!("{what}: {code} {msg}").trim().to_string())
         }
         (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_), _, _) => {
             DestinationError::Unavailable(format!("{what}: {}", DisplayErrorContext(&err)))
         }
-        (_, _, Some(s)) if s >= 500 => DestinationError::Unavailable(format!("{what}: HTTP {s} {code} {msg}")),
+        (_, _, Some(s)) if s >= 500 => {
+            DestinationError::Unavailable(format!("{what}: HTTP {s} {code} {msg}"))
+        }
         _ => DestinationError::Other(format!("{what}: {}", DisplayErrorContext(&err))),
     }
 }
@@ -158,12 +183,19 @@ impl Upload for S3Upload {
             .send()
             .await
             .map_err(|e| classify(&format!("upload part {n} of {}", self.key), &self.bucket, e))?;
-        self.parts.push(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag).build());
+        self.parts.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag)
+                .build(),
+        );
         Ok(())
     }
 
     async fn complete(self: Box<Self>) -> Result<(), DestinationError> {
-        let parts = CompletedMultipartUpload::builder().set_parts(Some(self.parts.clone())).build();
+        let parts = CompletedMultipartUpload::builder()
+            .set_parts(Some(self.parts.clone()))
+            .build();
         let res = self
             .client
             .complete_multipart_upload()
@@ -266,7 +298,9 @@ impl Destination for S3Destination {
                 .await
                 .map_err(|e| classify(&format!("list {}", self.url()), &self.bucket, e))?;
             for o in page.contents() {
-                let Some(key) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else { continue };
+                let Some(key) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                    continue;
+                };
                 out.push(ObjectInfo {
                     key: key.to_string(),
                     size: o.size().unwrap_or(0).max(0) as u64,
@@ -320,7 +354,16 @@ impl Destination for S3Destination {
         for u in out.uploads() {
             let old = u.initiated().is_some_and(|t| now - t.secs() > max_age_secs);
             if let (true, Some(key), Some(id)) = (old, u.key(), u.upload_id()) {
-                if self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(id).send().await.is_ok() {
+                if self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await
+                    .is_ok()
+                {
                     removed += 1;
                 }
             }

@@ -147,7 +147,10 @@ impl Parser<'_> {
                 self.i += 1;
             }
             // The input is valid UTF-8 and we stopped at ASCII bytes, so this slice is too.
-            out.push_str(std::str::from_utf8(&self.s[start..self.i]).map_err(|_| InvalidJson("not UTF-8"))?);
+            out.push_str(
+                std::str::from_utf8(&self.s[start..self.i])
+                    .map_err(|_| InvalidJson("not UTF-8"))?,
+            );
             match self.peek() {
                 Some(b'"') => {
                     self.i += 1;
@@ -197,7 +200,10 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u32, InvalidJson> {
-        let h = self.s.get(self.i..self.i + 4).ok_or(InvalidJson("short unicode escape"))?;
+        let h = self
+            .s
+            .get(self.i..self.i + 4)
+            .ok_or(InvalidJson("short unicode escape"))?;
         let h = std::str::from_utf8(h).map_err(|_| InvalidJson("invalid unicode escape"))?;
         let v = u32::from_str_radix(h, 16).map_err(|_| InvalidJson("invalid unicode escape"))?;
         self.i += 4;
@@ -266,7 +272,8 @@ impl Parser<'_> {
         let text = if has_exp {
             numeric_text(neg, int_digits, frac_digits, exp)
         } else {
-            let t = std::str::from_utf8(&self.s[start..self.i]).map_err(|_| InvalidJson("invalid number"))?;
+            let t = std::str::from_utf8(&self.s[start..self.i])
+                .map_err(|_| InvalidJson("invalid number"))?;
             if is_zero(int_digits, frac_digits) && neg {
                 t[1..].to_string() // numeric has no negative zero
             } else {
@@ -323,12 +330,13 @@ fn numeric_text(neg: bool, int: &[u8], frac: &[u8], exp: i64) -> String {
 
 /// jsonb keeps the last of duplicate keys and orders keys by length, then bytewise.
 fn dedup_and_sort(fields: Vec<(String, Node)>) -> Vec<(String, Node)> {
-    let mut fields: Vec<(usize, String, Node)> =
-        fields.into_iter().enumerate().map(|(i, (k, v))| (i, k, v)).collect();
+    let mut fields: Vec<(usize, String, Node)> = fields
+        .into_iter()
+        .enumerate()
+        .map(|(i, (k, v))| (i, k, v))
+        .collect();
     // Stable sort by key, later entries after earlier ones, then keep the last of each key.
-    fields.sort_by(|a, b| {
-        (a.1.len(), a.1.as_bytes(), a.0).cmp(&(b.1.len(), b.1.as_bytes(), b.0))
-    });
+    fields.sort_by(|a, b| (a.1.len(), a.1.as_bytes(), a.0).cmp(&(b.1.len(), b.1.as_bytes(), b.0)));
     let mut out: Vec<(String, Node)> = Vec::with_capacity(fields.len());
     for (_, k, v) in fields {
         if out.last().is_some_and(|(lk, _)| *lk == k) {
@@ -401,19 +409,28 @@ mod tests {
 
     #[test]
     fn orders_keys_shorter_first_then_bytewise_and_keeps_last_duplicate() {
-        assert_eq!(n(r#"{"bb":1,"a":2,"c":3,"a":4}"#), r#"{"a": 4, "c": 3, "bb": 1}"#);
+        assert_eq!(
+            n(r#"{"bb":1,"a":2,"c":3,"a":4}"#),
+            r#"{"a": 4, "c": 3, "bb": 1}"#
+        );
     }
 
     #[test]
     fn separators_and_nesting() {
-        assert_eq!(n(" [1,{\"x\":[true,null]} ,\"s\"] "), r#"[1, {"x": [true, null]}, "s"]"#);
+        assert_eq!(
+            n(" [1,{\"x\":[true,null]} ,\"s\"] "),
+            r#"[1, {"x": [true, null]}, "s"]"#
+        );
         assert_eq!(n("{}"), "{}");
         assert_eq!(n("[]"), "[]");
     }
 
     #[test]
     fn decodes_unicode_escapes_and_keeps_needed_escapes() {
-        assert_eq!(n(r#""caf\u00e9 \ud83d\ude00 \/ \" \n""#), "\"café 😀 / \\\" \\n\"");
+        assert_eq!(
+            n(r#""caf\u00e9 \ud83d\ude00 \/ \" \n""#),
+            "\"café 😀 / \\\" \\n\""
+        );
         assert_eq!(n("\"\\u001f\""), "\"\\u001f\"");
     }
 
@@ -429,8 +446,22 @@ mod tests {
 
     #[test]
     fn rejects_what_jsonb_rejects() {
-        for bad in ["", "{", "[1,]", "nul", "\"\\u0000\"", "01", "1.", "{\"a\" 1}", "1 2", "\"\u{1}\""] {
-            assert!(normalize(bad.as_bytes()).is_err(), "{bad:?} must be refused");
+        for bad in [
+            "",
+            "{",
+            "[1,]",
+            "nul",
+            "\"\\u0000\"",
+            "01",
+            "1.",
+            "{\"a\" 1}",
+            "1 2",
+            "\"\u{1}\"",
+        ] {
+            assert!(
+                normalize(bad.as_bytes()).is_err(),
+                "{bad:?} must be refused"
+            );
         }
         assert!(normalize(&[0xff, 0xfe]).is_err());
     }

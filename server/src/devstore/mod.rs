@@ -92,7 +92,9 @@ impl EventStore for DevStore {
             match self.storage.insert(&event).await {
                 Ok(()) => {}
                 Err(InsertError::Conflict) => {
-                    return Err(Status::internal("event aggregate version already exists in store"))
+                    return Err(Status::internal(
+                        "event aggregate version already exists in store",
+                    ))
                 }
                 Err(InsertError::Other(err)) => {
                     tracing::warn!(error = %err, "could not save event");
@@ -104,7 +106,10 @@ impl EventStore for DevStore {
 
     type RetrieveStream = EventStream;
 
-    async fn retrieve(&self, request: Request<EventFilter>) -> Result<Response<Self::RetrieveStream>, Status> {
+    async fn retrieve(
+        &self,
+        request: Request<EventFilter>,
+    ) -> Result<Response<Self::RetrieveStream>, Status> {
         let filter = request.into_inner();
         validate::filter(&filter).map_err(Status::invalid_argument)?;
         Ok(Response::new(self.stream(vec![filter])))
@@ -112,7 +117,10 @@ impl EventStore for DevStore {
 
     type RetrieveOrStream = EventStream;
 
-    async fn retrieve_or(&self, request: Request<EventFilters>) -> Result<Response<Self::RetrieveOrStream>, Status> {
+    async fn retrieve_or(
+        &self,
+        request: Request<EventFilters>,
+    ) -> Result<Response<Self::RetrieveOrStream>, Status> {
         let filters = request.into_inner();
         validate::filters(&filters).map_err(Status::invalid_argument)?;
         Ok(Response::new(self.stream(filters.filters)))
@@ -125,7 +133,8 @@ pub struct Info;
 
 #[tonic::async_trait]
 impl ServiceInformationService for Info {
-    type GetServiceInformationStream = Pin<Box<dyn Stream<Item = Result<ServiceInformation, Status>> + Send>>;
+    type GetServiceInformationStream =
+        Pin<Box<dyn Stream<Item = Result<ServiceInformation, Status>> + Send>>;
 
     async fn get_service_information(
         &self,
@@ -168,9 +177,16 @@ pub async fn serve(
         .max_decoding_message_size(opts.max_message_size)
         .max_encoding_message_size(opts.max_message_size.max(DEFAULT_MAX_MESSAGE_SIZE));
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<EventStoreServer<DevStore>>().await;
+    health_reporter
+        .set_serving::<EventStoreServer<DevStore>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(monoskope_backup_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("eventsourcing.EventStore")
+        .with_service_name("common.ServiceInformationService")
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
         .build_v1()?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()

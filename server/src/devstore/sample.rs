@@ -40,20 +40,60 @@ impl Rng {
 
 const TYPES: &[(&str, &[&str])] = &[
     ("User", &["UserCreated", "UserUpdated", "UserDeleted"]),
-    ("UserRoleBinding", &["UserRoleBindingCreated", "UserRoleBindingDeleted"]),
-    ("Tenant", &["TenantCreated", "TenantUpdated", "TenantDeleted"]),
-    ("Cluster", &["ClusterCreated", "ClusterUpdated", "ClusterBootstrapTokenCreated", "ClusterDeleted"]),
-    ("TenantClusterBinding", &["TenantClusterBindingCreated", "TenantClusterBindingDeleted"]),
+    (
+        "UserRoleBinding",
+        &["UserRoleBindingCreated", "UserRoleBindingDeleted"],
+    ),
+    (
+        "Tenant",
+        &["TenantCreated", "TenantUpdated", "TenantDeleted"],
+    ),
+    (
+        "Cluster",
+        &[
+            "ClusterCreated",
+            "ClusterUpdated",
+            "ClusterBootstrapTokenCreated",
+            "ClusterDeleted",
+        ],
+    ),
+    (
+        "TenantClusterBinding",
+        &["TenantClusterBindingCreated", "TenantClusterBindingDeleted"],
+    ),
 ];
 
-const WORDS: &[&str] = &["alpha", "bravo", "cluster", "delta", "edge", "frankfurt", "gateway", "helm", "ingress", "jade", "kube", "lima", "monoskope", "node", "operator", "prod", "quota", "region", "staging", "tenant"];
+const WORDS: &[&str] = &[
+    "alpha",
+    "bravo",
+    "cluster",
+    "delta",
+    "edge",
+    "frankfurt",
+    "gateway",
+    "helm",
+    "ingress",
+    "jade",
+    "kube",
+    "lima",
+    "monoskope",
+    "node",
+    "operator",
+    "prod",
+    "quota",
+    "region",
+    "staging",
+    "tenant",
+];
 
 /// `n` events over `aggregates` aggregates, versions 1..k each, timestamps increasing from
 /// `start_unix` (one per millisecond), payloads of roughly 200–800 bytes.
 pub fn events(n: u64, aggregates: u64, start_unix: i64, seed: u64) -> impl Iterator<Item = Event> {
     let mut rng = Rng::new(seed);
     let aggregates = aggregates.max(1);
-    let ids: Vec<(usize, String)> = (0..aggregates).map(|i| ((i % TYPES.len() as u64) as usize, rng.uuid())).collect();
+    let ids: Vec<(usize, String)> = (0..aggregates)
+        .map(|i| ((i % TYPES.len() as u64) as usize, rng.uuid()))
+        .collect();
     let actors: Vec<String> = (0..8).map(|_| rng.uuid()).collect();
     let mut versions = vec![0u64; aggregates as usize];
     (0..n).map(move |i| {

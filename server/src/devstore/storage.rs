@@ -71,7 +71,10 @@ impl Storage {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS event_records (
                 seq INTEGER PRIMARY KEY,
@@ -107,7 +110,8 @@ impl Storage {
         let metadata = if e.metadata.is_empty() {
             None
         } else {
-            let text = serde_json::to_string(&e.metadata).map_err(|err| InsertError::Other(err.into()))?;
+            let text =
+                serde_json::to_string(&e.metadata).map_err(|err| InsertError::Other(err.into()))?;
             Some(jsonb::normalize(text.as_bytes()).map_err(|err| InsertError::Other(err.into()))?)
         };
         let aggregate_id = e.aggregate_id.to_ascii_lowercase();
@@ -130,7 +134,9 @@ impl Storage {
         .await;
         match res {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(InsertError::Conflict),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                Err(InsertError::Conflict)
+            }
             Err(err) => Err(InsertError::Other(err.into())),
         }
     }
@@ -138,7 +144,11 @@ impl Storage {
     /// Streams the events matching any of `filters` (all events when `filters` is empty),
     /// ordered by timestamp, into a bounded channel: rows are read at the pace the receiver
     /// takes them, and reading stops when the receiver is dropped.
-    pub fn retrieve(&self, filters: Vec<EventFilter>, buffer: usize) -> mpsc::Receiver<anyhow::Result<StoredEvent>> {
+    pub fn retrieve(
+        &self,
+        filters: Vec<EventFilter>,
+        buffer: usize,
+    ) -> mpsc::Receiver<anyhow::Result<StoredEvent>> {
         let (tx, rx) = mpsc::channel(buffer);
         let pool = self.pool.clone();
         tokio::spawn(async move {
@@ -165,7 +175,9 @@ impl Storage {
 
     /// Number of stored events.
     pub async fn count(&self) -> anyhow::Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event_records").fetch_one(&self.pool).await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event_records")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(n as u64)
     }
 }
@@ -212,13 +224,21 @@ fn push_where(qb: &mut QueryBuilder<Sqlite>, filters: &[EventFilter]) {
         if let Some(t) = &f.min_timestamp {
             match to_micros(Some(t)) {
                 Some(us) => qb.push(" AND ts >= ").push_bind(us),
-                None => qb.push(if t.seconds < 0 { " AND ts IS NOT NULL" } else { " AND 0=1" }),
+                None => qb.push(if t.seconds < 0 {
+                    " AND ts IS NOT NULL"
+                } else {
+                    " AND 0=1"
+                }),
             };
         }
         if let Some(t) = &f.max_timestamp {
             match to_micros(Some(t)) {
                 Some(us) => qb.push(" AND ts <= ").push_bind(us),
-                None => qb.push(if t.seconds < 0 { " AND 0=1" } else { " AND ts IS NOT NULL" }),
+                None => qb.push(if t.seconds < 0 {
+                    " AND 0=1"
+                } else {
+                    " AND ts IS NOT NULL"
+                }),
             };
         }
         qb.push(")");
@@ -247,10 +267,14 @@ fn row_to_event(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<StoredEvent> {
     Ok(StoredEvent {
         event_id: row.try_get("event_id")?,
         event: Event {
-            r#type: row.try_get::<Option<String>, _>("event_type")?.unwrap_or_default(),
+            r#type: row
+                .try_get::<Option<String>, _>("event_type")?
+                .unwrap_or_default(),
             timestamp: ts.map(from_micros),
             aggregate_id: aggregate_id.unwrap_or_else(|| NIL_UUID.to_string()),
-            aggregate_type: row.try_get::<Option<String>, _>("aggregate_type")?.unwrap_or_default(),
+            aggregate_type: row
+                .try_get::<Option<String>, _>("aggregate_type")?
+                .unwrap_or_default(),
             aggregate_version: Some(version.map(|v| v as u64).unwrap_or(0)),
             data: data.map(String::into_bytes).unwrap_or_default(),
             metadata,
@@ -265,11 +289,22 @@ mod tests {
 
     #[test]
     fn timestamps_round_to_nearest_microsecond() {
-        let t = |s, n| Some(Timestamp { seconds: s, nanos: n });
+        let t = |s, n| {
+            Some(Timestamp {
+                seconds: s,
+                nanos: n,
+            })
+        };
         assert_eq!(to_micros(t(1, 345_678_901).as_ref()), Some(1_345_679));
         assert_eq!(to_micros(t(1, 999_999_600).as_ref()), Some(2_000_000));
         assert_eq!(to_micros(None), Some(0));
         assert_eq!(to_micros(t(i64::MAX, 0).as_ref()), None);
-        assert_eq!(from_micros(-1), Timestamp { seconds: -1, nanos: 999_999_000 });
+        assert_eq!(
+            from_micros(-1),
+            Timestamp {
+                seconds: -1,
+                nanos: 999_999_000
+            }
+        );
     }
 }

@@ -21,15 +21,21 @@ fn matches_name(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() >= 2
         && b[0].is_ascii_alphabetic()
-        && b[1..].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
 }
 
 fn check_name(msg: &str, field: &str, v: &str) -> Result<(), String> {
     if v.len() > NAME_MAX_BYTES {
-        return Err(format!("invalid {msg}.{field}: value length must be at most {NAME_MAX_BYTES} bytes"));
+        return Err(format!(
+            "invalid {msg}.{field}: value length must be at most {NAME_MAX_BYTES} bytes"
+        ));
     }
     if !matches_name(v) {
-        return Err(format!("invalid {msg}.{field}: value does not match regex pattern \"{NAME_PATTERN}\""));
+        return Err(format!(
+            "invalid {msg}.{field}: value does not match regex pattern \"{NAME_PATTERN}\""
+        ));
     }
     Ok(())
 }
@@ -38,7 +44,9 @@ fn check_uuid(msg: &str, field: &str, v: &str) -> Result<(), String> {
     if is_uuid(v) {
         Ok(())
     } else {
-        Err(format!("invalid {msg}.{field}: value must be a valid UUID | caused by: invalid uuid format"))
+        Err(format!(
+            "invalid {msg}.{field}: value must be a valid UUID | caused by: invalid uuid format"
+        ))
     }
 }
 

@@ -38,7 +38,12 @@ impl PartWriter {
         if !self.buf.is_empty() || self.bytes == 0 {
             self.send()?;
         }
-        let sha = self.sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let sha = self
+            .sha
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Ok((sha, self.bytes))
     }
 }
@@ -56,7 +61,9 @@ impl Write for PartWriter {
         }
         self.sha.update(data);
         self.bytes += data.len() as u64;
-        self.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.progress
+            .bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(data.len())
     }
 
@@ -65,10 +72,17 @@ impl Write for PartWriter {
     }
 }
 
-pub(super) async fn run(cfg: &EngineConfig, running: &BackupRecord, progress: Arc<Progress>) -> anyhow::Result<BackupRecord> {
+pub(super) async fn run(
+    cfg: &EngineConfig,
+    running: &BackupRecord,
+    progress: Arc<Progress>,
+) -> anyhow::Result<BackupRecord> {
     let dest = cfg.destination.clone();
     let archive_key = layout::archive_key(&running.id);
-    let upload = dest.upload(&archive_key).await.context("cannot start the upload")?;
+    let upload = dest
+        .upload(&archive_key)
+        .await
+        .context("cannot start the upload")?;
     let cancelled = Arc::new(AtomicBool::new(false));
     let (rec_tx, mut rec_rx) = mpsc::channel::<Record>(1024);
     let (part_tx, mut part_rx) = mpsc::channel::<Vec<u8>>(2);
@@ -123,13 +137,20 @@ pub(super) async fn run(cfg: &EngineConfig, running: &BackupRecord, progress: Ar
     };
     let read_result = match tokio::time::timeout(cfg.backup_timeout, reader).await {
         Ok(r) => r,
-        Err(_) => Err(anyhow!("timed out after {}", humantime::format_duration(cfg.backup_timeout))),
+        Err(_) => Err(anyhow!(
+            "timed out after {}",
+            humantime::format_duration(cfg.backup_timeout)
+        )),
     };
     if read_result.is_err() {
         cancelled.store(true, Ordering::SeqCst);
     }
-    let enc_result = encoder.await.map_err(|e| anyhow!("archive writer panicked: {e}"))?;
-    let (upload, up_result) = uploader.await.map_err(|e| anyhow!("uploader panicked: {e}"))?;
+    let enc_result = encoder
+        .await
+        .map_err(|e| anyhow!("archive writer panicked: {e}"))?;
+    let (upload, up_result) = uploader
+        .await
+        .map_err(|e| anyhow!("uploader panicked: {e}"))?;
     // The first real cause wins: a failed read or upload explains a cancelled or stopped writer.
     let outcome = read_result
         .context("reading from the EventStore failed")
@@ -142,7 +163,10 @@ pub(super) async fn run(cfg: &EngineConfig, running: &BackupRecord, progress: Ar
             return Err(e);
         }
     };
-    upload.complete().await.context("completing the archive upload failed")?;
+    upload
+        .complete()
+        .await
+        .context("completing the archive upload failed")?;
 
     let completed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let key_id = match &cfg.protection {
@@ -165,11 +189,18 @@ pub(super) async fn run(cfg: &EngineConfig, running: &BackupRecord, progress: Ar
         archive_key: archive_key.clone(),
         first_event_time: rfc3339(footer.first_timestamp.as_ref()),
         last_event_time: rfc3339(footer.last_timestamp.as_ref()),
-        events_sha256: footer.events_sha256.iter().map(|b| format!("{b:02x}")).collect(),
+        events_sha256: footer
+            .events_sha256
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
         key_id,
         format_version: crate::archive::format_version(),
     };
-    if let Err(e) = dest.put(&layout::manifest_key(&running.id), manifest.to_json()).await {
+    if let Err(e) = dest
+        .put(&layout::manifest_key(&running.id), manifest.to_json())
+        .await
+    {
         let _ = dest.delete(&archive_key).await;
         return Err(anyhow::Error::new(e).context("writing the manifest failed"));
     }

@@ -104,7 +104,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("destination", &self.cfg.destination.url()).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("destination", &self.cfg.destination.url())
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,7 +140,10 @@ impl Engine {
     async fn claim(&self, kind: &'static str, id: &str) -> Result<Arc<Progress>, EngineError> {
         let mut slot = self.running.lock().await;
         if let Some(r) = slot.as_ref() {
-            return Err(EngineError::Busy { kind: r.kind, id: r.id.clone() });
+            return Err(EngineError::Busy {
+                kind: r.kind,
+                id: r.id.clone(),
+            });
         }
         let progress = Arc::new(Progress::default());
         *slot = Some(Running {
@@ -155,7 +160,10 @@ impl Engine {
     }
 
     /// Starts a full backup and returns its RUNNING record and a receiver of the final record.
-    pub async fn start_backup(&self, created_by: &str) -> Result<(BackupRecord, watch::Receiver<Option<BackupRecord>>), EngineError> {
+    pub async fn start_backup(
+        &self,
+        created_by: &str,
+    ) -> Result<(BackupRecord, watch::Receiver<Option<BackupRecord>>), EngineError> {
         let now = chrono::Utc::now();
         let id = crate::destination::layout::new_id(now);
         let progress = self.claim("backup", &id).await?;
@@ -202,11 +210,17 @@ impl Engine {
             if let Some(r) = rx.borrow().clone() {
                 return Ok(r);
             }
-            rx.changed().await.map_err(|_| EngineError::Internal(anyhow::anyhow!("backup task ended without a result")))?;
+            rx.changed().await.map_err(|_| {
+                EngineError::Internal(anyhow::anyhow!("backup task ended without a result"))
+            })?;
         }
     }
 
-    async fn finish_backup(&self, mut record: BackupRecord, progress: Arc<Progress>) -> BackupRecord {
+    async fn finish_backup(
+        &self,
+        mut record: BackupRecord,
+        progress: Arc<Progress>,
+    ) -> BackupRecord {
         let started = Instant::now();
         tracing::info!(backup_id = %record.id, created_by = %record.created_by, source = %record.source, destination = %self.cfg.destination.url(), "backup started");
         match backup::run(&self.cfg, &record, progress).await {
@@ -216,7 +230,8 @@ impl Engine {
             }
             Err(e) => {
                 record.state = crate::catalog::State::Failed;
-                record.completed_at = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                record.completed_at =
+                    Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
                 record.error = Some(format!("{e:#}"));
                 tracing::error!(backup_id = %record.id, error = %format!("{e:#}"), "backup failed");
             }
@@ -226,9 +241,13 @@ impl Engine {
         }
         if record.state == crate::catalog::State::Succeeded {
             match retention::run(&self.cfg).await {
-                Ok(plan) if !plan.is_empty() => tracing::info!(deleted = ?plan.delete_backups, leftovers = ?plan.delete_leftovers, "retention applied"),
+                Ok(plan) if !plan.is_empty() => {
+                    tracing::info!(deleted = ?plan.delete_backups, leftovers = ?plan.delete_leftovers, "retention applied")
+                }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "retention failed; it runs again after the next backup"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "retention failed; it runs again after the next backup")
+                }
             }
         }
         record

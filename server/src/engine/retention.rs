@@ -41,15 +41,32 @@ pub fn plan(objects: &[ObjectInfo], retention_count: i64, now_unix: i64) -> Rete
             }
         }
     }
-    let mut complete: Vec<&str> = by_id.iter().filter(|(_, (a, m))| a.is_some() && m.is_some()).map(|(id, _)| *id).collect();
+    let mut complete: Vec<&str> = by_id
+        .iter()
+        .filter(|(_, (a, m))| a.is_some() && m.is_some())
+        .map(|(id, _)| *id)
+        .collect();
     complete.sort_unstable_by(|a, b| b.cmp(a));
-    let keep_n = if retention_count < 1 { complete.len() } else { (retention_count as usize).max(1) };
+    let keep_n = if retention_count < 1 {
+        complete.len()
+    } else {
+        (retention_count as usize).max(1)
+    };
     let mut p = RetentionPlan {
-        keep: complete.iter().take(keep_n).map(|s| s.to_string()).collect(),
-        delete_backups: complete.iter().skip(keep_n).rev().map(|s| s.to_string()).collect(),
+        keep: complete
+            .iter()
+            .take(keep_n)
+            .map(|s| s.to_string())
+            .collect(),
+        delete_backups: complete
+            .iter()
+            .skip(keep_n)
+            .rev()
+            .map(|s| s.to_string())
+            .collect(),
         delete_leftovers: Vec::new(),
     };
-    for (_, (archive, manifest)) in &by_id {
+    for (archive, manifest) in by_id.values() {
         if let (Some(a), None) = (archive, manifest) {
             if now_unix - a.modified_unix > LEFTOVER_AGE_SECS {
                 p.delete_leftovers.push(a.key.clone());
@@ -60,9 +77,16 @@ pub fn plan(objects: &[ObjectInfo], retention_count: i64, now_unix: i64) -> Rete
 }
 
 /// Lists the destination and plans retention.
-pub async fn plan_for(dest: &dyn Destination, retention_count: i64) -> anyhow::Result<RetentionPlan> {
+pub async fn plan_for(
+    dest: &dyn Destination,
+    retention_count: i64,
+) -> anyhow::Result<RetentionPlan> {
     let objects = dest.list(layout::BACKUPS_DIR).await?;
-    Ok(plan(&objects, retention_count, chrono::Utc::now().timestamp()))
+    Ok(plan(
+        &objects,
+        retention_count,
+        chrono::Utc::now().timestamp(),
+    ))
 }
 
 /// Plans and executes retention, updating the catalog.
@@ -92,33 +116,66 @@ mod tests {
     use super::*;
 
     fn obj(key: String, age: i64) -> ObjectInfo {
-        ObjectInfo { key, size: 1, modified_unix: 1_000_000 - age }
+        ObjectInfo {
+            key,
+            size: 1,
+            modified_unix: 1_000_000 - age,
+        }
     }
 
     fn ids(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("2026112{}T000000000Z-0000000{}", i % 10, i % 10)).collect()
+        (0..n)
+            .map(|i| format!("2026112{}T000000000Z-0000000{}", i % 10, i % 10))
+            .collect()
     }
 
     #[test]
     fn keeps_newest_n_and_deletes_oldest_first() {
         let ids = ids(5);
-        let objects: Vec<ObjectInfo> = ids.iter().flat_map(|id| [obj(layout::archive_key(id), 0), obj(layout::manifest_key(id), 0)]).collect();
+        let objects: Vec<ObjectInfo> = ids
+            .iter()
+            .flat_map(|id| {
+                [
+                    obj(layout::archive_key(id), 0),
+                    obj(layout::manifest_key(id), 0),
+                ]
+            })
+            .collect();
         let p = plan(&objects, 2, 1_000_000);
         assert_eq!(p.keep, vec![ids[4].clone(), ids[3].clone()]);
-        assert_eq!(p.delete_backups, vec![ids[0].clone(), ids[1].clone(), ids[2].clone()]);
-        assert!(plan(&objects, 0, 1_000_000).delete_backups.is_empty(), "< 1 keeps all");
-        assert!(plan(&objects, -3, 1_000_000).delete_backups.is_empty(), "< 1 keeps all");
+        assert_eq!(
+            p.delete_backups,
+            vec![ids[0].clone(), ids[1].clone(), ids[2].clone()]
+        );
+        assert!(
+            plan(&objects, 0, 1_000_000).delete_backups.is_empty(),
+            "< 1 keeps all"
+        );
+        assert!(
+            plan(&objects, -3, 1_000_000).delete_backups.is_empty(),
+            "< 1 keeps all"
+        );
     }
 
     #[test]
     fn incomplete_leftovers_only_after_a_day_and_never_counted() {
         let ids = ids(3);
-        let mut objects = vec![obj(layout::archive_key(&ids[2]), 10), obj(layout::archive_key(&ids[1]), 2 * 86400)];
-        objects.extend([obj(layout::archive_key(&ids[0]), 0), obj(layout::manifest_key(&ids[0]), 0)]);
+        let mut objects = vec![
+            obj(layout::archive_key(&ids[2]), 10),
+            obj(layout::archive_key(&ids[1]), 2 * 86400),
+        ];
+        objects.extend([
+            obj(layout::archive_key(&ids[0]), 0),
+            obj(layout::manifest_key(&ids[0]), 0),
+        ]);
         objects.push(obj("backups/not-ours.txt".into(), 9 * 86400));
         objects.push(obj("somebody-elses/file".into(), 9 * 86400));
         let p = plan(&objects, 1, 1_000_000);
-        assert_eq!(p.keep, vec![ids[0].clone()], "the only complete backup is kept, whatever its age");
+        assert_eq!(
+            p.keep,
+            vec![ids[0].clone()],
+            "the only complete backup is kept, whatever its age"
+        );
         assert_eq!(p.delete_leftovers, vec![layout::archive_key(&ids[1])]);
         assert!(p.delete_backups.is_empty());
     }

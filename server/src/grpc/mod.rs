@@ -77,7 +77,11 @@ fn progress(op: &RunningOp) -> pb::Progress {
 pub fn backup_pb(r: &BackupRecord, location_base: &str) -> pb::Backup {
     pb::Backup {
         id: r.id.clone(),
-        kind: (if r.kind == "incremental" { pb::BackupKind::Incremental } else { pb::BackupKind::Full }) as i32,
+        kind: (if r.kind == "incremental" {
+            pb::BackupKind::Incremental
+        } else {
+            pb::BackupKind::Full
+        }) as i32,
         state: state(r.state),
         parent_id: r.parent_id.clone().unwrap_or_default(),
         created_at: ts(Some(&r.created_at)),
@@ -91,7 +95,11 @@ pub fn backup_pb(r: &BackupRecord, location_base: &str) -> pb::Backup {
         sha256: r.archive_sha256.clone().unwrap_or_default(),
         created_by: r.created_by.clone(),
         error: r.error.clone().unwrap_or_default(),
-        location: r.archive_key.as_ref().map(|k| format!("{}/{k}", location_base.trim_end_matches('/'))).unwrap_or_default(),
+        location: r
+            .archive_key
+            .as_ref()
+            .map(|k| format!("{}/{k}", location_base.trim_end_matches('/')))
+            .unwrap_or_default(),
         progress: None,
     }
 }
@@ -117,21 +125,41 @@ pub fn restore_pb(r: &RestoreRecord) -> pb::Restore {
     }
 }
 
-async fn probe<F: std::future::Future<Output = anyhow::Result<()>>>(address: String, f: F) -> pb::Reachability {
+async fn probe<F: std::future::Future<Output = anyhow::Result<()>>>(
+    address: String,
+    f: F,
+) -> pb::Reachability {
     match tokio::time::timeout(Duration::from_secs(5), f).await {
-        Ok(Ok(())) => pb::Reachability { reachable: true, address, error: String::new() },
-        Ok(Err(e)) => pb::Reachability { reachable: false, address, error: format!("{e:#}") },
-        Err(_) => pb::Reachability { reachable: false, address, error: "no answer within 5 s".into() },
+        Ok(Ok(())) => pb::Reachability {
+            reachable: true,
+            address,
+            error: String::new(),
+        },
+        Ok(Err(e)) => pb::Reachability {
+            reachable: false,
+            address,
+            error: format!("{e:#}"),
+        },
+        Err(_) => pb::Reachability {
+            reachable: false,
+            address,
+            error: "no answer within 5 s".into(),
+        },
     }
 }
 
 #[tonic::async_trait]
 impl BackupService for Service {
-    async fn create_backup(&self, request: Request<pb::CreateBackupRequest>) -> Result<Response<pb::CreateBackupResponse>, Status> {
+    async fn create_backup(
+        &self,
+        request: Request<pb::CreateBackupRequest>,
+    ) -> Result<Response<pb::CreateBackupResponse>, Status> {
         let who = caller(&request);
         let req = request.into_inner();
         if req.incremental {
-            return Err(Status::unimplemented("incremental backups are not available yet; create a full backup"));
+            return Err(Status::unimplemented(
+                "incremental backups are not available yet; create a full backup",
+            ));
         }
         let base = self.engine.config().destination.url();
         let (record, _) = self.engine.start_backup(&who).await.map_err(status_of)?;
@@ -140,10 +168,15 @@ impl BackupService for Service {
         } else {
             record
         };
-        Ok(Response::new(pb::CreateBackupResponse { backup: Some(backup_pb(&record, &base)) }))
+        Ok(Response::new(pb::CreateBackupResponse {
+            backup: Some(backup_pb(&record, &base)),
+        }))
     }
 
-    async fn list_backups(&self, request: Request<pb::ListBackupsRequest>) -> Result<Response<pb::ListBackupsResponse>, Status> {
+    async fn list_backups(
+        &self,
+        request: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
         let req = request.into_inner();
         let size = match req.page_size {
             0 => 100,
@@ -152,7 +185,9 @@ impl BackupService for Service {
         let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
         if let Some(t) = token {
             if !crate::destination::layout::valid_id(t) {
-                return Err(Status::invalid_argument("page_token is not a token from a previous ListBackups"));
+                return Err(Status::invalid_argument(
+                    "page_token is not a token from a previous ListBackups",
+                ));
             }
         }
         let base = self.engine.config().destination.url();
@@ -175,20 +210,35 @@ impl BackupService for Service {
                 b
             })
             .collect();
-        Ok(Response::new(pb::ListBackupsResponse { backups, next_page_token: page.next.unwrap_or_default() }))
+        Ok(Response::new(pb::ListBackupsResponse {
+            backups,
+            next_page_token: page.next.unwrap_or_default(),
+        }))
     }
 
-    async fn restore(&self, _request: Request<pb::RestoreRequest>) -> Result<Response<pb::RestoreResponse>, Status> {
+    async fn restore(
+        &self,
+        _request: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::RestoreResponse>, Status> {
         Err(Status::unimplemented("Restore is not available in this version; use `backup-server inspect` to read an archive"))
     }
 
-    async fn get_status(&self, _request: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+    async fn get_status(
+        &self,
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let cfg = self.engine.config();
         let catalog = &cfg.catalog;
         let unavailable = |e: anyhow::Error| Status::unavailable(format!("catalog: {e:#}"));
         let base = cfg.destination.url();
-        let last_success = catalog.newest_in_state(State::Succeeded).await.map_err(unavailable)?;
-        let last_failure = catalog.newest_in_state(State::Failed).await.map_err(unavailable)?;
+        let last_success = catalog
+            .newest_in_state(State::Succeeded)
+            .await
+            .map_err(unavailable)?;
+        let last_failure = catalog
+            .newest_in_state(State::Failed)
+            .await
+            .map_err(unavailable)?;
         let last_restore = catalog.last_restore().await.map_err(unavailable)?;
         let count = catalog.count_complete().await.map_err(unavailable)?;
         let running = self.engine.running().await;
@@ -204,7 +254,9 @@ impl BackupService for Service {
         let dest = cfg.destination.clone();
         let (event_store, destination) = tokio::join!(
             probe(es.addr.clone(), async move { es.probe().await }),
-            probe(base.clone(), async move { dest.probe().await.map_err(anyhow::Error::new) })
+            probe(base.clone(), async move {
+                dest.probe().await.map_err(anyhow::Error::new)
+            })
         );
         Ok(Response::new(pb::GetStatusResponse {
             last_success: last_success.map(|r| backup_pb(&r, &base)),
@@ -230,18 +282,32 @@ pub async fn serve(
     use pb::backup_service_server::BackupServiceServer;
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<BackupServiceServer<Service>>().await;
+    // Reflection lists exactly the services this server answers (our descriptor set also holds
+    // the EventStore and gateway contracts, which are not served here).
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(monoskope_backup_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("monoskope.backup.v1.BackupService")
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
         .build_v1()?;
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = tls {
-        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key)))?;
+        builder = builder.tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key)),
+        )?;
     }
     builder
         .add_service(health)
         .add_service(reflection)
-        .add_service(BackupServiceServer::new(Service::new(engine)).max_decoding_message_size(1 << 20))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .add_service(
+            BackupServiceServer::new(Service::new(engine)).max_decoding_message_size(1 << 20),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

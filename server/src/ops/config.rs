@@ -158,7 +158,8 @@ pub struct RestoreConfig {
 impl FileConfig {
     /// Reads and checks a config file; errors name the key's path.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("config file {}", path.display()))
     }
 
@@ -170,7 +171,14 @@ impl FileConfig {
             Err(e) => {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
-                bail!("{}: {inner}", if path == "." { "(top level)".to_string() } else { path });
+                bail!(
+                    "{}: {inner}",
+                    if path == "." {
+                        "(top level)".to_string()
+                    } else {
+                        path
+                    }
+                );
             }
         };
         cfg.check()?;
@@ -200,7 +208,9 @@ impl FileConfig {
                 if let Some(f) = &d.file {
                     match &f.path {
                         Some(p) if p.is_absolute() => {}
-                        _ => bail!("backup.destination.file.path: an absolute directory is required"),
+                        _ => {
+                            bail!("backup.destination.file.path: an absolute directory is required")
+                        }
                     }
                 }
             }
@@ -218,7 +228,11 @@ impl FileConfig {
         let d = self.backup.as_ref()?.destination.as_ref()?;
         if let Some(s3) = &d.s3 {
             let prefix = s3.prefix.clone().unwrap_or_default();
-            let url = format!("s3://{}/{}", s3.bucket.clone().unwrap_or_default(), prefix.trim_matches('/'));
+            let url = format!(
+                "s3://{}/{}",
+                s3.bucket.clone().unwrap_or_default(),
+                prefix.trim_matches('/')
+            );
             return Some((url, Some(s3.clone())));
         }
         let path = d.file.as_ref()?.path.as_ref()?;
@@ -228,7 +242,8 @@ impl FileConfig {
 
 /// Parses durations like `1h`, `90s`, `1h30m` (humantime); zero is refused.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let d = humantime::parse_duration(s.trim()).map_err(|e| anyhow::anyhow!("{s:?} is not a duration ({e}); use e.g. 90s, 15m, 1h"))?;
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| anyhow::anyhow!("{s:?} is not a duration ({e}); use e.g. 90s, 15m, 1h"))?;
     anyhow::ensure!(!d.is_zero(), "{s:?}: a timeout must be longer than zero");
     Ok(d)
 }
@@ -240,13 +255,31 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_name_their_path() {
         let err = FileConfig::parse("backup:\n  retentionCont: 3\n").expect_err("typo");
-        assert!(err.to_string().starts_with("backup: unknown field `retentionCont`"), "{err}");
-        let err = FileConfig::parse("backup:\n  destination:\n    s3:\n      bucket: b\n      disableSsl: true\n").expect_err("case");
-        assert!(err.to_string().starts_with("backup.destination.s3: unknown field `disableSsl`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("backup: unknown field `retentionCont`"),
+            "{err}"
+        );
+        let err = FileConfig::parse(
+            "backup:\n  destination:\n    s3:\n      bucket: b\n      disableSsl: true\n",
+        )
+        .expect_err("case");
+        assert!(
+            err.to_string()
+                .starts_with("backup.destination.s3: unknown field `disableSsl`"),
+            "{err}"
+        );
         let err = FileConfig::parse("backup:\n  timeout: soon\n").expect_err("duration");
-        assert!(format!("{err:#}").starts_with("backup.timeout: \"soon\" is not a duration"), "{err:#}");
+        assert!(
+            format!("{err:#}").starts_with("backup.timeout: \"soon\" is not a duration"),
+            "{err:#}"
+        );
         let err = FileConfig::parse("backup:\n  retentionCount: many\n").expect_err("type");
-        assert!(err.to_string().starts_with("backup.retentionCount: invalid type"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("backup.retentionCount: invalid type"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -255,6 +288,9 @@ mod tests {
             "backup:\n  schedule: \"0 22 * * *\"\n  retentionCount: 7\n  timeout: 1h\n  prometheusPushgatewayUrl: \"\"\n  alerting:\n    enabled: true\n    secondsSinceLastSuccessfulBackup: 86400\n    alertAfter: 1h\n  destination:\n    s3:\n      endpoint: s3.example.com\n      bucket: m8-backups\n      region: eu-central-1\n      disableSSL: false\n  restore:\n    backupIdentifier: latest\n    timeout: 1h\n",
         )
         .expect("valid");
-        assert_eq!(cfg.destination().map(|d| d.0), Some("s3://m8-backups/".to_string()));
+        assert_eq!(
+            cfg.destination().map(|d| d.0),
+            Some("s3://m8-backups/".to_string())
+        );
     }
 }

@@ -19,12 +19,13 @@ pub const ENV_PASSPHRASE: &str = "BACKUP_PASSPHRASE";
 pub fn load_keys(key_file: Option<&Path>) -> anyhow::Result<Keys> {
     if let Some(path) = key_file {
         warn_if_readable_by_others(path);
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read key file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read key file {}", path.display()))?;
         let ring = Keyring::parse(&text).with_context(|| format!("key file {}", path.display()))?;
         return Ok(Keys::keyring(ring));
     }
     if let Ok(text) = std::env::var(ENV_KEY) {
-        let key = MasterKey::from_base64(&text).with_context(|| format!("{ENV_KEY}"))?;
+        let key = MasterKey::from_base64(&text).context(ENV_KEY)?;
         return Ok(Keys::keyring(Keyring::new(vec![key])?));
     }
     if let Ok(p) = std::env::var(ENV_PASSPHRASE) {
@@ -62,7 +63,10 @@ pub fn write_key_file(path: &Path, key: &MasterKey) -> anyhow::Result<()> {
     }
     let mut f = opts.open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow::anyhow!("{} already exists; refusing to overwrite a key file", path.display())
+            anyhow::anyhow!(
+                "{} already exists; refusing to overwrite a key file",
+                path.display()
+            )
         } else {
             anyhow::Error::new(e).context(format!("cannot create {}", path.display()))
         }

@@ -43,7 +43,8 @@ impl EventStoreAddr {
         if url.starts_with("https://") {
             let mut tls = ClientTlsConfig::new().with_native_roots();
             if let Some(ca) = &self.ca_file {
-                let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+                let pem =
+                    std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
                 tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
             }
             ep = ep.tls_config(tls)?;
@@ -68,7 +69,15 @@ impl EventStoreAddr {
             .await
             .with_context(|| format!("EventStore {} Retrieve", self.addr))?
             .into_inner();
-        Ok(stream.map(|r| r.map(record_from_event).map_err(|s| anyhow::anyhow!("EventStore stream failed: {}: {}", code_name(s.code()), s.message()))))
+        Ok(stream.map(|r| {
+            r.map(record_from_event).map_err(|s| {
+                anyhow::anyhow!(
+                    "EventStore stream failed: {}: {}",
+                    code_name(s.code()),
+                    s.message()
+                )
+            })
+        }))
     }
 
     /// Whether the store answers its gRPC health check.
@@ -76,13 +85,18 @@ impl EventStoreAddr {
         let mut h = tonic_health::pb::health_client::HealthClient::new(self.channel()?);
         let resp = tokio::time::timeout(
             Duration::from_secs(5),
-            h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }),
+            h.check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            }),
         )
         .await
         .context("health check timed out")?
         .map_err(|s| anyhow::anyhow!("{}: {}", code_name(s.code()), s.message()))?;
         let status = resp.into_inner().status;
-        anyhow::ensure!(status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "not serving (status {status})");
+        anyhow::ensure!(
+            status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "not serving (status {status})"
+        );
         Ok(())
     }
 }

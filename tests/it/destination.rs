@@ -1,0 +1,163 @@
+//! One behaviour suite for every destination: the local directory and a real S3 server.
+
+use std::sync::Arc;
+
+use monoskope_backup::destination::{self, Destination, DestinationError, S3Options};
+use monoskope_backup_tests::{new_bucket, s3_client, service_env, start_moto};
+
+async fn suite(d: Arc<dyn Destination>) {
+    d.probe().await.expect("probe");
+    // Small objects.
+    d.put("backups/a.json", b"{}".to_vec()).await.expect("put");
+    assert_eq!(d.get_bytes("backups/a.json").await.expect("get"), b"{}");
+    assert!(matches!(
+        d.get_bytes("backups/missing").await,
+        Err(DestinationError::NotFound(_))
+    ));
+    // A streamed upload several parts long.
+    let part = |i: u8| vec![i; destination::PART_SIZE];
+    let mut up = d.upload("backups/big.mbk").await.expect("upload");
+    up.write_part(part(1)).await.expect("part 1");
+    up.write_part(part(2)).await.expect("part 2");
+    up.write_part(vec![3; 1000]).await.expect("part 3");
+    assert!(
+        d.list("backups/big").await.expect("list").is_empty(),
+        "an upload is invisible until complete"
+    );
+    up.complete().await.expect("complete");
+    let listed = d.list("backups/").await.expect("list");
+    let big = listed
+        .iter()
+        .find(|o| o.key == "backups/big.mbk")
+        .expect("listed");
+    assert_eq!(big.size, 2 * destination::PART_SIZE as u64 + 1000);
+    let back = d.get_bytes("backups/big.mbk").await.expect("get");
+    assert!(
+        back[..destination::PART_SIZE].iter().all(|b| *b == 1)
+            && back[back.len() - 1000..].iter().all(|b| *b == 3)
+    );
+    // An aborted upload leaves nothing.
+    let mut up = d.upload("backups/aborted.mbk").await.expect("upload");
+    up.write_part(part(4)).await.expect("part");
+    up.abort().await;
+    assert!(!d
+        .list("backups/")
+        .await
+        .expect("list")
+        .iter()
+        .any(|o| o.key.contains("aborted")));
+    // Deleting is idempotent.
+    d.delete("backups/a.json").await.expect("delete");
+    d.delete("backups/a.json").await.expect("delete again");
+    // More than 1,000 objects: listing pages are followed.
+    let n = 1005;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let d = d.clone();
+        tasks.push(tokio::spawn(async move {
+            d.put(&format!("many/{i:05}"), vec![b'x']).await
+        }));
+        if tasks.len() == 32 {
+            for t in tasks.drain(..) {
+                t.await.expect("join").expect("put");
+            }
+        }
+    }
+    for t in tasks {
+        t.await.expect("join").expect("put");
+    }
+    let many = d.list("many/").await.expect("list");
+    assert_eq!(many.len(), n);
+    assert_eq!(many[0].key, "many/00000");
+    assert_eq!(many[n - 1].key, format!("many/{:05}", n - 1));
+}
+
+#[tokio::test]
+async fn directory_destination_passes_the_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = destination::open(
+        &format!("file://{}", dir.path().join("dest").display()),
+        &S3Options::default(),
+    )
+    .await
+    .expect("open");
+    suite(d).await;
+}
+
+fn s3_opts(endpoint: &str) -> S3Options {
+    S3Options {
+        endpoint: Some(endpoint.to_string()),
+        ..Default::default()
+    }
+}
+
+fn set_test_credentials() {
+    // Set once for the whole test binary; every S3 test uses moto's test credentials.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    });
+}
+
+#[tokio::test]
+async fn s3_destination_passes_the_suite() {
+    let Some(endpoint) = service_env("TEST_S3_ENDPOINT") else {
+        return;
+    };
+    set_test_credentials();
+    let bucket = new_bucket(&s3_client(&endpoint)).await;
+    let d = destination::open(&format!("s3://{bucket}/team/prod"), &s3_opts(&endpoint))
+        .await
+        .expect("open");
+    suite(d.clone()).await;
+    // Everything stays under the prefix.
+    let all = s3_client(&endpoint)
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("list");
+    assert!(all
+        .contents()
+        .iter()
+        .all(|o| o.key().unwrap_or("").starts_with("team/prod/")));
+}
+
+#[tokio::test]
+async fn s3_missing_bucket_and_wrong_credentials_fail_at_once_with_clear_errors() {
+    let Some(endpoint) = service_env("TEST_S3_ENDPOINT") else {
+        return;
+    };
+    set_test_credentials();
+    let d = destination::open("s3://no-such-bucket-mbk/x", &s3_opts(&endpoint))
+        .await
+        .expect("open");
+    let start = std::time::Instant::now();
+    let err = d.probe().await.expect_err("missing bucket");
+    assert!(matches!(err, DestinationError::Missing(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("bucket no-such-bucket-mbk does not exist"),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "a permanent error is not retried"
+    );
+    // A moto that enforces authentication: unknown keys are refused with 403.
+    let (_moto, strict) = start_moto(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+    let d = destination::open("s3://some-bucket/x", &s3_opts(&strict))
+        .await
+        .expect("open");
+    let err = d.probe().await.expect_err("bad credentials");
+    assert!(
+        matches!(err, DestinationError::PermissionDenied(_)),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("access denied by the destination"),
+        "{err}"
+    );
+}

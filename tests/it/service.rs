@@ -1,0 +1,738 @@
+//! The BackupService and its one-shot commands end to end: real binaries, the embedded
+//! EventStore, a real S3 server and PostgreSQL on loopback.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoskope_backup_api::eventsourcing::event_store_client::EventStoreClient;
+use monoskope_backup_api::eventsourcing::Event;
+use monoskope_backup_client::{pb, BackupClient, ClientError, ClientOptions};
+use monoskope_backup_tests::{
+    new_bucket, run, s3_client, service_env, start_moto, Devstore, Server, S3_ENV,
+};
+
+/// JSON with `len` pseudo-random letters: incompressible enough to make archives large.
+fn random_json(seed: u64, len: usize) -> String {
+    let mut rng = monoskope_backup::devstore::sample::Rng::new(seed + 1);
+    let s: String = (0..len)
+        .map(|_| char::from(b'a' + (rng.next_u64() % 26) as u8))
+        .collect();
+    format!("{{\"blob\": \"{s}\"}}")
+}
+
+/// A devstore holding `n` sample events.
+async fn devstore_with(n: u64) -> Devstore {
+    let ds = Devstore::start(&["--max-message-size", "33554432"]);
+    let mut c = EventStoreClient::connect(ds.url()).await.expect("connect");
+    let events: Vec<Event> =
+        monoskope_backup::devstore::sample::events(n, (n / 10).max(1), 1_700_000_000, 7).collect();
+    c.store(tokio_stream::iter(events)).await.expect("store");
+    ds
+}
+
+fn key_file(dir: &Path) -> String {
+    let path = dir.join("backup.key");
+    let out = run(
+        "backup-server",
+        &["keygen", "--out", path.to_str().expect("utf8")],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    path.to_str().expect("utf8").to_string()
+}
+
+async fn client(s: &Server) -> BackupClient {
+    BackupClient::connect(&ClientOptions::new(s.url()))
+        .await
+        .expect("connect")
+}
+
+fn inspect_lines(archive: &Path, key: &str) -> Vec<serde_json::Value> {
+    let out = run(
+        "backup-server",
+        &[
+            "inspect",
+            "--key-file",
+            key,
+            archive.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    out.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+#[tokio::test]
+async fn serve_backupctl_and_reflection_on_a_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let ds = devstore_with(3000).await;
+    let dest = format!("file://{}", dir.path().join("dest").display());
+    let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let s = Server::start(
+        &[
+            "--event-store",
+            &ds.addr,
+            "--destination",
+            &dest,
+            "--catalog",
+            &catalog,
+            "--key-file",
+            &key,
+            "--retention-count",
+            "2",
+        ],
+        &[],
+    );
+
+    // Reflection lists the service (what `grpcurl -plaintext HOST:PORT list` shows).
+    let services = reflection_services(&s.url()).await;
+    assert!(
+        services.contains(&"monoskope.backup.v1.BackupService".to_string()),
+        "{services:?}"
+    );
+    assert!(
+        services.contains(&"grpc.health.v1.Health".to_string()),
+        "{services:?}"
+    );
+    assert!(
+        !services.contains(&"eventsourcing.EventStore".to_string()),
+        "only served services are listed: {services:?}"
+    );
+
+    let ctl = |args: &[&str]| run("backupctl", &[&["--server", &s.url()], args].concat(), &[]);
+    let created = ctl(&["create", "--wait"]);
+    assert_eq!(created.code, Some(0), "{}", created.stderr);
+    let first_id = created.stdout.lines().last().expect("id line").to_string();
+    for _ in 0..2 {
+        assert_eq!(ctl(&["create", "--wait"]).code, Some(0));
+    }
+    let listed = ctl(&["list", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).expect("json");
+    assert_eq!(list.len(), 2, "retention keeps the newest 2: {list:?}");
+    assert!(list
+        .iter()
+        .all(|b| b["event_count"] == 3000 && b["state"] == "complete"));
+    assert!(
+        !list.iter().any(|b| b["id"] == first_id.as_str()),
+        "the oldest was deleted"
+    );
+    assert!(
+        !dir.path()
+            .join("dest/backups")
+            .join(format!("{first_id}.mbk"))
+            .exists(),
+        "its archive is gone too"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&ctl(&["status", "--json"]).stdout).expect("json");
+    assert_eq!(status["last_success"]["id"], list[0]["id"]);
+    assert_eq!(status["event_store"]["reachable"], true);
+    assert_eq!(status["destination"]["reachable"], true);
+    assert_eq!(status["catalog_backups"], 2);
+
+    // The archive holds exactly the store's events.
+    let newest = list[0]["id"].as_str().expect("id");
+    let lines = inspect_lines(
+        &dir.path()
+            .join("dest/backups")
+            .join(format!("{newest}.mbk")),
+        &key,
+    );
+    assert_eq!(lines.len(), 3000);
+    // The one-shot verify agrees.
+    let v = run(
+        "backup-server",
+        &[
+            "verify",
+            "--all",
+            "--destination",
+            &dest,
+            "--key-file",
+            &key,
+        ],
+        &[],
+    );
+    assert_eq!(v.code, Some(0), "{}{}", v.stdout, v.stderr);
+    assert_eq!(v.stdout.lines().filter(|l| l.starts_with("ok")).count(), 2);
+
+    // Errors as a user meets them: a server that is not there, one clear line, exit 1.
+    let down = run(
+        "backupctl",
+        &["--server", "http://127.0.0.1:1", "status"],
+        &[],
+    );
+    assert_eq!(down.code, Some(1));
+    assert!(
+        down.stderr
+            .starts_with("backupctl: error: cannot connect to http://127.0.0.1:1"),
+        "{}",
+        down.stderr
+    );
+    assert_eq!(down.stderr.trim().lines().count(), 1);
+}
+
+async fn reflection_services(url: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut c = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = c
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let msg = resp
+        .message()
+        .await
+        .expect("message")
+        .expect("one response");
+    match msg.message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn two_create_backup_at_once_one_runs_one_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let ds = devstore_with(20_000).await;
+    let dest = format!("file://{}", dir.path().join("dest").display());
+    let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
+    let s = Server::start(
+        &[
+            "--event-store",
+            &ds.addr,
+            "--destination",
+            &dest,
+            "--catalog",
+            &catalog,
+            "--key-file",
+            &key,
+        ],
+        &[],
+    );
+    let mut a = client(&s).await;
+    let mut b = client(&s).await;
+    let (ra, rb) = tokio::join!(a.create_backup(false, false), b.create_backup(false, false));
+    let (ok, refused) = match (ra, rb) {
+        (Ok(x), Err(e)) | (Err(e), Ok(x)) => (x, e),
+        other => panic!("expected one success and one refusal, got {other:?}"),
+    };
+    assert_eq!(ok.state, pb::OperationState::Running as i32);
+    match refused {
+        ClientError::Busy(m) => {
+            assert_eq!(m, format!("another operation is running: backup {}", ok.id))
+        }
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    }
+    // The running one finishes, and then a new one is accepted.
+    let mut watcher = client(&s).await;
+    let mut done = None;
+    for _ in 0..600 {
+        let st = watcher.get_status().await.expect("status");
+        if st.running_backup.is_none() {
+            done = Some(st);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = done.expect("backup finished within a minute");
+    assert_eq!(done.last_success.expect("success").id, ok.id);
+    assert!(a
+        .create_backup(true, false)
+        .await
+        .expect("next backup")
+        .error
+        .is_empty());
+}
+
+#[tokio::test]
+async fn backup_while_a_writer_stores_events_is_consistent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let ds = devstore_with(5000).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, written, url) = (stop.clone(), written.clone(), ds.url());
+        tokio::spawn(async move {
+            let mut c = EventStoreClient::connect(url).await.expect("connect");
+            let mut v = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                v += 1;
+                let batch: Vec<Event> = (0..10u32)
+                    .map(|a| Event {
+                        r#type: "ClusterUpdated".into(),
+                        timestamp: Some(prost_types::Timestamp {
+                            seconds: 1_800_000_000 + v as i64,
+                            nanos: a as i32,
+                        }),
+                        aggregate_id: format!("aaaaaaaa-0000-4000-8000-{a:012}"),
+                        aggregate_type: "Cluster".into(),
+                        aggregate_version: Some(v),
+                        data: format!("{{\"v\": {v}}}").into_bytes(),
+                        metadata: BTreeMap::new(),
+                    })
+                    .collect();
+                c.store(tokio_stream::iter(batch)).await.expect("store");
+                written.fetch_add(10, Ordering::SeqCst);
+            }
+        })
+    };
+    for _ in 0..300 {
+        if written.load(Ordering::SeqCst) > 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(written.load(Ordering::SeqCst) > 200, "writer running");
+    let dest = format!("file://{}", dir.path().join("dest").display());
+    let args: Vec<String> = [
+        "backup",
+        "--event-store",
+        &ds.addr,
+        "--destination",
+        &dest,
+        "--key-file",
+        &key,
+        "--catalog",
+        &format!("sqlite://{}", dir.path().join("c.db").display()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        run(
+            "backup-server",
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[],
+        )
+    })
+    .await
+    .expect("join");
+    stop.store(true, Ordering::SeqCst);
+    writer.await.expect("writer");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let id = out.stdout.lines().last().expect("id");
+    let lines = inspect_lines(
+        &dir.path().join("dest/backups").join(format!("{id}.mbk")),
+        &key,
+    );
+    let mut versions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for l in &lines {
+        versions
+            .entry(format!("{}/{}", l["aggregate_type"], l["aggregate_id"]))
+            .or_default()
+            .push(l["aggregate_version"].as_u64().expect("version"));
+    }
+    for (agg, mut vs) in versions {
+        vs.sort_unstable();
+        assert_eq!(
+            vs,
+            (1..=vs.len() as u64).collect::<Vec<_>>(),
+            "{agg}: versions not gapless from 1"
+        );
+    }
+    assert!(
+        lines.len() > 5200,
+        "the snapshot includes events written during the test ({})",
+        lines.len()
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_fails_the_backup_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let ds = devstore_with(30_000).await;
+    let dest_dir = dir.path().join("dest");
+    let dest = format!("file://{}", dest_dir.display());
+    let out = run(
+        "backup-server",
+        &[
+            "backup",
+            "--timeout",
+            "50ms",
+            "--event-store",
+            &ds.addr,
+            "--destination",
+            &dest,
+            "--key-file",
+            &key,
+            "--catalog",
+            &format!("sqlite://{}", dir.path().join("c.db").display()),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("timed out after 50ms"),
+        "{}",
+        out.stderr
+    );
+    let left: Vec<_> = std::fs::read_dir(dest_dir.join("backups"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "a failed backup leaves no archive, manifest or staged file: {left:?}"
+    );
+    let listed = run(
+        "backup-server",
+        &["list", "--destination", &dest, "--json"],
+        &[],
+    );
+    assert_eq!(listed.stdout.trim(), "[]");
+}
+
+#[tokio::test]
+async fn verify_finds_a_damaged_archive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let ds = devstore_with(2000).await;
+    let dest_dir = dir.path().join("dest");
+    let dest = format!("file://{}", dest_dir.display());
+    let out = run(
+        "backup-server",
+        &[
+            "backup",
+            "--event-store",
+            &ds.addr,
+            "--destination",
+            &dest,
+            "--key-file",
+            &key,
+            "--catalog",
+            &format!("sqlite://{}", dir.path().join("c.db").display()),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let id = out.stdout.lines().last().expect("id");
+    let archive = dest_dir.join("backups").join(format!("{id}.mbk"));
+    let mut bytes = std::fs::read(&archive).expect("archive");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&archive, bytes).expect("write");
+    let v = run(
+        "backup-server",
+        &[
+            "verify",
+            "latest",
+            "--destination",
+            &dest,
+            "--key-file",
+            &key,
+        ],
+        &[],
+    );
+    assert_eq!(v.code, Some(1));
+    assert!(
+        v.stdout.contains(&format!("FAILED  {id}: chunk "))
+            && v.stdout.contains("failed authentication"),
+        "{}",
+        v.stdout
+    );
+    assert!(
+        v.stdout
+            .contains("archive SHA-256 differs from the manifest"),
+        "{}",
+        v.stdout
+    );
+}
+
+#[tokio::test]
+async fn s3_backup_multipart_and_resync_of_a_lost_catalog_on_postgres() {
+    let (Some(endpoint), Some(pg)) = (service_env("TEST_S3_ENDPOINT"), service_env("TEST_PG_URL"))
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    // Incompressible payloads so the archive spans several 8 MiB upload parts.
+    let ds = Devstore::start(&["--max-message-size", "33554432"]);
+    let mut c = EventStoreClient::connect(ds.url()).await.expect("connect");
+    let blob = |i: u64| random_json(i, 150_000);
+    let events: Vec<Event> = (0..220u64)
+        .map(|i| Event {
+            r#type: "CertificateIssued".into(),
+            timestamp: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000 + i as i64,
+                nanos: 0,
+            }),
+            aggregate_id: format!("bbbbbbbb-0000-4000-8000-{i:012}"),
+            aggregate_type: "Certificate".into(),
+            aggregate_version: Some(1),
+            data: blob(i).into_bytes(),
+            metadata: BTreeMap::new(),
+        })
+        .collect();
+    c.store(tokio_stream::iter(events)).await.expect("store");
+    let s3 = s3_client(&endpoint);
+    let bucket = new_bucket(&s3).await;
+    let dbname = format!("catalog_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {dbname}"))
+        .execute(&sqlx::PgPool::connect(&pg).await.expect("pg"))
+        .await
+        .expect("create db");
+    let catalog = format!("{}/{dbname}", pg.rsplit_once('/').expect("url").0);
+    let dest = format!("s3://{bucket}/m8/eventstore");
+    let args = [
+        "--event-store",
+        &ds.addr,
+        "--destination",
+        &dest,
+        "--s3-endpoint",
+        &endpoint,
+        "--catalog",
+        &catalog,
+        "--key-file",
+        &key,
+    ];
+    let s = Server::start(&args, S3_ENV);
+    let mut cl = client(&s).await;
+    let b1 = cl.create_backup(true, false).await.expect("backup 1");
+    assert!(b1.error.is_empty(), "{}", b1.error);
+    assert!(
+        b1.bytes > 16 * 1024 * 1024,
+        "archive of {} bytes spans three parts",
+        b1.bytes
+    );
+    let b2 = cl.create_backup(true, false).await.expect("backup 2");
+    let before = cl.list_all(false).await.expect("list");
+    assert_eq!(
+        before.iter().map(|b| b.id.clone()).collect::<Vec<_>>(),
+        vec![b2.id.clone(), b1.id.clone()]
+    );
+    drop(s);
+
+    // The catalog database is lost: a fresh one is rebuilt from the bucket at start-up…
+    sqlx::query("DROP TABLE backups")
+        .execute(&sqlx::PgPool::connect(&catalog).await.expect("pg"))
+        .await
+        .expect("drop");
+    sqlx::query("DROP TABLE _sqlx_migrations")
+        .execute(&sqlx::PgPool::connect(&catalog).await.expect("pg"))
+        .await
+        .expect("drop");
+    let s = Server::start(&args, S3_ENV);
+    let after = client(&s).await.list_all(false).await.expect("list");
+    let key_of = |b: &pb::Backup| {
+        (
+            b.id.clone(),
+            b.event_count,
+            b.bytes,
+            b.sha256.clone(),
+            b.created_by.clone(),
+        )
+    };
+    assert_eq!(
+        after.iter().map(key_of).collect::<Vec<_>>(),
+        before.iter().map(key_of).collect::<Vec<_>>()
+    );
+    drop(s);
+    // …and `catalog resync` does the same for an SQLite catalog.
+    let sqlite = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    let r = run(
+        "backup-server",
+        &[
+            "catalog",
+            "resync",
+            "--destination",
+            &dest,
+            "--s3-endpoint",
+            &endpoint,
+            "--catalog",
+            &sqlite,
+        ],
+        S3_ENV,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("2 complete backups"), "{}", r.stdout);
+    let v = run(
+        "backup-server",
+        &[
+            "verify",
+            "--all",
+            "--destination",
+            &dest,
+            "--s3-endpoint",
+            &endpoint,
+            "--key-file",
+            &key,
+        ],
+        S3_ENV,
+    );
+    assert_eq!(v.code, Some(0), "{}{}", v.stdout, v.stderr);
+}
+
+/// A loopback TCP proxy in front of an S3 server that dies (closes every connection and stops
+/// listening) once `limit` request bytes have passed: the S3 endpoint disappearing mid-upload.
+async fn dying_proxy(target: String, limit: u64) -> (String, Arc<AtomicBool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let dead = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let d = dead.clone();
+    tokio::spawn(async move {
+        let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        loop {
+            tokio::select! {
+                acc = listener.accept() => {
+                    let Ok((mut inbound, _)) = acc else { break };
+                    if d.load(Ordering::SeqCst) { break; }
+                    let target = target.clone();
+                    let (sent, d, tx2) = (sent.clone(), d.clone(), tx.clone());
+                    let mut rx = tx.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(target.trim_start_matches("http://")).await else { return };
+                        let (mut ri, mut wi) = inbound.split();
+                        let (mut ro, mut wo) = outbound.split();
+                        let up = async {
+                            let mut buf = vec![0u8; 64 * 1024];
+                            loop {
+                                let n = tokio::io::AsyncReadExt::read(&mut ri, &mut buf).await.unwrap_or(0);
+                                if n == 0 { break; }
+                                if sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > limit {
+                                    d.store(true, Ordering::SeqCst);
+                                    let _ = tx2.send(());
+                                    break;
+                                }
+                                if tokio::io::AsyncWriteExt::write_all(&mut wo, &buf[..n]).await.is_err() { break; }
+                            }
+                        };
+                        let down = tokio::io::copy(&mut ro, &mut wi);
+                        tokio::select! { _ = up => {}, _ = down => {}, _ = rx.recv() => {} }
+                    });
+                }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if d.load(Ordering::SeqCst) { break; }
+                }
+            }
+        }
+        let _ = tx.send(());
+    });
+    (format!("http://{addr}"), dead)
+}
+
+// Multi-threaded: the proxy's tasks must run while the test waits on the backup process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_endpoint_dying_mid_upload_fails_cleanly_and_a_later_backup_succeeds() {
+    let Some(_) = service_env("TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let (_moto, endpoint) = start_moto(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let ds = Devstore::start(&["--max-message-size", "33554432"]);
+    let mut c = EventStoreClient::connect(ds.url()).await.expect("connect");
+    let events: Vec<Event> = (0..200u64)
+        .map(|i| Event {
+            r#type: "CertificateIssued".into(),
+            timestamp: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000 + i as i64,
+                nanos: 0,
+            }),
+            aggregate_id: format!("cccccccc-0000-4000-8000-{i:012}"),
+            aggregate_type: "Certificate".into(),
+            aggregate_version: Some(1),
+            data: random_json(i + 1000, 150_000).into_bytes(),
+            metadata: BTreeMap::new(),
+        })
+        .collect();
+    c.store(tokio_stream::iter(events)).await.expect("store");
+    let s3 = s3_client(&endpoint);
+    let bucket = new_bucket(&s3).await;
+    let (proxy, dead) = dying_proxy(endpoint.clone(), 10 * 1024 * 1024).await;
+    let dest = format!("s3://{bucket}/prefix");
+    let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
+    let common = |ep: &str| -> Vec<String> {
+        [
+            "--event-store",
+            &ds.addr,
+            "--destination",
+            &dest,
+            "--s3-endpoint",
+            ep,
+            "--catalog",
+            &catalog,
+            "--key-file",
+            &key,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let args: Vec<String> = [vec!["backup".to_string()], common(&proxy)].concat();
+    let out = run(
+        "backup-server",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        S3_ENV,
+    );
+    assert!(
+        dead.load(Ordering::SeqCst),
+        "the endpoint died during the upload"
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("uploading the archive failed")
+            && out.stderr.contains("destination unavailable"),
+        "{}",
+        out.stderr
+    );
+    let objects = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("list");
+    assert!(
+        objects.contents().is_empty(),
+        "no archive and no manifest for the failed backup: {:?}",
+        objects.contents()
+    );
+    // The same service, the endpoint back: the next backup succeeds.
+    let args: Vec<String> = [vec!["backup".to_string()], common(&endpoint)].concat();
+    let out = run(
+        "backup-server",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        S3_ENV,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let listed = run(
+        "backup-server",
+        &[
+            "list",
+            "--json",
+            "--destination",
+            &dest,
+            "--s3-endpoint",
+            &endpoint,
+        ],
+        S3_ENV,
+    );
+    let list: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).expect("json");
+    assert_eq!(list.len(), 1, "only the successful backup is listed");
+}
