@@ -53,6 +53,26 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Restore a backup into the EventStore (admins only). Asks for the backup id on a terminal unless --yes.
+    Restore {
+        /// Backup id, or `latest`.
+        id: String,
+        /// Restore exactly the events with timestamps up to and including this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Replace the events already in the store.
+        #[arg(long)]
+        drop_existing: bool,
+        /// Write through the EventStore API (republishes every event on a real Monoskope bus).
+        #[arg(long)]
+        via_api: bool,
+        /// Wait until the restore has ended and print what to do next.
+        #[arg(long)]
+        wait: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Show the last success and failure, the running operation and the health of peers.
     Status {
         /// Print JSON instead of text.
@@ -201,6 +221,66 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Restore {
+            id,
+            until,
+            drop_existing,
+            via_api,
+            wait,
+            yes,
+        } => {
+            let until = match until {
+                Some(u) => {
+                    let t = chrono::DateTime::parse_from_rfc3339(u.trim()).map_err(|_| {
+                        ClientError::Local(format!(
+                            "--until: {u:?} is not an RFC 3339 time (e.g. 2026-11-24T10:15:00Z)"
+                        ))
+                    })?;
+                    Some(prost_types::Timestamp {
+                        seconds: t.timestamp(),
+                        nanos: t.timestamp_subsec_nanos() as i32,
+                    })
+                }
+                None => None,
+            };
+            if !yes {
+                confirm(&id, drop_existing)?;
+            }
+            let req = pb::RestoreRequest {
+                backup_id: id,
+                until,
+                drop_existing,
+                via_api,
+                wait,
+            };
+            let r = client.restore(req).await?;
+            match pb::OperationState::try_from(r.state) {
+                Ok(pb::OperationState::Failed) => {
+                    eprintln!(
+                        "backupctl: error: restore of backup {} failed: {}",
+                        r.backup_id, r.error
+                    );
+                    Ok(ExitCode::from(1))
+                }
+                Ok(pb::OperationState::Running) => {
+                    println!(
+                        "restore {} of backup {} started; follow it with `backupctl status`",
+                        r.id, r.backup_id
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                _ => {
+                    println!(
+                        "restored backup {} into the {}: {} events",
+                        r.backup_id, r.sink, r.event_count
+                    );
+                    for step in &r.next_steps {
+                        println!("next: {step}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
         Command::Status { json } => {
             let s = client.get_status().await?;
             if json {
@@ -227,6 +307,34 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Asks the operator to type the backup id; refuses without a terminal.
+fn confirm(id: &str, drop_existing: bool) -> Result<(), ClientError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(ClientError::Local(
+            "refusing to restore without confirmation: run on a terminal or pass --yes".into(),
+        ));
+    }
+    eprintln!(
+        "Restoring backup {id} into the EventStore{}.",
+        if drop_existing {
+            ", REPLACING every event it holds now"
+        } else {
+            " (it must be empty)"
+        }
+    );
+    eprint!("Type the backup id to confirm: ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| ClientError::Local(e.to_string()))?;
+    if line.trim() != id {
+        return Err(ClientError::Local(
+            "confirmation did not match the backup id; nothing was restored".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn print_status(s: &pb::GetStatusResponse) {

@@ -15,4 +15,5 @@ pub mod devstore;
 pub mod engine;
 pub mod grpc;
 pub mod ops;
+pub mod sink;
 pub mod source;

@@ -4,4 +4,5 @@
 mod archive_cli;
 mod destination;
 mod devstore_contract;
+mod restore;
 mod service;

@@ -89,10 +89,12 @@ pub(super) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         destination: destination.clone(),
         catalog,
         keys: crate::archive::Keys::keyring(crate::archive::Keyring::new(vec![key.clone()])?),
-        protection: Protection::Key(key.clone()),
+        protection: Some(Protection::Key(key.clone())),
+        events_db: None,
         retention_count: 7,
         backup_timeout: std::time::Duration::from_secs(3600),
         compression_level: crate::archive::DEFAULT_COMPRESSION_LEVEL,
+        restore_timeout: std::time::Duration::from_secs(3600),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

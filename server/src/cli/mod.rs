@@ -47,6 +47,8 @@ pub enum Command {
     List(service::ListArgs),
     /// Read every byte of backups at the destination and check chunks, footer and manifest; exit 1 on any problem.
     Verify(service::VerifyArgs),
+    /// Restore a backup into the events table (--events-db) or, with --via-api, through the EventStore API.
+    Restore(service::RestoreArgs),
     /// Manage the catalog.
     Catalog(service::CatalogArgs),
     /// Run everything on this machine: embedded EventStore with sample events, the service, a backup, list and verify.
@@ -134,6 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(a) => service::backup(a).await,
         Command::List(a) => service::list(a).await,
         Command::Verify(a) => service::verify(a).await,
+        Command::Restore(a) => service::restore(a).await,
         Command::Catalog(a) => service::catalog(a).await,
         Command::Demo(a) => demo::run(a).await,
     }

@@ -242,3 +242,72 @@ pub(super) async fn catalog(a: CatalogArgs) -> anyhow::Result<()> {
         }
     }
 }
+
+/// `backup-server restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// Shared options (restores into --events-db, or with --via-api through --event-store).
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Backup id, or `latest`.
+    pub id: String,
+    /// Restore exactly the events with timestamps up to and including this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Replace the events already in the store (in the same transaction through the events table).
+    #[arg(long)]
+    pub drop_existing: bool,
+    /// Write through the EventStore's Store API. On a real Monoskope EventStore every event is
+    /// then republished to the message bus; use only for a store without a bus.
+    #[arg(long)]
+    pub via_api: bool,
+}
+
+/// Parses an RFC 3339 time into a protobuf timestamp.
+pub fn parse_time(s: &str) -> anyhow::Result<prost_types::Timestamp> {
+    let t = chrono::DateTime::parse_from_rfc3339(s.trim())
+        .with_context(|| format!("{s:?} is not an RFC 3339 time (e.g. 2026-11-24T10:15:00Z)"))?;
+    Ok(prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    })
+}
+
+pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
+    let settings = a.common.resolve()?;
+    let until = a
+        .until
+        .as_deref()
+        .map(parse_time)
+        .transpose()
+        .context("--until")?;
+    let engine = settings.engine().await?;
+    let who = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let (rec, _) = engine
+        .start_restore(crate::engine::restore::RestoreRequest {
+            backup_id: a.id,
+            until,
+            drop_existing: a.drop_existing,
+            via_api: a.via_api,
+            created_by: who,
+        })
+        .await?;
+    let done = engine
+        .wait_restore(&rec.id)
+        .await
+        .context("the restore task ended without a result")?;
+    if let Some(e) = &done.error {
+        bail!("restore of backup {} failed: {e}", done.backup_id);
+    }
+    println!(
+        "restored backup {} into the {}: {} events",
+        done.backup_id, done.sink, done.event_count
+    );
+    for step in crate::engine::restore::next_steps(&done.sink) {
+        println!("next: {step}");
+    }
+    Ok(())
+}

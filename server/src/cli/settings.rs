@@ -55,6 +55,13 @@ pub struct CommonArgs {
     /// Longest a backup may run (e.g. 90s, 1h); it then fails cleanly.
     #[arg(long, env = "BACKUP_TIMEOUT")]
     pub timeout: Option<String>,
+    /// The EventStore's events table, for restores that publish nothing to the bus:
+    /// postgres://USER@HOST:PORT/DB (TLS: sslmode, sslrootcert, sslcert, sslkey in the URL).
+    #[arg(long, env = "BACKUP_EVENTS_DB")]
+    pub events_db: Option<String>,
+    /// Longest a restore may run (e.g. 1h); it then fails, and the table sink rolls back.
+    #[arg(long, env = "BACKUP_RESTORE_TIMEOUT")]
+    pub restore_timeout: Option<String>,
     /// zstd level of archives, 1–19.
     #[arg(long, env = "BACKUP_COMPRESSION_LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compression_level: Option<i32>,
@@ -83,6 +90,10 @@ pub struct Settings {
     pub timeout: Duration,
     /// zstd level.
     pub compression_level: i32,
+    /// Events table URL.
+    pub events_db: Option<String>,
+    /// Restore timeout.
+    pub restore_timeout: Duration,
 }
 
 /// Default catalog of the embedded default.
@@ -125,7 +136,20 @@ impl CommonArgs {
             Some(t) => parse_duration(&t).context("--timeout")?,
             None => Duration::from_secs(3600),
         };
+        let restore_timeout = match self
+            .restore_timeout
+            .clone()
+            .or(b.restore.as_ref().and_then(|r| r.timeout.clone()))
+        {
+            Some(t) => parse_duration(&t).context("--restore-timeout")?,
+            None => Duration::from_secs(3600),
+        };
         Ok(Settings {
+            events_db: self
+                .events_db
+                .clone()
+                .or(file.event_store.as_ref().and_then(|e| e.events_db.clone())),
+            restore_timeout,
             event_store,
             destination_url: self.destination.clone().or(file_dest),
             s3,
@@ -184,10 +208,6 @@ impl Settings {
 
     /// Builds the engine (destination, catalog, keys).
     pub async fn engine(&self) -> anyhow::Result<Engine> {
-        let protection = self
-            .protection
-            .clone()
-            .context("no encryption key: give --key-file, BACKUP_ENCRYPTION_KEY or BACKUP_PASSPHRASE (or --no-encryption to write unencrypted archives)")?;
         let destination = self.destination().await?;
         let catalog = self.catalog(destination.as_ref()).await?;
         Ok(Engine::new(EngineConfig {
@@ -195,10 +215,12 @@ impl Settings {
             destination,
             catalog,
             keys: self.keys.clone(),
-            protection,
+            protection: self.protection.clone(),
+            events_db: self.events_db.clone(),
             retention_count: self.retention_count,
             backup_timeout: self.timeout,
             compression_level: self.compression_level,
+            restore_timeout: self.restore_timeout,
         }))
     }
 }

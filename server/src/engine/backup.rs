@@ -77,6 +77,9 @@ pub(super) async fn run(
     running: &BackupRecord,
     progress: Arc<Progress>,
 ) -> anyhow::Result<BackupRecord> {
+    let protection = cfg.protection.clone().context(
+        "no encryption key: give --key-file, BACKUP_ENCRYPTION_KEY or BACKUP_PASSPHRASE (or --no-encryption to write unencrypted archives)",
+    )?;
     let dest = cfg.destination.clone();
     let archive_key = layout::archive_key(&running.id);
     let upload = dest
@@ -87,7 +90,7 @@ pub(super) async fn run(
     let (rec_tx, mut rec_rx) = mpsc::channel::<Record>(1024);
     let (part_tx, mut part_rx) = mpsc::channel::<Vec<u8>>(2);
 
-    let mut opts = WriterOptions::new(&running.id, cfg.protection.clone());
+    let mut opts = WriterOptions::new(&running.id, protection.clone());
     opts.compression_level = cfg.compression_level;
     let enc_cancel = cancelled.clone();
     let enc_progress = progress.clone();
@@ -169,7 +172,7 @@ pub(super) async fn run(
         .context("completing the archive upload failed")?;
 
     let completed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let key_id = match &cfg.protection {
+    let key_id = match &protection {
         crate::archive::Protection::Key(k) => k.id().to_string(),
         crate::archive::Protection::Passphrase(..) => "passphrase".into(),
         crate::archive::Protection::Unencrypted => "none".into(),

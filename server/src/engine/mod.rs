@@ -2,6 +2,7 @@
 //! timeout. Heavy steps are split into a plan (a plain value) and its execution.
 
 mod backup;
+pub mod restore;
 pub mod retention;
 pub mod verify;
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Mutex};
 
 use crate::archive::{Keys, Protection};
-use crate::catalog::{BackupRecord, Catalog};
+use crate::catalog::{BackupRecord, Catalog, RestoreRecord, State};
 use crate::destination::Destination;
 use crate::source::EventStoreAddr;
 
@@ -34,6 +35,12 @@ pub enum EngineError {
     /// A request is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// The request cannot be carried out as asked (non-empty store, missing via_api, wrong key…).
+    #[error("{0}")]
+    Refused(String),
+    /// The backup is damaged; nothing was written.
+    #[error("{0}")]
+    Corrupt(String),
     /// A peer (EventStore, destination, catalog) cannot be reached.
     #[error("{0}")]
     Unavailable(String),
@@ -84,14 +91,18 @@ pub struct EngineConfig {
     pub catalog: Catalog,
     /// Keys that read archives.
     pub keys: Keys,
-    /// How new archives are protected.
-    pub protection: Protection,
+    /// How new archives are protected (`None`: no key configured, backups refuse to run).
+    pub protection: Option<Protection>,
+    /// The events table to restore into (`postgres://…`); `None` allows only the API sink.
+    pub events_db: Option<String>,
     /// Complete backups kept (< 1 keeps all).
     pub retention_count: i64,
     /// Longest a backup may run.
     pub backup_timeout: Duration,
     /// zstd level.
     pub compression_level: i32,
+    /// Longest a restore may run.
+    pub restore_timeout: Duration,
 }
 
 /// The engine. Cheap to clone.
@@ -100,6 +111,7 @@ pub struct Engine {
     cfg: Arc<EngineConfig>,
     running: Arc<Mutex<Option<Running>>>,
     done: Arc<Mutex<std::collections::HashMap<String, watch::Receiver<Option<BackupRecord>>>>>,
+    restores: Arc<Mutex<std::collections::HashMap<String, watch::Receiver<Option<RestoreRecord>>>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -117,6 +129,7 @@ impl Engine {
             cfg: Arc::new(cfg),
             running: Arc::new(Mutex::new(None)),
             done: Arc::new(Mutex::new(std::collections::HashMap::new())),
+            restores: Arc::new(Mutex::new(std::collections::HashMap::new())),
         }
     }
 
@@ -157,6 +170,104 @@ impl Engine {
 
     async fn release(&self) {
         *self.running.lock().await = None;
+    }
+
+    /// Starts a restore after checking everything that can be checked before writing (sink,
+    /// empty store, key); returns its RUNNING record and a receiver of the final record.
+    pub async fn start_restore(
+        &self,
+        req: restore::RestoreRequest,
+    ) -> Result<(RestoreRecord, watch::Receiver<Option<RestoreRecord>>), EngineError> {
+        if let Some(r) = self.running.lock().await.as_ref() {
+            return Err(EngineError::Busy {
+                kind: r.kind,
+                id: r.id.clone(),
+            });
+        }
+        let (sink, manifest) = restore::prepare(&self.cfg, &req).await?;
+        let now = chrono::Utc::now();
+        let id = format!("restore-{}", crate::destination::layout::new_id(now));
+        let progress = self.claim("restore", &id).await?;
+        let record = RestoreRecord {
+            id: id.clone(),
+            backup_id: manifest.id.clone(),
+            state: State::Running,
+            started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            completed_at: None,
+            created_by: req.created_by.clone(),
+            sink: sink.name().into(),
+            until: req
+                .until
+                .as_ref()
+                .and_then(|t| crate::cli::rfc3339(Some(t))),
+            drop_existing: req.drop_existing,
+            chain: vec![manifest.id.clone()],
+            event_count: 0,
+            archive_bytes: manifest.archive_bytes,
+            error: None,
+        };
+        if let Err(e) = self.cfg.catalog.upsert_restore(&record).await {
+            self.release().await;
+            return Err(EngineError::Unavailable(format!("catalog: {e:#}")));
+        }
+        let (tx, rx) = watch::channel(None);
+        self.restores.lock().await.insert(id.clone(), rx.clone());
+        let engine = self.clone();
+        let mut rec = record.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            tracing::warn!(restore_id = %rec.id, backup_id = %rec.backup_id, sink = %rec.sink, drop_existing = rec.drop_existing, until = ?rec.until, created_by = %rec.created_by, "restore started");
+            let res = match tokio::time::timeout(
+                engine.cfg.restore_timeout,
+                restore::run(&engine.cfg, &req, &sink, &manifest, progress),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(EngineError::Internal(anyhow::anyhow!(
+                    "timed out after {}; {}",
+                    humantime::format_duration(engine.cfg.restore_timeout),
+                    if sink.name() == "events-table" {
+                        "nothing was written (rolled back)"
+                    } else {
+                        "events stored through the API so far stay stored"
+                    }
+                ))),
+            };
+            rec.completed_at =
+                Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            match res {
+                Ok(n) => {
+                    rec.state = State::Succeeded;
+                    rec.event_count = n;
+                    tracing::warn!(restore_id = %rec.id, backup_id = %rec.backup_id, events = n, seconds = started.elapsed().as_secs_f64(), "restore complete; restart the QueryHandler, the Gateway and reactors");
+                }
+                Err(e) => {
+                    rec.state = State::Failed;
+                    rec.error = Some(e.to_string());
+                    tracing::error!(restore_id = %rec.id, backup_id = %rec.backup_id, error = %e, "restore failed");
+                }
+            }
+            if let Err(e) = engine.cfg.catalog.upsert_restore(&rec).await {
+                tracing::error!(restore_id = %rec.id, error = %format!("{e:#}"), "could not record the restore in the catalog");
+            }
+            engine.release().await;
+            let _ = tx.send(Some(rec));
+        });
+        Ok((record, rx))
+    }
+
+    /// Waits for the restore `id` started by this process to end.
+    pub async fn wait_restore(&self, id: &str) -> Option<RestoreRecord> {
+        let mut rx = self.restores.lock().await.get(id).cloned()?;
+        loop {
+            if let Some(r) = rx.borrow().clone() {
+                return Some(r);
+            }
+            if rx.changed().await.is_err() {
+                return rx.borrow().clone();
+            }
+        }
     }
 
     /// Starts a full backup and returns its RUNNING record and a receiver of the final record.

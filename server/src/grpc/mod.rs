@@ -27,6 +27,8 @@ impl Service {
 pub fn status_of(e: EngineError) -> Status {
     match e {
         EngineError::Busy { .. } => Status::failed_precondition(e.to_string()),
+        EngineError::Refused(m) => Status::failed_precondition(m),
+        EngineError::Corrupt(m) => Status::data_loss(m),
         EngineError::NotFound(m) => Status::not_found(m),
         EngineError::Invalid(m) => Status::invalid_argument(m),
         EngineError::Unavailable(m) => Status::unavailable(m),
@@ -218,9 +220,43 @@ impl BackupService for Service {
 
     async fn restore(
         &self,
-        _request: Request<pb::RestoreRequest>,
+        request: Request<pb::RestoreRequest>,
     ) -> Result<Response<pb::RestoreResponse>, Status> {
-        Err(Status::unimplemented("Restore is not available in this version; use `backup-server inspect` to read an archive"))
+        let who = caller(&request);
+        let req = request.into_inner();
+        if req.backup_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "backup_id is required: a backup id or \"latest\"",
+            ));
+        }
+        if let Some(u) = &req.until {
+            if !(0..1_000_000_000).contains(&u.nanos) {
+                return Err(Status::invalid_argument(
+                    "until: nanos must be within 0..999999999",
+                ));
+            }
+        }
+        let (record, _) = self
+            .engine
+            .start_restore(crate::engine::restore::RestoreRequest {
+                backup_id: req.backup_id,
+                until: req.until,
+                drop_existing: req.drop_existing,
+                via_api: req.via_api,
+                created_by: who,
+            })
+            .await
+            .map_err(status_of)?;
+        let record = if req.wait {
+            self.engine.wait_restore(&record.id).await.unwrap_or(record)
+        } else {
+            record
+        };
+        let mut r = restore_pb(&record);
+        if record.state == State::Succeeded {
+            r.next_steps = crate::engine::restore::next_steps(&record.sink);
+        }
+        Ok(Response::new(pb::RestoreResponse { restore: Some(r) }))
     }
 
     async fn get_status(
@@ -243,6 +279,19 @@ impl BackupService for Service {
         let count = catalog.count_complete().await.map_err(unavailable)?;
         let running = self.engine.running().await;
         let mut running_backup = None;
+        let mut running_restore = None;
+        if let Some(op) = running.as_ref().filter(|op| op.kind == "restore") {
+            if let Some(r) = catalog
+                .last_restore()
+                .await
+                .map_err(unavailable)?
+                .filter(|r| r.id == op.id)
+            {
+                let mut p = restore_pb(&r);
+                p.progress = Some(progress(op));
+                running_restore = Some(p);
+            }
+        }
         if let Some(op) = running.as_ref().filter(|op| op.kind == "backup") {
             if let Some(r) = catalog.get_backup(&op.id).await.map_err(unavailable)? {
                 let mut b = backup_pb(&r, &base);
@@ -262,7 +311,7 @@ impl BackupService for Service {
             last_success: last_success.map(|r| backup_pb(&r, &base)),
             last_failure: last_failure.map(|r| backup_pb(&r, &base)),
             running_backup,
-            running_restore: None,
+            running_restore,
             last_restore: last_restore.as_ref().map(restore_pb),
             event_store: Some(event_store),
             destination: Some(destination),

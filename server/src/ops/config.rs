@@ -48,6 +48,8 @@ pub struct EventStoreConfig {
     pub address: Option<String>,
     /// CA for an `https://` address.
     pub ca_file: Option<PathBuf>,
+    /// The events table for restores (`postgres://…`; a password belongs in BACKUP_EVENTS_DB).
+    pub events_db: Option<String>,
 }
 
 /// The catalog.

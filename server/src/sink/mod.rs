@@ -1,0 +1,48 @@
+//! Where restored events go: the events table of Monoskope's EventStore (one transaction,
+//! nothing published to the message bus), or the EventStore's `Store` API (only when asked for
+//! explicitly: on a real Monoskope EventStore it republishes every event to RabbitMQ).
+
+pub mod api;
+pub mod table;
+
+/// Why a sink refused or failed, by what the caller must decide.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// The store holds events and `drop_existing` was not given.
+    #[error("the event store is not empty ({0}); pass drop_existing to replace its events")]
+    StoreNotEmpty(String),
+    /// The sink cannot do what was asked.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The store cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else (the restore was rolled back where the sink allows it).
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+/// Deterministic event id of a record without one: a UUID (version 8, RFC 9562) made from
+/// SHA-256 of the aggregate type, id and version, so restoring the same backup twice gives the
+/// same ids.
+pub fn derived_event_id(r: &monoskope_backup_api::archive::v1::Record) -> uuid::Uuid {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"monoskope-backup event-id v1\0");
+    h.update(r.aggregate_type.as_bytes());
+    h.update([0]);
+    h.update(r.aggregate_id.to_ascii_lowercase().as_bytes());
+    h.update([0]);
+    h.update(r.aggregate_version.to_be_bytes());
+    h.update(r.event_type.as_bytes());
+    h.update([0]);
+    if let Some(t) = &r.timestamp {
+        h.update(t.seconds.to_be_bytes());
+        h.update(t.nanos.to_be_bytes());
+    }
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    uuid::Builder::from_custom_bytes(b).into_uuid()
+}

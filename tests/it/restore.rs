@@ -1,0 +1,592 @@
+//! Restore end to end: both sinks, all-or-nothing, refusals with their precise statuses, `until`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use monoskope_backup_api::eventsourcing::event_store_client::EventStoreClient;
+use monoskope_backup_api::eventsourcing::{Event, EventFilter};
+use monoskope_backup_client::{pb, BackupClient, ClientError, ClientOptions};
+use monoskope_backup_tests::{run, service_env, Devstore, Server};
+use sqlx::Row;
+
+async fn store(ds: &Devstore, events: Vec<Event>) {
+    let mut c = EventStoreClient::connect(ds.url()).await.expect("connect");
+    c.store(tokio_stream::iter(events)).await.expect("store");
+}
+
+async fn all_events(url: String) -> Vec<Event> {
+    let mut c = EventStoreClient::connect(url)
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20);
+    let mut s = c
+        .retrieve(EventFilter::default())
+        .await
+        .expect("retrieve")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(e) = s.message().await.expect("stream") {
+        out.push(e);
+    }
+    out
+}
+
+fn sample(n: u64) -> Vec<Event> {
+    monoskope_backup::devstore::sample::events(n, (n / 10).max(1), 1_700_000_000, 11).collect()
+}
+
+/// Sorts events by (type, id, version): equal timestamps have no defined order.
+fn canonical(mut v: Vec<Event>) -> Vec<Event> {
+    v.sort_by(|a, b| {
+        (&a.aggregate_type, &a.aggregate_id, a.aggregate_version).cmp(&(
+            &b.aggregate_type,
+            &b.aggregate_id,
+            b.aggregate_version,
+        ))
+    });
+    v
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    key: String,
+    dest: String,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("k").to_str().expect("utf8").to_string();
+        assert_eq!(
+            run("backup-server", &["keygen", "--out", &key], &[]).code,
+            Some(0)
+        );
+        let dest = format!("file://{}", dir.path().join("dest").display());
+        Self { dir, key, dest }
+    }
+
+    fn catalog(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("catalog.db").display())
+    }
+
+    /// Backs up `ds` with the one-shot command; returns the backup id.
+    fn backup(&self, ds: &Devstore) -> String {
+        let out = run(
+            "backup-server",
+            &[
+                "backup",
+                "--event-store",
+                &ds.addr,
+                "--destination",
+                &self.dest,
+                "--key-file",
+                &self.key,
+                "--catalog",
+                &self.catalog(),
+            ],
+            &[],
+        );
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        out.stdout.lines().last().expect("id").to_string()
+    }
+
+    fn restore(&self, extra: &[&str]) -> monoskope_backup_tests::Out {
+        let catalog = format!("sqlite://{}", self.dir.path().join("r.db").display());
+        let mut args = vec![
+            "restore",
+            "--destination",
+            &self.dest,
+            "--key-file",
+            &self.key,
+            "--catalog",
+            &catalog,
+        ];
+        args.extend_from_slice(extra);
+        run("backup-server", &args, &[])
+    }
+
+    fn archive(&self, id: &str) -> std::path::PathBuf {
+        self.dir
+            .path()
+            .join("dest/backups")
+            .join(format!("{id}.mbk"))
+    }
+}
+
+/// A fresh PostgreSQL database for one test.
+async fn fresh_db(pg: &str) -> String {
+    let name = format!("events_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&sqlx::PgPool::connect(pg).await.expect("pg"))
+        .await
+        .expect("create db");
+    format!("{}/{name}", pg.rsplit_once('/').expect("url").0)
+}
+
+/// Every row of event_records as Events (the table's own read, as Monoskope's store reads it).
+async fn table_events(url: &str) -> Vec<(String, Event)> {
+    let pool = sqlx::PgPool::connect(url).await.expect("pg");
+    let rows = sqlx::query(r#"SELECT event_id::text AS id, event_type, aggregate_id::text AS agg, aggregate_type, aggregate_version, (extract(epoch from "timestamp") * 1000000)::bigint AS us, metadata::text AS md, data::text AS data FROM event_records"#)
+        .fetch_all(&pool)
+        .await
+        .expect("select");
+    rows.iter()
+        .map(|r| {
+            let us: i64 = r.get("us");
+            let md: Option<String> = r.get("md");
+            let data: Option<String> = r.get("data");
+            (
+                r.get::<String, _>("id"),
+                Event {
+                    r#type: r.get::<Option<String>, _>("event_type").unwrap_or_default(),
+                    timestamp: Some(prost_types::Timestamp {
+                        seconds: us.div_euclid(1_000_000),
+                        nanos: (us.rem_euclid(1_000_000) * 1000) as i32,
+                    }),
+                    aggregate_id: r.get::<Option<String>, _>("agg").unwrap_or_default(),
+                    aggregate_type: r
+                        .get::<Option<String>, _>("aggregate_type")
+                        .unwrap_or_default(),
+                    aggregate_version: Some(
+                        r.get::<Option<i64>, _>("aggregate_version").unwrap_or(0) as u64,
+                    ),
+                    data: data.unwrap_or_default().into_bytes(),
+                    metadata: md
+                        .map(|m| {
+                            serde_json::from_str::<BTreeMap<String, String>>(&m).expect("metadata")
+                        })
+                        .unwrap_or_default(),
+                },
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn round_trip_through_the_api_sink_keeps_every_field() {
+    let f = Fixture::new();
+    let src = Devstore::start(&[]);
+    store(&src, sample(3000)).await;
+    let id = f.backup(&src);
+    let dst = Devstore::start(&[]);
+    let out = f.restore(&[&id, "--event-store", &dst.addr, "--via-api"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("restored backup") && out.stdout.contains("3000 events"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("next: Restart the QueryHandler, the Gateway"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        canonical(all_events(dst.url()).await),
+        canonical(all_events(src.url()).await)
+    );
+    // Version checks keep working: the next version is accepted, a taken one is a conflict.
+    let last = all_events(dst.url())
+        .await
+        .into_iter()
+        .find(|e| e.aggregate_version == Some(1))
+        .expect("an aggregate");
+    let mut next = last.clone();
+    next.aggregate_version = Some(1);
+    let mut c = EventStoreClient::connect(dst.url()).await.expect("connect");
+    let err = c
+        .store(tokio_stream::iter(vec![next]))
+        .await
+        .expect_err("version 1 is taken");
+    assert_eq!(
+        err.message(),
+        "event aggregate version already exists in store"
+    );
+}
+
+#[tokio::test]
+async fn cross_store_devstore_backup_into_the_postgres_events_table() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let f = Fixture::new();
+    let src = Devstore::start(&[]);
+    let mut events = sample(2000);
+    // Edge cases the table stores as NULL: no data, no metadata, version 0 is impossible via API.
+    events[5].data.clear();
+    events[6].metadata.clear();
+    store(&src, events).await;
+    let id = f.backup(&src);
+    let db = fresh_db(&pg).await;
+    let out = f.restore(&[&id, "--events-db", &db]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("into the events-table: 2000 events"),
+        "{}",
+        out.stdout
+    );
+    let rows = table_events(&db).await;
+    let got: Vec<Event> = rows.iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(
+        canonical(got),
+        canonical(all_events(src.url()).await),
+        "PostgreSQL's jsonb returns exactly what the devstore returned"
+    );
+    // The table has Monoskope's exact schema.
+    let pool = sqlx::PgPool::connect(&db).await.expect("pg");
+    let cols: Vec<(String, String)> = sqlx::query_as("SELECT column_name::text, data_type::text FROM information_schema.columns WHERE table_name = 'event_records' ORDER BY ordinal_position")
+        .fetch_all(&pool)
+        .await
+        .expect("columns");
+    let names: Vec<&str> = cols.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "event_id",
+            "event_type",
+            "aggregate_id",
+            "aggregate_type",
+            "aggregate_version",
+            "timestamp",
+            "metadata",
+            "data"
+        ]
+    );
+    // Restoring the same backup again (drop_existing) gives the same deterministic event ids.
+    let out = f.restore(&[&id, "--events-db", &db, "--drop-existing"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let mut a: Vec<String> = rows.into_iter().map(|(id, _)| id).collect();
+    let mut b: Vec<String> = table_events(&db)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}
+
+fn corrupt_last_data_chunk(path: &Path) {
+    let mut bytes = std::fs::read(path).expect("archive");
+    let hlen = u32::from_be_bytes(bytes[12..16].try_into().expect("4")) as usize;
+    let elen = u32::from_be_bytes(bytes[16 + hlen..20 + hlen].try_into().expect("4")) as usize;
+    let mut off = 20 + hlen + elen;
+    let mut frames = Vec::new();
+    while off < bytes.len() {
+        let len = u32::from_be_bytes(bytes[off + 1..off + 5].try_into().expect("4")) as usize;
+        frames.push((off, len));
+        off += 5 + len;
+    }
+    let (o, l) = frames[frames.len() - 2];
+    bytes[o + 5 + l / 2] ^= 0x01;
+    std::fs::write(path, bytes).expect("write");
+}
+
+#[tokio::test]
+async fn a_corrupted_last_chunk_leaves_the_table_exactly_as_before() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let f = Fixture::new();
+    let src = Devstore::start(&[]);
+    store(&src, sample(20_000)).await;
+    let id = f.backup(&src);
+    corrupt_last_data_chunk(&f.archive(&id));
+    let db = fresh_db(&pg).await;
+    // The table holds other events.
+    let other = Devstore::start(&[]);
+    store(&other, sample(50)).await;
+    let other_id = f.backup(&other);
+    assert_eq!(f.restore(&[&other_id, "--events-db", &db]).code, Some(0));
+    let before = table_events(&db).await;
+    let out = f.restore(&[&id, "--events-db", &db, "--drop-existing"]);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("failed authentication")
+            && out.stderr.contains("nothing was written (rolled back)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        table_events(&db).await,
+        before,
+        "the store holds exactly its old events"
+    );
+}
+
+#[tokio::test]
+async fn sigkill_during_a_table_restore_leaves_the_table_as_before() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let f = Fixture::new();
+    let src = Devstore::start(&[]);
+    store(&src, sample(60_000)).await;
+    let id = f.backup(&src);
+    let db = fresh_db(&pg).await;
+    // The table holds other events before.
+    let other = Devstore::start(&[]);
+    store(&other, sample(50)).await;
+    let other_id = f.backup(&other);
+    assert_eq!(f.restore(&[&other_id, "--events-db", &db]).code, Some(0));
+    let before = table_events(&db).await;
+    let mut cmd = std::process::Command::new(monoskope_backup_tests::bin("backup-server"));
+    cmd.args([
+        "restore",
+        &id,
+        "--drop-existing",
+        "--events-db",
+        &db,
+        "--destination",
+        &f.dest,
+        "--key-file",
+        &f.key,
+        "--catalog",
+        &f.catalog(),
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("spawn");
+    let admin = sqlx::PgPool::connect(&db).await.expect("pg");
+    let mut seen = false;
+    for _ in 0..3000 {
+        let copying: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'COPY \"event_records\"%' AND state = 'active'")
+            .fetch_one(&admin)
+            .await
+            .expect("activity");
+        if copying > 0 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen, "the restore reached its COPY");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    // PostgreSQL rolls the transaction back when the connection drops.
+    for _ in 0..200 {
+        let busy: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'COPY%' AND state <> 'idle' AND pid <> pg_backend_pid()")
+            .fetch_one(&admin)
+            .await
+            .expect("activity");
+        if busy == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        table_events(&db).await,
+        before,
+        "the store holds exactly its old events"
+    );
+}
+
+#[tokio::test]
+async fn refusals_have_precise_statuses_and_messages() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let f = Fixture::new();
+    let src = Devstore::start(&[]);
+    store(&src, sample(30_000)).await;
+    let id = f.backup(&src);
+    let db = fresh_db(&pg).await;
+    let base = [
+        "--event-store",
+        &src.addr,
+        "--destination",
+        &f.dest,
+        "--key-file",
+        &f.key,
+    ];
+    // Without an events database, only the API sink is possible, and only with via_api.
+    let no_table = Server::start(
+        &[
+            &base[..],
+            &[
+                "--catalog",
+                &format!("sqlite://{}", f.dir.path().join("a.db").display()),
+            ],
+        ]
+        .concat(),
+        &[],
+    );
+    let mut c = BackupClient::connect(&ClientOptions::new(no_table.url()))
+        .await
+        .expect("connect");
+    let req = |id: &str| pb::RestoreRequest {
+        backup_id: id.to_string(),
+        wait: true,
+        ..Default::default()
+    };
+    match c.restore(req(&id)).await {
+        Err(ClientError::Busy(m)) => assert!(
+            m.starts_with("restoring through the EventStore API needs via_api")
+                && m.contains("republished to the message bus"),
+            "{m}"
+        ),
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    }
+    // The API sink into a non-empty store without drop_existing.
+    match c.restore(pb::RestoreRequest { via_api: true, ..req(&id) }).await {
+        Err(ClientError::Busy(m)) => assert_eq!(m, "the event store is not empty (the EventStore holds 30000 events); pass drop_existing to replace its events"),
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    }
+    match c.restore(req("nope")).await {
+        Err(ClientError::Busy(_)) | Err(ClientError::InvalidArgument(_)) => {}
+        other => panic!("expected a refusal of a malformed id, got {other:?}"),
+    }
+    drop(no_table);
+    // With the events table: a wrong key is refused before anything is written.
+    let other_key = f.dir.path().join("other.key");
+    assert_eq!(
+        run(
+            "backup-server",
+            &["keygen", "--out", other_key.to_str().expect("utf8")],
+            &[]
+        )
+        .code,
+        Some(0)
+    );
+    let wrong = Server::start(
+        &[
+            "--event-store",
+            &src.addr,
+            "--destination",
+            &f.dest,
+            "--key-file",
+            other_key.to_str().expect("utf8"),
+            "--events-db",
+            &db,
+            "--catalog",
+            &format!("sqlite://{}", f.dir.path().join("b.db").display()),
+        ],
+        &[],
+    );
+    let mut c = BackupClient::connect(&ClientOptions::new(wrong.url()))
+        .await
+        .expect("connect");
+    match c.restore(req("latest")).await {
+        Err(ClientError::Busy(m)) => assert!(m.starts_with("wrong key (archive key id "), "{m}"),
+        other => panic!("expected FAILED_PRECONDITION for a wrong key, got {other:?}"),
+    }
+    drop(wrong);
+    // A second restore while one runs.
+    let s = Server::start(
+        &[
+            &base[..],
+            &[
+                "--events-db",
+                &db,
+                "--catalog",
+                &format!("sqlite://{}", f.dir.path().join("c.db").display()),
+            ],
+        ]
+        .concat(),
+        &[],
+    );
+    let mut c = BackupClient::connect(&ClientOptions::new(s.url()))
+        .await
+        .expect("connect");
+    let first = c
+        .restore(pb::RestoreRequest {
+            wait: false,
+            ..req("latest")
+        })
+        .await
+        .expect("first restore starts");
+    match c
+        .restore(pb::RestoreRequest {
+            drop_existing: true,
+            ..req("latest")
+        })
+        .await
+    {
+        Err(ClientError::Busy(m)) => assert_eq!(
+            m,
+            format!("another operation is running: restore {}", first.id)
+        ),
+        other => panic!("expected FAILED_PRECONDITION while a restore runs, got {other:?}"),
+    }
+    // The first one completes; the catalog records who, when, which backup, how many events.
+    let mut last = None;
+    for _ in 0..600 {
+        let st = c.get_status().await.expect("status");
+        if st.running_restore.is_none() {
+            last = st.last_restore;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = last.expect("restore ended");
+    assert_eq!(
+        (last.backup_id.as_str(), last.event_count, last.state),
+        (id.as_str(), 30_000, pb::OperationState::Succeeded as i32),
+        "{last:?}"
+    );
+    assert!(
+        last.created_by.starts_with("unauthenticated@127.0.0.1"),
+        "{}",
+        last.created_by
+    );
+    // Now the table is not empty.
+    match c.restore(req("latest")).await {
+        Err(ClientError::Busy(m)) => assert_eq!(m, "the event store is not empty (event_records holds 30000 events); pass drop_existing to replace its events"),
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn until_restores_exactly_the_events_up_to_that_time() {
+    let f = Fixture::new();
+    let src = Devstore::start(&[]);
+    store(&src, sample(1000)).await;
+    let id = f.backup(&src);
+    let history = all_events(src.url()).await;
+    for cut in [0usize, 1, 499, 999] {
+        let t = history[cut].timestamp.expect("ts");
+        let until = chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32)
+            .expect("time")
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let dst = Devstore::start(&[]);
+        let out = f.restore(&[
+            &id,
+            "--event-store",
+            &dst.addr,
+            "--via-api",
+            "--until",
+            &until,
+        ]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let expected: Vec<Event> = history
+            .iter()
+            .filter(|e| {
+                let x = e.timestamp.expect("ts");
+                (x.seconds, x.nanos) <= (t.seconds, t.nanos)
+            })
+            .cloned()
+            .collect();
+        assert_eq!(
+            canonical(all_events(dst.url()).await),
+            canonical(expected),
+            "until {until}"
+        );
+    }
+    let bad = f.restore(&[
+        &id,
+        "--event-store",
+        "127.0.0.1:1",
+        "--via-api",
+        "--until",
+        "yesterday",
+    ]);
+    assert_eq!(bad.code, Some(1));
+    assert!(
+        bad.stderr
+            .contains("--until: \"yesterday\" is not an RFC 3339 time"),
+        "{}",
+        bad.stderr
+    );
+}
