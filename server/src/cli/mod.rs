@@ -67,6 +67,10 @@ pub struct DevstoreArgs {
     /// Largest gRPC message accepted, in bytes (Monoskope's store: 4 MiB).
     #[arg(long, default_value_t = crate::devstore::DEFAULT_MAX_MESSAGE_SIZE)]
     pub max_message_size: usize,
+    /// Fill an empty store with N deterministic Monoskope-like sample events (N/100 aggregates)
+    /// before serving; for demos and benchmarks.
+    #[arg(long, default_value_t = 0)]
+    pub seed_sample: u64,
 }
 
 /// `backup-server keygen`.
@@ -113,12 +117,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devstore(a) => {
             let listener = crate::devstore::bind(a.listen).await?;
             let addr = listener.local_addr()?;
-            println!("devstore listening on {addr} (database {})", a.db.display());
-            tracing::info!(%addr, db = %a.db.display(), "embedded EventStore listening (no message bus)");
             let opts = crate::devstore::DevStoreOptions {
                 max_message_size: a.max_message_size,
+                seed_sample: a.seed_sample,
             };
-            crate::devstore::serve(&a.db, listener, opts, shutdown_signal()).await
+            let db = a.db.clone();
+            crate::devstore::serve(&a.db, listener, opts, async move {
+                println!("devstore listening on {addr} (database {})", db.display());
+                tracing::info!(%addr, db = %db.display(), "embedded EventStore listening (no message bus)");
+                shutdown_signal().await
+            })
+            .await
         }
         Command::Keygen(a) => {
             let key = crate::archive::MasterKey::generate();

@@ -154,12 +154,15 @@ impl ServiceInformationService for Info {
 pub struct DevStoreOptions {
     /// Largest message accepted or sent (grpc-go's 4 MiB by default, as Monoskope's store).
     pub max_message_size: usize,
+    /// Fill an empty store with this many deterministic sample events before serving.
+    pub seed_sample: u64,
 }
 
 impl Default for DevStoreOptions {
     fn default() -> Self {
         Self {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            seed_sample: 0,
         }
     }
 }
@@ -173,6 +176,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let storage = Storage::open(db).await?;
+    if opts.seed_sample > 0 && storage.count().await? == 0 {
+        let n = opts.seed_sample;
+        let start = chrono::Utc::now().timestamp() - 30 * 86_400;
+        let stored = storage
+            .insert_many(sample::events(n, (n / 100).max(1), start, 42))
+            .await?;
+        tracing::info!(events = stored, "seeded the store with sample events");
+    }
     let store = EventStoreServer::new(DevStore::new(storage))
         .max_decoding_message_size(opts.max_message_size)
         .max_encoding_message_size(opts.max_message_size.max(DEFAULT_MAX_MESSAGE_SIZE));

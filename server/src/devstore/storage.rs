@@ -141,6 +141,50 @@ impl Storage {
         }
     }
 
+    /// Inserts many events in transactions of 10,000 (seeding sample data; not a `Store` path).
+    pub async fn insert_many(&self, events: impl Iterator<Item = Event>) -> anyhow::Result<u64> {
+        let mut n = 0u64;
+        let mut tx = self.pool.begin().await?;
+        for e in events {
+            let ts = to_micros(e.timestamp.as_ref())
+                .ok_or_else(|| anyhow::anyhow!("timestamp out of range"))?;
+            let data = if e.data.is_empty() {
+                None
+            } else {
+                Some(jsonb::normalize(&e.data)?)
+            };
+            let metadata = if e.metadata.is_empty() {
+                None
+            } else {
+                Some(jsonb::normalize(
+                    serde_json::to_string(&e.metadata)?.as_bytes(),
+                )?)
+            };
+            let version = e.aggregate_version.unwrap_or(0);
+            sqlx::query(
+                "INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, ts, metadata, data)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(&e.r#type)
+            .bind(e.aggregate_id.to_ascii_lowercase())
+            .bind(&e.aggregate_type)
+            .bind((version != 0).then_some(version as i64))
+            .bind(ts)
+            .bind(metadata)
+            .bind(data)
+            .execute(&mut *tx)
+            .await?;
+            n += 1;
+            if n % 10_000 == 0 {
+                tx.commit().await?;
+                tx = self.pool.begin().await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
     /// Streams the events matching any of `filters` (all events when `filters` is empty),
     /// ordered by timestamp, into a bounded channel: rows are read at the pace the receiver
     /// takes them, and reading stops when the receiver is dropped.

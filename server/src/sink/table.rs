@@ -1,5 +1,5 @@
 //! The events table (`event_records`) of Monoskope's EventStore on PostgreSQL, written in one
-//! transaction with binary COPY. It creates the table with Monoskope's exact DDL when missing
+//! transaction with binary COPY, its primary key and unique index built after the load. It creates the table with Monoskope's exact DDL when missing
 //! (after a dropped database the restore may run before the EventStore starts), refuses a
 //! non-empty table unless `drop_existing`, deletes the old events inside the same transaction,
 //! and commits only after the whole archive authenticated: the store is either the old one or
@@ -17,7 +17,6 @@ use sqlx::{Connection, PgPool};
 use tokio::sync::mpsc;
 
 use super::SinkError;
-use crate::devstore::jsonb;
 
 /// Monoskope's table definition, exactly as its EventStore issues it (MONOSKOPE_EVENTSTORE.md §3.1).
 pub const CREATE_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS "event_records" ("event_id" uuid, "event_type" varchar(250), "aggregate_id" uuid, "aggregate_type" varchar(250), "aggregate_version" bigint, "timestamp" timestamptz, "metadata" jsonb, "data" jsonb, PRIMARY KEY ("event_id"), UNIQUE ("aggregate_id", "aggregate_type", "aggregate_version"))"#;
@@ -94,8 +93,9 @@ impl EventsTable {
             .execute(&mut *tx)
             .await
             .context("creating event_records")?;
-        // Lock out concurrent writers for the whole restore (readers keep reading the old state).
-        sqlx::query(r#"LOCK TABLE "event_records" IN EXCLUSIVE MODE"#)
+        // Nobody reads or writes the table while it is replaced; everyone sees the old or the
+        // restored events, never a mix.
+        sqlx::query(r#"LOCK TABLE "event_records" IN ACCESS EXCLUSIVE MODE"#)
             .execute(&mut *tx)
             .await
             .context("locking event_records")?;
@@ -109,10 +109,28 @@ impl EventsTable {
                     "event_records holds {existing} events"
                 )));
             }
-            sqlx::query(r#"DELETE FROM "event_records""#)
+            sqlx::query(r#"TRUNCATE "event_records""#)
                 .execute(&mut *tx)
                 .await
                 .context("deleting the old events")?;
+        }
+        // Bulk load first, build the primary key and unique index after (as pg_restore does):
+        // the constraints are dropped and re-added with their own names and definitions, inside
+        // the transaction, so the schema afterwards is exactly the one before.
+        let constraints: Vec<(String, String)> = sqlx::query_as(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = '\"event_records\"'::regclass AND contype IN ('p', 'u') ORDER BY contype",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .context("reading the constraints of event_records")?;
+        for (name, _) in &constraints {
+            sqlx::query(&format!(
+                r#"ALTER TABLE "event_records" DROP CONSTRAINT "{}""#,
+                name.replace('"', "\"\"")
+            ))
+            .execute(&mut *tx)
+            .await
+            .context("deferring the constraints of event_records")?;
         }
         let mut copy = tx.copy_in_raw(COPY).await.context("starting COPY")?;
         let mut buf = Vec::with_capacity(1 << 20);
@@ -148,6 +166,14 @@ impl EventsTable {
         copy.finish().await.map_err(|e| {
             SinkError::Other(anyhow::Error::new(e).context("COPY into event_records"))
         })?;
+        for (name, def) in &constraints {
+            sqlx::query(&format!(r#"ALTER TABLE "event_records" ADD CONSTRAINT "{}" {def}"#, name.replace('"', "\"\"")))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    SinkError::Other(anyhow::Error::new(e).context(format!("the restored events violate {name} (a duplicate event or version); nothing was written")))
+                })?;
+        }
         tx.commit().await.context("commit")?;
         Ok(n)
     }
@@ -209,8 +235,9 @@ fn encode_row(r: &Record, buf: &mut Vec<u8>) -> anyhow::Result<()> {
     let data = if r.data.is_empty() {
         None
     } else {
-        // Refuse what jsonb refuses here, with the event named, instead of a COPY error.
-        jsonb::normalize(&r.data).with_context(|| {
+        // Refuse what jsonb refuses here, with the event named, instead of a COPY error
+        // (a validating parse only: PostgreSQL normalises the text itself).
+        serde_json::from_slice::<serde::de::IgnoredAny>(&r.data).with_context(|| {
             format!(
                 "event {}/{} v{}: data is not JSON",
                 r.aggregate_type, r.aggregate_id, r.aggregate_version
