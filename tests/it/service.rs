@@ -736,3 +736,133 @@ async fn s3_endpoint_dying_mid_upload_fails_cleanly_and_a_later_backup_succeeds(
     let list: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).expect("json");
     assert_eq!(list.len(), 1, "only the successful backup is listed");
 }
+
+/// A CA and a server certificate for 127.0.0.1/localhost, made with the openssl CLI.
+fn make_certs(dir: &Path) -> (String, String, String) {
+    let sh = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    sh(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").expect("ext");
+    sh(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "tls.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let p = |f: &str| dir.join(f).to_str().expect("utf8").to_string();
+    (p("ca.crt"), p("tls.crt"), p("tls.key"))
+}
+
+#[tokio::test]
+async fn serve_with_tls_and_backupctl_with_a_ca_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let (ca, cert, tls_key) = make_certs(dir.path());
+    let ds = devstore_with(100).await;
+    let dest = format!("file://{}", dir.path().join("dest").display());
+    let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
+    let s = Server::start(
+        &[
+            "--event-store",
+            &ds.addr,
+            "--destination",
+            &dest,
+            "--catalog",
+            &catalog,
+            "--key-file",
+            &key,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &tls_key,
+        ],
+        &[],
+    );
+    let url = format!(
+        "https://localhost:{}",
+        s.addr.rsplit(':').next().expect("port")
+    );
+    let ok = tokio::task::spawn_blocking({
+        let (url, ca) = (url.clone(), ca.clone());
+        move || {
+            run(
+                "backupctl",
+                &["--server", &url, "--ca-file", &ca, "create", "--wait"],
+                &[],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+    let untrusted =
+        tokio::task::spawn_blocking(move || run("backupctl", &["--server", &url, "status"], &[]))
+            .await
+            .expect("join");
+    assert_eq!(
+        untrusted.code,
+        Some(1),
+        "a server certificate from an unknown CA is refused"
+    );
+    assert!(
+        untrusted
+            .stderr
+            .starts_with("backupctl: error: cannot connect to https://localhost:"),
+        "{}",
+        untrusted.stderr
+    );
+    let plain = tokio::task::spawn_blocking({
+        let u = s.url();
+        move || run("backupctl", &["--server", &u, "status"], &[])
+    })
+    .await
+    .expect("join");
+    assert_eq!(plain.code, Some(1), "plaintext to a TLS port fails");
+}
