@@ -55,8 +55,9 @@ pub struct CommonArgs {
     /// Longest a backup may run (e.g. 90s, 1h); it then fails cleanly.
     #[arg(long, env = "BACKUP_TIMEOUT")]
     pub timeout: Option<String>,
-    /// The EventStore's events table, for restores that publish nothing to the bus:
-    /// postgres://USER@HOST:PORT/DB (TLS: sslmode, sslrootcert, sslcert, sslkey in the URL).
+    /// The EventStore's events table on PostgreSQL: backups read one snapshot of it (keeping
+    /// event ids) instead of the Retrieve API, and restores write into it without publishing to
+    /// the bus. postgres://USER@HOST:PORT/DB (TLS: sslmode, sslrootcert, sslcert, sslkey in the URL).
     #[arg(long, env = "BACKUP_EVENTS_DB")]
     pub events_db: Option<String>,
     /// Longest a restore may run (e.g. 1h); it then fails, and the table sink rolls back.

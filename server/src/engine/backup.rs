@@ -124,10 +124,15 @@ pub(super) async fn run(
         (upload, Ok(()))
     });
 
-    let source = cfg.event_store.clone();
     let read_progress = progress.clone();
+    let mut stream: std::pin::Pin<Box<dyn futures::Stream<Item = anyhow::Result<Record>> + Send>> =
+        match &cfg.events_db {
+            Some(url) => Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+                crate::source::table::snapshot(crate::source::table::connect(url).await?, 1024),
+            )),
+            None => Box::pin(cfg.event_store.retrieve_all().await?),
+        };
     let reader = async move {
-        let mut stream = Box::pin(source.retrieve_all().await?);
         while let Some(rec) = stream.next().await {
             let rec = rec?;
             read_progress.events.fetch_add(1, Ordering::Relaxed);

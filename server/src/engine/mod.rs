@@ -49,6 +49,22 @@ pub enum EngineError {
     Internal(#[from] anyhow::Error),
 }
 
+/// A database URL without its password, for records and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}@{}", &url[..s + 3], &url[at + 1..])
+                .split('?')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        }
+        _ => url.split('?').next().unwrap_or("").to_string(),
+    }
+}
+
 /// Live progress of the running operation.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -286,7 +302,10 @@ impl Engine {
             created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             completed_at: None,
             created_by: created_by.to_string(),
-            source: format!("eventstore-api:{}", self.cfg.event_store.addr),
+            source: match &self.cfg.events_db {
+                Some(url) => format!("events-table:{}", redact_url(url)),
+                None => format!("eventstore-api:{}", self.cfg.event_store.addr),
+            },
             event_count: 0,
             archive_bytes: 0,
             archive_sha256: None,

@@ -1,5 +1,8 @@
 //! Where events come from. The EventStore's `Retrieve` API needs no database credentials and is
-//! independent of the database behind the store.
+//! independent of the database behind the store; the events table ([`table`]) is one consistent
+//! snapshot read straight from PostgreSQL, keeping event ids.
+
+pub mod table;
 
 use std::time::Duration;
 
