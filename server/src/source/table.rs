@@ -14,12 +14,12 @@ const SELECT: &str = r#"SELECT event_id::text AS event_id, event_type, aggregate
 
 /// Connects to the events database.
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
-    Ok(PgPoolOptions::new()
+    PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(std::time::Duration::from_secs(15))
         .connect(url)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to the events database: {e}"))?)
+        .map_err(|e| anyhow::anyhow!("cannot connect to the events database: {e}"))
 }
 
 /// Streams every event of one snapshot into a bounded channel; the reader stops when the
