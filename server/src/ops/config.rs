@@ -167,21 +167,12 @@ impl FileConfig {
 
     /// Parses and checks YAML text.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let cfg: FileConfig = match serde_path_to_error::deserialize(de) {
-            Ok(c) => c,
-            Err(e) => {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                bail!(
-                    "{}: {inner}",
-                    if path == "." {
-                        "(top level)".to_string()
-                    } else {
-                        path
-                    }
-                );
-            }
+        // serde_yaml's messages name the key's path ("backup.timeout: invalid type …",
+        // "backup: unknown field `retentionCont` …").
+        let cfg: FileConfig = if text.trim().is_empty() {
+            FileConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?
         };
         cfg.check()?;
         Ok(cfg)
