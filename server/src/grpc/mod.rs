@@ -266,6 +266,9 @@ impl BackupService for Service {
         let cfg = self.engine.config();
         let catalog = &cfg.catalog;
         let unavailable = |e: anyhow::Error| Status::unavailable(format!("catalog: {e:#}"));
+        // The running operation first: an operation writes its final record before it frees the
+        // slot, so records read after this are never older than what `running` says.
+        let running = self.engine.running().await;
         let base = cfg.destination.url();
         let last_success = catalog
             .newest_in_state(State::Succeeded)
@@ -277,7 +280,6 @@ impl BackupService for Service {
             .map_err(unavailable)?;
         let last_restore = catalog.last_restore().await.map_err(unavailable)?;
         let count = catalog.count_complete().await.map_err(unavailable)?;
-        let running = self.engine.running().await;
         let mut running_backup = None;
         let mut running_restore = None;
         if let Some(op) = running.as_ref().filter(|op| op.kind == "restore") {
