@@ -1,6 +1,8 @@
 //! The fixed parts of the byte layout (docs/ARCHIVE_FORMAT.md): prefix, lengths, frames, nonces,
 //! and the SHA-256 chain of unencrypted archives.
 
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes256Gcm, Nonce};
 use sha2::{Digest, Sha256};
 
 /// First eight bytes of every archive.
@@ -60,4 +62,74 @@ pub fn chain_tag(prev: &[u8; 32], counter: u32, flags: u8, body: &[u8]) -> [u8; 
 /// Start of the SHA-256 chain: the digest of everything before the first frame.
 pub fn chain_start(prefix: &[u8]) -> [u8; 32] {
     Sha256::digest(prefix).into()
+}
+
+/// What protects the chunks of one archive: the AEAD with its STREAM nonce state, or the
+/// SHA-256 chain. The writer seals with it, the reader opens with it.
+pub enum ChunkGuard {
+    /// AES-256-GCM under the data key; the nonce prefix and the authenticated prefix `aad`.
+    Aes {
+        /// Cipher keyed with the archive's data key.
+        cipher: Box<Aes256Gcm>,
+        /// STREAM nonce prefix.
+        prefix: [u8; 7],
+        /// Associated data of every chunk (the authenticated prefix).
+        aad: Vec<u8>,
+    },
+    /// SHA-256 chain; `prev` is the previous tag (or the chain start).
+    Chain {
+        /// Previous tag.
+        prev: [u8; 32],
+    },
+}
+
+impl ChunkGuard {
+    /// Seals the compressed `body` of chunk `counter` in place (appends the tag).
+    pub fn seal(&mut self, counter: u32, flags: u8, body: &mut Vec<u8>) -> Result<(), ()> {
+        match self {
+            ChunkGuard::Aes {
+                cipher,
+                prefix,
+                aad,
+            } => {
+                let n = nonce(prefix, counter, flags & FLAG_LAST != 0);
+                cipher
+                    .encrypt_in_place(Nonce::from_slice(&n), aad, body)
+                    .map_err(|_| ())
+            }
+            ChunkGuard::Chain { prev } => {
+                let tag = chain_tag(prev, counter, flags, body);
+                body.extend_from_slice(&tag);
+                *prev = tag;
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks and strips the tag of chunk `counter` in place; `Err` when it does not
+    /// authenticate (damaged, reordered, truncated or forged).
+    pub fn open(&mut self, counter: u32, flags: u8, body: &mut Vec<u8>) -> Result<(), ()> {
+        match self {
+            ChunkGuard::Aes {
+                cipher,
+                prefix,
+                aad,
+            } => {
+                let n = nonce(prefix, counter, flags & FLAG_LAST != 0);
+                cipher
+                    .decrypt_in_place(Nonce::from_slice(&n), aad, body)
+                    .map_err(|_| ())
+            }
+            ChunkGuard::Chain { prev } => {
+                let body_len = body.len().checked_sub(CHAIN_TAG_LEN).ok_or(())?;
+                let tag = chain_tag(prev, counter, flags, &body[..body_len]);
+                if tag[..] != body[body_len..] {
+                    return Err(());
+                }
+                *prev = tag;
+                body.truncate(body_len);
+                Ok(())
+            }
+        }
+    }
 }

@@ -3,8 +3,8 @@
 
 use std::io::{ErrorKind, Read};
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::KeyInit;
+use aes_gcm::Aes256Gcm;
 use monoskope_backup_api::archive::v1::{Footer, Header, KeyEnvelope, Record};
 use prost::Message;
 
@@ -13,23 +13,12 @@ use super::format::*;
 use super::keys::{self, Argon2Params, Keys, ARGON2_MAX};
 use super::writer::Tally;
 
-enum Opener {
-    Aes {
-        cipher: Box<Aes256Gcm>,
-        prefix: [u8; 7],
-        aad: Vec<u8>,
-    },
-    Chain {
-        prev: [u8; 32],
-    },
-}
-
 /// Streams the records of an archive.
 pub struct ArchiveReader<R: Read> {
     input: R,
     header: Header,
     key_id: String,
-    opener: Opener,
+    opener: ChunkGuard,
     decompressor: zstd::bulk::Decompressor<'static>,
     chunk_size: usize,
     next_chunk: u64,
@@ -173,7 +162,7 @@ impl<R: Read> ArchiveReader<R> {
                         envelope.kdf
                     )));
                 }
-                Opener::Chain {
+                ChunkGuard::Chain {
                     prev: chain_start(
                         &[
                             &prefix[..],
@@ -190,7 +179,7 @@ impl<R: Read> ArchiveReader<R> {
                         ArchiveError::HeaderCorrupt("nonce prefix is not 7 bytes".into())
                     })?;
                 let data_key = unwrap_data_key(&envelope, keys, &prefix)?;
-                Opener::Aes {
+                ChunkGuard::Aes {
                     cipher: Box::new(Aes256Gcm::new((&data_key).into())),
                     prefix: nonce_prefix,
                     aad: prefix.clone(),
@@ -342,30 +331,9 @@ impl<R: Read> ArchiveReader<R> {
         self.bytes_read += 5 + len as u64;
         let counter =
             u32::try_from(chunk).map_err(|_| ArchiveError::corrupt(chunk, "too many chunks"))?;
-        match &mut self.opener {
-            Opener::Aes {
-                cipher,
-                prefix,
-                aad,
-            } => {
-                let nonce = nonce(prefix, counter, last);
-                cipher
-                    .decrypt_in_place(Nonce::from_slice(&nonce), aad, &mut self.frame)
-                    .map_err(|_| ArchiveError::corrupt(chunk, ""))?;
-            }
-            Opener::Chain { prev } => {
-                if self.frame.len() < CHAIN_TAG_LEN {
-                    return Err(ArchiveError::corrupt(chunk, ""));
-                }
-                let body_len = self.frame.len() - CHAIN_TAG_LEN;
-                let tag = chain_tag(prev, counter, flags, &self.frame[..body_len]);
-                if tag[..] != self.frame[body_len..] {
-                    return Err(ArchiveError::corrupt(chunk, ""));
-                }
-                *prev = tag;
-                self.frame.truncate(body_len);
-            }
-        }
+        self.opener
+            .open(counter, flags, &mut self.frame)
+            .map_err(|()| ArchiveError::corrupt(chunk, ""))?;
         self.next_chunk += 1;
         // Drop what has been consumed, keep a partial record.
         self.plain.drain(..self.pos);

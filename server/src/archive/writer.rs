@@ -3,8 +3,8 @@
 
 use std::io::Write;
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::KeyInit;
+use aes_gcm::Aes256Gcm;
 use monoskope_backup_api::archive::v1::{Footer, Header, KeyEnvelope, Record};
 use prost::Message;
 use rand::RngCore;
@@ -53,17 +53,6 @@ impl WriterOptions {
     }
 }
 
-enum Sealer {
-    Aes {
-        cipher: Box<Aes256Gcm>,
-        prefix: [u8; 7],
-        aad: Vec<u8>,
-    },
-    Chain {
-        prev: [u8; 32],
-    },
-}
-
 /// Footer accumulator: counts, time range and the digest of the records.
 #[derive(Default)]
 pub(crate) struct Tally {
@@ -107,7 +96,7 @@ impl Tally {
 /// Streams records into an archive.
 pub struct ArchiveWriter<W: Write> {
     out: W,
-    sealer: Sealer,
+    sealer: ChunkGuard,
     compressor: zstd::bulk::Compressor<'static>,
     chunk_size: usize,
     buf: Vec<u8>,
@@ -173,7 +162,7 @@ impl<W: Write> ArchiveWriter<W> {
                     key_id: "none".into(),
                     ..Default::default()
                 },
-                Sealer::Chain { prev: [0; 32] },
+                ChunkGuard::Chain { prev: [0; 32] },
             ),
             protection => {
                 rng.fill_bytes(&mut data_key);
@@ -206,7 +195,7 @@ impl<W: Write> ArchiveWriter<W> {
                 let cipher = Box::new(Aes256Gcm::new((&data_key).into()));
                 (
                     env,
-                    Sealer::Aes {
+                    ChunkGuard::Aes {
                         cipher,
                         prefix: nonce_prefix,
                         aad: prefix.clone(),
@@ -217,7 +206,7 @@ impl<W: Write> ArchiveWriter<W> {
         let env_bytes = envelope.encode_to_vec();
         let sealer = match sealer {
             // The chain covers the prefix and the envelope: nothing before the chunks is unchecked.
-            Sealer::Chain { .. } => Sealer::Chain {
+            ChunkGuard::Chain { .. } => ChunkGuard::Chain {
                 prev: chain_start(
                     &[
                         &prefix[..],
@@ -297,25 +286,9 @@ impl<W: Write> ArchiveWriter<W> {
             .compressor
             .compress_to_buffer(plain, &mut self.frame[..])?;
         self.frame.truncate(n);
-        match &mut self.sealer {
-            Sealer::Aes {
-                cipher,
-                prefix,
-                aad,
-            } => {
-                let nonce = nonce(prefix, self.counter, last);
-                cipher
-                    .encrypt_in_place(Nonce::from_slice(&nonce), aad, &mut self.frame)
-                    .map_err(|_| {
-                        ArchiveError::Io(std::io::Error::other("AES-GCM encryption failed"))
-                    })?;
-            }
-            Sealer::Chain { prev } => {
-                let tag = chain_tag(prev, self.counter, flags, &self.frame);
-                self.frame.extend_from_slice(&tag);
-                *prev = tag;
-            }
-        }
+        self.sealer
+            .seal(self.counter, flags, &mut self.frame)
+            .map_err(|()| ArchiveError::Io(std::io::Error::other("AES-GCM encryption failed")))?;
         self.out.write_all(&[flags])?;
         self.out
             .write_all(&(self.frame.len() as u32).to_be_bytes())?;
