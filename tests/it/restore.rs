@@ -114,14 +114,8 @@ impl Fixture {
     }
 }
 
-/// A fresh PostgreSQL database for one test.
 async fn fresh_db(pg: &str) -> String {
-    let name = format!("events_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&sqlx::PgPool::connect(pg).await.expect("pg"))
-        .await
-        .expect("create db");
-    format!("{}/{name}", pg.rsplit_once('/').expect("url").0)
+    monoskope_backup_tests::fresh_db(pg, "events").await
 }
 
 /// Every row of event_records as Events (the table's own read, as Monoskope's store reads it).

@@ -23,6 +23,25 @@ fn random_json(seed: u64, len: usize) -> String {
     format!("{{\"blob\": \"{s}\"}}")
 }
 
+/// `n` certificate events of ~150 KB of incompressible JSON each, so archives span several
+/// 8 MiB upload parts.
+fn large_events(n: u64, seed: u64) -> Vec<Event> {
+    (0..n)
+        .map(|i| Event {
+            r#type: "CertificateIssued".into(),
+            timestamp: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000 + i as i64,
+                nanos: 0,
+            }),
+            aggregate_id: format!("bbbbbbbb-0000-4000-8000-{:012}", seed * 100_000 + i),
+            aggregate_type: "Certificate".into(),
+            aggregate_version: Some(1),
+            data: random_json(seed * 100_000 + i, 150_000).into_bytes(),
+            metadata: BTreeMap::new(),
+        })
+        .collect()
+}
+
 /// A devstore holding `n` sample events.
 async fn devstore_with(n: u64) -> Devstore {
     let ds = Devstore::start(&["--max-message-size", "33554432"]);
@@ -472,30 +491,11 @@ async fn s3_backup_multipart_and_resync_of_a_lost_catalog_on_postgres() {
     // Incompressible payloads so the archive spans several 8 MiB upload parts.
     let ds = Devstore::start(&["--max-message-size", "33554432"]);
     let mut c = EventStoreClient::connect(ds.url()).await.expect("connect");
-    let blob = |i: u64| random_json(i, 150_000);
-    let events: Vec<Event> = (0..220u64)
-        .map(|i| Event {
-            r#type: "CertificateIssued".into(),
-            timestamp: Some(prost_types::Timestamp {
-                seconds: 1_700_000_000 + i as i64,
-                nanos: 0,
-            }),
-            aggregate_id: format!("bbbbbbbb-0000-4000-8000-{i:012}"),
-            aggregate_type: "Certificate".into(),
-            aggregate_version: Some(1),
-            data: blob(i).into_bytes(),
-            metadata: BTreeMap::new(),
-        })
-        .collect();
+    let events = large_events(220, 1);
     c.store(tokio_stream::iter(events)).await.expect("store");
     let s3 = s3_client(&endpoint);
     let bucket = new_bucket(&s3).await;
-    let dbname = format!("catalog_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {dbname}"))
-        .execute(&sqlx::PgPool::connect(&pg).await.expect("pg"))
-        .await
-        .expect("create db");
-    let catalog = format!("{}/{dbname}", pg.rsplit_once('/').expect("url").0);
+    let catalog = monoskope_backup_tests::fresh_db(&pg, "catalog").await;
     let dest = format!("s3://{bucket}/m8/eventstore");
     let args = [
         "--event-store",
@@ -648,20 +648,7 @@ async fn s3_endpoint_dying_mid_upload_fails_cleanly_and_a_later_backup_succeeds(
     let key = key_file(dir.path());
     let ds = Devstore::start(&["--max-message-size", "33554432"]);
     let mut c = EventStoreClient::connect(ds.url()).await.expect("connect");
-    let events: Vec<Event> = (0..200u64)
-        .map(|i| Event {
-            r#type: "CertificateIssued".into(),
-            timestamp: Some(prost_types::Timestamp {
-                seconds: 1_700_000_000 + i as i64,
-                nanos: 0,
-            }),
-            aggregate_id: format!("cccccccc-0000-4000-8000-{i:012}"),
-            aggregate_type: "Certificate".into(),
-            aggregate_version: Some(1),
-            data: random_json(i + 1000, 150_000).into_bytes(),
-            metadata: BTreeMap::new(),
-        })
-        .collect();
+    let events = large_events(200, 2);
     c.store(tokio_stream::iter(events)).await.expect("store");
     let s3 = s3_client(&endpoint);
     let bucket = new_bucket(&s3).await;

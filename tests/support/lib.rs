@@ -273,3 +273,17 @@ pub async fn new_bucket(client: &aws_sdk_s3::Client) -> String {
         .expect("create bucket");
     name
 }
+
+/// A fresh PostgreSQL database on the server at `pg` (a URL ending in a database name); returns
+/// its URL.
+pub async fn fresh_db(pg: &str, prefix: &str) -> String {
+    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(pg)
+        .await
+        .expect("connect to TEST_PG_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    format!("{}/{name}", pg.rsplit_once('/').expect("database URL").0)
+}
