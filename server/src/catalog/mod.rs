@@ -9,7 +9,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use crate::destination::manifest::Manifest;
-use crate::destination::{layout, Destination};
+use crate::destination::Destination;
 
 /// The state of an operation, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,22 +347,10 @@ impl Catalog {
     /// removes complete records whose manifest is gone, keeps failed-run records. Returns
     /// the number of complete backups found.
     pub async fn resync(&self, dest: &dyn Destination) -> anyhow::Result<u64> {
-        let objects = dest.list(layout::BACKUPS_DIR).await?;
         let mut found = std::collections::BTreeSet::new();
-        for o in &objects {
-            let Some((id, true)) = layout::parse_key(&o.key) else {
-                continue;
-            };
-            let bytes = dest.get_bytes(&o.key).await?;
-            match Manifest::parse(&bytes) {
-                Ok(m) => {
-                    self.upsert_backup(&BackupRecord::from_manifest(&m)).await?;
-                    found.insert(m.id);
-                }
-                Err(e) => {
-                    tracing::warn!(backup_id = id, error = %e, "ignoring an unreadable manifest")
-                }
-            }
+        for m in crate::destination::manifest::list_complete(dest).await? {
+            self.upsert_backup(&BackupRecord::from_manifest(&m)).await?;
+            found.insert(m.id);
         }
         for r in self.backups_in_state(State::Succeeded).await? {
             if !found.contains(&r.id) {

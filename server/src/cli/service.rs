@@ -174,7 +174,7 @@ pub(super) async fn backup(a: BackupArgs) -> anyhow::Result<()> {
 pub(super) async fn list(a: ListArgs) -> anyhow::Result<()> {
     let settings = a.common.resolve()?;
     let dest = settings.destination().await?;
-    let manifests = verify::manifests(dest.as_ref()).await?;
+    let manifests = crate::destination::manifest::list_complete(dest.as_ref()).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&manifests)?);
     } else if manifests.is_empty() {
@@ -203,7 +203,7 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let settings = a.common.resolve()?;
     let dest = settings.destination().await?;
     let targets = if a.all {
-        verify::manifests(dest.as_ref()).await?
+        crate::destination::manifest::list_complete(dest.as_ref()).await?
     } else {
         vec![verify::resolve(dest.as_ref(), a.id.as_deref().unwrap_or("latest")).await?]
     };

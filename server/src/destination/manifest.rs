@@ -70,3 +70,22 @@ impl Manifest {
         v
     }
 }
+
+/// Every complete backup's manifest at `dest`, newest first; an unreadable manifest is
+/// skipped with a warning (its backup is then not complete for us).
+pub async fn list_complete(dest: &dyn super::Destination) -> anyhow::Result<Vec<Manifest>> {
+    let mut out = Vec::new();
+    for o in dest.list(super::layout::BACKUPS_DIR).await? {
+        if let Some((_, true)) = super::layout::parse_key(&o.key) {
+            let bytes = dest.get_bytes(&o.key).await?;
+            match Manifest::parse(&bytes) {
+                Ok(m) => out.push(m),
+                Err(e) => {
+                    tracing::warn!(key = %o.key, error = %e, "ignoring an unreadable manifest")
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| b.id.cmp(&a.id));
+    Ok(out)
+}

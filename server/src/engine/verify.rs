@@ -25,26 +25,10 @@ pub struct VerifyReport {
     pub bytes: u64,
 }
 
-/// Every complete backup's manifest at the destination, newest first.
-pub async fn manifests(dest: &dyn Destination) -> anyhow::Result<Vec<Manifest>> {
-    let mut out = Vec::new();
-    for o in dest.list(layout::BACKUPS_DIR).await? {
-        if let Some((_, true)) = layout::parse_key(&o.key) {
-            let bytes = dest.get_bytes(&o.key).await?;
-            match Manifest::parse(&bytes) {
-                Ok(m) => out.push(m),
-                Err(e) => tracing::warn!(key = %o.key, error = %e, "unreadable manifest"),
-            }
-        }
-    }
-    out.sort_by(|a, b| b.id.cmp(&a.id));
-    Ok(out)
-}
-
 /// The manifest of `id`, or of the newest complete backup for `latest`.
 pub async fn resolve(dest: &dyn Destination, id: &str) -> Result<Manifest, super::EngineError> {
     if id == "latest" {
-        return manifests(dest)
+        return crate::destination::manifest::list_complete(dest)
             .await
             .map_err(|e| super::EngineError::Unavailable(format!("{e:#}")))?
             .into_iter()
