@@ -65,6 +65,18 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The final value an operation's task sends; `None` if the task ended without one.
+async fn final_value<T: Clone>(mut rx: watch::Receiver<Option<T>>) -> Option<T> {
+    loop {
+        if let Some(v) = rx.borrow().clone() {
+            return Some(v);
+        }
+        if rx.changed().await.is_err() {
+            return rx.borrow().clone();
+        }
+    }
+}
+
 /// Live progress of the running operation.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -275,15 +287,8 @@ impl Engine {
 
     /// Waits for the restore `id` started by this process to end.
     pub async fn wait_restore(&self, id: &str) -> Option<RestoreRecord> {
-        let mut rx = self.restores.lock().await.get(id).cloned()?;
-        loop {
-            if let Some(r) = rx.borrow().clone() {
-                return Some(r);
-            }
-            if rx.changed().await.is_err() {
-                return rx.borrow().clone();
-            }
-        }
+        let rx = self.restores.lock().await.get(id).cloned()?;
+        final_value(rx).await
     }
 
     /// Starts a full backup and returns its RUNNING record and a receiver of the final record.
@@ -335,15 +340,10 @@ impl Engine {
 
     /// Runs a full backup to its end (used by the one-shot command and the scheduler).
     pub async fn backup(&self, created_by: &str) -> Result<BackupRecord, EngineError> {
-        let (_, mut rx) = self.start_backup(created_by).await?;
-        loop {
-            if let Some(r) = rx.borrow().clone() {
-                return Ok(r);
-            }
-            rx.changed().await.map_err(|_| {
-                EngineError::Internal(anyhow::anyhow!("backup task ended without a result"))
-            })?;
-        }
+        let (_, rx) = self.start_backup(created_by).await?;
+        final_value(rx).await.ok_or_else(|| {
+            EngineError::Internal(anyhow::anyhow!("backup task ended without a result"))
+        })
     }
 
     async fn finish_backup(
@@ -385,14 +385,7 @@ impl Engine {
 
     /// Waits for the backup `id` started by this process to end.
     pub async fn wait_backup(&self, id: &str) -> Option<BackupRecord> {
-        let mut rx = self.done.lock().await.get(id).cloned()?;
-        loop {
-            if let Some(r) = rx.borrow().clone() {
-                return Some(r);
-            }
-            if rx.changed().await.is_err() {
-                return rx.borrow().clone();
-            }
-        }
+        let rx = self.done.lock().await.get(id).cloned()?;
+        final_value(rx).await
     }
 }
