@@ -4,10 +4,12 @@
 //! - [`archive`]: the backup file format (records, chunks, zstd, AES-256-GCM STREAM, keys);
 //!   byte streams only, no runtime, SQL or network;
 //! - [`cli`]: the `backup-server` command line;
-//! - [`ops`]: logging, secrets, configuration;
+//! - [`auth`]: the authentication layer (gateway, jwt, none) and who may do what;
+//! - [`ops`]: logging, secrets, configuration, metrics, Pushgateway, events, schedules;
 //! - [`devstore`]: the embedded EventStore that speaks Monoskope's contract (demo and tests).
 
 pub mod archive;
+pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod destination;

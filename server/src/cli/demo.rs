@@ -95,6 +95,8 @@ pub(super) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         backup_timeout: std::time::Duration::from_secs(3600),
         compression_level: crate::archive::DEFAULT_COMPRESSION_LEVEL,
         restore_timeout: std::time::Duration::from_secs(3600),
+        emit_events: true,
+        pushgateway: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -104,7 +106,16 @@ pub(super) async fn run(a: DemoArgs) -> anyhow::Result<()> {
             let _ = rx.changed().await;
         }
     };
-    let svc_task = tokio::spawn(crate::grpc::serve(engine.clone(), listener, None, svc_stop));
+    let svc_task = tokio::spawn(crate::grpc::serve(
+        engine.clone(),
+        listener,
+        None,
+        crate::auth::AuthLayer::new(crate::auth::Authenticator {
+            mode: crate::auth::Mode::None,
+            policy: crate::auth::Policy::default(),
+        }),
+        svc_stop,
+    ));
     println!(
         "2. BackupService on {addr} (no authentication: loopback only), key {} in {} (0600)",
         key.id(),

@@ -40,7 +40,7 @@ pub enum Command {
     /// Decrypt a local archive file and print its events as JSON lines, or its header and footer.
     Inspect(inspect::InspectArgs),
     /// Run the BackupService (gRPC, with health and reflection).
-    Serve(service::ServeArgs),
+    Serve(Box<service::ServeArgs>),
     /// Take one backup now, as CreateBackup does; prints the new backup's id as the last line.
     Backup(service::BackupArgs),
     /// List the complete backups straight from the destination's manifests (no catalog needed).
@@ -141,13 +141,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Inspect(a) => inspect::run(a),
-        Command::Serve(a) => service::serve(a).await,
+        Command::Serve(a) => service::serve(*a).await,
         Command::Backup(a) => service::backup(a).await,
         Command::List(a) => service::list(a).await,
         Command::Verify(a) => service::verify(a).await,
         Command::Restore(a) => service::restore(a).await,
         Command::Catalog(a) => service::catalog(a).await,
         Command::Demo(a) => demo::run(a).await,
+    }
+}
+
+/// The identity of a one-shot command: the local user.
+pub(crate) fn cli_identity() -> crate::auth::Identity {
+    crate::auth::Identity {
+        id: format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        ),
+        ..Default::default()
     }
 }
 

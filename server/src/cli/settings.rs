@@ -66,6 +66,14 @@ pub struct CommonArgs {
     /// zstd level of archives, 1–19.
     #[arg(long, env = "BACKUP_COMPRESSION_LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compression_level: Option<i32>,
+    /// Push each run's metrics to this Prometheus Pushgateway (config
+    /// `backup.prometheusPushgatewayUrl`); a Pushgateway that is down is only a warning.
+    #[arg(long, env = "BACKUP_PUSHGATEWAY_URL")]
+    pub pushgateway_url: Option<String>,
+    /// Store BackupCompleted/BackupFailed/RestoreCompleted events in the EventStore after each
+    /// run (config `eventStore.emitEvents`; default true).
+    #[arg(long, env = "BACKUP_EMIT_EVENTS")]
+    pub emit_events: Option<bool>,
 }
 
 /// Resolved settings.
@@ -95,6 +103,10 @@ pub struct Settings {
     pub events_db: Option<String>,
     /// Restore timeout.
     pub restore_timeout: Duration,
+    /// Pushgateway URL.
+    pub pushgateway_url: Option<String>,
+    /// Store events after each run.
+    pub emit_events: bool,
 }
 
 /// Default catalog of the embedded default.
@@ -124,9 +136,9 @@ impl CommonArgs {
             addr: self
                 .event_store
                 .clone()
-                .or(es.address)
+                .or(es.address.clone())
                 .unwrap_or_else(|| "127.0.0.1:8080".into()),
-            ca_file: self.event_store_ca.clone().or(es.ca_file),
+            ca_file: self.event_store_ca.clone().or(es.ca_file.clone()),
         };
         let enc = file.encryption.clone().unwrap_or_default();
         let key_file = self.keys.key_file.clone().or(enc.key_file);
@@ -151,6 +163,15 @@ impl CommonArgs {
                 .clone()
                 .or(file.event_store.as_ref().and_then(|e| e.events_db.clone())),
             restore_timeout,
+            pushgateway_url: self
+                .pushgateway_url
+                .clone()
+                .or(b.prometheus_pushgateway_url.clone())
+                .filter(|u| !u.is_empty()),
+            emit_events: self
+                .emit_events
+                .or(es.emit_events)
+                .unwrap_or(true),
             event_store,
             destination_url: self.destination.clone().or(file_dest),
             s3,
@@ -222,6 +243,12 @@ impl Settings {
             backup_timeout: self.timeout,
             compression_level: self.compression_level,
             restore_timeout: self.restore_timeout,
+            emit_events: self.emit_events,
+            pushgateway: self
+                .pushgateway_url
+                .as_deref()
+                .map(crate::ops::pushgateway::Pushgateway::new)
+                .transpose()?,
         }))
     }
 }

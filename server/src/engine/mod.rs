@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Mutex};
 
 use crate::archive::{Keys, Protection};
+use crate::auth::Identity;
+use crate::ops::metrics::{self, Op};
 use crate::catalog::{BackupRecord, Catalog, RestoreRecord, State};
 use crate::destination::Destination;
 use crate::source::EventStoreAddr;
@@ -131,6 +133,10 @@ pub struct EngineConfig {
     pub compression_level: i32,
     /// Longest a restore may run.
     pub restore_timeout: Duration,
+    /// Store BackupCompleted/BackupFailed/RestoreCompleted events in the EventStore.
+    pub emit_events: bool,
+    /// Where each run's metrics are pushed.
+    pub pushgateway: Option<crate::ops::pushgateway::Pushgateway>,
 }
 
 /// The engine. Cheap to clone.
@@ -222,7 +228,7 @@ impl Engine {
             state: State::Running,
             started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             completed_at: None,
-            created_by: req.created_by.clone(),
+            created_by: req.caller.label(),
             sink: sink.name().into(),
             until: req
                 .until
@@ -244,6 +250,7 @@ impl Engine {
         let mut rec = record.clone();
         tokio::spawn(async move {
             let started = Instant::now();
+            metrics::get().started(Op::Restore);
             tracing::warn!(restore_id = %rec.id, backup_id = %rec.backup_id, sink = %rec.sink, drop_existing = rec.drop_existing, until = ?rec.until, created_by = %rec.created_by, "restore started");
             let res = match tokio::time::timeout(
                 engine.cfg.restore_timeout,
@@ -279,6 +286,34 @@ impl Engine {
             if let Err(e) = engine.cfg.catalog.upsert_restore(&rec).await {
                 tracing::error!(restore_id = %rec.id, error = %format!("{e:#}"), "could not record the restore in the catalog");
             }
+            let ok = rec.state == State::Succeeded;
+            metrics::get().finished(
+                Op::Restore,
+                ok,
+                started.elapsed(),
+                rec.archive_bytes,
+                rec.event_count,
+            );
+            if let Some(p) = &engine.cfg.pushgateway {
+                p.push(Op::Restore, ok).await;
+            }
+            // Only a successful restore adds an event: a failed one leaves the store as it was.
+            if ok && engine.cfg.emit_events {
+                let data = serde_json::json!({
+                    "restoreId": rec.id, "backupId": rec.backup_id, "chain": rec.chain,
+                    "sink": rec.sink, "eventCount": rec.event_count, "until": rec.until,
+                    "dropExisting": rec.drop_existing, "startedAt": rec.started_at,
+                    "completedAt": rec.completed_at,
+                });
+                let ev = crate::ops::events::event(
+                    "RestoreCompleted",
+                    crate::ops::events::RESTORE_AGGREGATE,
+                    &rec.id,
+                    &data,
+                    &req.caller,
+                );
+                crate::ops::events::emit(&engine.cfg.event_store, ev).await;
+            }
             engine.release().await;
             let _ = tx.send(Some(rec));
         });
@@ -294,7 +329,7 @@ impl Engine {
     /// Starts a full backup and returns its RUNNING record and a receiver of the final record.
     pub async fn start_backup(
         &self,
-        created_by: &str,
+        caller: &Identity,
     ) -> Result<(BackupRecord, watch::Receiver<Option<BackupRecord>>), EngineError> {
         let now = chrono::Utc::now();
         let id = crate::destination::layout::new_id(now);
@@ -306,7 +341,7 @@ impl Engine {
             parent_id: None,
             created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             completed_at: None,
-            created_by: created_by.to_string(),
+            created_by: caller.label(),
             source: match &self.cfg.events_db {
                 Some(url) => format!("events-table:{}", redact_url(url)),
                 None => format!("eventstore-api:{}", self.cfg.event_store.addr),
@@ -330,8 +365,9 @@ impl Engine {
         self.done.lock().await.insert(id.clone(), rx.clone());
         let engine = self.clone();
         let running = record.clone();
+        let caller = caller.clone();
         tokio::spawn(async move {
-            let final_record = engine.finish_backup(running, progress).await;
+            let final_record = engine.finish_backup(running, progress, &caller).await;
             engine.release().await;
             let _ = tx.send(Some(final_record));
         });
@@ -339,8 +375,8 @@ impl Engine {
     }
 
     /// Runs a full backup to its end (used by the one-shot command and the scheduler).
-    pub async fn backup(&self, created_by: &str) -> Result<BackupRecord, EngineError> {
-        let (_, rx) = self.start_backup(created_by).await?;
+    pub async fn backup(&self, caller: &Identity) -> Result<BackupRecord, EngineError> {
+        let (_, rx) = self.start_backup(caller).await?;
         final_value(rx).await.ok_or_else(|| {
             EngineError::Internal(anyhow::anyhow!("backup task ended without a result"))
         })
@@ -350,8 +386,10 @@ impl Engine {
         &self,
         mut record: BackupRecord,
         progress: Arc<Progress>,
+        caller: &Identity,
     ) -> BackupRecord {
         let started = Instant::now();
+        metrics::get().started(Op::Backup);
         tracing::info!(backup_id = %record.id, created_by = %record.created_by, source = %record.source, destination = %self.cfg.destination.url(), "backup started");
         match backup::run(&self.cfg, &record, progress).await {
             Ok(done) => {
@@ -368,6 +406,36 @@ impl Engine {
         }
         if let Err(e) = self.cfg.catalog.upsert_backup(&record).await {
             tracing::error!(backup_id = %record.id, error = %format!("{e:#}"), "could not record the backup in the catalog; `catalog resync` restores it from the destination");
+        }
+        let ok = record.state == crate::catalog::State::Succeeded;
+        metrics::get().finished(
+            Op::Backup,
+            ok,
+            started.elapsed(),
+            record.archive_bytes,
+            record.event_count,
+        );
+        if let Some(p) = &self.cfg.pushgateway {
+            p.push(Op::Backup, ok).await;
+        }
+        if self.cfg.emit_events {
+            let data = serde_json::json!({
+                "backupId": record.id, "kind": record.kind, "parentId": record.parent_id,
+                "eventCount": record.event_count, "bytes": record.archive_bytes,
+                "firstEventTime": record.first_event_time, "lastEventTime": record.last_event_time,
+                "sha256": record.archive_sha256, "keyId": record.key_id,
+                "location": record.archive_key.as_ref().map(|k| format!("{}/{k}", self.cfg.destination.url().trim_end_matches('/'))),
+                "createdAt": record.created_at, "completedAt": record.completed_at,
+                "error": record.error,
+            });
+            let ev = crate::ops::events::event(
+                if ok { "BackupCompleted" } else { "BackupFailed" },
+                crate::ops::events::BACKUP_AGGREGATE,
+                &record.id,
+                &data,
+                caller,
+            );
+            crate::ops::events::emit(&self.cfg.event_store, ev).await;
         }
         if record.state == crate::catalog::State::Succeeded {
             match retention::run(&self.cfg).await {

@@ -25,8 +25,8 @@ pub struct RestoreRequest {
     pub drop_existing: bool,
     /// Write through the EventStore API.
     pub via_api: bool,
-    /// Who asked.
-    pub created_by: String,
+    /// Who asked (recorded as `created_by`, and in the RestoreCompleted event's metadata).
+    pub caller: crate::auth::Identity,
 }
 
 /// The chosen sink.

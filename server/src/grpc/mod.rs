@@ -7,6 +7,7 @@ use monoskope_backup_api::backup::v1 as pb;
 use pb::backup_service_server::BackupService;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Identity;
 use crate::catalog::{BackupRecord, RestoreRecord, State};
 use crate::engine::{Engine, EngineError, RunningOp};
 
@@ -36,17 +37,21 @@ pub fn status_of(e: EngineError) -> Status {
     }
 }
 
-/// The identity of the caller, as later layers (authentication) record it in the request.
+/// The identity of the caller, as the authentication layer ([`crate::auth`]) records it in the
+/// request.
 #[derive(Debug, Clone)]
-pub struct Caller(pub String);
+pub struct Caller(pub Identity);
 
-fn caller<T>(req: &Request<T>) -> String {
+fn caller<T>(req: &Request<T>) -> Identity {
     if let Some(c) = req.extensions().get::<Caller>() {
         return c.0.clone();
     }
-    match req.remote_addr() {
-        Some(a) => format!("unauthenticated@{}", a.ip()),
-        None => "unauthenticated".into(),
+    Identity {
+        id: match req.remote_addr() {
+            Some(a) => format!("unauthenticated@{}", a.ip()),
+            None => "unauthenticated".into(),
+        },
+        ..Default::default()
     }
 }
 
@@ -243,7 +248,7 @@ impl BackupService for Service {
                 until: req.until,
                 drop_existing: req.drop_existing,
                 via_api: req.via_api,
-                created_by: who,
+                caller: who,
             })
             .await
             .map_err(status_of)?;
@@ -328,6 +333,7 @@ pub async fn serve(
     engine: Engine,
     listener: tokio::net::TcpListener,
     tls: Option<(Vec<u8>, Vec<u8>)>,
+    auth: crate::auth::AuthLayer,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     use pb::backup_service_server::BackupServiceServer;
@@ -350,6 +356,7 @@ pub async fn serve(
         )?;
     }
     builder
+        .layer(auth)
         .add_service(health)
         .add_service(reflection)
         .add_service(

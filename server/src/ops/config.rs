@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub auth: Option<AuthConfig>,
     /// Backups, in the shape of Monoskope's chart values.
     pub backup: Option<BackupConfig>,
+    /// The metrics endpoint.
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// TLS files.
@@ -50,6 +52,16 @@ pub struct EventStoreConfig {
     pub ca_file: Option<PathBuf>,
     /// The events table for restores (`postgres://…`; a password belongs in BACKUP_EVENTS_DB).
     pub events_db: Option<String>,
+    /// Store BackupCompleted/BackupFailed/RestoreCompleted events after each run (default true).
+    pub emit_events: Option<bool>,
+}
+
+/// The metrics endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsConfig {
+    /// `HOST:PORT` serving `/metrics` and `/healthz`.
+    pub address: Option<String>,
 }
 
 /// The catalog.
@@ -76,8 +88,22 @@ pub struct EncryptionConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthConfig {
-    /// `none` (loopback only).
+    /// `gateway`, `jwt` or `none` (loopback only).
     pub mode: Option<String>,
+    /// Gateway gRPC address (`HOST:PORT`) for `gateway` mode.
+    pub gateway: Option<String>,
+    /// The gateway's public key (PEM certificate or key, or JWK) for `jwt` mode.
+    pub jwt_public_key: Option<PathBuf>,
+    /// The gateway's JWKS URL for `jwt` mode.
+    pub jwks_url: Option<String>,
+    /// The `iss` the gateway's tokens carry (its `--gateway-url`).
+    pub jwt_issuer: Option<String>,
+    /// Subjects or e-mails of admins (restore, everything).
+    pub admins: Option<Vec<String>>,
+    /// Subjects of machine identities that may create backups (e.g. the CronJob's API token).
+    pub machine_identities: Option<Vec<String>>,
+    /// When set, only these (and admins and machines) may list backups and read the status.
+    pub readers: Option<Vec<String>>,
 }
 
 /// The `backup:` block.
@@ -179,7 +205,25 @@ impl FileConfig {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        if let Some(m) = self.auth.as_ref().and_then(|a| a.mode.as_deref()) {
+            if !["gateway", "jwt", "none"].contains(&m) {
+                bail!("auth.mode: {m:?} is not one of gateway, jwt, none");
+            }
+        }
         if let Some(b) = &self.backup {
+            if let Some(s) = &b.schedule {
+                crate::ops::schedule::parse(s).with_context(|| "backup.schedule")?;
+            }
+            if let Some(r) = b.retention_count {
+                if r < 0 {
+                    bail!("backup.retentionCount: {r} is negative; use 0 to keep every backup");
+                }
+            }
+            if let Some(u) = b.prometheus_pushgateway_url.as_deref() {
+                if !(u.is_empty() || u.starts_with("http://") || u.starts_with("https://")) {
+                    bail!("backup.prometheusPushgatewayUrl: {u:?} is not an http:// or https:// URL");
+                }
+            }
             if let Some(t) = &b.timeout {
                 parse_duration(t).with_context(|| "backup.timeout")?;
             }

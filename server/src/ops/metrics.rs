@@ -1,0 +1,299 @@
+//! Prometheus metrics of the process (`/metrics` on `--metrics-address`), and the families one
+//! run pushes to a Pushgateway.
+//!
+//! Every gauge describes the last run, so the same names work scraped from `serve` and pushed by
+//! a one-shot `backup`. Names are part of the interface (alert rules in `deploy/` use them).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::proto::MetricFamily;
+use prometheus::{Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// Backup or restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A backup.
+    Backup,
+    /// A restore.
+    Restore,
+}
+
+impl Op {
+    fn prefix(self) -> &'static str {
+        match self {
+            Op::Backup => "monoskope_backup",
+            Op::Restore => "monoskope_backup_restore",
+        }
+    }
+}
+
+/// The gauges of one kind of operation.
+#[derive(Debug)]
+struct RunGauges {
+    last_success: Gauge,
+    last_failure: Gauge,
+    last_completion: Gauge,
+    duration: Gauge,
+    bytes: Gauge,
+    events: Gauge,
+    running: Gauge,
+}
+
+impl RunGauges {
+    fn new(r: &Registry, op: Op) -> Self {
+        let p = op.prefix();
+        let what = match op {
+            Op::Backup => "backup",
+            Op::Restore => "restore",
+        };
+        let g = |name: &str, help: String| {
+            let g = Gauge::with_opts(Opts::new(format!("{p}_{name}"), help)).expect("valid");
+            r.register(Box::new(g.clone())).expect("unique");
+            g
+        };
+        Self {
+            last_success: g(
+                "last_success_timestamp_seconds",
+                format!("Unix time the last successful {what} ended."),
+            ),
+            last_failure: g(
+                "last_failure_timestamp_seconds",
+                format!("Unix time the last failed {what} ended."),
+            ),
+            last_completion: g(
+                "last_completion_timestamp_seconds",
+                format!("Unix time the last {what} ended, successful or not."),
+            ),
+            duration: g(
+                "duration_seconds",
+                format!("Wall time of the last {what}."),
+            ),
+            bytes: g(
+                "bytes",
+                format!("Archive bytes of the last successful {what}."),
+            ),
+            events: g("events", format!("Events in the last successful {what}.")),
+            running: g("running", format!("1 while a {what} runs.")),
+        }
+    }
+}
+
+/// The metrics of the process.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry `/metrics` serves.
+    pub registry: Registry,
+    backup: RunGauges,
+    restore: RunGauges,
+    drill_success: Gauge,
+    runs: IntCounterVec,
+    rpc_total: IntCounterVec,
+    rpc_seconds: HistogramVec,
+}
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let registry = Registry::new();
+        let backup = RunGauges::new(&registry, Op::Backup);
+        let restore = RunGauges::new(&registry, Op::Restore);
+        let drill_success = Gauge::with_opts(Opts::new(
+            "monoskope_backup_last_drill_success_timestamp_seconds",
+            "Unix time of the last successful restore drill.",
+        ))
+        .expect("valid");
+        let runs = IntCounterVec::new(
+            Opts::new(
+                "monoskope_backup_operations_total",
+                "Backups and restores ended by this process, by operation and result.",
+            ),
+            &["operation", "result"],
+        )
+        .expect("valid");
+        let rpc_total = IntCounterVec::new(
+            Opts::new(
+                "monoskope_backup_grpc_requests_total",
+                "gRPC calls answered, by full method name and status code.",
+            ),
+            &["method", "code"],
+        )
+        .expect("valid");
+        let rpc_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "monoskope_backup_grpc_request_duration_seconds",
+                "Time to answer a gRPC call (headers), by full method name.",
+            ),
+            &["method"],
+        )
+        .expect("valid");
+        for c in [
+            Box::new(drill_success.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(runs.clone()),
+            Box::new(rpc_total.clone()),
+            Box::new(rpc_seconds.clone()),
+        ] {
+            registry.register(c).expect("unique");
+        }
+        Metrics {
+            registry,
+            backup,
+            restore,
+            drill_success,
+            runs,
+            rpc_total,
+            rpc_seconds,
+        }
+    })
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Metrics {
+    fn gauges(&self, op: Op) -> &RunGauges {
+        match op {
+            Op::Backup => &self.backup,
+            Op::Restore => &self.restore,
+        }
+    }
+
+    /// An operation started.
+    pub fn started(&self, op: Op) {
+        self.gauges(op).running.set(1.0);
+    }
+
+    /// An operation ended.
+    pub fn finished(&self, op: Op, ok: bool, took: Duration, bytes: u64, events: u64) {
+        let g = self.gauges(op);
+        let t = now();
+        g.running.set(0.0);
+        g.duration.set(took.as_secs_f64());
+        g.last_completion.set(t);
+        if ok {
+            g.last_success.set(t);
+            g.bytes.set(bytes as f64);
+            g.events.set(events as f64);
+        } else {
+            g.last_failure.set(t);
+        }
+        let operation = match op {
+            Op::Backup => "backup",
+            Op::Restore => "restore",
+        };
+        self.runs
+            .with_label_values(&[operation, if ok { "success" } else { "failure" }])
+            .inc();
+    }
+
+    /// A restore drill succeeded.
+    pub fn drill_succeeded(&self) {
+        self.drill_success.set(now());
+    }
+
+    /// Seeds the last-success and last-failure times from the catalog at start-up, so a
+    /// restarted service does not look as if it never backed up.
+    pub fn seed(&self, op: Op, last_success: Option<f64>, last_failure: Option<f64>) {
+        let g = self.gauges(op);
+        if let Some(t) = last_success {
+            g.last_success.set(t);
+        }
+        if let Some(t) = last_failure {
+            g.last_failure.set(t);
+        }
+        if let Some(t) = [last_success, last_failure].into_iter().flatten().reduce(f64::max) {
+            g.last_completion.set(t);
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn text(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// The families a run of `op` pushes: what the run itself set. A failed run does not push
+    /// the success timestamp, bytes or events, so the Pushgateway keeps the last success's.
+    pub fn run_families(&self, op: Op, ok: bool) -> Vec<MetricFamily> {
+        let p = op.prefix();
+        let mut names: Vec<String> = ["last_completion_timestamp_seconds", "duration_seconds"]
+            .iter()
+            .map(|n| format!("{p}_{n}"))
+            .collect();
+        if ok {
+            for n in ["last_success_timestamp_seconds", "bytes", "events"] {
+                names.push(format!("{p}_{n}"));
+            }
+        } else {
+            names.push(format!("{p}_last_failure_timestamp_seconds"));
+        }
+        self.registry
+            .gather()
+            .into_iter()
+            .filter(|f| names.iter().any(|n| n == f.name()))
+            .collect()
+    }
+
+    /// Counts one answered gRPC call.
+    pub fn rpc(&self, method: &str, code: &str, took: Duration) {
+        self.rpc_total.with_label_values(&[method, code]).inc();
+        self.rpc_seconds
+            .with_label_values(&[method])
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// Counts one answered gRPC call from its response headers (an error status is in the headers
+/// of a trailers-only response; a response without one is a success).
+pub fn record_rpc(method: &str, headers: &http::HeaderMap, took: Duration) {
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+        .unwrap_or(tonic::Code::Ok);
+    // Only known methods become label values: an attacker must not grow the label set.
+    const KNOWN: &[&str] = &[
+        "/monoskope.backup.v1.BackupService/CreateBackup",
+        "/monoskope.backup.v1.BackupService/ListBackups",
+        "/monoskope.backup.v1.BackupService/Restore",
+        "/monoskope.backup.v1.BackupService/GetStatus",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    ];
+    let method = KNOWN.iter().find(|k| **k == method).copied().unwrap_or("other");
+    get().rpc(method, &format!("{code:?}"), took);
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use axum::routing::get as route;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            route(|| async {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    get().text(),
+                )
+            }),
+        )
+        .route("/healthz", route(|| async { "ok\n" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
