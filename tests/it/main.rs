@@ -2,6 +2,7 @@
 //! One test binary (link time on two cores); one module per area.
 
 mod archive_cli;
+mod auth;
 mod destination;
 mod devstore_contract;
 mod restore;

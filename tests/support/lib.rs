@@ -87,8 +87,13 @@ impl Devstore {
 }
 
 /// Spawns `cmd` and waits (up to 60 s) for a stdout line starting with `prefix`.
-pub fn spawn_until_line(mut cmd: Command, prefix: &str) -> (Proc, String) {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+pub fn spawn_until_line(cmd: Command, prefix: &str) -> (Proc, String) {
+    spawn_until_line_with(cmd, prefix, Stdio::inherit())
+}
+
+/// [`spawn_until_line`] with the process's standard error sent to `stderr`.
+pub fn spawn_until_line_with(mut cmd: Command, prefix: &str, stderr: Stdio) -> (Proc, String) {
+    cmd.stdout(Stdio::piped()).stderr(stderr);
     let mut child = cmd.spawn().expect("spawn");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -156,6 +161,8 @@ impl Server {
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(bin("backup-server"));
         cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+        // Tests compare stores exactly; the events the service emits are tested on their own.
+        cmd.env("BACKUP_EMIT_EVENTS", "false");
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -192,7 +199,8 @@ pub fn run(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Out {
     cmd.args(args)
         .env_remove("BACKUP_ENCRYPTION_KEY")
         .env_remove("BACKUP_PASSPHRASE")
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        .env("BACKUP_EMIT_EVENTS", "false");
     for (k, v) in envs {
         cmd.env(k, v);
     }

@@ -203,10 +203,7 @@ fn pem(text: &str) -> anyhow::Result<(String, Vec<u8>)> {
     let end = body
         .find(&format!("-----END {label}-----"))
         .context("PEM block has no END line")?;
-    let b64: String = body[..end]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
+    let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
     let der = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .context("PEM body is not base64")?;

@@ -262,10 +262,8 @@ impl Authenticator {
                     .check(&method, &token, json)
                     .await
                     .map_err(|e| ("-".to_string(), e))?;
-                let req = http::Request::from_parts(
-                    parts,
-                    Body::new(http_body_util::Full::new(bytes)),
-                );
+                let req =
+                    http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
                 (req, id)
             }
             Mode::Jwt(v) => {
@@ -385,20 +383,31 @@ mod tests {
         let cron = who("backup-cron", "");
         let user = who("u2", "user@example.com");
         for m in ["ListBackups", "GetStatus", "CreateBackup", "Restore"] {
-            assert!(p.authorize(&format!("{svc}{m}"), &admin, true).is_ok(), "{m}");
+            assert!(
+                p.authorize(&format!("{svc}{m}"), &admin, true).is_ok(),
+                "{m}"
+            );
         }
-        assert!(p.authorize(&format!("{svc}CreateBackup"), &cron, true).is_ok());
+        assert!(p
+            .authorize(&format!("{svc}CreateBackup"), &cron, true)
+            .is_ok());
         assert!(p.authorize(&format!("{svc}Restore"), &cron, true).is_err());
         assert!(p.authorize(&format!("{svc}GetStatus"), &user, true).is_ok());
-        assert!(p.authorize(&format!("{svc}CreateBackup"), &user, true).is_err());
+        assert!(p
+            .authorize(&format!("{svc}CreateBackup"), &user, true)
+            .is_err());
         let e = p
             .authorize(&format!("{svc}Restore"), &user, true)
             .expect_err("user restores");
         assert!(matches!(e, AuthError::PermissionDenied(_)));
         // Gateway mode with no lists: the gateway's policy is the whole truth.
         let open = Policy::default();
-        assert!(open.authorize(&format!("{svc}Restore"), &user, false).is_ok());
-        assert!(open.authorize(&format!("{svc}Restore"), &user, true).is_err());
+        assert!(open
+            .authorize(&format!("{svc}Restore"), &user, false)
+            .is_ok());
+        assert!(open
+            .authorize(&format!("{svc}Restore"), &user, true)
+            .is_err());
         let readers = Policy {
             readers: vec!["ops@example.com".into()],
             ..p.clone()

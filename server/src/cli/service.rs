@@ -51,7 +51,11 @@ pub struct ServeArgs {
     pub admins: Vec<String>,
     /// A machine identity that may create backups (and read): an API token's subject, e.g. the
     /// user name of the CronJob's token. Repeatable; comma-separated in the environment.
-    #[arg(long = "machine-identity", env = "BACKUP_MACHINE_IDENTITIES", value_delimiter = ',')]
+    #[arg(
+        long = "machine-identity",
+        env = "BACKUP_MACHINE_IDENTITIES",
+        value_delimiter = ','
+    )]
     pub machine_identities: Vec<String>,
     /// When given, only these subjects or e-mails (and admins and machine identities) may list
     /// backups and read the status. Repeatable; comma-separated in the environment.
@@ -165,11 +169,10 @@ async fn authenticator(
             Mode::None
         }
         "gateway" => {
-            let g = a
-                .gateway
-                .clone()
-                .or(f.gateway.clone())
-                .context("--auth gateway needs --gateway HOST:PORT (the gateway's gRPC address)")?;
+            let g =
+                a.gateway.clone().or(f.gateway.clone()).context(
+                    "--auth gateway needs --gateway HOST:PORT (the gateway's gRPC address)",
+                )?;
             Mode::Gateway(Gateway::new(&g)?)
         }
         "jwt" => {
@@ -188,8 +191,8 @@ async fn authenticator(
             if policy.admins.is_empty() {
                 bail!("--auth jwt needs at least one --admin (a subject or e-mail): nobody could restore");
             }
-            let refresh = crate::ops::config::parse_duration(&a.jwks_refresh)
-                .context("--jwks-refresh")?;
+            let refresh =
+                crate::ops::config::parse_duration(&a.jwks_refresh).context("--jwks-refresh")?;
             let v = std::sync::Arc::new(jwt::JwtVerifier::new(source, issuer).await?);
             v.spawn_refresh(refresh);
             Mode::Jwt(v)
@@ -227,7 +230,11 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let schedule = a
         .schedule
         .clone()
-        .or(settings.file.backup.as_ref().and_then(|b| b.schedule.clone()))
+        .or(settings
+            .file
+            .backup
+            .as_ref()
+            .and_then(|b| b.schedule.clone()))
         .filter(|s| !s.trim().is_empty())
         .map(|s| crate::ops::schedule::parse(&s).context("--schedule"))
         .transpose()?;
@@ -270,7 +277,13 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             tracing::warn!(%addr, "AUTHENTICATION IS OFF (--auth none): every caller on this machine may create and restore backups; allowed on loopback only");
         }
         m => {
-            tracing::info!(mode = m.name(), admins = auth.policy.admins.len(), machine_identities = auth.policy.machine_identities_len(), readers = auth.policy.readers.len(), "authentication on");
+            tracing::info!(
+                mode = m.name(),
+                admins = auth.policy.admins.len(),
+                machine_identities = auth.policy.machine_identities_len(),
+                readers = auth.policy.readers.len(),
+                "authentication on"
+            );
         }
     }
     let scheduler = schedule.map(|s| tokio::spawn(crate::ops::schedule::run(engine.clone(), s)));

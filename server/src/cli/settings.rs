@@ -168,10 +168,7 @@ impl CommonArgs {
                 .clone()
                 .or(b.prometheus_pushgateway_url.clone())
                 .filter(|u| !u.is_empty()),
-            emit_events: self
-                .emit_events
-                .or(es.emit_events)
-                .unwrap_or(true),
+            emit_events: self.emit_events.or(es.emit_events).unwrap_or(true),
             event_store,
             destination_url: self.destination.clone().or(file_dest),
             s3,

@@ -14,9 +14,9 @@ use tokio::sync::{watch, Mutex};
 
 use crate::archive::{Keys, Protection};
 use crate::auth::Identity;
-use crate::ops::metrics::{self, Op};
 use crate::catalog::{BackupRecord, Catalog, RestoreRecord, State};
 use crate::destination::Destination;
+use crate::ops::metrics::{self, Op};
 use crate::source::EventStoreAddr;
 
 /// Why the engine refused or failed an operation, as a caller must decide.
@@ -429,7 +429,11 @@ impl Engine {
                 "error": record.error,
             });
             let ev = crate::ops::events::event(
-                if ok { "BackupCompleted" } else { "BackupFailed" },
+                if ok {
+                    "BackupCompleted"
+                } else {
+                    "BackupFailed"
+                },
                 crate::ops::events::BACKUP_AGGREGATE,
                 &record.id,
                 &data,

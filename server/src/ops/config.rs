@@ -221,7 +221,9 @@ impl FileConfig {
             }
             if let Some(u) = b.prometheus_pushgateway_url.as_deref() {
                 if !(u.is_empty() || u.starts_with("http://") || u.starts_with("https://")) {
-                    bail!("backup.prometheusPushgatewayUrl: {u:?} is not an http:// or https:// URL");
+                    bail!(
+                        "backup.prometheusPushgatewayUrl: {u:?} is not an http:// or https:// URL"
+                    );
                 }
             }
             if let Some(t) = &b.timeout {

@@ -65,10 +65,7 @@ impl RunGauges {
                 "last_completion_timestamp_seconds",
                 format!("Unix time the last {what} ended, successful or not."),
             ),
-            duration: g(
-                "duration_seconds",
-                format!("Wall time of the last {what}."),
-            ),
+            duration: g("duration_seconds", format!("Wall time of the last {what}.")),
             bytes: g(
                 "bytes",
                 format!("Archive bytes of the last successful {what}."),
@@ -206,7 +203,11 @@ impl Metrics {
         if let Some(t) = last_failure {
             g.last_failure.set(t);
         }
-        if let Some(t) = [last_success, last_failure].into_iter().flatten().reduce(f64::max) {
+        if let Some(t) = [last_success, last_failure]
+            .into_iter()
+            .flatten()
+            .reduce(f64::max)
+        {
             g.last_completion.set(t);
         }
     }
@@ -268,7 +269,11 @@ pub fn record_rpc(method: &str, headers: &http::HeaderMap, took: Duration) {
         "/grpc.health.v1.Health/Watch",
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     ];
-    let method = KNOWN.iter().find(|k| **k == method).copied().unwrap_or("other");
+    let method = KNOWN
+        .iter()
+        .find(|k| **k == method)
+        .copied()
+        .unwrap_or("other");
     get().rpc(method, &format!("{code:?}"), took);
 }
 

@@ -22,7 +22,10 @@ pub struct Pushgateway {
 fn segment(v: &str) -> String {
     // Label values go into the path; the Pushgateway's base64 form covers any value.
     use base64::Engine as _;
-    if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         v.to_string()
     } else {
         base64::engine::general_purpose::URL_SAFE.encode(v)
@@ -61,14 +64,21 @@ impl Pushgateway {
     pub async fn push(&self, op: Op, ok: bool) -> bool {
         let families = metrics::get().run_families(op, ok);
         let mut body = Vec::new();
-        if let Err(e) = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut body) {
+        if let Err(e) =
+            prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut body)
+        {
             tracing::warn!(error = %e, "cannot encode metrics for the Pushgateway");
             return false;
         }
         let url = self.group_url();
         match self
             .client
-            .send(http::Method::POST, &url, Some("text/plain; version=0.0.4"), body)
+            .send(
+                http::Method::POST,
+                &url,
+                Some("text/plain; version=0.0.4"),
+                body,
+            )
             .await
         {
             Ok(a) if a.status.is_success() => {

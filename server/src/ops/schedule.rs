@@ -64,7 +64,10 @@ pub fn parse(expr: &str) -> anyhow::Result<Schedule> {
         ),
     };
     let dow = day_names(six[5]).with_context(|| format!("{expr:?}"))?;
-    let normalised = format!("{} {} {} {} {} {}", six[0], six[1], six[2], six[3], six[4], dow);
+    let normalised = format!(
+        "{} {} {} {} {} {}",
+        six[0], six[1], six[2], six[3], six[4], dow
+    );
     let inner = cron::Schedule::from_str(&normalised)
         .map_err(|e| anyhow::anyhow!("{expr:?} is not a cron expression: {e}"))?;
     if inner.upcoming(Utc).next().is_none() {
@@ -155,7 +158,14 @@ mod tests {
 
     #[test]
     fn bad_expressions() {
-        for bad in ["", "* * *", "61 * * * *", "0 22 * * 9", "0 0 31 2 *", "nonsense x y z w"] {
+        for bad in [
+            "",
+            "* * *",
+            "61 * * * *",
+            "0 22 * * 9",
+            "0 0 31 2 *",
+            "nonsense x y z w",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }
