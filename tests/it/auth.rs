@@ -148,10 +148,9 @@ async fn call(url: &str, method: &str, auth: Option<&str>) -> (Code, String) {
                 auth,
             ))
             .await
-            .and_then(|r| {
+            .map(|r| {
                 let b = r.into_inner().backup.expect("backup");
                 assert!(b.error.is_empty(), "backup failed: {}", b.error);
-                Ok(())
             }),
         "Restore" => c
             .restore(req(
