@@ -511,8 +511,8 @@ async fn jwt_mode_accepts_the_gateways_tokens_and_nothing_else() {
 
 /// A gateway stand-in: `GatewayAuth.Check` as the contract describes it.
 #[derive(Clone, Default)]
-struct StandIn {
-    seen: Arc<Mutex<Vec<CheckRequest>>>,
+pub(crate) struct StandIn {
+    pub(crate) seen: Arc<Mutex<Vec<CheckRequest>>>,
 }
 
 #[tonic::async_trait]
@@ -542,7 +542,7 @@ impl GatewayAuth for StandIn {
     }
 }
 
-async fn start_stand_in() -> (StandIn, String) {
+pub(crate) async fn start_stand_in() -> (StandIn, String) {
     let s = StandIn::default();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -5,5 +5,6 @@ mod archive_cli;
 mod auth;
 mod destination;
 mod devstore_contract;
+mod ops;
 mod restore;
 mod service;
