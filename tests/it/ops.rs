@@ -479,3 +479,59 @@ fn each_bad_configuration_key_names_its_path() {
         assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     }
 }
+
+fn rules_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/monoskope-backup/files")
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_fire_when_they_should() {
+    let Some(promtool) = service_env("PROMTOOL") else {
+        return;
+    };
+    let dir = rules_dir();
+    for args in [
+        vec!["check", "rules", "alerts.yaml"],
+        vec!["test", "rules", "alerts_test.yaml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn every_metric_the_alert_rules_use_is_exported() {
+    let rules = std::fs::read_to_string(rules_dir().join("alerts.yaml")).expect("rules");
+    let mut used: Vec<String> = Vec::new();
+    for line in rules.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let mut rest = line;
+        while let Some(i) = rest.find("monoskope_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            if !used.contains(&name) {
+                used.push(name);
+            }
+        }
+    }
+    assert!(used.len() >= 3, "{used:?}");
+    // What `/metrics` serves (the same registry the Pushgateway pushes come from).
+    let exported = monoskope_backup::ops::metrics::get().text();
+    for name in &used {
+        assert!(
+            exported.contains(&format!("# TYPE {name} ")),
+            "the rules use {name}, which the service does not export"
+        );
+    }
+}
