@@ -291,6 +291,17 @@ impl BackupClient {
         .await
     }
 
+    /// Runs a restore drill of `backup_id` (an id or `latest`) into a scratch store and returns
+    /// its report. Safe to retry: a drill never writes to the live store.
+    pub async fn drill(&mut self, backup_id: &str) -> Result<pb::DrillResponse, ClientError> {
+        retry(|| {
+            let mut c = self.inner.clone();
+            let id = backup_id.to_string();
+            async move { c.drill(pb::DrillRequest { backup_id: id }).await }
+        })
+        .await
+    }
+
     /// Starts (or, with `wait`, runs) a restore.
     pub async fn restore(&mut self, req: pb::RestoreRequest) -> Result<pb::Restore, ClientError> {
         let resp = self.inner.restore(req).await?;

@@ -73,6 +73,16 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Restore a backup into a scratch EventStore (never the live one) and check it against its
+    /// archive and the live store; exit 1 unless everything matched. Admins and machine identities.
+    Drill {
+        /// Backup id, or `latest`.
+        #[arg(default_value = "latest")]
+        id: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the last success and failure, the running operation and the health of peers.
     Status {
         /// Print JSON instead of text.
@@ -279,6 +289,36 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                     }
                     Ok(ExitCode::SUCCESS)
                 }
+            }
+        }
+        Command::Drill { id, json } => {
+            let r = client.drill(&id).await?;
+            if json {
+                let v = serde_json::json!({
+                    "backup_id": r.backup_id, "ok": r.ok, "archive_events": r.archive_events,
+                    "restored_events": r.restored_events, "live_events": r.live_events,
+                    "restored_matches_archive": r.restored_matches_archive,
+                    "live_matches_archive": r.live_matches_archive,
+                    "events_digest": r.events_digest, "problems": r.problems,
+                    "seconds": r.duration.map(|d| d.seconds as f64 + d.nanos as f64 / 1e9),
+                });
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            if r.ok {
+                if !json {
+                    println!(
+                        "drill of backup {} ok: {} events restored into a scratch store match the archive and the live store (digest {})",
+                        r.backup_id, r.restored_events, r.events_digest
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "backupctl: error: drill of backup {} failed: {}",
+                    r.backup_id,
+                    r.problems.join("; ")
+                );
+                Ok(ExitCode::from(1))
             }
         }
         Command::Status { json } => {

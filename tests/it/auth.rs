@@ -708,8 +708,8 @@ async fn no_method_but_health_and_reflection_answers_without_a_token() {
         }
     }
     assert_eq!(
-        called, 4,
-        "the four BackupService methods were found and called"
+        called, 5,
+        "the five BackupService methods were found and called"
     );
     assert!(
         gw.seen.lock().expect("lock").is_empty(),

@@ -145,6 +145,12 @@ pub fn request_json(method: &str, message: &[u8]) -> Vec<u8> {
             put("viaApi", json!(r.via_api), !r.via_api);
             put("wait", json!(r.wait), !r.wait);
         }
+        "Drill" => {
+            let Ok(r) = pb::DrillRequest::decode(message) else {
+                return Vec::new();
+            };
+            put("backupId", json!(r.backup_id), r.backup_id.is_empty());
+        }
         "GetStatus" => {}
         _ => return Vec::new(),
     }

@@ -8,7 +8,8 @@
 //!
 //! Rights (see [`Policy`]): `ListBackups` and `GetStatus` for any authenticated caller (or, when
 //! `readers` is set, those, admins and machine identities); `CreateBackup` for admins and machine
-//! identities; `Restore` for admins only.
+//! identities; `Drill` (restores into a scratch store only) like `CreateBackup`; `Restore` for
+//! admins only.
 
 pub mod gateway;
 pub mod jwt;
@@ -111,7 +112,8 @@ fn right_of(method: &str) -> Right {
     match method {
         "/monoskope.backup.v1.BackupService/ListBackups"
         | "/monoskope.backup.v1.BackupService/GetStatus" => Right::Read,
-        "/monoskope.backup.v1.BackupService/CreateBackup" => Right::Create,
+        "/monoskope.backup.v1.BackupService/CreateBackup"
+        | "/monoskope.backup.v1.BackupService/Drill" => Right::Create,
         "/monoskope.backup.v1.BackupService/Restore" => Right::Restore,
         _ => Right::Admin,
     }

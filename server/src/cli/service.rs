@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// config `backup.schedule`.
     #[arg(long, env = "BACKUP_SCHEDULE")]
     pub schedule: Option<String>,
+    /// Run restore drills of the latest backup in-process on this cron schedule (UTC); config
+    /// `backup.drill.schedule`.
+    #[arg(long, env = "BACKUP_DRILL_SCHEDULE")]
+    pub drill_schedule: Option<String>,
 }
 
 /// `backup-server backup`.
@@ -238,6 +242,18 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .filter(|s| !s.trim().is_empty())
         .map(|s| crate::ops::schedule::parse(&s).context("--schedule"))
         .transpose()?;
+    let drill_schedule = a
+        .drill_schedule
+        .clone()
+        .or(settings
+            .file
+            .backup
+            .as_ref()
+            .and_then(|b| b.drill.as_ref())
+            .and_then(|d| d.schedule.clone()))
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| crate::ops::schedule::parse(&s).context("--drill-schedule"))
+        .transpose()?;
     let tls_files = settings.file.tls.clone().unwrap_or_default();
     let tls = match (
         a.tls_cert.or(tls_files.cert_file),
@@ -286,7 +302,16 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let scheduler = schedule.map(|s| tokio::spawn(crate::ops::schedule::run(engine.clone(), s)));
+    let mut scheduled = Vec::new();
+    if let Some(s) = schedule {
+        scheduled.push(tokio::spawn(crate::ops::schedule::run(engine.clone(), s)));
+    }
+    if let Some(s) = drill_schedule {
+        scheduled.push(tokio::spawn(crate::ops::schedule::run_drills(
+            engine.clone(),
+            s,
+        )));
+    }
     tracing::info!(%addr, destination = %engine.config().destination.url(), event_store = %engine.config().event_store.addr, catalog = engine.config().catalog.kind(), tls = tls.is_some(), auth = auth.mode.name(), "BackupService listening");
     println!("backup-server listening on {addr}");
     let res = crate::grpc::serve(
@@ -298,7 +323,7 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     )
     .await;
     let _ = stop_tx.send(true);
-    if let Some(s) = scheduler {
+    for s in scheduled {
         s.abort();
     }
     res

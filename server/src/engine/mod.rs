@@ -2,6 +2,7 @@
 //! timeout. Heavy steps are split into a plan (a plain value) and its execution.
 
 mod backup;
+pub mod drill;
 pub mod restore;
 pub mod retention;
 pub mod verify;
@@ -453,6 +454,55 @@ impl Engine {
             }
         }
         record
+    }
+
+    /// Runs a restore drill of `backup_id` (an id or `latest`) to its end: the backup restored
+    /// into a scratch EventStore and compared with its archive and the live store. Holds the
+    /// operation slot; runs on even if the caller goes away.
+    pub async fn drill(
+        &self,
+        backup_id: &str,
+        caller: &Identity,
+    ) -> Result<drill::DrillReport, EngineError> {
+        let manifest = verify::resolve(self.cfg.destination.as_ref(), backup_id).await?;
+        let id = format!(
+            "drill-{}",
+            crate::destination::layout::new_id(chrono::Utc::now())
+        );
+        let progress = self.claim("drill", &id).await?;
+        let engine = self.clone();
+        let who = caller.label();
+        let task = tokio::spawn(async move {
+            tracing::info!(drill_id = %id, backup_id = %manifest.id, created_by = %who, "restore drill started");
+            let res = match tokio::time::timeout(
+                engine.cfg.restore_timeout,
+                drill::run(&engine.cfg, &manifest, progress),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(EngineError::Internal(anyhow::anyhow!(
+                    "drill timed out after {}",
+                    humantime::format_duration(engine.cfg.restore_timeout)
+                ))),
+            };
+            match &res {
+                Ok(r) if r.ok => {
+                    metrics::get().drill_succeeded();
+                    tracing::info!(drill_id = %id, backup_id = %r.backup_id, events = r.archive_events, digest = %r.events_digest, seconds = r.seconds, "restore drill succeeded: the backup restores to exactly its events, and the live store still holds them");
+                }
+                Ok(r) => {
+                    tracing::error!(drill_id = %id, backup_id = %r.backup_id, problems = ?r.problems, "restore drill found problems")
+                }
+                Err(e) => {
+                    tracing::error!(drill_id = %id, error = %e, "restore drill failed")
+                }
+            }
+            engine.release().await;
+            res
+        });
+        task.await
+            .map_err(|e| EngineError::Internal(anyhow::anyhow!("drill task: {e}")))?
     }
 
     /// Waits for the backup `id` started by this process to end.

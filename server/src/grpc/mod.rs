@@ -264,6 +264,36 @@ impl BackupService for Service {
         Ok(Response::new(pb::RestoreResponse { restore: Some(r) }))
     }
 
+    async fn drill(
+        &self,
+        request: Request<pb::DrillRequest>,
+    ) -> Result<Response<pb::DrillResponse>, Status> {
+        let who = caller(&request);
+        let req = request.into_inner();
+        if req.backup_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "backup_id is required: a backup id or \"latest\"",
+            ));
+        }
+        let r = self
+            .engine
+            .drill(&req.backup_id, &who)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::DrillResponse {
+            backup_id: r.backup_id,
+            ok: r.ok,
+            archive_events: r.archive_events,
+            restored_events: r.restored_events,
+            live_events: r.live_events,
+            restored_matches_archive: r.restored_matches_archive,
+            live_matches_archive: r.live_matches_archive,
+            events_digest: r.events_digest,
+            problems: r.problems,
+            duration: prost_types::Duration::try_from(Duration::from_secs_f64(r.seconds)).ok(),
+        }))
+    }
+
     async fn get_status(
         &self,
         _request: Request<pb::GetStatusRequest>,

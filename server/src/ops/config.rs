@@ -124,6 +124,16 @@ pub struct BackupConfig {
     pub destination: Option<DestinationConfig>,
     /// Restore defaults.
     pub restore: Option<RestoreConfig>,
+    /// Restore drills.
+    pub drill: Option<DrillConfig>,
+}
+
+/// `backup.drill`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DrillConfig {
+    /// Cron schedule of in-process restore drills of the latest backup.
+    pub schedule: Option<String>,
 }
 
 /// `backup.alerting`.
@@ -213,6 +223,9 @@ impl FileConfig {
         if let Some(b) = &self.backup {
             if let Some(s) = &b.schedule {
                 crate::ops::schedule::parse(s).with_context(|| "backup.schedule")?;
+            }
+            if let Some(s) = b.drill.as_ref().and_then(|d| d.schedule.as_ref()) {
+                crate::ops::schedule::parse(s).with_context(|| "backup.drill.schedule")?;
             }
             if let Some(r) = b.retention_count {
                 if r < 0 {

@@ -265,6 +265,7 @@ pub fn record_rpc(method: &str, headers: &http::HeaderMap, took: Duration) {
         "/monoskope.backup.v1.BackupService/ListBackups",
         "/monoskope.backup.v1.BackupService/Restore",
         "/monoskope.backup.v1.BackupService/GetStatus",
+        "/monoskope.backup.v1.BackupService/Drill",
         "/grpc.health.v1.Health/Check",
         "/grpc.health.v1.Health/Watch",
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",

@@ -133,6 +133,37 @@ pub async fn run(engine: Engine, schedule: Schedule) {
     }
 }
 
+/// Runs restore drills of the latest backup on `schedule` until the task is dropped. A tick
+/// that comes while another operation runs is skipped.
+pub async fn run_drills(engine: Engine, schedule: Schedule) {
+    let who = Identity {
+        id: "scheduler".into(),
+        name: "in-process drill schedule".into(),
+        machine: true,
+        ..Default::default()
+    };
+    tracing::info!(schedule = %schedule.expr, "in-process restore drill schedule active (UTC)");
+    let mut last = Utc::now();
+    loop {
+        let Some(next) = schedule.after(last) else {
+            return;
+        };
+        tokio::time::sleep((next - Utc::now()).to_std().unwrap_or_default()).await;
+        match engine.drill("latest", &who).await {
+            Err(EngineError::Busy { kind, id }) => {
+                tracing::warn!(tick = %next, running = %format!("{kind} {id}"), "scheduled drill skipped: another operation is running")
+            }
+            Err(EngineError::NotFound(m)) => {
+                tracing::warn!(tick = %next, "scheduled drill skipped: {m}")
+            }
+            // The engine logged the outcome.
+            Err(_) | Ok(_) => {}
+        }
+        // Ticks that passed while the drill ran are skipped: drills never overlap.
+        last = next.max(Utc::now());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
