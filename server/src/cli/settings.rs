@@ -49,7 +49,7 @@ pub struct CommonArgs {
     /// Write unencrypted archives (still integrity-checked). Only when asked for explicitly.
     #[arg(long, env = "BACKUP_NO_ENCRYPTION")]
     pub no_encryption: bool,
-    /// Complete backups kept after each backup; less than 1 keeps all.
+    /// Complete backups kept after each backup; 0 keeps all (negative values are refused).
     #[arg(long, env = "BACKUP_RETENTION_COUNT", allow_negative_numbers = true)]
     pub retention_count: Option<i64>,
     /// Longest a backup may run (e.g. 90s, 1h); it then fails cleanly.
@@ -157,6 +157,9 @@ impl CommonArgs {
             Some(t) => parse_duration(&t).context("--restore-timeout")?,
             None => Duration::from_secs(3600),
         };
+        if let Some(r) = self.retention_count.filter(|r| *r < 0) {
+            anyhow::bail!("--retention-count: {r} is negative; use 0 to keep every backup");
+        }
         Ok(Settings {
             events_db: self
                 .events_db

@@ -112,7 +112,7 @@ pub struct AuthConfig {
 pub struct BackupConfig {
     /// Cron schedule of in-process backups (not yet run in-process; the chart's CronJob calls CreateBackup).
     pub schedule: Option<String>,
-    /// Complete backups kept; < 1 keeps all.
+    /// Complete backups kept; 0 keeps all.
     pub retention_count: Option<i64>,
     /// Longest a backup may run, e.g. `1h`.
     pub timeout: Option<String>,
