@@ -785,3 +785,121 @@ fn auth_none_is_refused_off_loopback_and_jwt_needs_its_settings() {
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("--gateway HOST:PORT"), "{}", out.stderr);
 }
+
+/// A JWKS endpoint serving whatever `body` holds.
+async fn jwks_server(body: Arc<Mutex<String>>) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let body = body.lock().expect("lock").clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: max-age=86400, must-revalidate\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/keys")
+}
+
+/// The gateway's JWKS for the key `name` made by [`signing_key`]: exactly one RSA key.
+fn jwks_of(dir: &Path, name: &str, kid: &str) -> String {
+    let out = openssl(
+        dir,
+        &[
+            "rsa",
+            "-pubin",
+            "-in",
+            &format!("{name}.pub"),
+            "-noout",
+            "-modulus",
+        ],
+    );
+    let hex = String::from_utf8_lossy(&out)
+        .trim()
+        .trim_start_matches("Modulus=")
+        .to_string();
+    let n: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    json!({"keys": [{"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": b64(&n), "e": "AQAB"}]})
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_mode_with_the_gateways_jwks_follows_a_key_change() {
+    let e = env().await;
+    let (key, _, kid) = signing_key(&e.dir, "gw");
+    let (new_key, _, new_kid) = signing_key(&e.dir, "gw2");
+    let body = Arc::new(Mutex::new(jwks_of(&e.dir, "gw", &kid)));
+    let url_keys = jwks_server(body.clone()).await;
+    let args = |jwks: &str| -> Vec<String> {
+        [
+            "--auth",
+            "jwt",
+            "--jwks-url",
+            jwks,
+            "--jwks-refresh",
+            "1s",
+            "--jwt-issuer",
+            ISSUER,
+            "--admin",
+            "admin@example.com",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = args(&url_keys);
+    let (_p, url) = serve(
+        &e,
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &e.dir.join("j.log"),
+    );
+    let sub = "7d1b4c52-8d1e-4c5a-9b2f-0a1b2c3d4e5f";
+    let old = sign(&key, &kid, &claims(sub, "admin@example.com"));
+    let (code, msg) = call(&url, "GetStatus", Some(&bearer(&old))).await;
+    assert_eq!(code, Code::Ok, "{msg}");
+    let new = sign(&new_key, &new_kid, &claims(sub, "admin@example.com"));
+    assert_eq!(
+        call(&url, "GetStatus", Some(&bearer(&new))).await.0,
+        Code::Unauthenticated
+    );
+
+    // The gateway's key changes: the JWKS serves the new one, the service follows.
+    *body.lock().expect("lock") = jwks_of(&e.dir, "gw2", &new_kid);
+    let mut ok = false;
+    for _ in 0..100 {
+        if call(&url, "GetStatus", Some(&bearer(&new))).await.0 == Code::Ok {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "a token of the new key is still refused after 10 s");
+    assert_eq!(
+        call(&url, "GetStatus", Some(&bearer(&old))).await.0,
+        Code::Unauthenticated
+    );
+
+    // A JWKS endpoint that never answered: UNAVAILABLE, not a pass.
+    let down = format!("http://127.0.0.1:{}/keys", free_port());
+    let a = args(&down);
+    let (_p2, url2) = serve(
+        &e,
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &e.dir.join("j2.log"),
+    );
+    let (code, msg) = call(&url2, "GetStatus", Some(&bearer(&old))).await;
+    assert_eq!(code, Code::Unavailable, "{msg}");
+    assert!(msg.contains("JWKS"), "{msg}");
+}
