@@ -5,6 +5,7 @@ mod archive_cli;
 mod auth;
 mod destination;
 mod devstore_contract;
+mod helm;
 mod ops;
 mod restore;
 mod service;
