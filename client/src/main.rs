@@ -157,6 +157,7 @@ fn backup_json(b: &pb::Backup) -> serde_json::Value {
         "created_by": b.created_by,
         "location": b.location,
         "error": b.error,
+        "note": b.note,
     })
 }
 
@@ -197,9 +198,18 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                     Ok(ExitCode::SUCCESS)
                 }
                 _ => {
+                    if !b.note.is_empty() {
+                        eprintln!("note: {}", b.note);
+                    }
                     println!(
-                        "backup {} complete: {} events, {} at {}",
+                        "{} backup {} complete{}: {} events, {} at {}",
+                        kind_name(b.kind),
                         b.id,
+                        if b.parent_id.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (parent {})", b.parent_id)
+                        },
                         b.event_count,
                         human_bytes(b.bytes),
                         b.location
@@ -218,14 +228,15 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 println!("no backups");
             } else {
                 println!(
-                    "{:<30} {:<11} {:<10} {:>10} {:>10}  {:<20}  LAST EVENT",
-                    "ID", "KIND", "STATE", "EVENTS", "SIZE", "CREATED"
+                    "{:<30} {:<11} {:<30} {:<10} {:>10} {:>10}  {:<20}  LAST EVENT",
+                    "ID", "KIND", "PARENT", "STATE", "EVENTS", "SIZE", "CREATED"
                 );
                 for b in &backups {
                     println!(
-                        "{:<30} {:<11} {:<10} {:>10} {:>10}  {:<20}  {}",
+                        "{:<30} {:<11} {:<30} {:<10} {:>10} {:>10}  {:<20}  {}",
                         b.id,
                         kind_name(b.kind),
+                        if b.parent_id.is_empty() { "-" } else { b.parent_id.as_str() },
                         state_name(b.state),
                         b.event_count,
                         human_bytes(b.bytes),

@@ -88,6 +88,8 @@ pub struct BackupRecord {
     pub format_version: Option<String>,
     /// Failure.
     pub error: Option<String>,
+    /// Why the backup is not what was asked for (an incremental that became full).
+    pub note: Option<String>,
 }
 
 impl BackupRecord {
@@ -112,6 +114,7 @@ impl BackupRecord {
             key_id: Some(m.key_id.clone()),
             format_version: Some(m.format_version.clone()),
             error: None,
+            note: m.note.clone(),
         }
     }
 }
@@ -165,7 +168,7 @@ pub struct Catalog {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-const BACKUP_COLUMNS: &str = "id, kind, state, parent_id, created_at, completed_at, created_by, source, event_count, archive_bytes, archive_sha256, archive_key, first_event_time, last_event_time, events_sha256, key_id, format_version, error";
+const BACKUP_COLUMNS: &str = "id, kind, state, parent_id, created_at, completed_at, created_by, source, event_count, archive_bytes, archive_sha256, archive_key, first_event_time, last_event_time, events_sha256, key_id, format_version, error, note";
 
 impl Catalog {
     /// Connects to `sqlite://PATH` (created when missing) or `postgres://…` and migrates.
@@ -219,7 +222,7 @@ impl Catalog {
             .execute(&mut *tx)
             .await?;
         sqlx::query(&format!(
-            "INSERT INTO backups ({BACKUP_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+            "INSERT INTO backups ({BACKUP_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
         ))
         .bind(&r.id)
         .bind(&r.kind)
@@ -239,6 +242,7 @@ impl Catalog {
         .bind(&r.key_id)
         .bind(&r.format_version)
         .bind(&r.error)
+        .bind(&r.note)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -416,6 +420,7 @@ fn backup_from_row(r: &AnyRow) -> anyhow::Result<BackupRecord> {
         key_id: r.try_get("key_id")?,
         format_version: r.try_get("format_version")?,
         error: r.try_get("error")?,
+        note: r.try_get("note")?,
     })
 }
 

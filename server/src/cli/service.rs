@@ -72,6 +72,13 @@ pub struct ServeArgs {
     /// `backup.drill.schedule`.
     #[arg(long, env = "BACKUP_DRILL_SCHEDULE")]
     pub drill_schedule: Option<String>,
+    /// Scheduled backups are incremental (config `backup.incremental.enabled`).
+    #[arg(long, env = "BACKUP_INCREMENTAL")]
+    pub incremental: bool,
+    /// With --incremental: a full backup once the newest chain holds N incrementals (config
+    /// `backup.incremental.fullEvery`; default 23, a daily full with hourly incrementals).
+    #[arg(long, env = "BACKUP_FULL_EVERY")]
+    pub full_every: Option<u32>,
 }
 
 /// `backup-server backup`.
@@ -83,6 +90,10 @@ pub struct BackupArgs {
     /// Print a JSON summary instead of text (the id is still the `id` field).
     #[arg(long)]
     pub json: bool,
+    /// Store only the events the newest complete backup chain does not hold (a full backup,
+    /// saying why, when that is not possible).
+    #[arg(long)]
+    pub incremental: bool,
 }
 
 /// `backup-server list`.
@@ -105,7 +116,7 @@ pub struct VerifyArgs {
     /// Backup id, or `latest`.
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     pub id: Option<String>,
-    /// Verify every complete backup.
+    /// Verify every complete backup, and that every incremental's chain is whole.
     #[arg(long)]
     pub all: bool,
     /// Print JSON reports.
@@ -304,7 +315,19 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     let mut scheduled = Vec::new();
     if let Some(s) = schedule {
-        scheduled.push(tokio::spawn(crate::ops::schedule::run(engine.clone(), s)));
+        let inc = settings
+            .file
+            .backup
+            .as_ref()
+            .and_then(|b| b.incremental.clone())
+            .unwrap_or_default();
+        let full_every = (a.incremental || inc.enabled.unwrap_or(false))
+            .then(|| a.full_every.or(inc.full_every).unwrap_or(23));
+        scheduled.push(tokio::spawn(crate::ops::schedule::run(
+            engine.clone(),
+            s,
+            full_every,
+        )));
     }
     if let Some(s) = drill_schedule {
         scheduled.push(tokio::spawn(crate::ops::schedule::run_drills(
@@ -351,12 +374,13 @@ pub(super) async fn backup(a: BackupArgs) -> anyhow::Result<()> {
     let settings = a.common.resolve()?;
     let engine = settings.engine().await?;
     let who = super::cli_identity();
-    let r = engine.backup(&who).await?;
+    let r = engine.backup(&who, a.incremental).await?;
     if a.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "id": r.id, "state": r.state.as_str(), "event_count": r.event_count, "bytes": r.archive_bytes,
+                "id": r.id, "kind": r.kind, "parent_id": r.parent_id, "note": r.note,
+                "state": r.state.as_str(), "event_count": r.event_count, "bytes": r.archive_bytes,
                 "first_event_time": r.first_event_time, "last_event_time": r.last_event_time,
                 "sha256": r.archive_sha256, "key_id": r.key_id, "destination": engine.config().destination.url(), "error": r.error,
             }))?
@@ -366,9 +390,17 @@ pub(super) async fn backup(a: BackupArgs) -> anyhow::Result<()> {
         bail!("backup {} failed: {e}", r.id);
     }
     if !a.json {
+        if let Some(n) = &r.note {
+            eprintln!("note: {n}");
+        }
         println!(
-            "backup {} complete: {} events, {} bytes at {}",
+            "{} backup {} complete{}: {} events, {} bytes at {}",
+            r.kind,
             r.id,
+            r.parent_id
+                .as_ref()
+                .map(|p| format!(" (parent {p})"))
+                .unwrap_or_default(),
             r.event_count,
             r.archive_bytes,
             engine.config().destination.url()
@@ -417,9 +449,19 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     if targets.is_empty() {
         bail!("no complete backup at {}", dest.url());
     }
+    let all = crate::destination::manifest::list_complete(dest.as_ref()).await?;
     let mut failed = 0;
     for m in &targets {
-        let r = verify::verify(dest.as_ref(), &settings.keys, m).await?;
+        let mut r = verify::verify(dest.as_ref(), &settings.keys, m).await?;
+        // An incremental is only as good as its chain.
+        if let Err(e) = crate::engine::chain_of(&all, m) {
+            r.ok = false;
+            r.problems.push(format!("its chain is broken: {e}"));
+        }
+        if m.kind == "incremental" && m.watermark_key.is_none() {
+            r.ok = false;
+            r.problems.push("an incremental backup without a watermark".into());
+        }
         if a.json {
             println!("{}", serde_json::to_string(&r)?);
         } else if r.ok {

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <prefix>/backups/<id>.mbk             the archive (written first, streamed)
+//! <prefix>/backups/<id>.watermark       the watermark (an archive of aggregate versions)
 //! <prefix>/backups/<id>.manifest.json   the manifest (written last: the backup is complete)
 //! ```
 //! Ids are `YYYYMMDDTHHMMSSmmmZ-<8 hex>`: they sort by creation time and are unique.
@@ -16,6 +17,20 @@ pub const MANIFEST_EXT: &str = ".manifest.json";
 /// Key of a backup's archive.
 pub fn archive_key(id: &str) -> String {
     format!("{BACKUPS_DIR}{id}{ARCHIVE_EXT}")
+}
+
+/// Extension of watermarks.
+pub const WATERMARK_EXT: &str = ".watermark";
+
+/// Key of a backup's watermark: for every aggregate, the highest version its chain holds.
+pub fn watermark_key(id: &str) -> String {
+    format!("{BACKUPS_DIR}{id}{WATERMARK_EXT}")
+}
+
+/// The backup id of a watermark key.
+pub fn parse_watermark_key(key: &str) -> Option<&str> {
+    let id = key.strip_prefix(BACKUPS_DIR)?.strip_suffix(WATERMARK_EXT)?;
+    valid_id(id).then_some(id)
 }
 
 /// Key of a backup's manifest.

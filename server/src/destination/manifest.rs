@@ -44,6 +44,13 @@ pub struct Manifest {
     pub key_id: String,
     /// Archive format version, e.g. "1.0".
     pub format_version: String,
+    /// Key of the watermark object (aggregate → highest version the backup's chain holds),
+    /// which incremental backups build on; absent in backups from before incrementals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_key: Option<String>,
+    /// Why the backup is not what was asked for (an incremental request that became full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Manifest {

@@ -1,5 +1,10 @@
-//! One full backup: EventStore → records → archive writer (a blocking thread) → upload parts
-//! → destination; then the manifest, last. Memory is bounded by the channels between the stages.
+//! One backup: EventStore → records → archive writer (a blocking thread) → upload parts →
+//! destination; then the watermark and the manifest, last. Memory is bounded by the channels
+//! between the stages (and, for the watermark, by the number of aggregates).
+//!
+//! An incremental backup gets its parent's watermark: it keeps only the events above it, checks
+//! that they continue it exactly, and fails with [`ChainMismatch`] when they do not (the engine
+//! then takes a full backup instead).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +15,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
+use super::watermark::{aggregate_of, check_continuity, span_add, Watermark};
 use super::{EngineConfig, Progress};
+use crate::source::ChainMismatch;
 use crate::archive::{ArchiveWriter, Record, WriterOptions};
 use crate::catalog::{BackupRecord, State};
 use crate::cli::rfc3339;
@@ -72,10 +79,20 @@ impl Write for PartWriter {
     }
 }
 
+/// The backup an incremental builds on.
+#[derive(Debug, Clone)]
+pub struct Parent {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its chain's watermark.
+    pub watermark: Arc<Watermark>,
+}
+
 pub(super) async fn run(
     cfg: &EngineConfig,
     running: &BackupRecord,
     progress: Arc<Progress>,
+    parent: Option<Parent>,
 ) -> anyhow::Result<BackupRecord> {
     let protection = cfg.protection.clone().context(
         "no encryption key: give --key-file, BACKUP_ENCRYPTION_KEY or BACKUP_PASSPHRASE (or --no-encryption to write unencrypted archives)",
@@ -92,6 +109,8 @@ pub(super) async fn run(
 
     let mut opts = WriterOptions::new(&running.id, protection.clone());
     opts.compression_level = cfg.compression_level;
+    opts.kind = running.kind.clone();
+    opts.parent_id = parent.as_ref().map(|p| p.manifest.id.clone());
     let enc_cancel = cancelled.clone();
     let enc_progress = progress.clone();
     let encoder = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -125,23 +144,77 @@ pub(super) async fn run(
     });
 
     let read_progress = progress.clone();
+    let before = parent.as_ref().map(|p| p.watermark.clone());
+    let from_table = cfg.events_db.is_some();
     let mut stream: std::pin::Pin<Box<dyn futures::Stream<Item = anyhow::Result<Record>> + Send>> =
-        match &cfg.events_db {
-            Some(url) => Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+        match (&cfg.events_db, &before) {
+            (Some(url), None) => Box::pin(tokio_stream::wrappers::ReceiverStream::new(
                 crate::source::table::snapshot(crate::source::table::connect(url).await?, 1024),
             )),
-            None => Box::pin(cfg.event_store.retrieve_all().await?),
+            (Some(url), Some(w)) => Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+                crate::source::table::incremental(
+                    crate::source::table::connect(url).await?,
+                    w.clone(),
+                    1024,
+                ),
+            )),
+            // The API has no per-aggregate maximum: an incremental reads every event and keeps
+            // the new ones.
+            (None, _) => Box::pin(cfg.event_store.retrieve_all().await?),
         };
     let reader = async move {
+        let mut wm = before.as_deref().cloned().unwrap_or_default();
+        let mut spans = std::collections::HashMap::new();
+        let mut store_max: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
         while let Some(rec) = stream.next().await {
             let rec = rec?;
+            if let Some(b) = &before {
+                let a = aggregate_of(&rec);
+                if !from_table {
+                    let m = store_max.entry(a.clone()).or_insert(0);
+                    *m = (*m).max(rec.aggregate_version);
+                }
+                if rec.aggregate_version == 0 {
+                    return Err(ChainMismatch(format!(
+                        "the store holds events without a version (aggregate {} {}), which only a full backup can hold",
+                        a.0, a.1
+                    ))
+                    .into());
+                }
+                if rec.aggregate_version <= b.get(&a) {
+                    continue; // the chain holds it
+                }
+                span_add(&mut spans, &rec);
+            }
+            wm.observe(&rec);
             read_progress.events.fetch_add(1, Ordering::Relaxed);
             if rec_tx.send(rec).await.is_err() {
                 // The encoder or the upload stopped; their error is reported below.
-                return Ok(());
+                return Ok(wm);
             }
         }
-        anyhow::Ok(())
+        if let Some(b) = &before {
+            if !from_table {
+                let mut behind: Vec<String> = b
+                    .map
+                    .iter()
+                    .filter(|(a, h)| store_max.get(*a).copied().unwrap_or(0) < **h)
+                    .map(|(a, h)| format!("aggregate {} {} is at version {} in the store, the chain holds {h}", a.0, a.1, store_max.get(a).copied().unwrap_or(0)))
+                    .collect();
+                behind.sort();
+                if let Some(first) = behind.first() {
+                    return Err(ChainMismatch(format!(
+                        "the store no longer matches the chain ({} aggregates behind it; {first}): restored from an older backup?",
+                        behind.len()
+                    ))
+                    .into());
+                }
+            }
+            check_continuity(b, &spans).map_err(|p| {
+                ChainMismatch(format!("the store no longer matches the chain: {p}"))
+            })?;
+        }
+        anyhow::Ok(wm)
     };
     let read_result = match tokio::time::timeout(cfg.backup_timeout, reader).await {
         Ok(r) => r,
@@ -153,6 +226,17 @@ pub(super) async fn run(
     if read_result.is_err() {
         cancelled.store(true, Ordering::SeqCst);
     }
+    // A chain mismatch is not a failure of this backup: the engine takes a full one instead.
+    if let Err(e) = &read_result {
+        if e.downcast_ref::<ChainMismatch>().is_some() {
+            let _ = encoder.await;
+            let (upload, _) = uploader
+                .await
+                .map_err(|e| anyhow!("uploader panicked: {e}"))?;
+            upload.abort().await;
+            return Err(read_result.err().unwrap_or_else(|| anyhow!("chain mismatch")));
+        }
+    }
     let enc_result = encoder
         .await
         .map_err(|e| anyhow!("archive writer panicked: {e}"))?;
@@ -162,9 +246,11 @@ pub(super) async fn run(
     // The first real cause wins: a failed read or upload explains a cancelled or stopped writer.
     let outcome = read_result
         .context("reading from the EventStore failed")
-        .and(up_result.context("uploading the archive failed"))
-        .and(enc_result.context("writing the archive failed"));
-    let (footer, sha, bytes) = match outcome {
+        .and_then(|wm| {
+            up_result.context("uploading the archive failed")?;
+            Ok((enc_result.context("writing the archive failed")?, wm))
+        });
+    let ((footer, sha, bytes), watermark) = match outcome {
         Ok(v) => v,
         Err(e) => {
             upload.abort().await;
@@ -175,6 +261,21 @@ pub(super) async fn run(
         .complete()
         .await
         .context("completing the archive upload failed")?;
+    let watermark_key = match watermark
+        .store(
+            dest.as_ref(),
+            &running.id,
+            protection.clone(),
+            cfg.compression_level,
+        )
+        .await
+    {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = dest.delete(&archive_key).await;
+            return Err(e.context("writing the watermark failed"));
+        }
+    };
 
     let completed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let key_id = match &protection {
@@ -186,7 +287,7 @@ pub(super) async fn run(
         format: MANIFEST_FORMAT.into(),
         id: running.id.clone(),
         kind: running.kind.clone(),
-        parent_id: running.parent_id.clone(),
+        parent_id: parent.as_ref().map(|p| p.manifest.id.clone()),
         created_at: running.created_at.clone(),
         completed_at,
         created_by: running.created_by.clone(),
@@ -204,12 +305,15 @@ pub(super) async fn run(
             .collect(),
         key_id,
         format_version: crate::archive::format_version(),
+        watermark_key: Some(watermark_key.clone()),
+        note: running.note.clone(),
     };
     if let Err(e) = dest
         .put(&layout::manifest_key(&running.id), manifest.to_json())
         .await
     {
         let _ = dest.delete(&archive_key).await;
+        let _ = dest.delete(&watermark_key).await;
         return Err(anyhow::Error::new(e).context("writing the manifest failed"));
     }
     let mut record = BackupRecord::from_manifest(&manifest);

@@ -86,20 +86,25 @@ pub struct DrillReport {
     pub seconds: f64,
 }
 
-async fn archive_digest(cfg: &EngineConfig, m: &Manifest) -> anyhow::Result<SetDigest> {
-    let reader = cfg.destination.get(&m.archive_key).await?;
-    let keys = cfg.keys.clone();
-    tokio::task::spawn_blocking(move || {
-        let bridge =
-            std::io::BufReader::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(reader));
-        let mut r = ArchiveReader::open(bridge, &keys)?;
-        let mut d = SetDigest::default();
-        while let Some(rec) = r.next_record()? {
-            d.add(&crate::source::event_from_record(rec));
-        }
-        anyhow::Ok(d)
-    })
-    .await?
+async fn archive_digest(cfg: &EngineConfig, chain: &[Manifest]) -> anyhow::Result<SetDigest> {
+    let mut d = SetDigest::default();
+    for m in chain {
+        let reader = cfg.destination.get(&m.archive_key).await?;
+        let keys = cfg.keys.clone();
+        d = tokio::task::spawn_blocking(move || {
+            let bridge = std::io::BufReader::with_capacity(
+                1 << 20,
+                tokio_util::io::SyncIoBridge::new(reader),
+            );
+            let mut r = ArchiveReader::open(bridge, &keys)?;
+            while let Some(rec) = r.next_record()? {
+                d.add(&crate::source::event_from_record(rec));
+            }
+            anyhow::Ok(d)
+        })
+        .await??;
+    }
+    Ok(d)
 }
 
 async fn store_digest(
@@ -122,12 +127,15 @@ async fn store_digest(
     Ok(d)
 }
 
-/// Runs one drill of `manifest`'s backup.
+/// Runs one drill of the backup `chain` ends with (its full ancestor first).
 pub(super) async fn run(
     cfg: &EngineConfig,
-    manifest: &Manifest,
+    chain: &[Manifest],
     progress: Arc<Progress>,
 ) -> Result<DrillReport, EngineError> {
+    let manifest = chain
+        .last()
+        .ok_or_else(|| EngineError::Internal(anyhow::anyhow!("empty chain")))?;
     let started = Instant::now();
     let internal = |e: anyhow::Error| EngineError::Internal(e);
     let scratch_dir = tempfile::tempdir().map_err(|e| internal(e.into()))?;
@@ -162,8 +170,8 @@ pub(super) async fn run(
     };
     let result = async {
         let restored =
-            super::restore::run(&scratch_cfg, &req, &Sink::Api, manifest, progress).await?;
-        let archive = archive_digest(cfg, manifest)
+            super::restore::run(&scratch_cfg, &req, &Sink::Api, chain, progress).await?;
+        let archive = archive_digest(cfg, chain)
             .await
             .map_err(|e| EngineError::Corrupt(format!("{e:#}")))?;
         let scratch = store_digest(&scratch_es, None).await.map_err(internal)?;

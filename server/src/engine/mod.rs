@@ -1,11 +1,12 @@
 //! The engine: backups, verification and retention, one operation at a time, each with a
 //! timeout. Heavy steps are split into a plan (a plain value) and its execution.
 
-mod backup;
+pub mod backup;
 pub mod drill;
 pub mod restore;
 pub mod retention;
 pub mod verify;
+pub mod watermark;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -219,7 +220,10 @@ impl Engine {
                 id: r.id.clone(),
             });
         }
-        let (sink, manifest) = restore::prepare(&self.cfg, &req).await?;
+        let (sink, chain) = restore::prepare(&self.cfg, &req).await?;
+        let manifest = chain.last().cloned().ok_or_else(|| {
+            EngineError::Internal(anyhow::anyhow!("empty chain"))
+        })?;
         let now = chrono::Utc::now();
         let id = format!("restore-{}", crate::destination::layout::new_id(now));
         let progress = self.claim("restore", &id).await?;
@@ -236,9 +240,9 @@ impl Engine {
                 .as_ref()
                 .and_then(|t| crate::cli::rfc3339(Some(t))),
             drop_existing: req.drop_existing,
-            chain: vec![manifest.id.clone()],
+            chain: chain.iter().map(|m| m.id.clone()).collect(),
             event_count: 0,
-            archive_bytes: manifest.archive_bytes,
+            archive_bytes: chain.iter().map(|m| m.archive_bytes).sum(),
             error: None,
         };
         if let Err(e) = self.cfg.catalog.upsert_restore(&record).await {
@@ -255,7 +259,7 @@ impl Engine {
             tracing::warn!(restore_id = %rec.id, backup_id = %rec.backup_id, sink = %rec.sink, drop_existing = rec.drop_existing, until = ?rec.until, created_by = %rec.created_by, "restore started");
             let res = match tokio::time::timeout(
                 engine.cfg.restore_timeout,
-                restore::run(&engine.cfg, &req, &sink, &manifest, progress),
+                restore::run(&engine.cfg, &req, &sink, &chain, progress),
             )
             .await
             {
@@ -327,17 +331,19 @@ impl Engine {
         final_value(rx).await
     }
 
-    /// Starts a full backup and returns its RUNNING record and a receiver of the final record.
+    /// Starts a backup — incremental when asked and possible, full otherwise — and returns its
+    /// RUNNING record and a receiver of the final record.
     pub async fn start_backup(
         &self,
         caller: &Identity,
+        incremental: bool,
     ) -> Result<(BackupRecord, watch::Receiver<Option<BackupRecord>>), EngineError> {
         let now = chrono::Utc::now();
         let id = crate::destination::layout::new_id(now);
         let progress = self.claim("backup", &id).await?;
         let record = BackupRecord {
             id: id.clone(),
-            kind: "full".into(),
+            kind: if incremental { "incremental" } else { "full" }.into(),
             state: crate::catalog::State::Running,
             parent_id: None,
             created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -357,6 +363,7 @@ impl Engine {
             key_id: None,
             format_version: None,
             error: None,
+            note: None,
         };
         if let Err(e) = self.cfg.catalog.upsert_backup(&record).await {
             self.release().await;
@@ -376,8 +383,12 @@ impl Engine {
     }
 
     /// Runs a full backup to its end (used by the one-shot command and the scheduler).
-    pub async fn backup(&self, caller: &Identity) -> Result<BackupRecord, EngineError> {
-        let (_, rx) = self.start_backup(caller).await?;
+    pub async fn backup(
+        &self,
+        caller: &Identity,
+        incremental: bool,
+    ) -> Result<BackupRecord, EngineError> {
+        let (_, rx) = self.start_backup(caller, incremental).await?;
         final_value(rx).await.ok_or_else(|| {
             EngineError::Internal(anyhow::anyhow!("backup task ended without a result"))
         })
@@ -392,7 +403,36 @@ impl Engine {
         let started = Instant::now();
         metrics::get().started(Op::Backup);
         tracing::info!(backup_id = %record.id, created_by = %record.created_by, source = %record.source, destination = %self.cfg.destination.url(), "backup started");
-        match backup::run(&self.cfg, &record, progress).await {
+        let mut parent = None;
+        if record.kind == "incremental" {
+            match choose_parent(&self.cfg).await {
+                Ok(p) => {
+                    record.parent_id = Some(p.manifest.id.clone());
+                    parent = Some(p);
+                }
+                Err(why) => {
+                    tracing::warn!(backup_id = %record.id, reason = %why, "taking a full backup instead of an incremental one");
+                    record.kind = "full".into();
+                    record.note = Some(format!("full instead of incremental: {why}"));
+                }
+            }
+        }
+        let mut result = backup::run(&self.cfg, &record, progress.clone(), parent).await;
+        if let Some(m) = result
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<crate::source::ChainMismatch>())
+        {
+            let why = m.0.clone();
+            tracing::warn!(backup_id = %record.id, reason = %why, "taking a full backup instead of an incremental one");
+            record.kind = "full".into();
+            record.parent_id = None;
+            record.note = Some(format!("full instead of incremental: {why}"));
+            progress.events.store(0, Ordering::Relaxed);
+            progress.bytes.store(0, Ordering::Relaxed);
+            result = backup::run(&self.cfg, &record, progress, None).await;
+        }
+        match result {
             Ok(done) => {
                 record = done;
                 tracing::info!(backup_id = %record.id, events = record.event_count, bytes = record.archive_bytes, seconds = started.elapsed().as_secs_f64(), "backup complete");
@@ -464,7 +504,11 @@ impl Engine {
         backup_id: &str,
         caller: &Identity,
     ) -> Result<drill::DrillReport, EngineError> {
-        let manifest = verify::resolve(self.cfg.destination.as_ref(), backup_id).await?;
+        let chain = restore::resolve_chain(&self.cfg, backup_id, None).await?;
+        let manifest = chain
+            .last()
+            .cloned()
+            .ok_or_else(|| EngineError::Internal(anyhow::anyhow!("empty chain")))?;
         let id = format!(
             "drill-{}",
             crate::destination::layout::new_id(chrono::Utc::now())
@@ -476,7 +520,7 @@ impl Engine {
             tracing::info!(drill_id = %id, backup_id = %manifest.id, created_by = %who, "restore drill started");
             let res = match tokio::time::timeout(
                 engine.cfg.restore_timeout,
-                drill::run(&engine.cfg, &manifest, progress),
+                drill::run(&engine.cfg, &chain, progress),
             )
             .await
             {
@@ -505,9 +549,81 @@ impl Engine {
             .map_err(|e| EngineError::Internal(anyhow::anyhow!("drill task: {e}")))?
     }
 
+    /// How many incremental backups the newest complete chain holds (0 when there is none, or
+    /// it cannot be listed).
+    pub async fn incrementals_in_newest_chain(&self) -> usize {
+        let Ok(all) =
+            crate::destination::manifest::list_complete(self.cfg.destination.as_ref()).await
+        else {
+            return 0;
+        };
+        all.first()
+            .and_then(|m| chain_of(&all, m).ok())
+            .map(|c| c.len() - 1)
+            .unwrap_or(0)
+    }
+
     /// Waits for the backup `id` started by this process to end.
     pub async fn wait_backup(&self, id: &str) -> Option<BackupRecord> {
         let rx = self.done.lock().await.get(id).cloned()?;
         final_value(rx).await
     }
+}
+
+/// The newest complete backup, if its chain is whole and its watermark readable; otherwise why
+/// an incremental backup cannot build on it.
+async fn choose_parent(cfg: &EngineConfig) -> Result<backup::Parent, String> {
+    let dest = cfg.destination.as_ref();
+    let all = crate::destination::manifest::list_complete(dest)
+        .await
+        .map_err(|e| format!("cannot list the destination: {e:#}"))?;
+    let newest = all
+        .first()
+        .cloned()
+        .ok_or_else(|| "there is no complete backup to build on".to_string())?;
+    chain_of(&all, &newest).map_err(|e| format!("the chain of {} is damaged: {e}", newest.id))?;
+    let key = newest.watermark_key.clone().ok_or_else(|| {
+        format!(
+            "backup {} has no watermark (it was made before incremental backups)",
+            newest.id
+        )
+    })?;
+    let watermark = watermark::Watermark::load(dest, &cfg.keys, &key, &newest.id)
+        .await
+        .map_err(|e| format!("cannot read the watermark of {}: {e:#}", newest.id))?;
+    Ok(backup::Parent {
+        manifest: newest,
+        watermark: Arc::new(watermark),
+    })
+}
+
+/// The chain of `m` among `all` complete backups: its full ancestor first, `m` last. Fails on
+/// a missing link, a cycle, or a parent that is not older.
+pub fn chain_of(
+    all: &[crate::destination::manifest::Manifest],
+    m: &crate::destination::manifest::Manifest,
+) -> Result<Vec<crate::destination::manifest::Manifest>, String> {
+    let mut chain = vec![m.clone()];
+    let mut cur = m.clone();
+    while cur.kind == "incremental" {
+        let pid = cur
+            .parent_id
+            .clone()
+            .ok_or_else(|| format!("incremental backup {} names no parent", cur.id))?;
+        if pid >= cur.id || chain.len() > all.len() {
+            return Err(format!(
+                "backup {} names parent {pid}, which is not older",
+                cur.id
+            ));
+        }
+        let p = all
+            .iter()
+            .find(|x| x.id == pid)
+            .cloned()
+            .ok_or_else(|| format!("link {pid} (parent of {}) is missing or incomplete", cur.id))?;
+        chain.push(p.clone());
+        cur = p;
+    }
+    chain.reverse();
+    Ok(chain)
 }

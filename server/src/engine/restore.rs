@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
+use super::watermark::{check_continuity, span_add, Watermark};
 use super::{EngineConfig, EngineError, Progress};
 use crate::archive::{ArchiveError, ArchiveReader, Record};
 use crate::destination::manifest::Manifest;
@@ -76,12 +77,56 @@ fn sink_err(e: SinkError) -> EngineError {
     }
 }
 
-/// Checks what can be checked before the restore starts: the sink, the store's emptiness, and
-/// that the archive opens with our keys. Returns the sink and the backup's manifest.
+/// The chain to restore for `backup_id` (an id or `latest`): the backup's full ancestor first,
+/// every link up to it, each checked to exist and to name the one before. For `latest` with
+/// `until`, the shortest chain among the backups started at or after `until` (the newest
+/// backup when none is).
+pub async fn resolve_chain(
+    cfg: &EngineConfig,
+    backup_id: &str,
+    until: Option<&prost_types::Timestamp>,
+) -> Result<Vec<Manifest>, EngineError> {
+    let dest = cfg.destination.as_ref();
+    let mut all = crate::destination::manifest::list_complete(dest)
+        .await
+        .map_err(|e| EngineError::Unavailable(format!("{e:#}")))?;
+    let target = match (backup_id, until) {
+        ("latest", Some(u)) => {
+            let u = crate::cli::rfc3339(Some(u)).unwrap_or_default();
+            let mut best: Option<(usize, Manifest)> = None;
+            for m in all.iter().filter(|m| m.created_at >= u) {
+                if let Ok(c) = super::chain_of(&all, m) {
+                    // Shortest chain; among equals the oldest backup (fewest events to skip).
+                    if best.as_ref().is_none_or(|(n, b)| c.len() < *n || (c.len() == *n && m.id < b.id)) {
+                        best = Some((c.len(), m.clone()));
+                    }
+                }
+            }
+            match best {
+                Some((_, m)) => m,
+                None => super::verify::resolve(dest, "latest").await?,
+            }
+        }
+        _ => super::verify::resolve(dest, backup_id).await?,
+    };
+    if !all.iter().any(|m| m.id == target.id) {
+        all.push(target.clone());
+    }
+    super::chain_of(&all, &target).map_err(|e| {
+        EngineError::Corrupt(format!(
+            "backup {} cannot be restored, nothing was written: its chain is broken: {e}",
+            target.id
+        ))
+    })
+}
+
+/// Checks what can be checked before the restore starts: the sink, the store's emptiness, the
+/// backup's chain, and that every link's archive opens with our keys. Returns the sink and the
+/// chain (full backup first).
 pub(super) async fn prepare(
     cfg: &EngineConfig,
     req: &RestoreRequest,
-) -> Result<(Sink, Manifest), EngineError> {
+) -> Result<(Sink, Vec<Manifest>), EngineError> {
     let sink = if req.via_api {
         if req.drop_existing {
             return Err(EngineError::Refused("drop_existing is not possible through the EventStore API (it cannot delete events); restore into the events table (--events-db) to replace a store's events".into()));
@@ -93,7 +138,7 @@ pub(super) async fn prepare(
             None => return Err(EngineError::Refused(sink::api::NEEDS_VIA_API.into())),
         }
     };
-    let manifest = super::verify::resolve(cfg.destination.as_ref(), &req.backup_id).await?;
+    let chain = resolve_chain(cfg, &req.backup_id, req.until.as_ref()).await?;
     let existing = match &sink {
         Sink::Table(t) => t.count().await.map_err(sink_err)?,
         Sink::Api => sink::api::count(&cfg.event_store).await.map_err(sink_err)?,
@@ -108,19 +153,21 @@ pub(super) async fn prepare(
         ))));
     }
     // A wrong or missing key is found before anything is written.
-    let reader = cfg
-        .destination
-        .get(&manifest.archive_key)
+    for m in &chain {
+        let reader = cfg
+            .destination
+            .get(&m.archive_key)
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("backup {}: {e}", m.id)))?;
+        let keys = cfg.keys.clone();
+        tokio::task::spawn_blocking(move || {
+            ArchiveReader::open(tokio_util::io::SyncIoBridge::new(reader), &keys).map(|_| ())
+        })
         .await
-        .map_err(|e| EngineError::Unavailable(e.to_string()))?;
-    let keys = cfg.keys.clone();
-    tokio::task::spawn_blocking(move || {
-        ArchiveReader::open(tokio_util::io::SyncIoBridge::new(reader), &keys).map(|_| ())
-    })
-    .await
-    .map_err(|e| EngineError::Internal(anyhow::anyhow!("{e}")))?
-    .map_err(archive_err)?;
-    Ok((sink, manifest))
+        .map_err(|e| EngineError::Internal(anyhow::anyhow!("{e}")))?
+        .map_err(archive_err)?;
+    }
+    Ok((sink, chain))
 }
 
 /// Archive errors that mean "this backup cannot be restored with this configuration".
@@ -134,12 +181,14 @@ fn archive_err(e: ArchiveError) -> EngineError {
     }
 }
 
-/// Reads the archive on a blocking thread and sends its records (up to `until`): `Ok(Some)` per
-/// record, then `Ok(None)` once the footer checked out, or an `Err` — never a record of an
-/// unauthenticated chunk.
+/// Reads the chain's archives in order on a blocking thread and sends their records (up to
+/// `until`): `Ok(Some)` per record, then `Ok(None)` once every link checked out, or an `Err`
+/// naming the link — never a record of an unauthenticated chunk. Each link must be the backup
+/// its manifest names, name the link before it as parent, hold the manifest's event count, and
+/// continue the versions of the links before it exactly (no gap, no overlap).
 fn spawn_reader(
     cfg: &EngineConfig,
-    manifest: &Manifest,
+    chain: &[Manifest],
     until: Option<prost_types::Timestamp>,
     progress: Arc<Progress>,
 ) -> (
@@ -149,66 +198,98 @@ fn spawn_reader(
     let (tx, rx) = mpsc::channel(1024);
     let dest = cfg.destination.clone();
     let keys = cfg.keys.clone();
-    let m = manifest.clone();
+    let chain = chain.to_vec();
     let handle = tokio::spawn(async move {
-        let reader = match dest.get(&m.archive_key).await {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tx.send(Err(anyhow::Error::new(e))).await;
-                return;
-            }
-        };
-        let _ = tokio::task::spawn_blocking(move || {
-            let bridge = std::io::BufReader::with_capacity(
-                1 << 20,
-                tokio_util::io::SyncIoBridge::new(reader),
-            );
-            let mut r = match ArchiveReader::open(bridge, &keys) {
+        let n = chain.len();
+        let mut held = Watermark::default();
+        let mut bytes_before = 0u64;
+        for (i, m) in chain.iter().enumerate() {
+            let link = if n > 1 {
+                format!("backup {} (link {} of {} of the chain)", m.id, i + 1, n)
+            } else {
+                format!("backup {}", m.id)
+            };
+            let reader = match dest.get(&m.archive_key).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(anyhow::Error::new(e)));
+                    let _ = tx.send(Err(anyhow::Error::new(e).context(link))).await;
                     return;
                 }
             };
-            loop {
-                match r.next_record() {
-                    Ok(Some(rec)) => {
-                        progress.bytes.store(r.bytes_read(), Ordering::Relaxed);
-                        if until
-                            .as_ref()
-                            .is_some_and(|u| !ts_le(&rec.timestamp.unwrap_or_default(), u))
-                        {
-                            continue;
-                        }
-                        progress.events.fetch_add(1, Ordering::Relaxed);
-                        if tx.blocking_send(Ok(Some(rec))).is_err() {
-                            return;
-                        }
+            let parent = if i == 0 { String::new() } else { chain[i - 1].id.clone() };
+            let (m2, keys2, tx2, progress2) = (m.clone(), keys.clone(), tx.clone(), progress.clone());
+            let track = n > 1;
+            let result = tokio::task::spawn_blocking(move || {
+                let bridge = std::io::BufReader::with_capacity(
+                    1 << 20,
+                    tokio_util::io::SyncIoBridge::new(reader),
+                );
+                let mut spans = std::collections::HashMap::new();
+                let mut r = ArchiveReader::open(bridge, &keys2)?;
+                let h = r.header().clone();
+                if h.backup_id != m2.id || h.parent_id != parent {
+                    anyhow::bail!(
+                        "the archive is backup {} with parent {:?}, the chain expects {} with parent {:?}",
+                        h.backup_id, h.parent_id, m2.id, parent
+                    );
+                }
+                while let Some(rec) = r.next_record()? {
+                    progress2
+                        .bytes
+                        .store(bytes_before + r.bytes_read(), Ordering::Relaxed);
+                    if track {
+                        span_add(&mut spans, &rec);
                     }
-                    Ok(None) => {
-                        let footer = r.footer().cloned().unwrap_or_default();
-                        let last = if footer.event_count != m.event_count {
-                            Err(anyhow::anyhow!(
-                                "archive holds {} events, its manifest says {}",
-                                footer.event_count,
-                                m.event_count
-                            ))
-                        } else {
-                            Ok(None)
-                        };
-                        let _ = tx.blocking_send(last);
-                        return;
+                    if until
+                        .as_ref()
+                        .is_some_and(|u| !ts_le(&rec.timestamp.unwrap_or_default(), u))
+                    {
+                        continue;
                     }
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(
-                            anyhow::Error::new(e).context(format!("backup {}", m.id))
-                        ));
+                    progress2.events.fetch_add(1, Ordering::Relaxed);
+                    if tx2.blocking_send(Ok(Some(rec))).is_err() {
+                        anyhow::bail!("the restore stopped");
+                    }
+                }
+                let footer = r.footer().cloned().unwrap_or_default();
+                if footer.event_count != m2.event_count {
+                    anyhow::bail!(
+                        "archive holds {} events, its manifest says {}",
+                        footer.event_count,
+                        m2.event_count
+                    );
+                }
+                Ok((spans, r.bytes_read()))
+            })
+            .await;
+            let (spans, read) = match result {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(e.context(link))).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("{link}: reader failed: {e}"))).await;
+                    return;
+                }
+            };
+            bytes_before += read;
+            if n > 1 {
+                if i > 0 {
+                    if let Err(p) = check_continuity(&held, &spans) {
+                        let _ = tx
+                            .send(Err(anyhow::anyhow!("{link} does not continue the chain: {p}")))
+                            .await;
                         return;
                     }
                 }
+                for (a, s) in spans {
+                    let v = held.map.entry(a).or_insert(0);
+                    *v = (*v).max(s.max);
+                }
             }
-        })
-        .await;
+        }
+        let _ = tx.send(Ok(None)).await;
     });
     (rx, handle)
 }
@@ -218,12 +299,12 @@ pub(super) async fn run(
     cfg: &EngineConfig,
     req: &RestoreRequest,
     sink: &Sink,
-    manifest: &Manifest,
+    chain: &[Manifest],
     progress: Arc<Progress>,
 ) -> Result<u64, EngineError> {
     match sink {
         Sink::Table(table) => {
-            let (rx, reader) = spawn_reader(cfg, manifest, req.until, progress);
+            let (rx, reader) = spawn_reader(cfg, chain, req.until, progress);
             let res = table.restore(rx, req.drop_existing).await;
             reader.abort();
             res.map_err(|e| match e {
@@ -237,19 +318,29 @@ pub(super) async fn run(
             })
         }
         Sink::Api => {
-            // Pass 1: the whole archive must authenticate before the first Store call.
-            let report = super::verify::verify(cfg.destination.as_ref(), &cfg.keys, manifest)
-                .await
-                .map_err(EngineError::Internal)?;
-            if !report.ok {
-                return Err(EngineError::Corrupt(format!(
-                    "backup {} failed verification, nothing was written: {}",
-                    manifest.id,
-                    report.problems.join("; ")
-                )));
+            // Pass 1: every link must authenticate and continue the chain before the first
+            // Store call.
+            let (mut rx, reader) =
+                spawn_reader(cfg, chain, req.until, Arc::new(Progress::default()));
+            loop {
+                match rx.recv().await {
+                    Some(Ok(Some(_))) => {}
+                    Some(Ok(None)) => break,
+                    Some(Err(e)) => {
+                        reader.abort();
+                        return Err(EngineError::Corrupt(format!(
+                            "{e:#}; nothing was written"
+                        )));
+                    }
+                    None => {
+                        return Err(EngineError::Internal(anyhow::anyhow!(
+                            "the archive reader stopped without a result"
+                        )))
+                    }
+                }
             }
             // Pass 2: stream the records to Store.
-            let (mut rx, reader) = spawn_reader(cfg, manifest, req.until, progress);
+            let (mut rx, reader) = spawn_reader(cfg, chain, req.until, progress);
             let (tx, store_rx) = mpsc::channel::<Record>(1024);
             let forward = tokio::spawn(async move {
                 while let Some(item) = rx.recv().await {

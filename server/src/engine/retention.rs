@@ -1,8 +1,10 @@
-//! Retention: keep the newest N complete backups, never the newest one, only our own objects,
-//! and remove incomplete leftovers (archives without a manifest) older than a day. The plan is a
-//! plain value computed from a listing of the destination — the source of truth.
+//! Retention: keep the newest N complete backups (restore points, full or incremental) and
+//! every backup a kept one depends on, so whole chains go, oldest first, and no incremental is
+//! ever orphaned; never the newest one, only our own objects; remove incomplete leftovers
+//! (archives or watermarks without a manifest) older than a day. The plan is a plain value
+//! computed from a listing and the manifests of the destination — the source of truth.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::EngineConfig;
 use crate::destination::{layout, Destination, ObjectInfo};
@@ -28,8 +30,14 @@ impl RetentionPlan {
     }
 }
 
-/// Plans retention over a listing of `backups/`. `retention_count < 1` keeps every backup.
-pub fn plan(objects: &[ObjectInfo], retention_count: i64, now_unix: i64) -> RetentionPlan {
+/// Plans retention over a listing of `backups/` and each complete backup's parent (from its
+/// manifest). `retention_count < 1` keeps every backup.
+pub fn plan(
+    objects: &[ObjectInfo],
+    parents: &HashMap<String, Option<String>>,
+    retention_count: i64,
+    now_unix: i64,
+) -> RetentionPlan {
     let mut by_id: BTreeMap<&str, (Option<&ObjectInfo>, Option<&ObjectInfo>)> = BTreeMap::new();
     for o in objects {
         if let Some((id, is_manifest)) = layout::parse_key(&o.key) {
@@ -52,16 +60,28 @@ pub fn plan(objects: &[ObjectInfo], retention_count: i64, now_unix: i64) -> Rete
     } else {
         (retention_count as usize).max(1)
     };
+    // The newest N, then every ancestor of a kept backup.
+    let mut kept: HashSet<&str> = complete.iter().take(keep_n).copied().collect();
+    let mut todo: Vec<&str> = kept.iter().copied().collect();
+    while let Some(id) = todo.pop() {
+        if let Some(Some(parent)) = parents.get(id) {
+            if let Some(p) = complete.iter().find(|c| **c == parent.as_str()) {
+                if kept.insert(p) {
+                    todo.push(p);
+                }
+            }
+        }
+    }
     let mut p = RetentionPlan {
         keep: complete
             .iter()
-            .take(keep_n)
+            .filter(|id| kept.contains(*id))
             .map(|s| s.to_string())
             .collect(),
         delete_backups: complete
             .iter()
-            .skip(keep_n)
             .rev()
+            .filter(|id| !kept.contains(*id))
             .map(|s| s.to_string())
             .collect(),
         delete_leftovers: Vec::new(),
@@ -70,6 +90,14 @@ pub fn plan(objects: &[ObjectInfo], retention_count: i64, now_unix: i64) -> Rete
         if let (Some(a), None) = (archive, manifest) {
             if now_unix - a.modified_unix > LEFTOVER_AGE_SECS {
                 p.delete_leftovers.push(a.key.clone());
+            }
+        }
+    }
+    for o in objects {
+        if let Some(id) = layout::parse_watermark_key(&o.key) {
+            let has_manifest = by_id.get(id).is_some_and(|(_, m)| m.is_some());
+            if !has_manifest && now_unix - o.modified_unix > LEFTOVER_AGE_SECS {
+                p.delete_leftovers.push(o.key.clone());
             }
         }
     }
@@ -82,8 +110,15 @@ pub async fn plan_for(
     retention_count: i64,
 ) -> anyhow::Result<RetentionPlan> {
     let objects = dest.list(layout::BACKUPS_DIR).await?;
+    let parents: HashMap<String, Option<String>> =
+        crate::destination::manifest::list_complete(dest)
+            .await?
+            .into_iter()
+            .map(|m| (m.id, m.parent_id))
+            .collect();
     Ok(plan(
         &objects,
+        &parents,
         retention_count,
         chrono::Utc::now().timestamp(),
     ))
@@ -97,11 +132,15 @@ pub async fn run(cfg: &EngineConfig) -> anyhow::Result<RetentionPlan> {
         // Manifest first: the backup becomes invisible before its archive goes.
         dest.delete(&layout::manifest_key(id)).await?;
         dest.delete(&layout::archive_key(id)).await?;
+        dest.delete(&layout::watermark_key(id)).await?;
         cfg.catalog.delete_backup(id).await?;
     }
     for key in &plan.delete_leftovers {
         dest.delete(key).await?;
-        if let Some((id, _)) = layout::parse_key(key) {
+        if let Some(id) = layout::parse_key(key)
+            .map(|(id, _)| id)
+            .or_else(|| layout::parse_watermark_key(key))
+        {
             cfg.catalog.delete_backup(id).await?;
         }
     }
@@ -141,18 +180,18 @@ mod tests {
                 ]
             })
             .collect();
-        let p = plan(&objects, 2, 1_000_000);
+        let p = plan(&objects, &HashMap::new(), 2, 1_000_000);
         assert_eq!(p.keep, vec![ids[4].clone(), ids[3].clone()]);
         assert_eq!(
             p.delete_backups,
             vec![ids[0].clone(), ids[1].clone(), ids[2].clone()]
         );
         assert!(
-            plan(&objects, 0, 1_000_000).delete_backups.is_empty(),
+            plan(&objects, &HashMap::new(), 0, 1_000_000).delete_backups.is_empty(),
             "< 1 keeps all"
         );
         assert!(
-            plan(&objects, -3, 1_000_000).delete_backups.is_empty(),
+            plan(&objects, &HashMap::new(), -3, 1_000_000).delete_backups.is_empty(),
             "< 1 keeps all"
         );
     }
@@ -170,7 +209,7 @@ mod tests {
         ]);
         objects.push(obj("backups/not-ours.txt".into(), 9 * 86400));
         objects.push(obj("somebody-elses/file".into(), 9 * 86400));
-        let p = plan(&objects, 1, 1_000_000);
+        let p = plan(&objects, &HashMap::new(), 1, 1_000_000);
         assert_eq!(
             p.keep,
             vec![ids[0].clone()],
@@ -178,5 +217,52 @@ mod tests {
         );
         assert_eq!(p.delete_leftovers, vec![layout::archive_key(&ids[1])]);
         assert!(p.delete_backups.is_empty());
+    }
+
+    #[test]
+    fn two_chains_never_orphan_an_incremental() {
+        // Chain A: a0 (full) a1 a2; chain B: b0 (full) b1, b2. Ids sort by time.
+        let ids = ids(6);
+        let (a0, a1, a2, b0, b1, b2) = (&ids[0], &ids[1], &ids[2], &ids[3], &ids[4], &ids[5]);
+        let mut parents = HashMap::new();
+        parents.insert(a0.clone(), None);
+        parents.insert(a1.clone(), Some(a0.clone()));
+        parents.insert(a2.clone(), Some(a1.clone()));
+        parents.insert(b0.clone(), None);
+        parents.insert(b1.clone(), Some(b0.clone()));
+        parents.insert(b2.clone(), Some(b1.clone()));
+        let objects: Vec<ObjectInfo> = ids
+            .iter()
+            .flat_map(|id| {
+                [
+                    obj(layout::archive_key(id), 0),
+                    obj(layout::watermark_key(id), 0),
+                    obj(layout::manifest_key(id), 0),
+                ]
+            })
+            .collect();
+        for n in 1..=7 {
+            let p = plan(&objects, &parents, n, 1_000_000);
+            // Every kept backup's ancestors are kept.
+            for k in &p.keep {
+                let mut cur = k.clone();
+                while let Some(Some(parent)) = parents.get(&cur) {
+                    assert!(p.keep.contains(parent), "n={n}: {k} kept without {parent}");
+                    cur = parent.clone();
+                }
+            }
+            // At least n restore points (or all) are kept, and deletions are whole chains.
+            assert!(p.keep.len() >= (n as usize).min(6), "n={n}: {p:?}");
+            let deleted: HashSet<&String> = p.delete_backups.iter().collect();
+            let chain_a = [a0, a1, a2];
+            let gone = chain_a.iter().filter(|x| deleted.contains(**x)).count();
+            assert!(gone == 0 || gone == 3, "n={n}: part of chain A deleted: {p:?}");
+            assert!(!deleted.contains(b0) && !deleted.contains(b1) && !deleted.contains(b2));
+            assert!(p.delete_leftovers.is_empty());
+        }
+        let p = plan(&objects, &parents, 1, 1_000_000);
+        assert_eq!(p.keep, vec![b2.clone(), b1.clone(), b0.clone()]);
+        assert_eq!(p.delete_backups, vec![a0.clone(), a1.clone(), a2.clone()]);
+        assert!(plan(&objects, &parents, 4, 1_000_000).delete_backups.is_empty());
     }
 }

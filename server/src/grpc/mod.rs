@@ -108,6 +108,7 @@ pub fn backup_pb(r: &BackupRecord, location_base: &str) -> pb::Backup {
             .map(|k| format!("{}/{k}", location_base.trim_end_matches('/')))
             .unwrap_or_default(),
         progress: None,
+        note: r.note.clone().unwrap_or_default(),
     }
 }
 
@@ -163,13 +164,11 @@ impl BackupService for Service {
     ) -> Result<Response<pb::CreateBackupResponse>, Status> {
         let who = caller(&request);
         let req = request.into_inner();
-        if req.incremental {
-            return Err(Status::unimplemented(
-                "incremental backups are not available yet; create a full backup",
-            ));
-        }
         let base = self.engine.config().destination.url();
-        let (record, _) = self.engine.start_backup(&who).await.map_err(status_of)?;
+        let (record, _) = self
+            .engine
+            .start_backup(&who, req.incremental)
+            .await.map_err(status_of)?;
         let record = if req.wait {
             self.engine.wait_backup(&record.id).await.unwrap_or(record)
         } else {

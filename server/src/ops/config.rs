@@ -126,6 +126,18 @@ pub struct BackupConfig {
     pub restore: Option<RestoreConfig>,
     /// Restore drills.
     pub drill: Option<DrillConfig>,
+    /// Incremental scheduled backups.
+    pub incremental: Option<IncrementalConfig>,
+}
+
+/// `backup.incremental`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IncrementalConfig {
+    /// Scheduled backups are incremental.
+    pub enabled: Option<bool>,
+    /// A full backup once the newest chain holds this many incrementals (default 23).
+    pub full_every: Option<u32>,
 }
 
 /// `backup.drill`.

@@ -86,8 +86,9 @@ impl Schedule {
     }
 }
 
-/// Runs scheduled backups until the task is dropped.
-pub async fn run(engine: Engine, schedule: Schedule) {
+/// Runs scheduled backups until the task is dropped. With `full_every = Some(n)` the runs are
+/// incremental, with a full backup once the newest chain holds `n` incrementals.
+pub async fn run(engine: Engine, schedule: Schedule, full_every: Option<u32>) {
     let who = Identity {
         id: "scheduler".into(),
         name: "in-process schedule".into(),
@@ -104,7 +105,11 @@ pub async fn run(engine: Engine, schedule: Schedule) {
         let wait = (next - Utc::now()).to_std().unwrap_or_default();
         tokio::time::sleep(wait).await;
         last = next;
-        match engine.start_backup(&who).await {
+        let incremental = match full_every {
+            Some(n) => engine.incrementals_in_newest_chain().await < n as usize,
+            None => false,
+        };
+        match engine.start_backup(&who, incremental).await {
             Err(EngineError::Busy { kind, id }) => {
                 tracing::warn!(tick = %next, running = %format!("{kind} {id}"), "scheduled backup skipped: another operation is running");
                 continue;

@@ -23,6 +23,13 @@ pub struct EventStoreAddr {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
+/// The store does not continue the backup chain an incremental backup was to build on (a
+/// version gap, a store that went backwards after a restore, events without versions): the
+/// backup must be a full one. The text says why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ChainMismatch(pub String);
+
 /// Largest event accepted from the store (Monoskope's clients: 4 MiB; we allow more).
 const MAX_EVENT: usize = 64 * 1024 * 1024;
 

@@ -34,6 +34,39 @@ pub fn snapshot(pool: PgPool, buffer: usize) -> mpsc::Receiver<anyhow::Result<Re
     rx
 }
 
+/// Reads one row of [`SELECT`]'s columns.
+fn record_of(row: &sqlx::postgres::PgRow) -> anyhow::Result<Record> {
+    let ts: Option<chrono::DateTime<chrono::Utc>> = row.try_get("timestamp")?;
+    let md: Option<String> = row.try_get("metadata")?;
+    Ok(Record {
+        event_id: row.try_get("event_id")?,
+        event_type: row
+            .try_get::<Option<String>, _>("event_type")?
+            .unwrap_or_default(),
+        aggregate_id: row
+            .try_get::<Option<String>, _>("aggregate_id")?
+            .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into()),
+        aggregate_type: row
+            .try_get::<Option<String>, _>("aggregate_type")?
+            .unwrap_or_default(),
+        aggregate_version: row
+            .try_get::<Option<i64>, _>("aggregate_version")?
+            .unwrap_or(0) as u64,
+        timestamp: ts.map(|t| prost_types::Timestamp {
+            seconds: t.timestamp(),
+            nanos: t.timestamp_subsec_nanos() as i32,
+        }),
+        metadata: match md {
+            Some(m) => serde_json::from_str(&m)?,
+            None => Default::default(),
+        },
+        data: row
+            .try_get::<Option<String>, _>("data")?
+            .unwrap_or_default()
+            .into_bytes(),
+    })
+}
+
 async fn stream_into(
     pool: &PgPool,
     tx: &mpsc::Sender<anyhow::Result<Record>>,
@@ -48,36 +81,114 @@ async fn stream_into(
     if exists.is_some() {
         let mut rows = sqlx::query(SELECT).fetch(&mut *conn);
         while let Some(row) = rows.try_next().await? {
-            let ts: Option<chrono::DateTime<chrono::Utc>> = row.try_get("timestamp")?;
-            let md: Option<String> = row.try_get("metadata")?;
-            let rec = Record {
-                event_id: row.try_get("event_id")?,
-                event_type: row
-                    .try_get::<Option<String>, _>("event_type")?
-                    .unwrap_or_default(),
-                aggregate_id: row
-                    .try_get::<Option<String>, _>("aggregate_id")?
-                    .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into()),
-                aggregate_type: row
-                    .try_get::<Option<String>, _>("aggregate_type")?
-                    .unwrap_or_default(),
-                aggregate_version: row
-                    .try_get::<Option<i64>, _>("aggregate_version")?
-                    .unwrap_or(0) as u64,
-                timestamp: ts.map(|t| prost_types::Timestamp {
-                    seconds: t.timestamp(),
-                    nanos: t.timestamp_subsec_nanos() as i32,
-                }),
-                metadata: match md {
-                    Some(m) => serde_json::from_str(&m)?,
-                    None => Default::default(),
-                },
-                data: row
-                    .try_get::<Option<String>, _>("data")?
-                    .unwrap_or_default()
-                    .into_bytes(),
-            };
-            if tx.send(Ok(rec)).await.is_err() {
+            if tx.send(Ok(record_of(&row)?)).await.is_err() {
+                break;
+            }
+        }
+    }
+    drop(sqlx::query("COMMIT").execute(&mut *conn).await);
+    Ok(())
+}
+
+/// Like [`snapshot`], but only the events above `parent` (a chain's watermark), in one
+/// snapshot: first the highest version of every aggregate (one pass over the table's unique
+/// index), compared with the watermark — a store that holds less than the chain, or events
+/// without a version, is a [`super::ChainMismatch`], sent before any record — then the new
+/// events of the aggregates that grew, through the unique index.
+pub fn incremental(
+    pool: PgPool,
+    parent: std::sync::Arc<crate::engine::watermark::Watermark>,
+    buffer: usize,
+) -> mpsc::Receiver<anyhow::Result<Record>> {
+    let (tx, rx) = mpsc::channel(buffer);
+    tokio::spawn(async move {
+        if let Err(e) = incremental_into(&pool, &parent, &tx).await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    rx
+}
+
+async fn incremental_into(
+    pool: &PgPool,
+    parent: &crate::engine::watermark::Watermark,
+    tx: &mpsc::Sender<anyhow::Result<Record>>,
+) -> anyhow::Result<()> {
+    use super::ChainMismatch;
+    let mut conn = pool.acquire().await?;
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *conn)
+        .await?;
+    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('event_records')::text")
+        .fetch_one(&mut *conn)
+        .await?;
+    if exists.is_none() {
+        return Err(ChainMismatch("the store has no events table any more".into()).into());
+    }
+    let unversioned: i64 = sqlx::query_scalar(
+        r#"SELECT COUNT(*) FROM "event_records" WHERE aggregate_version IS NULL"#,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if unversioned > 0 {
+        return Err(ChainMismatch(format!(
+            "the store holds {unversioned} events without a version, which only a full backup can hold"
+        ))
+        .into());
+    }
+    let (mut types, mut ids, mut held) = (Vec::new(), Vec::new(), Vec::new());
+    let mut seen = 0usize;
+    {
+        let mut rows = sqlx::query(
+            r#"SELECT aggregate_type, aggregate_id::text AS aggregate_id, MAX(aggregate_version) AS v FROM "event_records" GROUP BY aggregate_type, aggregate_id"#,
+        )
+        .fetch(&mut *conn);
+        while let Some(row) = rows.try_next().await? {
+            let t: String = row.try_get::<Option<String>, _>("aggregate_type")?.unwrap_or_default();
+            let id: String = row
+                .try_get::<Option<String>, _>("aggregate_id")?
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let v = row.try_get::<Option<i64>, _>("v")?.unwrap_or(0) as u64;
+            let a = (t, id);
+            let h = parent.get(&a);
+            if parent.map.contains_key(&a) {
+                seen += 1;
+            }
+            if v < h {
+                return Err(ChainMismatch(format!(
+                    "the store no longer matches the chain: aggregate {} {} is at version {v}, the chain holds {h} (restored from an older backup?)",
+                    a.0, a.1
+                ))
+                .into());
+            }
+            if v > h {
+                types.push(a.0);
+                ids.push(a.1);
+                held.push(h as i64);
+            }
+        }
+    }
+    if seen < parent.map.len() {
+        return Err(ChainMismatch(format!(
+            "the store no longer matches the chain: {} aggregates the chain holds are gone from the store",
+            parent.map.len() - seen
+        ))
+        .into());
+    }
+    if !types.is_empty() {
+        let q = SELECT.replace(
+            r#"FROM "event_records" ORDER BY"#,
+            r#"FROM "event_records" e JOIN unnest($1::text[], $2::uuid[], $3::bigint[]) AS w(t, i, v) ON e.aggregate_type = w.t AND e.aggregate_id = w.i AND e.aggregate_version > w.v ORDER BY"#,
+        );
+        let ids: Vec<String> = ids;
+        let mut rows = sqlx::query(&q)
+            .bind(&types)
+            .bind(&ids)
+            .bind(&held)
+            .fetch(&mut *conn);
+        while let Some(row) = rows.try_next().await? {
+            if tx.send(Ok(record_of(&row)?)).await.is_err() {
                 break;
             }
         }
