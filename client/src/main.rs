@@ -236,7 +236,11 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                         "{:<30} {:<11} {:<30} {:<10} {:>10} {:>10}  {:<20}  {}",
                         b.id,
                         kind_name(b.kind),
-                        if b.parent_id.is_empty() { "-" } else { b.parent_id.as_str() },
+                        if b.parent_id.is_empty() {
+                            "-"
+                        } else {
+                            b.parent_id.as_str()
+                        },
                         state_name(b.state),
                         b.event_count,
                         human_bytes(b.bytes),

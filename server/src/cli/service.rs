@@ -460,7 +460,8 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         }
         if m.kind == "incremental" && m.watermark_key.is_none() {
             r.ok = false;
-            r.problems.push("an incremental backup without a watermark".into());
+            r.problems
+                .push("an incremental backup without a watermark".into());
         }
         if a.json {
             println!("{}", serde_json::to_string(&r)?);

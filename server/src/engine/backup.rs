@@ -17,12 +17,12 @@ use tokio_stream::StreamExt;
 
 use super::watermark::{aggregate_of, check_continuity, span_add, Watermark};
 use super::{EngineConfig, Progress};
-use crate::source::ChainMismatch;
 use crate::archive::{ArchiveWriter, Record, WriterOptions};
 use crate::catalog::{BackupRecord, State};
 use crate::cli::rfc3339;
 use crate::destination::manifest::{Manifest, MANIFEST_FORMAT};
 use crate::destination::{layout, Upload, PART_SIZE};
+use crate::source::ChainMismatch;
 
 /// A `Write` that cuts the archive into upload parts, hashing and counting what passes.
 struct PartWriter {
@@ -199,7 +199,14 @@ pub(super) async fn run(
                     .map
                     .iter()
                     .filter(|(a, h)| store_max.get(*a).copied().unwrap_or(0) < **h)
-                    .map(|(a, h)| format!("aggregate {} {} is at version {} in the store, the chain holds {h}", a.0, a.1, store_max.get(a).copied().unwrap_or(0)))
+                    .map(|(a, h)| {
+                        format!(
+                            "aggregate {} {} is at version {} in the store, the chain holds {h}",
+                            a.0,
+                            a.1,
+                            store_max.get(a).copied().unwrap_or(0)
+                        )
+                    })
                     .collect();
                 behind.sort();
                 if let Some(first) = behind.first() {
@@ -234,7 +241,9 @@ pub(super) async fn run(
                 .await
                 .map_err(|e| anyhow!("uploader panicked: {e}"))?;
             upload.abort().await;
-            return Err(read_result.err().unwrap_or_else(|| anyhow!("chain mismatch")));
+            return Err(read_result
+                .err()
+                .unwrap_or_else(|| anyhow!("chain mismatch")));
         }
     }
     let enc_result = encoder

@@ -169,8 +169,7 @@ pub(super) async fn run(
         caller: crate::auth::Identity::default(),
     };
     let result = async {
-        let restored =
-            super::restore::run(&scratch_cfg, &req, &Sink::Api, chain, progress).await?;
+        let restored = super::restore::run(&scratch_cfg, &req, &Sink::Api, chain, progress).await?;
         let archive = archive_digest(cfg, chain)
             .await
             .map_err(|e| EngineError::Corrupt(format!("{e:#}")))?;

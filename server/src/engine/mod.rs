@@ -221,9 +221,10 @@ impl Engine {
             });
         }
         let (sink, chain) = restore::prepare(&self.cfg, &req).await?;
-        let manifest = chain.last().cloned().ok_or_else(|| {
-            EngineError::Internal(anyhow::anyhow!("empty chain"))
-        })?;
+        let manifest = chain
+            .last()
+            .cloned()
+            .ok_or_else(|| EngineError::Internal(anyhow::anyhow!("empty chain")))?;
         let now = chrono::Utc::now();
         let id = format!("restore-{}", crate::destination::layout::new_id(now));
         let progress = self.claim("restore", &id).await?;
@@ -616,11 +617,10 @@ pub fn chain_of(
                 cur.id
             ));
         }
-        let p = all
-            .iter()
-            .find(|x| x.id == pid)
-            .cloned()
-            .ok_or_else(|| format!("link {pid} (parent of {}) is missing or incomplete", cur.id))?;
+        let p =
+            all.iter().find(|x| x.id == pid).cloned().ok_or_else(|| {
+                format!("link {pid} (parent of {}) is missing or incomplete", cur.id)
+            })?;
         chain.push(p.clone());
         cur = p;
     }

@@ -62,6 +62,17 @@ pub fn next_steps(sink: &str) -> Vec<String> {
     v
 }
 
+/// Whether RFC 3339 time `a` is at or after `b` (both as this program writes them).
+fn rfc3339_ge(a: &str, b: &str) -> bool {
+    match (
+        chrono::DateTime::parse_from_rfc3339(a),
+        chrono::DateTime::parse_from_rfc3339(b),
+    ) {
+        (Ok(a), Ok(b)) => a >= b,
+        _ => false,
+    }
+}
+
 fn ts_le(a: &prost_types::Timestamp, b: &prost_types::Timestamp) -> bool {
     (a.seconds, a.nanos) <= (b.seconds, b.nanos)
 }
@@ -79,8 +90,9 @@ fn sink_err(e: SinkError) -> EngineError {
 
 /// The chain to restore for `backup_id` (an id or `latest`): the backup's full ancestor first,
 /// every link up to it, each checked to exist and to name the one before. For `latest` with
-/// `until`, the shortest chain among the backups started at or after `until` (the newest
-/// backup when none is).
+/// `until`, the shortest chain among those that cover `until` — started at or after it and
+/// holding an event at or after it, so every event up to `until` had been stored when it ran —
+/// or the newest backup's chain when none does.
 pub async fn resolve_chain(
     cfg: &EngineConfig,
     backup_id: &str,
@@ -94,10 +106,17 @@ pub async fn resolve_chain(
         ("latest", Some(u)) => {
             let u = crate::cli::rfc3339(Some(u)).unwrap_or_default();
             let mut best: Option<(usize, Manifest)> = None;
-            for m in all.iter().filter(|m| m.created_at >= u) {
+            for m in all.iter().filter(|m| rfc3339_ge(&m.created_at, &u)) {
                 if let Ok(c) = super::chain_of(&all, m) {
+                    let newest_event = c.iter().filter_map(|l| l.last_event_time.clone()).max();
+                    if newest_event.is_none_or(|t| !rfc3339_ge(&t, &u)) {
+                        continue;
+                    }
                     // Shortest chain; among equals the oldest backup (fewest events to skip).
-                    if best.as_ref().is_none_or(|(n, b)| c.len() < *n || (c.len() == *n && m.id < b.id)) {
+                    if best
+                        .as_ref()
+                        .is_none_or(|(n, b)| c.len() < *n || (c.len() == *n && m.id < b.id))
+                    {
                         best = Some((c.len(), m.clone()));
                     }
                 }
@@ -216,8 +235,13 @@ fn spawn_reader(
                     return;
                 }
             };
-            let parent = if i == 0 { String::new() } else { chain[i - 1].id.clone() };
-            let (m2, keys2, tx2, progress2) = (m.clone(), keys.clone(), tx.clone(), progress.clone());
+            let parent = if i == 0 {
+                String::new()
+            } else {
+                chain[i - 1].id.clone()
+            };
+            let (m2, keys2, tx2, progress2) =
+                (m.clone(), keys.clone(), tx.clone(), progress.clone());
             let track = n > 1;
             let result = tokio::task::spawn_blocking(move || {
                 let bridge = std::io::BufReader::with_capacity(
@@ -269,7 +293,9 @@ fn spawn_reader(
                     return;
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(anyhow::anyhow!("{link}: reader failed: {e}"))).await;
+                    let _ = tx
+                        .send(Err(anyhow::anyhow!("{link}: reader failed: {e}")))
+                        .await;
                     return;
                 }
             };
@@ -278,7 +304,9 @@ fn spawn_reader(
                 if i > 0 {
                     if let Err(p) = check_continuity(&held, &spans) {
                         let _ = tx
-                            .send(Err(anyhow::anyhow!("{link} does not continue the chain: {p}")))
+                            .send(Err(anyhow::anyhow!(
+                                "{link} does not continue the chain: {p}"
+                            )))
                             .await;
                         return;
                     }
@@ -328,9 +356,7 @@ pub(super) async fn run(
                     Some(Ok(None)) => break,
                     Some(Err(e)) => {
                         reader.abort();
-                        return Err(EngineError::Corrupt(format!(
-                            "{e:#}; nothing was written"
-                        )));
+                        return Err(EngineError::Corrupt(format!("{e:#}; nothing was written")));
                     }
                     None => {
                         return Err(EngineError::Internal(anyhow::anyhow!(

@@ -187,11 +187,15 @@ mod tests {
             vec![ids[0].clone(), ids[1].clone(), ids[2].clone()]
         );
         assert!(
-            plan(&objects, &HashMap::new(), 0, 1_000_000).delete_backups.is_empty(),
+            plan(&objects, &HashMap::new(), 0, 1_000_000)
+                .delete_backups
+                .is_empty(),
             "< 1 keeps all"
         );
         assert!(
-            plan(&objects, &HashMap::new(), -3, 1_000_000).delete_backups.is_empty(),
+            plan(&objects, &HashMap::new(), -3, 1_000_000)
+                .delete_backups
+                .is_empty(),
             "< 1 keeps all"
         );
     }
@@ -256,13 +260,18 @@ mod tests {
             let deleted: HashSet<&String> = p.delete_backups.iter().collect();
             let chain_a = [a0, a1, a2];
             let gone = chain_a.iter().filter(|x| deleted.contains(**x)).count();
-            assert!(gone == 0 || gone == 3, "n={n}: part of chain A deleted: {p:?}");
+            assert!(
+                gone == 0 || gone == 3,
+                "n={n}: part of chain A deleted: {p:?}"
+            );
             assert!(!deleted.contains(b0) && !deleted.contains(b1) && !deleted.contains(b2));
             assert!(p.delete_leftovers.is_empty());
         }
         let p = plan(&objects, &parents, 1, 1_000_000);
         assert_eq!(p.keep, vec![b2.clone(), b1.clone(), b0.clone()]);
         assert_eq!(p.delete_backups, vec![a0.clone(), a1.clone(), a2.clone()]);
-        assert!(plan(&objects, &parents, 4, 1_000_000).delete_backups.is_empty());
+        assert!(plan(&objects, &parents, 4, 1_000_000)
+            .delete_backups
+            .is_empty());
     }
 }

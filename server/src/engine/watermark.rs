@@ -24,7 +24,10 @@ pub type Aggregate = (String, String);
 
 /// The aggregate of a record.
 pub fn aggregate_of(r: &Record) -> Aggregate {
-    (r.aggregate_type.clone(), r.aggregate_id.to_ascii_lowercase())
+    (
+        r.aggregate_type.clone(),
+        r.aggregate_id.to_ascii_lowercase(),
+    )
 }
 
 /// Aggregate → highest version held.
@@ -96,10 +99,9 @@ impl Watermark {
     ) -> anyhow::Result<String> {
         let me = self.clone();
         let id = backup_id.to_string();
-        let bytes = tokio::task::spawn_blocking(move || {
-            me.to_archive(&id, protection, compression_level)
-        })
-        .await??;
+        let bytes =
+            tokio::task::spawn_blocking(move || me.to_archive(&id, protection, compression_level))
+                .await??;
         let key = layout::watermark_key(backup_id);
         dest.put(&key, bytes)
             .await
@@ -210,7 +212,11 @@ mod tests {
         }
         w.observe(&rec("Tenant", "cd", 7));
         let bytes = w
-            .to_archive("20261124T000000000Z-00000001", Protection::Key(key.clone()), 3)
+            .to_archive(
+                "20261124T000000000Z-00000001",
+                Protection::Key(key.clone()),
+                3,
+            )
             .expect("write");
         let keys = Keys::keyring(crate::archive::Keyring::new(vec![key]).expect("ring"));
         let back =
@@ -231,13 +237,21 @@ mod tests {
             }
             s
         };
-        assert!(check_continuity(&before, &spans_of(&[rec("User", "a", 3), rec("User", "b", 1)])).is_ok());
+        assert!(check_continuity(
+            &before,
+            &spans_of(&[rec("User", "a", 3), rec("User", "b", 1)])
+        )
+        .is_ok());
         let e = check_continuity(&before, &spans_of(&[rec("User", "a", 4)])).expect_err("gap");
         assert!(e.contains("gap"), "{e}");
-        let e = check_continuity(&before, &spans_of(&[rec("User", "a", 2), rec("User", "a", 3)]))
-            .expect_err("overlap");
+        let e = check_continuity(
+            &before,
+            &spans_of(&[rec("User", "a", 2), rec("User", "a", 3)]),
+        )
+        .expect_err("overlap");
         assert!(e.contains("again"), "{e}");
-        let e = check_continuity(&before, &spans_of(&[rec("User", "b", 2)])).expect_err("new aggregate not from 1");
+        let e = check_continuity(&before, &spans_of(&[rec("User", "b", 2)]))
+            .expect_err("new aggregate not from 1");
         assert!(e.contains("gap"), "{e}");
     }
 }

@@ -168,7 +168,8 @@ impl BackupService for Service {
         let (record, _) = self
             .engine
             .start_backup(&who, req.incremental)
-            .await.map_err(status_of)?;
+            .await
+            .map_err(status_of)?;
         let record = if req.wait {
             self.engine.wait_backup(&record.id).await.unwrap_or(record)
         } else {

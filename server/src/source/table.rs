@@ -144,7 +144,9 @@ async fn incremental_into(
         )
         .fetch(&mut *conn);
         while let Some(row) = rows.try_next().await? {
-            let t: String = row.try_get::<Option<String>, _>("aggregate_type")?.unwrap_or_default();
+            let t: String = row
+                .try_get::<Option<String>, _>("aggregate_type")?
+                .unwrap_or_default();
             let id: String = row
                 .try_get::<Option<String>, _>("aggregate_id")?
                 .unwrap_or_default()
