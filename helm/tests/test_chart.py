@@ -38,6 +38,7 @@ VALUE_SETS = {
             "alerting": {"enabled": True, "secondsSinceLastSuccessfulBackup": 3600,
                          "alertAfter": "30m", "labels": {"release": "monitoring"}},
             "drill": {"schedule": "0 4 * * 0"},
+            "incremental": {"enabled": True, "fullEvery": 11},
             "restore": {"enabled": True, "backupIdentifier": "20261124T101500123Z-1a2b3c4d",
                         "dropExisting": True},
         },
@@ -149,7 +150,8 @@ for name, values in VALUE_SETS.items():
         if obj["kind"] == "CronJob":
             check(obj["spec"]["concurrencyPolicy"] == "Forbid", f"{where}: concurrencyPolicy")
             c = pod_spec(obj)["containers"][0]
-            check(c["args"] == ["create", "--wait"], f"{where}: args {c['args']}")
+            want = ["create", "--wait"] + (["--incremental"] if values["backup"].get("incremental", {}).get("enabled") else [])
+            check(c["args"] == want, f"{where}: args {c['args']}")
         if obj["kind"] == "Job":
             spec = pod_spec(obj)
             restore = (spec.get("initContainers") or spec["containers"])[0]

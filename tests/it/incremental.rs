@@ -569,4 +569,17 @@ async fn an_incremental_falls_back_to_full_and_says_why() {
     let out = f.backup(&["--event-store", &other.addr], true, &[]);
     assert_eq!(out["kind"], "incremental", "{out}");
     assert_eq!(out["event_count"], 5, "{out}");
+    // The chain holds one incremental: with fullEvery 1 the next one is full.
+    let out = f.backup(
+        &["--event-store", &other.addr],
+        true,
+        &["--full-every", "1"],
+    );
+    assert_eq!(out["kind"], "full", "{out}");
+    assert!(
+        out["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("fullEvery is 1")),
+        "{out}"
+    );
 }

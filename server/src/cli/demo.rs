@@ -97,6 +97,7 @@ pub(super) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         restore_timeout: std::time::Duration::from_secs(3600),
         emit_events: true,
         pushgateway: None,
+        full_every: 23,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

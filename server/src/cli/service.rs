@@ -72,13 +72,10 @@ pub struct ServeArgs {
     /// `backup.drill.schedule`.
     #[arg(long, env = "BACKUP_DRILL_SCHEDULE")]
     pub drill_schedule: Option<String>,
-    /// Scheduled backups are incremental (config `backup.incremental.enabled`).
+    /// Scheduled backups are incremental (config `backup.incremental.enabled`); every
+    /// --full-every-th is full.
     #[arg(long, env = "BACKUP_INCREMENTAL")]
     pub incremental: bool,
-    /// With --incremental: a full backup once the newest chain holds N incrementals (config
-    /// `backup.incremental.fullEvery`; default 23, a daily full with hourly incrementals).
-    #[arg(long, env = "BACKUP_FULL_EVERY")]
-    pub full_every: Option<u32>,
 }
 
 /// `backup-server backup`.
@@ -321,12 +318,10 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .as_ref()
             .and_then(|b| b.incremental.clone())
             .unwrap_or_default();
-        let full_every = (a.incremental || inc.enabled.unwrap_or(false))
-            .then(|| a.full_every.or(inc.full_every).unwrap_or(23));
         scheduled.push(tokio::spawn(crate::ops::schedule::run(
             engine.clone(),
             s,
-            full_every,
+            a.incremental || inc.enabled.unwrap_or(false),
         )));
     }
     if let Some(s) = drill_schedule {

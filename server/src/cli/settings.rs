@@ -74,6 +74,11 @@ pub struct CommonArgs {
     /// run (config `eventStore.emitEvents`; default true).
     #[arg(long, env = "BACKUP_EMIT_EVENTS")]
     pub emit_events: Option<bool>,
+    /// An incremental request becomes a full backup once the newest chain holds N
+    /// incrementals (config `backup.incremental.fullEvery`; default 23: with hourly
+    /// incrementals, a full backup a day).
+    #[arg(long, env = "BACKUP_FULL_EVERY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub full_every: Option<u32>,
 }
 
 /// Resolved settings.
@@ -107,6 +112,8 @@ pub struct Settings {
     pub pushgateway_url: Option<String>,
     /// Store events after each run.
     pub emit_events: bool,
+    /// Incrementals per chain before a full backup.
+    pub full_every: u32,
 }
 
 /// Default catalog of the embedded default.
@@ -172,6 +179,10 @@ impl CommonArgs {
                 .or(b.prometheus_pushgateway_url.clone())
                 .filter(|u| !u.is_empty()),
             emit_events: self.emit_events.or(es.emit_events).unwrap_or(true),
+            full_every: self
+                .full_every
+                .or(b.incremental.as_ref().and_then(|i| i.full_every))
+                .unwrap_or(23),
             event_store,
             destination_url: self.destination.clone().or(file_dest),
             s3,
@@ -244,6 +255,7 @@ impl Settings {
             compression_level: self.compression_level,
             restore_timeout: self.restore_timeout,
             emit_events: self.emit_events,
+            full_every: self.full_every,
             pushgateway: self
                 .pushgateway_url
                 .as_deref()

@@ -139,6 +139,8 @@ pub struct EngineConfig {
     pub emit_events: bool,
     /// Where each run's metrics are pushed.
     pub pushgateway: Option<crate::ops::pushgateway::Pushgateway>,
+    /// An incremental request becomes full once the newest chain holds this many incrementals.
+    pub full_every: u32,
 }
 
 /// The engine. Cheap to clone.
@@ -406,7 +408,16 @@ impl Engine {
         tracing::info!(backup_id = %record.id, created_by = %record.created_by, source = %record.source, destination = %self.cfg.destination.url(), "backup started");
         let mut parent = None;
         if record.kind == "incremental" {
-            match choose_parent(&self.cfg).await {
+            let held = self.incrementals_in_newest_chain().await;
+            let choice = if held >= self.cfg.full_every as usize {
+                Err(format!(
+                    "the newest chain holds {held} incrementals (fullEvery is {})",
+                    self.cfg.full_every
+                ))
+            } else {
+                choose_parent(&self.cfg).await
+            };
+            match choice {
                 Ok(p) => {
                     record.parent_id = Some(p.manifest.id.clone());
                     parent = Some(p);

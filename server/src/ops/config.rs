@@ -136,7 +136,7 @@ pub struct BackupConfig {
 pub struct IncrementalConfig {
     /// Scheduled backups are incremental.
     pub enabled: Option<bool>,
-    /// A full backup once the newest chain holds this many incrementals (default 23).
+    /// An incremental request becomes full once the newest chain holds this many (default 23).
     pub full_every: Option<u32>,
 }
 
@@ -238,6 +238,9 @@ impl FileConfig {
             }
             if let Some(s) = b.drill.as_ref().and_then(|d| d.schedule.as_ref()) {
                 crate::ops::schedule::parse(s).with_context(|| "backup.drill.schedule")?;
+            }
+            if b.incremental.as_ref().and_then(|i| i.full_every) == Some(0) {
+                bail!("backup.incremental.fullEvery: must be at least 1");
             }
             if let Some(r) = b.retention_count {
                 if r < 0 {

@@ -86,9 +86,9 @@ impl Schedule {
     }
 }
 
-/// Runs scheduled backups until the task is dropped. With `full_every = Some(n)` the runs are
-/// incremental, with a full backup once the newest chain holds `n` incrementals.
-pub async fn run(engine: Engine, schedule: Schedule, full_every: Option<u32>) {
+/// Runs scheduled backups until the task is dropped; `incremental` runs are full once the
+/// newest chain holds `fullEvery` incrementals (the engine decides).
+pub async fn run(engine: Engine, schedule: Schedule, incremental: bool) {
     let who = Identity {
         id: "scheduler".into(),
         name: "in-process schedule".into(),
@@ -105,10 +105,6 @@ pub async fn run(engine: Engine, schedule: Schedule, full_every: Option<u32>) {
         let wait = (next - Utc::now()).to_std().unwrap_or_default();
         tokio::time::sleep(wait).await;
         last = next;
-        let incremental = match full_every {
-            Some(n) => engine.incrementals_in_newest_chain().await < n as usize,
-            None => false,
-        };
         match engine.start_backup(&who, incremental).await {
             Err(EngineError::Busy { kind, id }) => {
                 tracing::warn!(tick = %next, running = %format!("{kind} {id}"), "scheduled backup skipped: another operation is running");
