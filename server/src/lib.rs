@@ -6,6 +6,7 @@
 //! - [`cli`]: the `backup-server` command line;
 //! - [`auth`]: the authentication layer (gateway, jwt, none) and who may do what;
 //! - [`ops`]: logging, secrets, configuration, metrics, Pushgateway, events, schedules;
+//! - [`import`]: reading Monoskope's own tar backups (migration);
 //! - [`devstore`]: the embedded EventStore that speaks Monoskope's contract (demo and tests).
 
 pub mod archive;
@@ -16,6 +17,7 @@ pub mod destination;
 pub mod devstore;
 pub mod engine;
 pub mod grpc;
+pub mod import;
 pub mod ops;
 pub mod sink;
 pub mod source;

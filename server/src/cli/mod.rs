@@ -1,6 +1,7 @@
 //! The `backup-server` command line.
 
 mod demo;
+mod import;
 mod inspect;
 mod service;
 pub mod settings;
@@ -55,6 +56,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Check a configuration file (every key and value) without starting anything.
     CheckConfig(CheckConfigArgs),
+    /// Import backups written by other tools (Monoskope's own EventStore backups).
+    Import(import::ImportArgs),
 }
 
 /// `backup-server devstore`.
@@ -163,6 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(a) => service::restore(a).await,
         Command::Catalog(a) => service::catalog(a).await,
         Command::Demo(a) => demo::run(a).await,
+        Command::Import(a) => import::run(a).await,
         Command::CheckConfig(a) => {
             crate::ops::config::FileConfig::load(&a.config)?;
             println!("{}: ok", a.config.display());

@@ -88,11 +88,16 @@ pub struct Parent {
     pub watermark: Arc<Watermark>,
 }
 
+/// A stream of records from somewhere other than the configured store (an import).
+pub type RecordStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = anyhow::Result<Record>> + Send>>;
+
 pub(super) async fn run(
     cfg: &EngineConfig,
     running: &BackupRecord,
     progress: Arc<Progress>,
     parent: Option<Parent>,
+    custom: Option<RecordStream>,
 ) -> anyhow::Result<BackupRecord> {
     let protection = cfg.protection.clone().context(
         "no encryption key: give --key-file, BACKUP_ENCRYPTION_KEY or BACKUP_PASSPHRASE (or --no-encryption to write unencrypted archives)",
@@ -146,8 +151,9 @@ pub(super) async fn run(
     let read_progress = progress.clone();
     let before = parent.as_ref().map(|p| p.watermark.clone());
     let from_table = cfg.events_db.is_some();
-    let mut stream: std::pin::Pin<Box<dyn futures::Stream<Item = anyhow::Result<Record>> + Send>> =
-        match (&cfg.events_db, &before) {
+    let mut stream: RecordStream = match custom {
+        Some(s) => s,
+        None => match (&cfg.events_db, &before) {
             (Some(url), None) => Box::pin(tokio_stream::wrappers::ReceiverStream::new(
                 crate::source::table::snapshot(crate::source::table::connect(url).await?, 1024),
             )),
@@ -161,7 +167,8 @@ pub(super) async fn run(
             // The API has no per-aggregate maximum: an incremental reads every event and keeps
             // the new ones.
             (None, _) => Box::pin(cfg.event_store.retrieve_all().await?),
-        };
+        },
+    };
     let reader = async move {
         let mut wm = before.as_deref().cloned().unwrap_or_default();
         let mut spans = std::collections::HashMap::new();

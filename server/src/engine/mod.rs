@@ -341,6 +341,35 @@ impl Engine {
         caller: &Identity,
         incremental: bool,
     ) -> Result<(BackupRecord, watch::Receiver<Option<BackupRecord>>), EngineError> {
+        self.start_backup_with(caller, incremental, None).await
+    }
+
+    /// Runs a full backup of `records` (e.g. a converted Monoskope backup) to its end, recorded
+    /// with `source` as its source.
+    pub async fn backup_from(
+        &self,
+        caller: &Identity,
+        source: &str,
+        records: backup::RecordStream,
+    ) -> Result<BackupRecord, EngineError> {
+        let (_, rx) = self
+            .start_backup_with(caller, false, Some((source.to_string(), records)))
+            .await?;
+        final_value(rx).await.ok_or_else(|| {
+            EngineError::Internal(anyhow::anyhow!("backup task ended without a result"))
+        })
+    }
+
+    async fn start_backup_with(
+        &self,
+        caller: &Identity,
+        incremental: bool,
+        custom: Option<(String, backup::RecordStream)>,
+    ) -> Result<(BackupRecord, watch::Receiver<Option<BackupRecord>>), EngineError> {
+        let (custom_source, custom) = match custom {
+            Some((s, r)) => (Some(s), Some(r)),
+            None => (None, None),
+        };
         let now = chrono::Utc::now();
         let id = crate::destination::layout::new_id(now);
         let progress = self.claim("backup", &id).await?;
@@ -352,9 +381,10 @@ impl Engine {
             created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             completed_at: None,
             created_by: caller.label(),
-            source: match &self.cfg.events_db {
-                Some(url) => format!("events-table:{}", redact_url(url)),
-                None => format!("eventstore-api:{}", self.cfg.event_store.addr),
+            source: match (&custom_source, &self.cfg.events_db) {
+                (Some(s), _) => s.clone(),
+                (None, Some(url)) => format!("events-table:{}", redact_url(url)),
+                (None, None) => format!("eventstore-api:{}", self.cfg.event_store.addr),
             },
             event_count: 0,
             archive_bytes: 0,
@@ -378,7 +408,9 @@ impl Engine {
         let running = record.clone();
         let caller = caller.clone();
         tokio::spawn(async move {
-            let final_record = engine.finish_backup(running, progress, &caller).await;
+            let final_record = engine
+                .finish_backup(running, progress, &caller, custom)
+                .await;
             engine.release().await;
             let _ = tx.send(Some(final_record));
         });
@@ -402,6 +434,7 @@ impl Engine {
         mut record: BackupRecord,
         progress: Arc<Progress>,
         caller: &Identity,
+        custom: Option<backup::RecordStream>,
     ) -> BackupRecord {
         let started = Instant::now();
         metrics::get().started(Op::Backup);
@@ -429,7 +462,7 @@ impl Engine {
                 }
             }
         }
-        let mut result = backup::run(&self.cfg, &record, progress.clone(), parent).await;
+        let mut result = backup::run(&self.cfg, &record, progress.clone(), parent, custom).await;
         if let Some(m) = result
             .as_ref()
             .err()
@@ -442,7 +475,7 @@ impl Engine {
             record.note = Some(format!("full instead of incremental: {why}"));
             progress.events.store(0, Ordering::Relaxed);
             progress.bytes.store(0, Ordering::Relaxed);
-            result = backup::run(&self.cfg, &record, progress, None).await;
+            result = backup::run(&self.cfg, &record, progress, None, None).await;
         }
         match result {
             Ok(done) => {
