@@ -143,7 +143,9 @@ pub fn parse_event(json: &[u8]) -> Result<Record, String> {
             .map_err(|e| format!("ETimestamp {ts:?} is not an RFC 3339 time ({e})"))?;
         let year = chrono::Datelike::year(&t.with_timezone(&chrono::Utc));
         if !(1..=9999).contains(&year) {
-            return Err(format!("ETimestamp {ts:?} is out of range (years 1 to 9999)"));
+            return Err(format!(
+                "ETimestamp {ts:?} is out of range (years 1 to 9999)"
+            ));
         }
         Some(prost_types::Timestamp {
             seconds: t.timestamp(),
@@ -226,10 +228,17 @@ pub fn read(
                 "entry {i} is not an event: a tar entry of type {kind:?}, where Monoskope writes only regular files"
             );
         }
-        let mut content = Vec::with_capacity(entry.size() as usize);
+        let declared = entry.size();
+        let mut content = Vec::with_capacity(declared.min(64 << 20) as usize);
         entry
             .read_to_end(&mut content)
             .map_err(|e| tar_error(i, &e))?;
+        if (content.len() as u64) < declared {
+            anyhow::bail!(
+                "the tar archive is truncated in entry {i} ({} of its {declared} bytes)",
+                content.len()
+            );
+        }
         s.entry_bytes += content.len() as u64;
         let json: &[u8] = match key {
             Some(k) => {
@@ -238,9 +247,9 @@ pub fn read(
                         "entry {i} is not encrypted, but a key was given: this backup was written without S3_ENCRYPTION_KEY; import it without a key"
                     );
                 }
-                let skip = k.decrypt(&mut content).map_err(|e| {
-                    anyhow::anyhow!("entry {i} {e}")
-                })?;
+                let skip = k
+                    .decrypt(&mut content)
+                    .map_err(|e| anyhow::anyhow!("entry {i} {e}"))?;
                 &content[skip..]
             }
             None => &content,

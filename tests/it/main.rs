@@ -6,6 +6,7 @@ mod auth;
 mod destination;
 mod devstore_contract;
 mod helm;
+mod import;
 mod incremental;
 mod ops;
 mod restore;

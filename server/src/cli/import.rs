@@ -63,9 +63,7 @@ pub struct MonoskopeArgs {
 
 fn key_of(a: &MonoskopeArgs) -> anyhow::Result<Option<MonoskopeKey>> {
     let raw = match &a.monoskope_key_file {
-        Some(p) => Some(
-            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
-        ),
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
         None => std::env::var_os("S3_ENCRYPTION_KEY")
             .map(std::os::unix::ffi::OsStringExt::into_vec)
             .filter(|v| !v.is_empty()),
@@ -234,8 +232,8 @@ pub(super) async fn run(a: ImportArgs) -> anyhow::Result<()> {
         (Err(e), Err(_)) if format!("{e:#}").contains("stopped taking events") => None,
         (s, _) => Some(s?),
     };
-    let written = written
-        .context("writing into event_records failed; nothing was written (rolled back)")?;
+    let written =
+        written.context("writing into event_records failed; nothing was written (rolled back)")?;
     let summary = summary.unwrap_or_default();
     print_summary(&summary, a.json)?;
     println!(
