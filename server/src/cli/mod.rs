@@ -1,5 +1,6 @@
 //! The `backup-server` command line.
 
+mod bench;
 mod demo;
 mod import;
 mod inspect;
@@ -58,6 +59,12 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     /// Import backups written by other tools (Monoskope's own EventStore backups).
     Import(import::ImportArgs),
+    /// Load N deterministic Monoskope-like events straight into an empty events table (for the
+    /// benchmark run).
+    Generate(bench::GenerateArgs),
+    /// Measure zstd and AES-256-GCM alone on a file's bytes, in 1 MiB chunks (for the
+    /// benchmark run); prints JSON.
+    BenchPrimitives(bench::PrimitivesArgs),
 }
 
 /// `backup-server devstore`.
@@ -167,6 +174,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Catalog(a) => service::catalog(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Import(a) => import::run(a).await,
+        Command::Generate(a) => bench::generate(a).await,
+        Command::BenchPrimitives(a) => bench::primitives(a),
         Command::CheckConfig(a) => {
             crate::ops::config::FileConfig::load(&a.config)?;
             println!("{}: ok", a.config.display());
