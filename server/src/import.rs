@@ -390,6 +390,11 @@ mod tests {
                 .to_string(),
             "S3_ENCRYPTION_KEY must be 16, 24 or 32 bytes, got 33 (it ends with a newline)"
         );
+        assert!(
+            parse_event(br#"{"EType":"A","ETimestamp":"0000-12-31T23:59:59Z"}"#)
+                .expect_err("year 0")
+                .contains("out of range")
+        );
         let r = parse_event(br#"{"etype":"A","AID":"6F1C3C0E8D1E4C5A9B2F0A1B2C3D4E5F","AVersion":2,"ETimestamp":"0001-01-01T00:00:00Z"}"#).expect("lenient");
         assert_eq!(r.event_type, "A");
         assert_eq!(r.aggregate_id, "6f1c3c0e-8d1e-4c5a-9b2f-0a1b2c3d4e5f");

@@ -204,32 +204,78 @@ fn expected(events: &[Event]) -> Vec<R> {
     v
 }
 
+/// Entries Go writes for unusual values (§5.1's examples made one aggregate): offsets and
+/// nanoseconds, HTML-safe escapes, U+2028, emoji, control characters, null and `{}` metadata,
+/// null data; with the events they stand for (timestamps as the database keeps them).
+fn exotic() -> (Vec<Vec<u8>>, Vec<Event>) {
+    let id = "6f1c3c0e-8d1e-4c5a-9b2f-0a1b2c3d4e5f";
+    let entries = vec![
+        format!(r#"{{"EType":"X\u003c\u0026\u003e","EData":"eyJhIjogMSwgImIiOiAiXHUwMDNjw6nwn5qAIn0=","ETimestamp":"2023-05-04T12:11:12.345678001+02:00","AType":"T\u2028","AID":"{id}","AVersion":1,"MD":{{"":"","A":"é🚀","b":"\u0001\n"}}}}"#),
+        format!(r#"{{"EType":"TenantDeleted","EData":null,"ETimestamp":"2023-05-04T00:41:12.5-09:30","AType":"T\u2028","AID":"{id}","AVersion":2,"MD":{{}}}}"#),
+        format!(r#"{{"EType":"TenantUpdated","EData":"eyJuYW1lIjogIm0ifQ==","ETimestamp":"2023-05-04T10:11:13Z","AType":"T\u2028","AID":"{id}","AVersion":3,"MD":null}}"#),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect();
+    let ev = |t: &str, data: &str, secs: i64, nanos: i32, v: u64, md: &[(&str, &str)]| Event {
+        r#type: t.into(),
+        timestamp: Some(prost_types::Timestamp {
+            seconds: secs,
+            nanos,
+        }),
+        aggregate_id: id.into(),
+        aggregate_type: "T\u{2028}".into(),
+        aggregate_version: Some(v),
+        data: data.as_bytes().to_vec(),
+        metadata: md
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let events = vec![
+        ev(
+            "X<&>",
+            r#"{"a": 1, "b": "\u003cé🚀"}"#,
+            1_683_195_072,
+            345_678_000,
+            1,
+            &[("", ""), ("A", "é🚀"), ("b", "\u{1}\n")],
+        ),
+        ev("TenantDeleted", "", 1_683_195_072, 500_000_000, 2, &[]),
+        ev(
+            "TenantUpdated",
+            r#"{"name": "m"}"#,
+            1_683_195_073,
+            0,
+            3,
+            &[],
+        ),
+    ];
+    (entries, events)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_and_encrypted_backups_import_exactly_with_stable_ids() {
     let Some(pg) = service_env("TEST_PG_URL") else {
         return;
     };
     let fx = Fx::new();
-    let events = sample(400);
-    let plain = fx.write(
-        "plain.tar",
-        &go_tar(&events.iter().map(go_json).collect::<Vec<_>>()),
-    );
+    let mut events = sample(400);
+    let mut entries: Vec<Vec<u8>> = events.iter().map(go_json).collect();
+    let (x_entries, x_events) = exotic();
+    entries.extend(x_entries);
+    events.extend(x_events);
+    let plain = fx.write("plain.tar", &go_tar(&entries));
     let enc = fx.write(
         "enc.tar",
-        &go_tar(
-            &events
-                .iter()
-                .map(|e| cfb(KEY, &go_json(e)))
-                .collect::<Vec<_>>(),
-        ),
+        &go_tar(&entries.iter().map(|e| cfb(KEY, e)).collect::<Vec<_>>()),
     );
     let key_file = fx.write("key", KEY);
 
     let db1 = fresh_db(&pg, "imp").await;
     let out = fx.import(&[&plain, "--events-db", &db1], &[]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(out.stdout.contains("imported 400 events"), "{}", out.stdout);
+    assert!(out.stdout.contains("imported 403 events"), "{}", out.stdout);
     let (got, ids1) = rows(&db1).await;
     assert_eq!(got, expected(&events));
 
@@ -259,33 +305,30 @@ async fn plain_and_encrypted_backups_import_exactly_with_stable_ids() {
     for k in [&KEY[..16], &KEY[..24]] {
         let small = fx.write(
             "small.tar",
-            &go_tar(
-                &events[..20]
-                    .iter()
-                    .map(|e| cfb(k, &go_json(e)))
-                    .collect::<Vec<_>>(),
-            ),
+            &go_tar(&entries.iter().map(|e| cfb(k, e)).collect::<Vec<_>>()),
         );
         let kf = fx.write("k2", k);
+        let db = fresh_db(&pg, "imp").await;
         let out = fx.import(
-            &[
-                &small,
-                "--dry-run",
-                "--allow-gaps",
-                "--monoskope-key-file",
-                &kf,
-            ],
+            &[&small, "--events-db", &db, "--monoskope-key-file", &kf],
             &[],
         );
         assert_eq!(out.code, Some(0), "{}", out.stderr);
-        assert!(out.stdout.starts_with("20 events"), "{}", out.stdout);
+        assert_eq!(rows(&db).await, (expected(&events), ids1.clone()));
     }
 
-    // An empty store's backup is 1024 zero bytes.
+    // An empty store's backup is 1024 zero bytes: zero events, said so.
     let empty = fx.write("empty.tar", &[0u8; 1024]);
-    let out = fx.import(&[&empty, "--dry-run"], &[]);
+    let db4 = fresh_db(&pg, "imp").await;
+    let out = fx.import(&[&empty, "--events-db", &db4], &[]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(out.stdout.starts_with("0 events"), "{}", out.stdout);
+    assert!(
+        out.stdout.starts_with("0 events of 0 aggregates"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("imported 0 events"), "{}", out.stdout);
+    assert!(rows(&db4).await.0.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

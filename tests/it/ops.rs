@@ -630,3 +630,113 @@ async fn drill_restores_into_a_scratch_store_and_compares_with_archive_and_live_
     }
     assert_eq!(n, 301, "a drill never writes to the live store");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_passwords_and_credentials_never_reach_the_output() {
+    let Some(s3) = service_env("TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let es = Devstore::start(&[]);
+    store_sample(&es, 100).await;
+    let bucket = monoskope_backup_tests::new_bucket(&monoskope_backup_tests::s3_client(&s3)).await;
+    let key_out = run("backup-server", &["keygen"], &[]);
+    let key = key_out.stdout.trim().to_string();
+    assert_eq!(key.len(), 44, "{key}");
+    let secret = "s3-secret-Zq8mN2vX4pL7";
+    let password = "db-password-Yt5kW9";
+    // The events table, reached with a password in its URL (trust authentication ignores it).
+    let db = monoskope_backup_tests::fresh_db(&pg, "secrets").await;
+    let db_with_password = db.replacen("postgres@", &format!("postgres:{password}@"), 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
+    let envs = [
+        ("BACKUP_ENCRYPTION_KEY", key.as_str()),
+        ("S3_ACCESS_KEY", "test"),
+        ("S3_SECRET_KEY", secret),
+        ("RUST_LOG", "debug"),
+    ];
+    let dest = format!("s3://{bucket}/x");
+    let mut outputs = Vec::new();
+    let ok = run(
+        "backup-server",
+        &[
+            "backup",
+            "--event-store",
+            &es.addr,
+            "--destination",
+            &dest,
+            "--s3-endpoint",
+            &s3,
+            "--catalog",
+            &catalog,
+        ],
+        &envs,
+    );
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+    outputs.push(ok);
+    let restored = run(
+        "backup-server",
+        &[
+            "restore",
+            "latest",
+            "--events-db",
+            &db_with_password,
+            "--destination",
+            &dest,
+            "--s3-endpoint",
+            &s3,
+            "--catalog",
+            &catalog,
+        ],
+        &envs,
+    );
+    assert_eq!(restored.code, Some(0), "{}", restored.stderr);
+    outputs.push(restored);
+    // Failures too: a missing bucket, and the table refusing a second restore.
+    outputs.push(run(
+        "backup-server",
+        &[
+            "backup",
+            "--event-store",
+            &es.addr,
+            "--destination",
+            "s3://no-such-bucket-mbk/x",
+            "--s3-endpoint",
+            &s3,
+            "--catalog",
+            &catalog,
+        ],
+        &envs,
+    ));
+    outputs.push(run(
+        "backup-server",
+        &[
+            "restore",
+            "latest",
+            "--events-db",
+            &db_with_password,
+            "--destination",
+            &dest,
+            "--s3-endpoint",
+            &s3,
+            "--catalog",
+            &catalog,
+        ],
+        &envs,
+    ));
+    assert_eq!(outputs[2].code, Some(1));
+    assert_eq!(outputs[3].code, Some(1));
+    for o in &outputs {
+        let text = format!("{}{}", o.stdout, o.stderr);
+        assert!(
+            text.contains("DEBUG") || o.code == Some(1),
+            "debug logging was on"
+        );
+        for s in [key.as_str(), &key[..20], secret, password] {
+            assert!(!text.contains(s), "a secret reached the output:\n{text}");
+        }
+    }
+}
