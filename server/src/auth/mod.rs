@@ -120,11 +120,6 @@ fn right_of(method: &str) -> Right {
 }
 
 impl Policy {
-    /// Number of machine identities.
-    pub fn machine_identities_len(&self) -> usize {
-        self.machines.len()
-    }
-
     /// Whether `id` may call `method`. With `strict` (jwt mode) the lists are the whole truth;
     /// without (gateway mode, where the gateway's policy already allowed the call) a list only
     /// restricts further when it is non-empty.

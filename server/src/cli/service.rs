@@ -304,7 +304,7 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(
                 mode = m.name(),
                 admins = auth.policy.admins.len(),
-                machine_identities = auth.policy.machine_identities_len(),
+                machine_identities = auth.policy.machines.len(),
                 readers = auth.policy.readers.len(),
                 "authentication on"
             );

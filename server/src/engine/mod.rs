@@ -441,16 +441,7 @@ impl Engine {
         tracing::info!(backup_id = %record.id, created_by = %record.created_by, source = %record.source, destination = %self.cfg.destination.url(), "backup started");
         let mut parent = None;
         if record.kind == "incremental" {
-            let held = self.incrementals_in_newest_chain().await;
-            let choice = if held >= self.cfg.full_every as usize {
-                Err(format!(
-                    "the newest chain holds {held} incrementals (fullEvery is {})",
-                    self.cfg.full_every
-                ))
-            } else {
-                choose_parent(&self.cfg).await
-            };
-            match choice {
+            match choose_parent(&self.cfg).await {
                 Ok(p) => {
                     record.parent_id = Some(p.manifest.id.clone());
                     parent = Some(p);
@@ -594,20 +585,6 @@ impl Engine {
             .map_err(|e| EngineError::Internal(anyhow::anyhow!("drill task: {e}")))?
     }
 
-    /// How many incremental backups the newest complete chain holds (0 when there is none, or
-    /// it cannot be listed).
-    pub async fn incrementals_in_newest_chain(&self) -> usize {
-        let Ok(all) =
-            crate::destination::manifest::list_complete(self.cfg.destination.as_ref()).await
-        else {
-            return 0;
-        };
-        all.first()
-            .and_then(|m| chain_of(&all, m).ok())
-            .map(|c| c.len() - 1)
-            .unwrap_or(0)
-    }
-
     /// Waits for the backup `id` started by this process to end.
     pub async fn wait_backup(&self, id: &str) -> Option<BackupRecord> {
         let rx = self.done.lock().await.get(id).cloned()?;
@@ -615,8 +592,8 @@ impl Engine {
     }
 }
 
-/// The newest complete backup, if its chain is whole and its watermark readable; otherwise why
-/// an incremental backup cannot build on it.
+/// The newest complete backup, if its chain is whole, shorter than `fullEvery` incrementals and
+/// its watermark readable; otherwise why an incremental backup cannot build on it.
 async fn choose_parent(cfg: &EngineConfig) -> Result<backup::Parent, String> {
     let dest = cfg.destination.as_ref();
     let all = crate::destination::manifest::list_complete(dest)
@@ -626,7 +603,15 @@ async fn choose_parent(cfg: &EngineConfig) -> Result<backup::Parent, String> {
         .first()
         .cloned()
         .ok_or_else(|| "there is no complete backup to build on".to_string())?;
-    chain_of(&all, &newest).map_err(|e| format!("the chain of {} is damaged: {e}", newest.id))?;
+    let chain = chain_of(&all, &newest)
+        .map_err(|e| format!("the chain of {} is damaged: {e}", newest.id))?;
+    let held = chain.len() - 1;
+    if held >= cfg.full_every as usize {
+        return Err(format!(
+            "the newest chain holds {held} incrementals (fullEvery is {})",
+            cfg.full_every
+        ));
+    }
     let key = newest.watermark_key.clone().ok_or_else(|| {
         format!(
             "backup {} has no watermark (it was made before incremental backups)",
