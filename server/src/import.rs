@@ -3,13 +3,14 @@
 //! `AType`, `AID`, `AVersion`, `MD`), optionally encrypted per entry as a 16-byte IV followed by
 //! AES-CFB-128 under the raw bytes of `S3_ENCRYPTION_KEY` (16, 24 or 32 long). The format is
 //! described in `../shared/formats/MONOSKOPE_FORMAT.md`; this module reads it as that document's
-//! checklist asks, streaming, and checks every aggregate's versions.
+//! checklist asks, streaming, and checks every aggregate's versions (in memory per aggregate,
+//! not per event).
 //!
 //! Monoskope's format has no integrity protection: a tampered ciphertext decrypts to tampered
 //! JSON, and a backup cut short by a failed Monoskope run is a well-formed, shorter archive.
 //! Neither can be detected; the README says so.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
 use base64::Engine as _;
@@ -214,7 +215,7 @@ pub fn read(
         encrypted: key.is_some(),
         ..Default::default()
     };
-    let mut versions: HashMap<(String, String), Vec<u64>> = HashMap::new();
+    let mut versions: HashMap<(String, String), VersionSet> = HashMap::new();
     let mut first: Option<prost_types::Timestamp> = None;
     let mut last: Option<prost_types::Timestamp> = None;
     let entries = archive
@@ -278,7 +279,7 @@ pub fn read(
         versions
             .entry((rec.aggregate_type.clone(), rec.aggregate_id.clone()))
             .or_default()
-            .push(rec.aggregate_version);
+            .add(rec.aggregate_version);
         each(rec)?;
     }
     s.aggregates = versions.len() as u64;
@@ -286,19 +287,9 @@ pub fn read(
     s.last_event_time = crate::cli::rfc3339(last.as_ref());
     if !allow_gaps {
         let mut problems: Vec<String> = Vec::new();
-        for ((t, id), vs) in versions.iter_mut() {
-            vs.sort_unstable();
-            let mut seen = HashSet::new();
-            if let Some(d) = vs.iter().find(|v| !seen.insert(**v)) {
-                problems.push(format!("aggregate {t} {id} has version {d} twice"));
-            } else if vs.first() != Some(&1) || vs.last().copied() != Some(vs.len() as u64) {
-                problems.push(format!(
-                    "aggregate {t} {id} has {} events with versions {}..={}, not 1..={}",
-                    vs.len(),
-                    vs.first().copied().unwrap_or(0),
-                    vs.last().copied().unwrap_or(0),
-                    vs.len()
-                ));
+        for ((t, id), vs) in &versions {
+            if let Some(p) = vs.problem() {
+                problems.push(format!("aggregate {t} {id} {p}"));
             }
         }
         problems.sort();
@@ -310,6 +301,54 @@ pub fn read(
         }
     }
     Ok(s)
+}
+
+/// The versions of one aggregate, in constant memory: count, lowest, highest, and an
+/// order-independent fingerprint (wrapping sum of a 64-bit mix of each version), compared at the
+/// end with the fingerprint of exactly 1..=n. A gap, a duplicate or both change it (a false
+/// match needs a 64-bit collision).
+#[derive(Debug, Default)]
+struct VersionSet {
+    count: u64,
+    min: u64,
+    max: u64,
+    fingerprint: u64,
+}
+
+/// splitmix64's finaliser: a bijective 64-bit mix.
+fn mix(v: u64) -> u64 {
+    let mut z = v.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl VersionSet {
+    fn add(&mut self, v: u64) {
+        self.min = if self.count == 0 { v } else { self.min.min(v) };
+        self.max = self.max.max(v);
+        self.count += 1;
+        self.fingerprint = self.fingerprint.wrapping_add(mix(v));
+    }
+
+    /// What is wrong, if the versions are not exactly 1..=count.
+    fn problem(&self) -> Option<String> {
+        let n = self.count;
+        let range = format!("{} events with versions {}..={}", n, self.min, self.max);
+        if self.min == 1 && self.max == n {
+            let want = (1..=n).fold(0u64, |a, v| a.wrapping_add(mix(v)));
+            if want == self.fingerprint {
+                return None;
+            }
+            return Some(format!(
+                "has {range} but not each once: a duplicate and a gap"
+            ));
+        }
+        if n > self.max.saturating_sub(self.min) + 1 {
+            return Some(format!("has {range}: a version twice"));
+        }
+        Some(format!("has {range}, not 1..={n}: a gap"))
+    }
 }
 
 fn tar_error(i: usize, e: &std::io::Error) -> anyhow::Error {
@@ -390,6 +429,23 @@ mod tests {
                 .to_string(),
             "S3_ENCRYPTION_KEY must be 16, 24 or 32 bytes, got 33 (it ends with a newline)"
         );
+        let set = |vs: &[u64]| {
+            let mut s = VersionSet::default();
+            for v in vs {
+                s.add(*v);
+            }
+            s.problem()
+        };
+        assert_eq!(set(&[3, 1, 2]), None);
+        assert!(set(&[1, 2, 2]).expect("dup").contains("twice"));
+        assert!(set(&[1, 3]).expect("gap").contains("a gap"));
+        assert!(set(&[2, 3]).expect("no 1").contains("a gap"));
+        assert!(set(&[1, 2, 2, 5, 6, 6, 7, 7, 9])
+            .expect("equal sums and squares")
+            .contains("not each once"));
+        assert!(set(&[1, 1, 3])
+            .expect("dup and gap")
+            .contains("not each once"));
         assert!(
             parse_event(br#"{"EType":"A","ETimestamp":"0000-12-31T23:59:59Z"}"#)
                 .expect_err("year 0")
