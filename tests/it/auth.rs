@@ -12,27 +12,15 @@ use monoskope_backup_api::eventsourcing::event_store_client::EventStoreClient;
 use monoskope_backup_api::gateway::check_response::CheckResponseTag;
 use monoskope_backup_api::gateway::gateway_auth_server::{GatewayAuth, GatewayAuthServer};
 use monoskope_backup_api::gateway::{CheckRequest, CheckResponse};
-use monoskope_backup_tests::{bin, free_port, run, spawn_until_line_with, Devstore, Proc};
+use monoskope_backup_tests::{
+    bin, free_port, keygen, openssl, run, spawn_until_line_with, Devstore, Proc,
+};
 use pb::backup_service_client::BackupServiceClient;
 use serde_json::json;
 use tonic::Code;
 
 const ISSUER: &str = "https://m8.example.com";
 const SVC: &str = "/monoskope.backup.v1.BackupService/";
-
-fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 /// A gateway signing key like the chart's (RSA-2048, self-signed certificate); returns the
 /// private key PEM, the certificate path and the key id (hex SHA-256 of the SPKI DER).
@@ -191,15 +179,9 @@ async fn env() -> Env {
     ))
     .await
     .expect("store");
-    let key = p.join("backup.key");
-    let out = run(
-        "backup-server",
-        &["keygen", "--out", key.to_str().expect("utf8")],
-        &[],
-    );
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let key = keygen(&p);
     Env {
-        key: key.to_str().expect("utf8").into(),
+        key,
         dir: p,
         es,
         _dir: dir,

@@ -10,8 +10,8 @@ use monoskope_backup_api::eventsourcing::event_store_client::EventStoreClient;
 use monoskope_backup_api::eventsourcing::{Event, EventFilter};
 use monoskope_backup_client::{pb, BackupClient, ClientOptions};
 use monoskope_backup_tests::{
-    bin, free_port, http_get, metric_value, run, service_env, spawn_until_line_with, Devstore,
-    Server,
+    bin, free_port, http_get, keygen, metric_value, run, service_env, spawn_until_line_with,
+    Devstore, Server,
 };
 
 async fn store_sample(es: &Devstore, n: u64) {
@@ -22,17 +22,6 @@ async fn store_sample(es: &Devstore, n: u64) {
     ))
     .await
     .expect("store");
-}
-
-fn keygen(dir: &std::path::Path) -> String {
-    let key = dir.join("backup.key");
-    let out = run(
-        "backup-server",
-        &["keygen", "--out", key.to_str().expect("utf8")],
-        &[],
-    );
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    key.to_str().expect("utf8").to_string()
 }
 
 async fn events_of(es: &Devstore, aggregate_type: &str) -> Vec<Event> {

@@ -11,7 +11,7 @@ use monoskope_backup_api::eventsourcing::event_store_client::EventStoreClient;
 use monoskope_backup_api::eventsourcing::Event;
 use monoskope_backup_client::{pb, BackupClient, ClientError, ClientOptions};
 use monoskope_backup_tests::{
-    new_bucket, run, s3_client, service_env, start_moto, Devstore, Server, S3_ENV,
+    keygen, new_bucket, openssl, run, s3_client, service_env, start_moto, Devstore, Server, S3_ENV,
 };
 
 /// JSON with `len` pseudo-random letters: incompressible enough to make archives large.
@@ -52,17 +52,6 @@ async fn devstore_with(n: u64) -> Devstore {
     ds
 }
 
-fn key_file(dir: &Path) -> String {
-    let path = dir.join("backup.key");
-    let out = run(
-        "backup-server",
-        &["keygen", "--out", path.to_str().expect("utf8")],
-        &[],
-    );
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    path.to_str().expect("utf8").to_string()
-}
-
 async fn client(s: &Server) -> BackupClient {
     BackupClient::connect(&ClientOptions::new(s.url()))
         .await
@@ -90,7 +79,7 @@ fn inspect_lines(archive: &Path, key: &str) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn serve_backupctl_and_reflection_on_a_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = key_file(dir.path());
+    let key = keygen(dir.path());
     let ds = devstore_with(3000).await;
     let dest = format!("file://{}", dir.path().join("dest").display());
     let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
@@ -233,7 +222,7 @@ async fn reflection_services(url: &str) -> Vec<String> {
 #[tokio::test]
 async fn two_create_backup_at_once_one_runs_one_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = key_file(dir.path());
+    let key = keygen(dir.path());
     let ds = devstore_with(20_000).await;
     let dest = format!("file://{}", dir.path().join("dest").display());
     let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
@@ -288,7 +277,7 @@ async fn two_create_backup_at_once_one_runs_one_is_refused() {
 #[tokio::test]
 async fn backup_while_a_writer_stores_events_is_consistent() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = key_file(dir.path());
+    let key = keygen(dir.path());
     let ds = devstore_with(5000).await;
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
@@ -382,7 +371,7 @@ async fn backup_while_a_writer_stores_events_is_consistent() {
 #[tokio::test]
 async fn a_timeout_fails_the_backup_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = key_file(dir.path());
+    let key = keygen(dir.path());
     let ds = devstore_with(30_000).await;
     let dest_dir = dir.path().join("dest");
     let dest = format!("file://{}", dest_dir.display());
@@ -427,7 +416,7 @@ async fn a_timeout_fails_the_backup_cleanly() {
 #[tokio::test]
 async fn verify_finds_a_damaged_archive() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = key_file(dir.path());
+    let key = keygen(dir.path());
     let ds = devstore_with(2000).await;
     let dest_dir = dir.path().join("dest");
     let dest = format!("file://{}", dest_dir.display());
@@ -487,7 +476,7 @@ async fn s3_backup_multipart_and_resync_of_a_lost_catalog_on_postgres() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = key_file(dir.path());
+    let key = keygen(dir.path());
     // Incompressible payloads so the archive spans several 8 MiB upload parts.
     let ds = Devstore::start(&["--max-message-size", "33554432"]);
     let mut c = EventStoreClient::connect(ds.url()).await.expect("connect");
@@ -645,7 +634,7 @@ async fn s3_endpoint_dying_mid_upload_fails_cleanly_and_a_later_backup_succeeds(
     };
     let (_moto, endpoint) = start_moto(&[]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = key_file(dir.path());
+    let key = keygen(dir.path());
     let ds = Devstore::start(&["--max-message-size", "33554432"]);
     let mut c = EventStoreClient::connect(ds.url()).await.expect("connect");
     let events = large_events(200, 2);
@@ -727,16 +716,7 @@ async fn s3_endpoint_dying_mid_upload_fails_cleanly_and_a_later_backup_succeeds(
 /// A CA and a server certificate for 127.0.0.1/localhost, made with the openssl CLI.
 fn make_certs(dir: &Path) -> (String, String, String) {
     let sh = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        openssl(dir, args);
     };
     sh(&[
         "req",
@@ -790,7 +770,7 @@ fn make_certs(dir: &Path) -> (String, String, String) {
 #[tokio::test]
 async fn serve_with_tls_and_backupctl_with_a_ca_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = key_file(dir.path());
+    let key = keygen(dir.path());
     let (ca, cert, tls_key) = make_certs(dir.path());
     let ds = devstore_with(100).await;
     let dest = format!("file://{}", dir.path().join("dest").display());

@@ -340,3 +340,30 @@ pub fn metric_value(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// A new key file `backup.key` in `dir` made by `backup-server keygen`; returns its path.
+pub fn keygen(dir: &Path) -> String {
+    let path = dir.join("backup.key");
+    let out = run(
+        "backup-server",
+        &["keygen", "--out", path.to_str().expect("utf8")],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    path.to_str().expect("utf8").to_string()
+}
+
+/// Runs `openssl ARGS` in `dir`; returns its standard output (fails the test on an error).
+pub fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
