@@ -147,24 +147,23 @@ pub(super) async fn run(a: ImportArgs) -> anyhow::Result<()> {
         let engine = settings.engine().await?;
         let (tx, rx) = mpsc::channel::<anyhow::Result<crate::archive::Record>>(1024);
         let err_tx = tx.clone();
-        let input = open(&a.source, &s3).await?;
-        let allow_gaps = a.allow_gaps;
-        let reader = tokio::task::spawn_blocking(move || {
-            let r = import::read(input, key.as_ref(), allow_gaps, |rec| {
-                tx.blocking_send(Ok(rec))
-                    .map_err(|_| anyhow::anyhow!("the backup stopped"))
-            });
-            // A failed check must fail the backup before its archive is sealed.
+        let reading = pass(&a, &s3, key, move |rec| {
+            tx.blocking_send(Ok(rec))
+                .map_err(|_| anyhow::anyhow!("the backup stopped"))
+        });
+        // A failed check must fail the backup before its archive is sealed.
+        let reading = async move {
+            let r = reading.await;
             if let Err(e) = &r {
-                let _ = err_tx.blocking_send(Err(anyhow::anyhow!("{e:#}")));
+                let _ = err_tx.send(Err(anyhow::anyhow!("{e:#}"))).await;
             }
             r
-        });
+        };
         let stream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
         let label = format!("monoskope-tar:{}", a.source);
         let who = super::cli_identity();
-        let rec = engine.backup_from(&who, &label, stream).await?;
-        let summary = reader.await?;
+        let (summary, rec) = tokio::join!(reading, engine.backup_from(&who, &label, stream));
+        let rec = rec?;
         if let Some(e) = &rec.error {
             bail!("converting {} failed: {e}", a.source);
         }

@@ -67,10 +67,11 @@ fn record_of(row: &sqlx::postgres::PgRow) -> anyhow::Result<Record> {
     })
 }
 
-async fn stream_into(
+/// A connection inside one REPEATABLE READ, READ ONLY transaction (one snapshot), and whether
+/// the events table exists in it.
+async fn begin_snapshot(
     pool: &PgPool,
-    tx: &mpsc::Sender<anyhow::Result<Record>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(sqlx::pool::PoolConnection<sqlx::Postgres>, bool)> {
     let mut conn = pool.acquire().await?;
     sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *conn)
@@ -78,13 +79,29 @@ async fn stream_into(
     let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('event_records')::text")
         .fetch_one(&mut *conn)
         .await?;
-    if exists.is_some() {
-        let mut rows = sqlx::query(SELECT).fetch(&mut *conn);
-        while let Some(row) = rows.try_next().await? {
-            if tx.send(Ok(record_of(&row)?)).await.is_err() {
-                break;
-            }
+    Ok((conn, exists.is_some()))
+}
+
+/// Sends the rows of [`SELECT`]'s columns as records until they end or the receiver is gone.
+async fn forward(
+    mut rows: impl futures::Stream<Item = Result<sqlx::postgres::PgRow, sqlx::Error>> + Unpin,
+    tx: &mpsc::Sender<anyhow::Result<Record>>,
+) -> anyhow::Result<()> {
+    while let Some(row) = rows.try_next().await? {
+        if tx.send(Ok(record_of(&row)?)).await.is_err() {
+            break;
         }
+    }
+    Ok(())
+}
+
+async fn stream_into(
+    pool: &PgPool,
+    tx: &mpsc::Sender<anyhow::Result<Record>>,
+) -> anyhow::Result<()> {
+    let (mut conn, exists) = begin_snapshot(pool).await?;
+    if exists {
+        forward(sqlx::query(SELECT).fetch(&mut *conn), tx).await?;
     }
     drop(sqlx::query("COMMIT").execute(&mut *conn).await);
     Ok(())
@@ -115,14 +132,8 @@ async fn incremental_into(
     tx: &mpsc::Sender<anyhow::Result<Record>>,
 ) -> anyhow::Result<()> {
     use super::ChainMismatch;
-    let mut conn = pool.acquire().await?;
-    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *conn)
-        .await?;
-    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('event_records')::text")
-        .fetch_one(&mut *conn)
-        .await?;
-    if exists.is_none() {
+    let (mut conn, exists) = begin_snapshot(pool).await?;
+    if !exists {
         return Err(ChainMismatch("the store has no events table any more".into()).into());
     }
     let unversioned: i64 = sqlx::query_scalar(
@@ -183,17 +194,12 @@ async fn incremental_into(
             r#"FROM "event_records" ORDER BY"#,
             r#"FROM "event_records" e JOIN unnest($1::text[], $2::uuid[], $3::bigint[]) AS w(t, i, v) ON e.aggregate_type = w.t AND e.aggregate_id = w.i AND e.aggregate_version > w.v ORDER BY"#,
         );
-        let ids: Vec<String> = ids;
-        let mut rows = sqlx::query(&q)
+        let rows = sqlx::query(&q)
             .bind(&types)
             .bind(&ids)
             .bind(&held)
             .fetch(&mut *conn);
-        while let Some(row) = rows.try_next().await? {
-            if tx.send(Ok(record_of(&row)?)).await.is_err() {
-                break;
-            }
-        }
+        forward(rows, tx).await?;
     }
     drop(sqlx::query("COMMIT").execute(&mut *conn).await);
     Ok(())
