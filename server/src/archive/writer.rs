@@ -93,14 +93,63 @@ impl Tally {
     }
 }
 
+/// Chunks the writer may have handed to the compression thread and not yet written: one
+/// being compressed, one waiting. Bounds memory at a few chunk buffers.
+const IN_FLIGHT: usize = 2;
+
+/// One chunk for the compression thread: its plaintext and a buffer for the compressed body.
+struct Job {
+    plain: Vec<u8>,
+    frame: Vec<u8>,
+    flags: u8,
+}
+
+/// Compresses chunks in order on its own thread, so that encoding chunk n+1 and compressing
+/// chunk n use two cores; sealing (AES-GCM or the SHA-256 chain) and writing stay on the
+/// writer's thread, in order. The bytes are the same as doing it all inline.
+fn compression_thread(
+    level: i32,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    done: std::sync::mpsc::Sender<Result<Job, ArchiveError>>,
+) {
+    let mut compressor = match zstd::bulk::Compressor::new(level) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = done.send(Err(e.into()));
+            return;
+        }
+    };
+    while let Ok(mut job) = jobs.recv() {
+        job.frame.clear();
+        job.frame
+            .resize(zstd::zstd_safe::compress_bound(job.plain.len()), 0);
+        let compressed = compressor
+            .compress_to_buffer(&job.plain, &mut job.frame[..])
+            .map_err(ArchiveError::from)
+            .map(|n| {
+                job.frame.truncate(n);
+                job
+            });
+        let failed = compressed.is_err();
+        if done.send(compressed).is_err() || failed {
+            return;
+        }
+    }
+}
+
 /// Streams records into an archive.
 pub struct ArchiveWriter<W: Write> {
     out: W,
-    sealer: ChunkGuard,
-    compressor: zstd::bulk::Compressor<'static>,
+    guard: ChunkGuard,
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    done: std::sync::mpsc::Receiver<Result<Job, ArchiveError>>,
+    compressor: Option<std::thread::JoinHandle<()>>,
+    in_flight: usize,
+    /// Counter of the next chunk to seal and write.
+    sealed: u32,
+    spare: Vec<Vec<u8>>,
     chunk_size: usize,
     buf: Vec<u8>,
-    frame: Vec<u8>,
     counter: u32,
     tally: Tally,
     record: Vec<u8>,
@@ -222,13 +271,25 @@ impl<W: Write> ArchiveWriter<W> {
         out.write_all(&(env_bytes.len() as u32).to_be_bytes())?;
         out.write_all(&env_bytes)?;
         let written = (prefix.len() + 4 + env_bytes.len()) as u64;
+        // Compression fails early here (a bad level) rather than on the first chunk.
+        zstd::bulk::Compressor::new(opts.compression_level)?;
+        let (jobs, job_rx) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let level = opts.compression_level;
+        let handle = std::thread::Builder::new()
+            .name("archive-zstd".into())
+            .spawn(move || compression_thread(level, job_rx, done_tx))?;
         Ok(Self {
             out,
-            sealer,
-            compressor: zstd::bulk::Compressor::new(opts.compression_level)?,
+            guard: sealer,
+            jobs: Some(jobs),
+            done,
+            compressor: Some(handle),
+            in_flight: 0,
+            sealed: 0,
+            spare: Vec::new(),
             chunk_size: chunk_size as usize,
             buf: Vec::with_capacity(chunk_size as usize),
-            frame: Vec::new(),
             counter: 0,
             tally: Tally::default(),
             record: Vec::new(),
@@ -257,10 +318,7 @@ impl<W: Write> ArchiveWriter<W> {
             self.buf.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if self.buf.len() == self.chunk_size {
-                let chunk = std::mem::take(&mut self.buf);
-                self.seal_and_write(&chunk, false)?;
-                self.buf = chunk;
-                self.buf.clear();
+                self.submit(0)?;
             }
         }
         self.record = record;
@@ -277,41 +335,91 @@ impl<W: Write> ArchiveWriter<W> {
         self.written
     }
 
-    fn seal_and_write(&mut self, plain: &[u8], last: bool) -> Result<(), ArchiveError> {
-        let flags = if last { FLAG_LAST } else { 0 };
-        self.frame.clear();
-        self.frame
-            .resize(zstd::zstd_safe::compress_bound(plain.len()), 0);
-        let n = self
-            .compressor
-            .compress_to_buffer(plain, &mut self.frame[..])?;
-        self.frame.truncate(n);
-        self.sealer
-            .seal(self.counter, flags, &mut self.frame)
-            .map_err(|()| ArchiveError::Io(std::io::Error::other("AES-GCM encryption failed")))?;
-        self.out.write_all(&[flags])?;
-        self.out
-            .write_all(&(self.frame.len() as u32).to_be_bytes())?;
-        self.out.write_all(&self.frame)?;
-        self.written += 5 + self.frame.len() as u64;
+    /// Hands the current chunk buffer to the compression thread and writes whatever it has
+    /// finished, waiting only when [`IN_FLIGHT`] chunks are outstanding.
+    fn submit(&mut self, flags: u8) -> Result<(), ArchiveError> {
+        let next = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.chunk_size));
+        let plain = std::mem::replace(&mut self.buf, next);
+        let frame = self.spare.pop().unwrap_or_default();
+        let job = Job {
+            plain,
+            frame,
+            flags,
+        };
+        let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+        if !sent {
+            // The thread stopped after an error: report it.
+            return self.write_sealed(true).and(Err(stopped()));
+        }
+        self.in_flight += 1;
         self.counter = self
             .counter
             .checked_add(1)
             .ok_or_else(|| ArchiveError::Io(std::io::Error::other("too many chunks")))?;
+        while self.in_flight >= IN_FLIGHT {
+            self.write_sealed(true)?;
+        }
+        while self.in_flight > 0 && self.write_sealed(false)? {}
         Ok(())
+    }
+
+    /// Seals and writes the next compressed chunk; waits for it when `wait`, else returns `false` when none
+    /// is ready.
+    fn write_sealed(&mut self, wait: bool) -> Result<bool, ArchiveError> {
+        let mut job = if wait {
+            self.done.recv().map_err(|_| stopped())?
+        } else {
+            match self.done.try_recv() {
+                Ok(s) => s,
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(false),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return Err(stopped()),
+            }
+        }?;
+        self.in_flight -= 1;
+        self.guard
+            .seal(self.sealed, job.flags, &mut job.frame)
+            .map_err(|()| ArchiveError::Io(std::io::Error::other("AES-GCM encryption failed")))?;
+        self.sealed += 1;
+        self.out.write_all(&[job.flags])?;
+        self.out
+            .write_all(&(job.frame.len() as u32).to_be_bytes())?;
+        self.out.write_all(&job.frame)?;
+        self.written += 5 + job.frame.len() as u64;
+        for mut buf in [job.plain, job.frame] {
+            buf.clear();
+            self.spare.push(buf);
+        }
+        Ok(true)
     }
 
     /// Writes the last data chunk and the footer chunk; returns the output and the footer.
     pub fn finish(mut self) -> Result<(W, Footer), ArchiveError> {
         if !self.buf.is_empty() {
-            let chunk = std::mem::take(&mut self.buf);
-            self.seal_and_write(&chunk, false)?;
+            self.submit(0)?;
         }
         let tally = std::mem::take(&mut self.tally);
         let footer = tally.footer(u64::from(self.counter));
-        let bytes = footer.encode_length_delimited_to_vec();
-        self.seal_and_write(&bytes, true)?;
+        footer
+            .encode_length_delimited(&mut self.buf)
+            .map_err(|e| ArchiveError::Io(std::io::Error::other(e)))?;
+        self.submit(FLAG_LAST)?;
+        while self.in_flight > 0 {
+            self.write_sealed(true)?;
+        }
+        self.jobs = None;
+        if let Some(h) = self.compressor.take() {
+            h.join().map_err(|_| stopped())?;
+        }
         self.out.flush()?;
         Ok((self.out, footer))
     }
+}
+
+fn stopped() -> ArchiveError {
+    ArchiveError::Io(std::io::Error::other(
+        "the archive's compression thread stopped",
+    ))
 }

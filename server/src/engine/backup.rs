@@ -88,6 +88,9 @@ pub struct Parent {
     pub watermark: Arc<Watermark>,
 }
 
+/// Records per message to the writer thread.
+const BATCH: usize = 256;
+
 /// A stream of records from somewhere other than the configured store (an import).
 pub type RecordStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = anyhow::Result<Record>> + Send>>;
@@ -109,7 +112,8 @@ pub(super) async fn run(
         .await
         .context("cannot start the upload")?;
     let cancelled = Arc::new(AtomicBool::new(false));
-    let (rec_tx, mut rec_rx) = mpsc::channel::<Record>(1024);
+    // Records cross to the writer thread in batches: one wake-up per batch, not per event.
+    let (rec_tx, mut rec_rx) = mpsc::channel::<Vec<Record>>(8);
     let (part_tx, mut part_rx) = mpsc::channel::<Vec<u8>>(2);
 
     let mut opts = WriterOptions::new(&running.id, protection.clone());
@@ -127,8 +131,10 @@ pub(super) async fn run(
             progress: enc_progress,
         };
         let mut w = ArchiveWriter::new(out, opts)?;
-        while let Some(rec) = rec_rx.blocking_recv() {
-            w.append(&rec)?;
+        while let Some(batch) = rec_rx.blocking_recv() {
+            for rec in &batch {
+                w.append(rec)?;
+            }
         }
         // The record channel also closes when reading failed or timed out: never seal then.
         if enc_cancel.load(Ordering::SeqCst) {
@@ -173,6 +179,7 @@ pub(super) async fn run(
         let mut wm = before.as_deref().cloned().unwrap_or_default();
         let mut spans = std::collections::HashMap::new();
         let mut store_max: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
+        let mut batch = Vec::with_capacity(BATCH);
         while let Some(rec) = stream.next().await {
             let rec = rec?;
             if let Some(b) = &before {
@@ -194,11 +201,23 @@ pub(super) async fn run(
                 span_add(&mut spans, &rec);
             }
             wm.observe(&rec);
-            read_progress.events.fetch_add(1, Ordering::Relaxed);
-            if rec_tx.send(rec).await.is_err() {
-                // The encoder or the upload stopped; their error is reported below.
-                return Ok(wm);
+            batch.push(rec);
+            if batch.len() == BATCH {
+                read_progress
+                    .events
+                    .fetch_add(BATCH as u64, Ordering::Relaxed);
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if rec_tx.send(full).await.is_err() {
+                    // The encoder or the upload stopped; their error is reported below.
+                    return Ok(wm);
+                }
             }
+        }
+        read_progress
+            .events
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        if !batch.is_empty() && rec_tx.send(batch).await.is_err() {
+            return Ok(wm);
         }
         if let Some(b) = &before {
             if !from_table {
