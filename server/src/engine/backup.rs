@@ -160,14 +160,14 @@ pub(super) async fn run(
     let mut stream: RecordStream = match custom {
         Some(s) => s,
         None => match (&cfg.events_db, &before) {
-            (Some(url), None) => Box::pin(tokio_stream::wrappers::ReceiverStream::new(
-                crate::source::table::snapshot(crate::source::table::connect(url).await?, 1024),
+            (Some(url), None) => Box::pin(crate::source::table::records(
+                crate::source::table::snapshot(crate::source::table::connect(url).await?, 4),
             )),
-            (Some(url), Some(w)) => Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            (Some(url), Some(w)) => Box::pin(crate::source::table::records(
                 crate::source::table::incremental(
                     crate::source::table::connect(url).await?,
                     w.clone(),
-                    1024,
+                    4,
                 ),
             )),
             // The API has no per-aggregate maximum: an incremental reads every event and keeps
@@ -180,6 +180,7 @@ pub(super) async fn run(
         let mut spans = std::collections::HashMap::new();
         let mut store_max: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
         let mut batch = Vec::with_capacity(BATCH);
+        let mut key = Default::default();
         while let Some(rec) = stream.next().await {
             let rec = rec?;
             if let Some(b) = &before {
@@ -200,7 +201,7 @@ pub(super) async fn run(
                 }
                 span_add(&mut spans, &rec);
             }
-            wm.observe(&rec);
+            wm.observe_into(&rec, &mut key);
             batch.push(rec);
             if batch.len() == BATCH {
                 read_progress

@@ -40,8 +40,23 @@ pub struct Watermark {
 impl Watermark {
     /// Raises the aggregate's version to `r`'s.
     pub fn observe(&mut self, r: &Record) {
-        let v = self.map.entry(aggregate_of(r)).or_insert(0);
-        *v = (*v).max(r.aggregate_version);
+        self.observe_into(r, &mut Aggregate::default());
+    }
+
+    /// [`Self::observe`] building the key in `scratch`: no allocation for an aggregate the
+    /// watermark already holds (the backup calls this once per event).
+    pub fn observe_into(&mut self, r: &Record, scratch: &mut Aggregate) {
+        scratch.0.clear();
+        scratch.0.push_str(&r.aggregate_type);
+        scratch.1.clear();
+        scratch.1.push_str(&r.aggregate_id);
+        scratch.1.make_ascii_lowercase();
+        match self.map.get_mut(scratch) {
+            Some(v) => *v = (*v).max(r.aggregate_version),
+            None => {
+                self.map.insert(scratch.clone(), r.aggregate_version);
+            }
+        }
     }
 
     /// The version held for `a` (0: none).

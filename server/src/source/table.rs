@@ -10,7 +10,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use tokio::sync::mpsc;
 
-const SELECT: &str = r#"SELECT event_id::text AS event_id, event_type, aggregate_id::text AS aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata::text AS metadata, data::text AS data FROM "event_records" ORDER BY "timestamp", aggregate_type, aggregate_id, aggregate_version"#;
+const SELECT: &str = r#"SELECT event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata::text AS metadata, data::text AS data FROM "event_records" ORDER BY "timestamp", aggregate_type, aggregate_id, aggregate_version"#;
 
 /// Connects to the events database.
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
@@ -22,9 +22,27 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
         .map_err(|e| anyhow::anyhow!("cannot connect to the events database: {e}"))
 }
 
-/// Streams every event of one snapshot into a bounded channel; the reader stops when the
-/// receiver is dropped.
-pub fn snapshot(pool: PgPool, buffer: usize) -> mpsc::Receiver<anyhow::Result<Record>> {
+/// Records per message from the reading task: one channel hand-off per batch, not per event.
+const BATCH: usize = 256;
+
+/// What the reading task sends: batches of records, or the error that stopped it.
+pub type Batches = mpsc::Receiver<anyhow::Result<Vec<Record>>>;
+
+/// The batches as a stream of single records.
+pub fn records(rx: Batches) -> impl futures::Stream<Item = anyhow::Result<Record>> + Send {
+    use futures::StreamExt;
+    tokio_stream::wrappers::ReceiverStream::new(rx).flat_map(|batch| {
+        let items: Vec<anyhow::Result<Record>> = match batch {
+            Ok(records) => records.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(items)
+    })
+}
+
+/// Streams every event of one snapshot into a bounded channel (`buffer` batches); the reader
+/// stops when the receiver is dropped.
+pub fn snapshot(pool: PgPool, buffer: usize) -> Batches {
     let (tx, rx) = mpsc::channel(buffer);
     tokio::spawn(async move {
         if let Err(e) = stream_into(&pool, &tx).await {
@@ -34,34 +52,32 @@ pub fn snapshot(pool: PgPool, buffer: usize) -> mpsc::Receiver<anyhow::Result<Re
     rx
 }
 
-/// Reads one row of [`SELECT`]'s columns.
+/// The text form of a uuid column, as PostgreSQL prints it (lowercase, hyphenated).
+fn uuid_text(u: uuid::Uuid) -> String {
+    u.hyphenated().to_string()
+}
+
+/// Reads one row of [`SELECT`]'s columns (by position: event_id, event_type, aggregate_id,
+/// aggregate_type, aggregate_version, timestamp, metadata, data).
 fn record_of(row: &sqlx::postgres::PgRow) -> anyhow::Result<Record> {
-    let ts: Option<chrono::DateTime<chrono::Utc>> = row.try_get("timestamp")?;
-    let md: Option<String> = row.try_get("metadata")?;
+    let ts: Option<chrono::DateTime<chrono::Utc>> = row.try_get(5)?;
+    let md: Option<&str> = row.try_get(6)?;
     Ok(Record {
-        event_id: row.try_get("event_id")?,
-        event_type: row
-            .try_get::<Option<String>, _>("event_type")?
-            .unwrap_or_default(),
-        aggregate_id: row
-            .try_get::<Option<String>, _>("aggregate_id")?
-            .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into()),
-        aggregate_type: row
-            .try_get::<Option<String>, _>("aggregate_type")?
-            .unwrap_or_default(),
-        aggregate_version: row
-            .try_get::<Option<i64>, _>("aggregate_version")?
-            .unwrap_or(0) as u64,
+        event_id: uuid_text(row.try_get::<uuid::Uuid, _>(0)?),
+        event_type: row.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+        aggregate_id: uuid_text(row.try_get::<Option<uuid::Uuid>, _>(2)?.unwrap_or_default()),
+        aggregate_type: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+        aggregate_version: row.try_get::<Option<i64>, _>(4)?.unwrap_or(0) as u64,
         timestamp: ts.map(|t| prost_types::Timestamp {
             seconds: t.timestamp(),
             nanos: t.timestamp_subsec_nanos() as i32,
         }),
         metadata: match md {
-            Some(m) => serde_json::from_str(&m)?,
+            Some(m) => serde_json::from_str(m)?,
             None => Default::default(),
         },
         data: row
-            .try_get::<Option<String>, _>("data")?
+            .try_get::<Option<String>, _>(7)?
             .unwrap_or_default()
             .into_bytes(),
     })
@@ -82,22 +98,31 @@ async fn begin_snapshot(
     Ok((conn, exists.is_some()))
 }
 
-/// Sends the rows of [`SELECT`]'s columns as records until they end or the receiver is gone.
+/// Sends the rows of [`SELECT`]'s columns as batches of records until they end or the
+/// receiver is gone.
 async fn forward(
     mut rows: impl futures::Stream<Item = Result<sqlx::postgres::PgRow, sqlx::Error>> + Unpin,
-    tx: &mpsc::Sender<anyhow::Result<Record>>,
+    tx: &mpsc::Sender<anyhow::Result<Vec<Record>>>,
 ) -> anyhow::Result<()> {
+    let mut batch = Vec::with_capacity(BATCH);
     while let Some(row) = rows.try_next().await? {
-        if tx.send(Ok(record_of(&row)?)).await.is_err() {
-            break;
+        batch.push(record_of(&row)?);
+        if batch.len() == BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            if tx.send(Ok(full)).await.is_err() {
+                return Ok(());
+            }
         }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(Ok(batch)).await;
     }
     Ok(())
 }
 
 async fn stream_into(
     pool: &PgPool,
-    tx: &mpsc::Sender<anyhow::Result<Record>>,
+    tx: &mpsc::Sender<anyhow::Result<Vec<Record>>>,
 ) -> anyhow::Result<()> {
     let (mut conn, exists) = begin_snapshot(pool).await?;
     if exists {
@@ -116,7 +141,7 @@ pub fn incremental(
     pool: PgPool,
     parent: std::sync::Arc<crate::engine::watermark::Watermark>,
     buffer: usize,
-) -> mpsc::Receiver<anyhow::Result<Record>> {
+) -> Batches {
     let (tx, rx) = mpsc::channel(buffer);
     tokio::spawn(async move {
         if let Err(e) = incremental_into(&pool, &parent, &tx).await {
@@ -129,7 +154,7 @@ pub fn incremental(
 async fn incremental_into(
     pool: &PgPool,
     parent: &crate::engine::watermark::Watermark,
-    tx: &mpsc::Sender<anyhow::Result<Record>>,
+    tx: &mpsc::Sender<anyhow::Result<Vec<Record>>>,
 ) -> anyhow::Result<()> {
     use super::ChainMismatch;
     let (mut conn, exists) = begin_snapshot(pool).await?;
