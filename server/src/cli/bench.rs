@@ -34,14 +34,15 @@ pub(super) async fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let n = a.events;
     let start = 1_700_000_000;
     let producer = tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(256);
         for e in crate::devstore::sample::events(n, (n / 100).max(1), start, 42) {
-            if tx
-                .send(Ok(Some(crate::source::record_from_event(e))))
-                .await
-                .is_err()
-            {
+            batch.push(crate::source::record_from_event(e));
+            if batch.len() == 256 && tx.send(Ok(Some(std::mem::take(&mut batch)))).await.is_err() {
                 return;
             }
+        }
+        if !batch.is_empty() && tx.send(Ok(Some(batch))).await.is_err() {
+            return;
         }
         let _ = tx.send(Ok(None)).await;
     });

@@ -213,10 +213,10 @@ pub(super) async fn run(a: ImportArgs) -> anyhow::Result<()> {
     if n > 0 && !a.drop_existing {
         bail!("event_records holds {n} events; import only into an empty table, or pass --drop-existing to replace them");
     }
-    let (tx, rx) = mpsc::channel::<anyhow::Result<Option<crate::archive::Record>>>(1024);
+    let (tx, rx) = mpsc::channel::<anyhow::Result<Option<Vec<crate::archive::Record>>>>(1024);
     let done_tx = tx.clone();
     let reading = pass(&a, &s3, key, move |rec| {
-        tx.blocking_send(Ok(Some(rec)))
+        tx.blocking_send(Ok(Some(vec![rec])))
             .map_err(|_| anyhow::anyhow!("the events table stopped taking events"))
     });
     let writing = table.restore(rx, a.drop_existing);
@@ -246,7 +246,7 @@ pub(super) async fn run(a: ImportArgs) -> anyhow::Result<()> {
 /// after a bad one.
 async fn pass_end(
     r: anyhow::Result<Summary>,
-    tx: &mpsc::Sender<anyhow::Result<Option<crate::archive::Record>>>,
+    tx: &mpsc::Sender<anyhow::Result<Option<Vec<crate::archive::Record>>>>,
 ) -> anyhow::Result<Summary> {
     match r {
         Ok(s) => {

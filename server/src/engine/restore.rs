@@ -201,7 +201,7 @@ fn archive_err(e: ArchiveError) -> EngineError {
 }
 
 /// Reads the chain's archives in order on a blocking thread and sends their records (up to
-/// `until`): `Ok(Some)` per record, then `Ok(None)` once every link checked out, or an `Err`
+/// `until`): `Ok(Some)` per batch of up to 256 records, then `Ok(None)` once every link checked out, or an `Err`
 /// naming the link — never a record of an unauthenticated chunk. Each link must be the backup
 /// its manifest names, name the link before it as parent, hold the manifest's event count, and
 /// continue the versions of the links before it exactly (no gap, no overlap).
@@ -211,10 +211,10 @@ fn spawn_reader(
     until: Option<prost_types::Timestamp>,
     progress: Arc<Progress>,
 ) -> (
-    mpsc::Receiver<anyhow::Result<Option<Record>>>,
+    mpsc::Receiver<anyhow::Result<Option<Vec<Record>>>>,
     tokio::task::JoinHandle<()>,
 ) {
-    let (tx, rx) = mpsc::channel(1024);
+    let (tx, rx) = mpsc::channel(4);
     let dest = cfg.destination.clone();
     let keys = cfg.keys.clone();
     let chain = chain.to_vec();
@@ -250,6 +250,7 @@ fn spawn_reader(
                 );
                 let mut spans = std::collections::HashMap::new();
                 let mut r = ArchiveReader::open(bridge, &keys2)?;
+                let mut batch = Vec::with_capacity(256);
                 let h = r.header().clone();
                 if h.backup_id != m2.id || h.parent_id != parent {
                     anyhow::bail!(
@@ -270,10 +271,21 @@ fn spawn_reader(
                     {
                         continue;
                     }
-                    progress2.events.fetch_add(1, Ordering::Relaxed);
-                    if tx2.blocking_send(Ok(Some(rec))).is_err() {
-                        anyhow::bail!("the restore stopped");
+                    batch.push(rec);
+                    if batch.len() == 256 {
+                        progress2.events.fetch_add(256, Ordering::Relaxed);
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(256));
+                        if tx2.blocking_send(Ok(Some(full))).is_err() {
+                            anyhow::bail!("the restore stopped");
+                        }
                     }
+                }
+                // The archive authenticated to its end: hand on the rest of its records.
+                progress2
+                    .events
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if !batch.is_empty() && tx2.blocking_send(Ok(Some(batch))).is_err() {
+                    anyhow::bail!("the restore stopped");
                 }
                 let footer = r.footer().cloned().unwrap_or_default();
                 if footer.event_count != m2.event_count {
@@ -371,9 +383,11 @@ pub(super) async fn run(
             let forward = tokio::spawn(async move {
                 while let Some(item) = rx.recv().await {
                     match item {
-                        Ok(Some(r)) => {
-                            if tx.send(r).await.is_err() {
-                                return Ok(());
+                        Ok(Some(batch)) => {
+                            for r in batch {
+                                if tx.send(r).await.is_err() {
+                                    return Ok(());
+                                }
                             }
                         }
                         Ok(None) => return Ok(()),

@@ -72,12 +72,13 @@ impl EventsTable {
         Ok(n as u64)
     }
 
-    /// Writes every record received from `records` in one transaction. `records` ends with
-    /// `Ok(None)` after the archive authenticated completely, or with an error: then (or on
-    /// any other failure) the transaction rolls back and the table is as before.
+    /// Writes every record received from `records` (in batches) in one transaction.
+    /// `records` ends with `Ok(None)` after the archive authenticated completely, or with an
+    /// error: then (or on any other failure) the transaction rolls back and the table is as
+    /// before.
     pub async fn restore(
         &self,
-        mut records: mpsc::Receiver<anyhow::Result<Option<Record>>>,
+        mut records: mpsc::Receiver<anyhow::Result<Option<Vec<Record>>>>,
         drop_existing: bool,
     ) -> Result<u64, SinkError> {
         let mut conn = self
@@ -140,9 +141,11 @@ impl EventsTable {
         let mut n = 0u64;
         loop {
             match records.recv().await {
-                Some(Ok(Some(r))) => {
-                    encode_row(&r, &mut buf).map_err(SinkError::Other)?;
-                    n += 1;
+                Some(Ok(Some(batch))) => {
+                    for r in &batch {
+                        encode_row(r, &mut buf).map_err(SinkError::Other)?;
+                    }
+                    n += batch.len() as u64;
                     if buf.len() >= 1 << 20 {
                         copy.send(std::mem::take(&mut buf)).await.context("COPY")?;
                         buf.reserve(1 << 20);
