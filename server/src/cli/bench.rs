@@ -13,6 +13,10 @@ pub struct GenerateArgs {
     /// Events to generate (versions 1..n of `events / 100` aggregates).
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
+    /// Number of aggregates the events are spread over (default: events / 100, i.e. 100
+    /// versions each).
+    #[arg(long)]
+    pub aggregates: Option<u64>,
     /// The events table to load (`postgres://…`), which must be empty.
     #[arg(long, env = "BACKUP_EVENTS_DB")]
     pub events_db: String,
@@ -30,12 +34,14 @@ pub struct PrimitivesArgs {
 
 pub(super) async fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let table = crate::sink::table::EventsTable::connect(&a.events_db).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    // Batches of 256 records: a few in flight keep memory flat.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
     let n = a.events;
+    let aggregates = a.aggregates.unwrap_or(n / 100).max(1);
     let start = 1_700_000_000;
     let producer = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(256);
-        for e in crate::devstore::sample::events(n, (n / 100).max(1), start, 42) {
+        for e in crate::devstore::sample::events(n, aggregates, start, 42) {
             batch.push(crate::source::record_from_event(e));
             if batch.len() == 256 && tx.send(Ok(Some(std::mem::take(&mut batch)))).await.is_err() {
                 return;
