@@ -13,18 +13,107 @@ use super::format::*;
 use super::keys::{self, Argon2Params, Keys, ARGON2_MAX};
 use super::writer::Tally;
 
+/// Frames read ahead of the record being decoded: one being opened, one waiting.
+const READ_AHEAD: usize = 2;
+
+/// A frame for the opening thread, with a buffer for its plaintext.
+struct FrameJob {
+    frame: Vec<u8>,
+    out: Vec<u8>,
+    chunk: u64,
+    flags: u8,
+}
+
+/// A frame that authenticated and decompressed, with both buffers back.
+struct Opened {
+    frame: Vec<u8>,
+    out: Vec<u8>,
+    flags: u8,
+}
+
+/// What comes next, in chunk order: a frame the opening thread has, or the error that ended
+/// reading ahead (it is reported only when the reader gets there).
+enum Ahead {
+    InFlight,
+    Failed(ArchiveError),
+}
+
+/// Authenticates (AES-GCM or the SHA-256 chain) and decompresses frames in order on its own
+/// thread, so that chunk n+1 is opened while the records of chunk n are decoded. It stops at the
+/// first frame that fails: nothing after it is opened.
+fn opening_thread(
+    mut opener: ChunkGuard,
+    chunk_size: usize,
+    jobs: std::sync::mpsc::Receiver<FrameJob>,
+    done: std::sync::mpsc::Sender<Result<Opened, ArchiveError>>,
+) {
+    let mut decompressor = match zstd::bulk::Decompressor::new() {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = done.send(Err(e.into()));
+            return;
+        }
+    };
+    while let Ok(mut job) = jobs.recv() {
+        let chunk = job.chunk;
+        let opened = u32::try_from(chunk)
+            .map_err(|_| ArchiveError::corrupt(chunk, "too many chunks"))
+            .and_then(|counter| {
+                opener
+                    .open(counter, job.flags, &mut job.frame)
+                    .map_err(|()| ArchiveError::corrupt(chunk, ""))
+            })
+            .and_then(|()| {
+                job.out.clear();
+                job.out.reserve(chunk_size);
+                decompressor
+                    .decompress_to_buffer(&job.frame[..], &mut job.out)
+                    .map_err(|e| {
+                        ArchiveError::corrupt(chunk, format!("chunk does not decompress: {e}"))
+                    })
+            })
+            .and_then(|n| {
+                // A reused buffer may hold more than a chunk; a chunk never does.
+                if n > chunk_size {
+                    return Err(ArchiveError::corrupt(
+                        chunk,
+                        "chunk does not decompress: larger than the chunk size",
+                    ));
+                }
+                Ok(n)
+            })
+            .map(|_| Opened {
+                frame: job.frame,
+                out: job.out,
+                flags: job.flags,
+            });
+        let failed = opened.is_err();
+        if done.send(opened).is_err() || failed {
+            return;
+        }
+    }
+}
+
 /// Streams the records of an archive.
 pub struct ArchiveReader<R: Read> {
     input: R,
     header: Header,
     key_id: String,
-    opener: ChunkGuard,
-    decompressor: zstd::bulk::Decompressor<'static>,
+    jobs: Option<std::sync::mpsc::Sender<FrameJob>>,
+    done: std::sync::mpsc::Receiver<Result<Opened, ArchiveError>>,
+    ahead: std::collections::VecDeque<Ahead>,
+    /// No more frames to read: the final one was read, or reading failed.
+    input_done: bool,
+    /// Whether bytes follow the final frame (checked after its footer).
+    trailing: Option<Result<bool, ArchiveError>>,
+    spare: Vec<Vec<u8>>,
     chunk_size: usize,
+    /// Next chunk to read from the input.
+    read_chunk: u64,
+    /// Next chunk whose records are decoded.
     next_chunk: u64,
     plain: Vec<u8>,
     pos: usize,
-    frame: Vec<u8>,
     tally: Tally,
     footer: Option<Footer>,
     failed: bool,
@@ -193,17 +282,27 @@ impl<R: Read> ArchiveReader<R> {
         };
         let key_id = envelope.key_id.clone();
         let bytes_read = (prefix.len() + 4 + env_bytes.len()) as u64;
+        let chunk_size = header.chunk_size as usize;
+        let (jobs, job_rx) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("archive-open".into())
+            .spawn(move || opening_thread(opener, chunk_size, job_rx, done_tx))?;
         Ok(Self {
             input,
-            chunk_size: header.chunk_size as usize,
+            chunk_size,
             header,
             key_id,
-            opener,
-            decompressor: zstd::bulk::Decompressor::new()?,
+            jobs: Some(jobs),
+            done,
+            ahead: std::collections::VecDeque::new(),
+            input_done: false,
+            trailing: None,
+            spare: Vec::new(),
+            read_chunk: 0,
             next_chunk: 0,
             plain: Vec::new(),
             pos: 0,
-            frame: Vec::new(),
             tally: Tally::default(),
             footer: None,
             failed: false,
@@ -294,8 +393,30 @@ impl<R: Read> ArchiveReader<R> {
         }
     }
 
-    fn read_chunk(&mut self) -> Result<(), ArchiveError> {
-        let chunk = self.next_chunk;
+    /// Reads frames from the input and hands them to the opening thread until
+    /// [`READ_AHEAD`] are outstanding or the input is done; a read error is queued in its place.
+    fn read_ahead(&mut self) {
+        while !self.input_done && self.ahead.len() < READ_AHEAD {
+            match self.read_frame() {
+                Ok(job) => {
+                    let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+                    // A stopped thread has sent the error of an earlier frame: that comes first.
+                    self.ahead.push_back(Ahead::InFlight);
+                    if !sent {
+                        self.input_done = true;
+                    }
+                }
+                Err(e) => {
+                    self.ahead.push_back(Ahead::Failed(e));
+                    self.input_done = true;
+                }
+            }
+        }
+    }
+
+    /// Reads the next frame (flags, length, body) from the input.
+    fn read_frame(&mut self) -> Result<FrameJob, ArchiveError> {
+        let chunk = self.read_chunk;
         let after = chunk.checked_sub(1);
         let mut fh = [0u8; 5];
         match read_full(&mut self.input, &mut fh) {
@@ -311,7 +432,6 @@ impl<R: Read> ArchiveReader<R> {
                 format!("unknown frame flags {flags:#04x}"),
             ));
         }
-        let last = flags & FLAG_LAST != 0;
         let len = u32::from_be_bytes([fh[1], fh[2], fh[3], fh[4]]) as usize;
         if len > max_frame_len(self.chunk_size as u32) {
             return Err(ArchiveError::corrupt(
@@ -319,9 +439,10 @@ impl<R: Read> ArchiveReader<R> {
                 format!("frame length {len} exceeds limit"),
             ));
         }
-        self.frame.clear();
-        self.frame.resize(len, 0);
-        match read_full(&mut self.input, &mut self.frame) {
+        let mut frame = self.spare.pop().unwrap_or_default();
+        frame.clear();
+        frame.resize(len, 0);
+        match read_full(&mut self.input, &mut frame) {
             Ok(true) => {}
             Ok(false) if len == 0 => {}
             Ok(false) => return Err(ArchiveError::Truncated { after_chunk: after }),
@@ -329,25 +450,62 @@ impl<R: Read> ArchiveReader<R> {
             Err(e) => return Err(e),
         }
         self.bytes_read += 5 + len as u64;
-        let counter =
-            u32::try_from(chunk).map_err(|_| ArchiveError::corrupt(chunk, "too many chunks"))?;
-        self.opener
-            .open(counter, flags, &mut self.frame)
-            .map_err(|()| ArchiveError::corrupt(chunk, ""))?;
+        self.read_chunk += 1;
+        if flags & FLAG_LAST != 0 {
+            // Nothing may follow the final frame; whether something does is reported after its
+            // footer checked out.
+            self.input_done = true;
+            let mut extra = [0u8; 1];
+            self.trailing = Some(loop {
+                match self.input.read(&mut extra) {
+                    Ok(n) => break Ok(n > 0),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e.into()),
+                }
+            });
+        }
+        Ok(FrameJob {
+            frame,
+            out: self.spare.pop().unwrap_or_default(),
+            chunk,
+            flags,
+        })
+    }
+
+    fn read_chunk(&mut self) -> Result<(), ArchiveError> {
+        let chunk = self.next_chunk;
+        self.read_ahead();
+        let opened = match self.ahead.pop_front() {
+            Some(Ahead::InFlight) => self.done.recv().map_err(|_| {
+                ArchiveError::Io(std::io::Error::other(
+                    "the archive's decryption thread stopped",
+                ))
+            })??,
+            Some(Ahead::Failed(e)) => return Err(e),
+            None => return Err(ArchiveError::corrupt(chunk, "no footer")),
+        };
+        // Keep the opening thread busy while this chunk's records are decoded.
+        self.read_ahead();
         self.next_chunk += 1;
-        // Drop what has been consumed, keep a partial record.
-        self.plain.drain(..self.pos);
-        self.pos = 0;
-        let mut out = Vec::with_capacity(self.chunk_size);
-        self.decompressor
-            .decompress_to_buffer(&self.frame[..], &mut out)
-            .map_err(|e| ArchiveError::corrupt(chunk, format!("chunk does not decompress: {e}")))?;
+        let last = opened.flags & FLAG_LAST != 0;
+        let out = opened.out;
+        self.spare.push(opened.frame);
         if !last {
-            self.plain.extend_from_slice(&out);
+            if self.pos == self.plain.len() {
+                // No partial record left over: take the chunk as it is.
+                let used = std::mem::replace(&mut self.plain, out);
+                self.spare.push(used);
+            } else {
+                // Keep the partial record, append the chunk.
+                self.plain.drain(..self.pos);
+                self.plain.extend_from_slice(&out);
+                self.spare.push(out);
+            }
+            self.pos = 0;
             return Ok(());
         }
         // The final chunk holds the footer and nothing else.
-        if !self.plain.is_empty() {
+        if self.pos != self.plain.len() {
             return Err(ArchiveError::corrupt(
                 chunk,
                 "a record is cut off by the final chunk",
@@ -356,15 +514,13 @@ impl<R: Read> ArchiveReader<R> {
         let footer = Footer::decode_length_delimited(out.as_slice())
             .map_err(|e| ArchiveError::corrupt(chunk, format!("footer does not decode: {e}")))?;
         self.check_footer(&footer, chunk)?;
-        let mut extra = [0u8; 1];
-        loop {
-            match self.input.read(&mut extra) {
-                Ok(0) => break,
-                Ok(_) => return Err(ArchiveError::TrailingData { chunk }),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
+        match self.trailing.take() {
+            Some(Ok(false)) => {}
+            Some(Ok(true)) => return Err(ArchiveError::TrailingData { chunk }),
+            Some(Err(e)) => return Err(e),
+            None => return Err(ArchiveError::corrupt(chunk, "no footer")),
         }
+        self.jobs = None;
         self.footer = Some(footer);
         Ok(())
     }
