@@ -10,13 +10,14 @@ fuzz_target!(|data: &[u8]| {
     // key matters; the unencrypted (SHA-256 chain) path is reachable without any key.
     for keys in [Keys::none(), Keys::keyring(Keyring::new(vec![MasterKey::from_bytes([7; 32])]).expect("ring"))] {
         if let Ok(mut r) = ArchiveReader::open(data, &keys) {
-            let mut failed = false;
             for _ in 0..100_000 {
                 match r.next_record() {
-                    Ok(Some(_)) => assert!(!failed),
+                    Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(_) => {
-                        failed = true;
+                        // After an error the reader yields nothing more.
+                        assert!(r.next_record().is_err());
+                        assert!(r.next().is_none());
                         break;
                     }
                 }
