@@ -412,6 +412,36 @@ fn archive_module_does_not_import_runtime_sql_or_network_crates() {
     }
 }
 
+/// Today's writer reproduces the frozen unencrypted vector byte for byte (an unencrypted archive
+/// has no random parts): the bytes have not drifted since the format was frozen, whatever the
+/// writer's threading.
+#[test]
+fn writer_reproduces_the_frozen_unencrypted_vector() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors/v1");
+    let frozen = std::fs::read(dir.join("unencrypted.mbk")).expect("vector");
+    let (records, footer) = read(&frozen, &Keys::none());
+    footer.expect("the vector reads");
+    let header = ArchiveReader::open(&frozen[..], &Keys::none())
+        .expect("open")
+        .header()
+        .clone();
+    let mut opts = WriterOptions::new(header.backup_id.clone(), Protection::Unencrypted);
+    opts.created_at = header.created_at.expect("creation time");
+    opts.chunk_size = header.chunk_size;
+    opts.kind = header.kind.clone();
+    opts.parent_id = (!header.parent_id.is_empty()).then(|| header.parent_id.clone());
+    let mut w = ArchiveWriter::new(Vec::new(), opts).expect("writer");
+    for r in &records {
+        w.append(r).expect("append");
+    }
+    let (bytes, _) = w.finish().expect("finish");
+    assert_eq!(records.len(), 3);
+    assert!(
+        bytes == frozen,
+        "the writer no longer writes the frozen bytes"
+    );
+}
+
 /// Writes the frozen test vectors of tests/vectors/v1 (run once, by hand, when a format version
 /// is introduced; never to regenerate existing vectors):
 /// `MBK_WRITE_VECTORS=DIR cargo test -p monoskope-backup write_test_vectors -- --ignored`
