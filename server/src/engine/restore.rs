@@ -211,7 +211,7 @@ fn spawn_reader(
     until: Option<prost_types::Timestamp>,
     progress: Arc<Progress>,
 ) -> (
-    mpsc::Receiver<anyhow::Result<Option<Vec<Record>>>>,
+    crate::sink::table::RecordBatches,
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = mpsc::channel(4);

@@ -26,6 +26,10 @@ const COPY: &str = r#"COPY "event_records" ("event_id", "event_type", "aggregate
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
+/// What a restore into the table reads: batches of records, then `Ok(None)` once the source
+/// checked out completely, or the error that ends it (the transaction then rolls back).
+pub type RecordBatches = mpsc::Receiver<anyhow::Result<Option<Vec<Record>>>>;
+
 /// The events table sink.
 #[derive(Debug, Clone)]
 pub struct EventsTable {
@@ -78,7 +82,7 @@ impl EventsTable {
     /// before.
     pub async fn restore(
         &self,
-        mut records: mpsc::Receiver<anyhow::Result<Option<Vec<Record>>>>,
+        mut records: RecordBatches,
         drop_existing: bool,
     ) -> Result<u64, SinkError> {
         let mut conn = self
