@@ -34,16 +34,18 @@ pub struct PrimitivesArgs {
 
 pub(super) async fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let table = crate::sink::table::EventsTable::connect(&a.events_db).await?;
-    // Batches of 256 records: a few in flight keep memory flat.
+    // Batches of records: a few in flight keep memory flat.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let n = a.events;
     let aggregates = a.aggregates.unwrap_or(n / 100).max(1);
     let start = 1_700_000_000;
     let producer = tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(256);
+        let mut batch = Vec::with_capacity(crate::source::RECORD_BATCH);
         for e in crate::devstore::sample::events(n, aggregates, start, 42) {
             batch.push(crate::source::record_from_event(e));
-            if batch.len() == 256 && tx.send(Ok(Some(std::mem::take(&mut batch)))).await.is_err() {
+            if batch.len() == crate::source::RECORD_BATCH
+                && tx.send(Ok(Some(std::mem::take(&mut batch)))).await.is_err()
+            {
                 return;
             }
         }

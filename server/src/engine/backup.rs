@@ -22,7 +22,7 @@ use crate::catalog::{BackupRecord, State};
 use crate::cli::rfc3339;
 use crate::destination::manifest::{Manifest, MANIFEST_FORMAT};
 use crate::destination::{layout, Upload, PART_SIZE};
-use crate::source::ChainMismatch;
+use crate::source::{ChainMismatch, RECORD_BATCH};
 
 /// A `Write` that cuts the archive into upload parts, hashing and counting what passes.
 struct PartWriter {
@@ -87,9 +87,6 @@ pub struct Parent {
     /// Its chain's watermark.
     pub watermark: Arc<Watermark>,
 }
-
-/// Records per message to the writer thread.
-const BATCH: usize = 256;
 
 /// A stream of records from somewhere other than the configured store (an import).
 pub type RecordStream =
@@ -179,7 +176,7 @@ pub(super) async fn run(
         let mut wm = before.as_deref().cloned().unwrap_or_default();
         let mut spans = std::collections::HashMap::new();
         let mut store_max: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
         let mut key = Default::default();
         while let Some(rec) = stream.next().await {
             let rec = rec?;
@@ -203,11 +200,11 @@ pub(super) async fn run(
             }
             wm.observe_into(&rec, &mut key);
             batch.push(rec);
-            if batch.len() == BATCH {
+            if batch.len() == RECORD_BATCH {
                 read_progress
                     .events
-                    .fetch_add(BATCH as u64, Ordering::Relaxed);
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    .fetch_add(RECORD_BATCH as u64, Ordering::Relaxed);
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(RECORD_BATCH));
                 if rec_tx.send(full).await.is_err() {
                     // The encoder or the upload stopped; their error is reported below.
                     return Ok(wm);

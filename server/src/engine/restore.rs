@@ -14,6 +14,7 @@ use super::{EngineConfig, EngineError, Progress};
 use crate::archive::{ArchiveError, ArchiveReader, Record};
 use crate::destination::manifest::Manifest;
 use crate::sink::{self, table::EventsTable, SinkError};
+use crate::source::RECORD_BATCH;
 
 /// What a restore was asked to do.
 #[derive(Debug, Clone)]
@@ -201,7 +202,7 @@ fn archive_err(e: ArchiveError) -> EngineError {
 }
 
 /// Reads the chain's archives in order on a blocking thread and sends their records (up to
-/// `until`): `Ok(Some)` per batch of up to 256 records, then `Ok(None)` once every link checked out, or an `Err`
+/// `until`): `Ok(Some)` per batch of up to [`RECORD_BATCH`] records, then `Ok(None)` once every link checked out, or an `Err`
 /// naming the link — never a record of an unauthenticated chunk. Each link must be the backup
 /// its manifest names, name the link before it as parent, hold the manifest's event count, and
 /// continue the versions of the links before it exactly (no gap, no overlap).
@@ -250,7 +251,7 @@ fn spawn_reader(
                 );
                 let mut spans = std::collections::HashMap::new();
                 let mut r = ArchiveReader::open(bridge, &keys2)?;
-                let mut batch = Vec::with_capacity(256);
+                let mut batch = Vec::with_capacity(RECORD_BATCH);
                 let h = r.header().clone();
                 if h.backup_id != m2.id || h.parent_id != parent {
                     anyhow::bail!(
@@ -272,9 +273,11 @@ fn spawn_reader(
                         continue;
                     }
                     batch.push(rec);
-                    if batch.len() == 256 {
-                        progress2.events.fetch_add(256, Ordering::Relaxed);
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(256));
+                    if batch.len() == RECORD_BATCH {
+                        progress2
+                            .events
+                            .fetch_add(RECORD_BATCH as u64, Ordering::Relaxed);
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(RECORD_BATCH));
                         if tx2.blocking_send(Ok(Some(full))).is_err() {
                             anyhow::bail!("the restore stopped");
                         }

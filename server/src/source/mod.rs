@@ -4,6 +4,10 @@
 
 pub mod table;
 
+/// Records per hand-off between the stages of a backup or restore (source, engine, archive
+/// writer or reader, sink): one channel wake-up per batch instead of per event.
+pub const RECORD_BATCH: usize = 256;
+
 use std::time::Duration;
 
 use anyhow::Context;

@@ -22,9 +22,6 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
         .map_err(|e| anyhow::anyhow!("cannot connect to the events database: {e}"))
 }
 
-/// Records per message from the reading task: one channel hand-off per batch, not per event.
-const BATCH: usize = 256;
-
 /// What the reading task sends: batches of records, or the error that stopped it.
 pub type Batches = mpsc::Receiver<anyhow::Result<Vec<Record>>>;
 
@@ -32,11 +29,11 @@ pub type Batches = mpsc::Receiver<anyhow::Result<Vec<Record>>>;
 pub fn records(rx: Batches) -> impl futures::Stream<Item = anyhow::Result<Record>> + Send {
     use futures::StreamExt;
     tokio_stream::wrappers::ReceiverStream::new(rx).flat_map(|batch| {
-        let items: Vec<anyhow::Result<Record>> = match batch {
-            Ok(records) => records.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(e)],
+        let (records, error) = match batch {
+            Ok(records) => (records, None),
+            Err(e) => (Vec::new(), Some(e)),
         };
-        futures::stream::iter(items)
+        futures::stream::iter(records.into_iter().map(Ok).chain(error.map(Err)))
     })
 }
 
@@ -104,11 +101,11 @@ async fn forward(
     mut rows: impl futures::Stream<Item = Result<sqlx::postgres::PgRow, sqlx::Error>> + Unpin,
     tx: &mpsc::Sender<anyhow::Result<Vec<Record>>>,
 ) -> anyhow::Result<()> {
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch = Vec::with_capacity(super::RECORD_BATCH);
     while let Some(row) = rows.try_next().await? {
         batch.push(record_of(&row)?);
-        if batch.len() == BATCH {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+        if batch.len() == super::RECORD_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(super::RECORD_BATCH));
             if tx.send(Ok(full)).await.is_err() {
                 return Ok(());
             }
