@@ -101,6 +101,7 @@ pub struct ArchiveReader<R: Read> {
     key_id: String,
     jobs: Option<std::sync::mpsc::Sender<FrameJob>>,
     done: std::sync::mpsc::Receiver<Result<Opened, ArchiveError>>,
+    opener: Option<std::thread::JoinHandle<()>>,
     ahead: std::collections::VecDeque<Ahead>,
     /// No more frames to read: the final one was read, or reading failed.
     input_done: bool,
@@ -285,7 +286,7 @@ impl<R: Read> ArchiveReader<R> {
         let chunk_size = header.chunk_size as usize;
         let (jobs, job_rx) = std::sync::mpsc::channel();
         let (done_tx, done) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
+        let opener = std::thread::Builder::new()
             .name("archive-open".into())
             .spawn(move || opening_thread(opener, chunk_size, job_rx, done_tx))?;
         Ok(Self {
@@ -295,6 +296,7 @@ impl<R: Read> ArchiveReader<R> {
             key_id,
             jobs: Some(jobs),
             done,
+            opener: Some(opener),
             ahead: std::collections::VecDeque::new(),
             input_done: false,
             trailing: None,
@@ -538,6 +540,17 @@ impl<R: Read> ArchiveReader<R> {
             ));
         }
         Ok(())
+    }
+}
+
+impl<R: Read> Drop for ArchiveReader<R> {
+    /// Ends the opening thread (it finishes the frame in hand, at most one chunk) so no thread
+    /// outlives its reader.
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(h) = self.opener.take() {
+            let _ = h.join();
+        }
     }
 }
 
