@@ -9,12 +9,14 @@
 //!
 //! This module works over `std::io::Read`/`Write` only: no async runtime, no SQL, no network.
 
+mod encoded;
 mod error;
 mod format;
 mod keys;
 mod reader;
 mod writer;
 
+pub use encoded::{Batch, EncodedRef, RecordParts};
 pub use error::ArchiveError;
 pub use format::{DEFAULT_CHUNK_SIZE, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, MAX_RECORD_LEN};
 pub use keys::{Argon2Params, Keyring, Keys, MasterKey, Passphrase, Protection};

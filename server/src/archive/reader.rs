@@ -384,7 +384,7 @@ impl<R: Read> ArchiveReader<R> {
                                 format!("record does not decode: {e}"),
                             )
                         })?;
-                        self.tally.add(&rec, encoded);
+                        self.tally.add(rec.timestamp.as_ref(), encoded);
                         self.pos += end;
                         return Ok(Some(rec));
                     }

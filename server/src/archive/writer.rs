@@ -10,6 +10,7 @@ use prost::Message;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use super::encoded::Batch;
 use super::error::ArchiveError;
 use super::format::*;
 use super::keys::{self, Protection};
@@ -68,11 +69,12 @@ fn ts_key(t: &prost_types::Timestamp) -> (i64, i32) {
 }
 
 impl Tally {
-    pub fn add(&mut self, rec: &Record, encoded: &[u8]) {
+    /// Counts one record given its timestamp and its length-delimited encoding.
+    pub fn add(&mut self, timestamp: Option<&prost_types::Timestamp>, encoded: &[u8]) {
         self.count += 1;
         self.record_bytes += encoded.len() as u64;
         self.digest.update(encoded);
-        let ts = rec.timestamp.unwrap_or_default();
+        let ts = timestamp.copied().unwrap_or_default();
         if self.first.as_ref().is_none_or(|f| ts_key(&ts) < ts_key(f)) {
             self.first = Some(ts);
         }
@@ -308,10 +310,34 @@ impl<W: Write> ArchiveWriter<W> {
                 limit: MAX_RECORD_LEN,
             });
         }
-        self.tally.add(rec, &self.record);
-        // Records are one continuous byte stream cut into chunks at chunk_size boundaries.
+        self.tally.add(rec.timestamp.as_ref(), &self.record);
         let record = std::mem::take(&mut self.record);
-        let mut rest: &[u8] = &record;
+        let result = self.push_bytes(&record);
+        self.record = record;
+        result
+    }
+
+    /// Appends records already encoded (see [`Batch`]): the same bytes as appending each as a
+    /// message.
+    pub fn append_batch(&mut self, batch: &Batch) -> Result<(), ArchiveError> {
+        if let Some(size) = batch
+            .iter()
+            .map(|rec| rec.bytes().len())
+            .find(|len| *len > MAX_RECORD_LEN)
+        {
+            return Err(ArchiveError::EventTooLarge {
+                size,
+                limit: MAX_RECORD_LEN,
+            });
+        }
+        for rec in batch.iter() {
+            self.tally.add(rec.timestamp(), rec.bytes());
+        }
+        self.push_bytes(batch.bytes())
+    }
+
+    /// Adds bytes to the record stream, which is cut into chunks at `chunk_size` boundaries.
+    fn push_bytes(&mut self, mut rest: &[u8]) -> Result<(), ArchiveError> {
         while !rest.is_empty() {
             let room = self.chunk_size - self.buf.len();
             let take = room.min(rest.len());
@@ -321,7 +347,6 @@ impl<W: Write> ArchiveWriter<W> {
                 self.submit(0)?;
             }
         }
-        self.record = record;
         Ok(())
     }
 

@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
-use super::watermark::{aggregate_of, check_continuity, span_add, Watermark};
+use super::watermark::{aggregate, check_continuity, span_add_version, Watermark};
 use super::{EngineConfig, Progress};
-use crate::archive::{ArchiveWriter, Record, WriterOptions};
+use crate::archive::{ArchiveWriter, Batch, Record, WriterOptions};
 use crate::catalog::{BackupRecord, State};
 use crate::cli::rfc3339;
 use crate::destination::manifest::{Manifest, MANIFEST_FORMAT};
@@ -92,6 +92,26 @@ pub struct Parent {
 pub type RecordStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = anyhow::Result<Record>> + Send>>;
 
+/// Encoded records on their way to the archive writer.
+type BatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = anyhow::Result<Batch>> + Send>>;
+
+/// Records as batches of encoded records: whatever has arrived, up to [`RECORD_BATCH`]; the
+/// first error ends the stream.
+fn batches(
+    records: impl futures::Stream<Item = anyhow::Result<Record>> + Send + 'static,
+) -> BatchStream {
+    Box::pin(StreamExt::map(
+        futures::StreamExt::ready_chunks(records, RECORD_BATCH),
+        |chunk| {
+            let mut batch = Batch::new();
+            for rec in chunk {
+                batch.push_record(&rec?);
+            }
+            Ok(batch)
+        },
+    ))
+}
+
 pub(super) async fn run(
     cfg: &EngineConfig,
     running: &BackupRecord,
@@ -110,7 +130,7 @@ pub(super) async fn run(
         .context("cannot start the upload")?;
     let cancelled = Arc::new(AtomicBool::new(false));
     // Records cross to the writer thread in batches: one wake-up per batch, not per event.
-    let (rec_tx, mut rec_rx) = mpsc::channel::<Vec<Record>>(8);
+    let (rec_tx, mut rec_rx) = mpsc::channel::<Batch>(8);
     let (part_tx, mut part_rx) = mpsc::channel::<Vec<u8>>(2);
 
     let mut opts = WriterOptions::new(&running.id, protection.clone());
@@ -129,9 +149,7 @@ pub(super) async fn run(
         };
         let mut w = ArchiveWriter::new(out, opts)?;
         while let Some(batch) = rec_rx.blocking_recv() {
-            for rec in &batch {
-                w.append(rec)?;
-            }
+            w.append_batch(&batch)?;
         }
         // The record channel also closes when reading failed or timed out: never seal then.
         if enc_cancel.load(Ordering::SeqCst) {
@@ -154,13 +172,13 @@ pub(super) async fn run(
     let read_progress = progress.clone();
     let before = parent.as_ref().map(|p| p.watermark.clone());
     let from_table = cfg.events_db.is_some();
-    let mut stream: RecordStream = match custom {
-        Some(s) => s,
+    let mut stream: BatchStream = match custom {
+        Some(s) => batches(s),
         None => match (&cfg.events_db, &before) {
-            (Some(url), None) => Box::pin(crate::source::table::records(
+            (Some(url), None) => Box::pin(crate::source::table::stream(
                 crate::source::table::snapshot(crate::source::table::connect(url).await?, 4),
             )),
-            (Some(url), Some(w)) => Box::pin(crate::source::table::records(
+            (Some(url), Some(w)) => Box::pin(crate::source::table::stream(
                 crate::source::table::incremental(
                     crate::source::table::connect(url).await?,
                     w.clone(),
@@ -169,53 +187,58 @@ pub(super) async fn run(
             )),
             // The API has no per-aggregate maximum: an incremental reads every event and keeps
             // the new ones.
-            (None, _) => Box::pin(cfg.event_store.retrieve_all().await?),
+            (None, _) => batches(cfg.event_store.retrieve_all().await?),
         },
     };
     let reader = async move {
         let mut wm = before.as_deref().cloned().unwrap_or_default();
         let mut spans = std::collections::HashMap::new();
         let mut store_max: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
-        let mut batch = Vec::with_capacity(RECORD_BATCH);
         let mut key = Default::default();
-        while let Some(rec) = stream.next().await {
-            let rec = rec?;
+        while let Some(batch) = stream.next().await {
+            let mut batch = batch?;
             if let Some(b) = &before {
-                let a = aggregate_of(&rec);
-                if !from_table {
-                    let m = store_max.entry(a.clone()).or_insert(0);
-                    *m = (*m).max(rec.aggregate_version);
-                }
-                if rec.aggregate_version == 0 {
+                let mut unversioned = None;
+                batch.retain(|rec| {
+                    let a = aggregate(rec.aggregate_type(), rec.aggregate_id());
+                    let version = rec.aggregate_version();
+                    if !from_table {
+                        let m = store_max.entry(a.clone()).or_insert(0);
+                        *m = (*m).max(version);
+                    }
+                    if version == 0 {
+                        unversioned.get_or_insert(a);
+                        return false;
+                    }
+                    if version <= b.get(&a) {
+                        return false; // the chain holds it
+                    }
+                    span_add_version(&mut spans, a, version);
+                    true
+                });
+                if let Some(a) = unversioned {
                     return Err(ChainMismatch(format!(
                         "the store holds events without a version (aggregate {} {}), which only a full backup can hold",
                         a.0, a.1
                     ))
                     .into());
                 }
-                if rec.aggregate_version <= b.get(&a) {
-                    continue; // the chain holds it
-                }
-                span_add(&mut spans, &rec);
             }
-            wm.observe_into(&rec, &mut key);
-            batch.push(rec);
-            if batch.len() == RECORD_BATCH {
-                read_progress
-                    .events
-                    .fetch_add(RECORD_BATCH as u64, Ordering::Relaxed);
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(RECORD_BATCH));
-                if rec_tx.send(full).await.is_err() {
-                    // The encoder or the upload stopped; their error is reported below.
-                    return Ok(wm);
-                }
+            for rec in batch.iter() {
+                wm.observe_into(
+                    rec.aggregate_type(),
+                    rec.aggregate_id(),
+                    rec.aggregate_version(),
+                    &mut key,
+                );
             }
-        }
-        read_progress
-            .events
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        if !batch.is_empty() && rec_tx.send(batch).await.is_err() {
-            return Ok(wm);
+            read_progress
+                .events
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            if !batch.is_empty() && rec_tx.send(batch).await.is_err() {
+                // The encoder or the upload stopped; their error is reported below.
+                return Ok(wm);
+            }
         }
         if let Some(b) = &before {
             if !from_table {

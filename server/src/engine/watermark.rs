@@ -24,10 +24,12 @@ pub type Aggregate = (String, String);
 
 /// The aggregate of a record.
 pub fn aggregate_of(r: &Record) -> Aggregate {
-    (
-        r.aggregate_type.clone(),
-        r.aggregate_id.to_ascii_lowercase(),
-    )
+    aggregate(&r.aggregate_type, &r.aggregate_id)
+}
+
+/// The aggregate of a type and an id (as any source spells it).
+pub fn aggregate(aggregate_type: &str, aggregate_id: &str) -> Aggregate {
+    (aggregate_type.to_owned(), aggregate_id.to_ascii_lowercase())
 }
 
 /// Aggregate → highest version held.
@@ -40,21 +42,32 @@ pub struct Watermark {
 impl Watermark {
     /// Raises the aggregate's version to `r`'s.
     pub fn observe(&mut self, r: &Record) {
-        self.observe_into(r, &mut Aggregate::default());
+        self.observe_into(
+            &r.aggregate_type,
+            &r.aggregate_id,
+            r.aggregate_version,
+            &mut Aggregate::default(),
+        );
     }
 
-    /// [`Self::observe`] building the key in `scratch`: no allocation for an aggregate the
-    /// watermark already holds (the backup calls this once per event).
-    pub fn observe_into(&mut self, r: &Record, scratch: &mut Aggregate) {
+    /// Raises an aggregate's version, building the key in `scratch`: no allocation for an
+    /// aggregate the watermark already holds (the backup calls this once per event).
+    pub fn observe_into(
+        &mut self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        version: u64,
+        scratch: &mut Aggregate,
+    ) {
         scratch.0.clear();
-        scratch.0.push_str(&r.aggregate_type);
+        scratch.0.push_str(aggregate_type);
         scratch.1.clear();
-        scratch.1.push_str(&r.aggregate_id);
+        scratch.1.push_str(aggregate_id);
         scratch.1.make_ascii_lowercase();
         match self.map.get_mut(scratch) {
-            Some(v) => *v = (*v).max(r.aggregate_version),
+            Some(v) => *v = (*v).max(version),
             None => {
-                self.map.insert(scratch.clone(), r.aggregate_version);
+                self.map.insert(scratch.clone(), version);
             }
         }
     }
@@ -189,9 +202,13 @@ pub fn check_continuity(
 
 /// Adds one record to `spans`.
 pub fn span_add(spans: &mut HashMap<Aggregate, Span>, r: &Record) {
-    let v = r.aggregate_version;
+    span_add_version(spans, aggregate_of(r), r.aggregate_version);
+}
+
+/// Adds version `v` of aggregate `a` to `spans`.
+pub fn span_add_version(spans: &mut HashMap<Aggregate, Span>, a: Aggregate, v: u64) {
     spans
-        .entry(aggregate_of(r))
+        .entry(a)
         .and_modify(|s| {
             s.min = s.min.min(v);
             s.max = s.max.max(v);

@@ -2,6 +2,7 @@
 //! independent of the database behind the store; the events table ([`table`]) is one consistent
 //! snapshot read straight from PostgreSQL, keeping event ids.
 
+mod metadata;
 pub mod table;
 
 /// Records per hand-off between the stages of a backup or restore (source, engine, archive

@@ -4,13 +4,17 @@
 //! database's credentials. (CockroachDB: every transaction is SERIALIZABLE and reads one
 //! snapshot; `AS OF SYSTEM TIME` would avoid contention — not tested here.)
 
+use crate::archive::{Batch, RecordParts};
 use futures::TryStreamExt;
-use monoskope_backup_api::archive::v1::Record;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use tokio::sync::mpsc;
 
-const SELECT: &str = r#"SELECT event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata::text AS metadata, data::text AS data FROM "event_records" ORDER BY "timestamp", aggregate_type, aggregate_id, aggregate_version"#;
+/// The columns of a record, in the order [`CopyDecoder`] reads them.
+const COLUMNS: &str = r#"e.event_id, e.event_type, e.aggregate_id, e.aggregate_type, e.aggregate_version, e."timestamp", e.metadata::text, e.data::text"#;
+/// Store order: as `Retrieve` returns events.
+const ORDER: &str =
+    r#"ORDER BY e."timestamp", e.aggregate_type, e.aggregate_id, e.aggregate_version"#;
 
 /// Connects to the events database.
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
@@ -22,19 +26,12 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
         .map_err(|e| anyhow::anyhow!("cannot connect to the events database: {e}"))
 }
 
-/// What the reading task sends: batches of records, or the error that stopped it.
-pub type Batches = mpsc::Receiver<anyhow::Result<Vec<Record>>>;
+/// What the reading task sends: batches of encoded records, or the error that stopped it.
+pub type Batches = mpsc::Receiver<anyhow::Result<Batch>>;
 
-/// The batches as a stream of single records.
-pub fn records(rx: Batches) -> impl futures::Stream<Item = anyhow::Result<Record>> + Send {
-    use futures::StreamExt;
-    tokio_stream::wrappers::ReceiverStream::new(rx).flat_map(|batch| {
-        let (records, error) = match batch {
-            Ok(records) => (records, None),
-            Err(e) => (Vec::new(), Some(e)),
-        };
-        futures::stream::iter(records.into_iter().map(Ok).chain(error.map(Err)))
-    })
+/// The batches as a stream.
+pub fn stream(rx: Batches) -> impl futures::Stream<Item = anyhow::Result<Batch>> + Send {
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Streams every event of one snapshot into a bounded channel (`buffer` batches); the reader
@@ -49,34 +46,190 @@ pub fn snapshot(pool: PgPool, buffer: usize) -> Batches {
     rx
 }
 
-/// The text form of a uuid column, as PostgreSQL prints it (lowercase, hyphenated).
-fn uuid_text(u: uuid::Uuid) -> String {
-    u.hyphenated().to_string()
+/// The signature that opens PostgreSQL's binary COPY format, followed by flags and the header
+/// extension length (both 32 bits).
+const COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// Decodes PostgreSQL's binary COPY output of [`COLUMNS`] into encoded records (the archive's
+/// encoding written straight from the tuple's fields), whatever way the bytes are cut into
+/// messages: a tuple may span messages, a message may hold several.
+#[derive(Default)]
+struct CopyDecoder {
+    /// Bytes received and not yet decoded (a partial tuple).
+    pending: Vec<u8>,
+    header_done: bool,
+    /// The trailer (field count -1) was read.
+    ended: bool,
 }
 
-/// Reads one row of [`SELECT`]'s columns (by position: event_id, event_type, aggregate_id,
-/// aggregate_type, aggregate_version, timestamp, metadata, data).
-fn record_of(row: &sqlx::postgres::PgRow) -> anyhow::Result<Record> {
-    let ts: Option<chrono::DateTime<chrono::Utc>> = row.try_get(5)?;
-    let md: Option<&str> = row.try_get(6)?;
-    Ok(Record {
-        event_id: uuid_text(row.try_get::<uuid::Uuid, _>(0)?),
-        event_type: row.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
-        aggregate_id: uuid_text(row.try_get::<Option<uuid::Uuid>, _>(2)?.unwrap_or_default()),
-        aggregate_type: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
-        aggregate_version: row.try_get::<Option<i64>, _>(4)?.unwrap_or(0) as u64,
-        timestamp: ts.map(|t| prost_types::Timestamp {
-            seconds: t.timestamp(),
-            nanos: t.timestamp_subsec_nanos() as i32,
-        }),
-        metadata: match md {
-            Some(m) => serde_json::from_str(m)?,
-            None => Default::default(),
+/// Why a COPY stream could not be decoded.
+fn malformed(what: &str) -> anyhow::Error {
+    anyhow::anyhow!("unexpected COPY data from the events table: {what}")
+}
+
+impl CopyDecoder {
+    /// Decodes every complete tuple of `data` (after what is pending) into `out`.
+    fn feed(&mut self, data: &[u8], out: &mut Batch) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            let used = self.decode_from(data, out)?;
+            self.pending.extend_from_slice(&data[used..]);
+        } else {
+            self.pending.extend_from_slice(data);
+            let pending = std::mem::take(&mut self.pending);
+            let used = self.decode_from(&pending, out)?;
+            self.pending = pending;
+            self.pending.drain(..used);
+        }
+        Ok(())
+    }
+
+    /// The stream ended: it must have ended with the trailer, nothing after it.
+    fn finish(&self) -> anyhow::Result<()> {
+        if !self.ended {
+            return Err(malformed("the data ends inside a row"));
+        }
+        Ok(())
+    }
+
+    /// Decodes complete tuples from the start of `buf`; returns the bytes used.
+    fn decode_from(&mut self, buf: &[u8], out: &mut Batch) -> anyhow::Result<usize> {
+        let mut at = 0;
+        if !self.header_done {
+            let need = COPY_SIGNATURE.len() + 8;
+            if buf.len() < need {
+                return Ok(0);
+            }
+            if &buf[..COPY_SIGNATURE.len()] != COPY_SIGNATURE {
+                return Err(malformed("no binary COPY signature"));
+            }
+            let ext = u32::from_be_bytes(buf[15..19].try_into().expect("4 bytes")) as usize;
+            if buf.len() < need + ext {
+                return Ok(0);
+            }
+            at = need + ext;
+            self.header_done = true;
+        }
+        while at < buf.len() {
+            if self.ended {
+                return Err(malformed("data after the trailer"));
+            }
+            match decode_tuple(&buf[at..], out)? {
+                Tuple::Incomplete => break,
+                Tuple::Trailer => {
+                    self.ended = true;
+                    at += 2;
+                }
+                Tuple::Row(len) => at += len,
+            }
+        }
+        Ok(at)
+    }
+}
+
+enum Tuple {
+    /// More bytes are needed.
+    Incomplete,
+    /// The end-of-data marker.
+    Trailer,
+    /// A record (added to the batch) and the bytes its tuple took.
+    Row(usize),
+}
+
+/// The eight fields of a tuple as slices of the buffer (`None`: SQL NULL).
+type Fields<'a> = [Option<&'a [u8]>; 8];
+
+/// The fields of the tuple at the start of `buf` and the bytes it takes; `None` when `buf`
+/// ends inside it.
+fn split_fields(buf: &[u8]) -> anyhow::Result<Option<(Fields<'_>, usize)>> {
+    let mut fields = [None; 8];
+    let mut at = 2;
+    for field in fields.iter_mut() {
+        let Some(len) = buf.get(at..at + 4) else {
+            return Ok(None);
+        };
+        let len = i32::from_be_bytes(len.try_into().expect("4 bytes"));
+        at += 4;
+        if len == -1 {
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| malformed("negative field length"))?;
+        let Some(value) = buf.get(at..at + len) else {
+            return Ok(None);
+        };
+        *field = Some(value);
+        at += len;
+    }
+    Ok(Some((fields, at)))
+}
+
+/// Decodes the tuple at the start of `buf` into `out`.
+fn decode_tuple(buf: &[u8], out: &mut Batch) -> anyhow::Result<Tuple> {
+    let Some(count) = buf.get(..2) else {
+        return Ok(Tuple::Incomplete);
+    };
+    match i16::from_be_bytes([count[0], count[1]]) {
+        -1 => return Ok(Tuple::Trailer),
+        8 => {}
+        n => return Err(malformed(&format!("{n} columns, expected 8"))),
+    }
+    let Some(([event_id, event_type, aggregate_id, aggregate_type, version, ts, md, data], len)) =
+        split_fields(buf)?
+    else {
+        return Ok(Tuple::Incomplete);
+    };
+    let mut event_id_text = [0u8; 36];
+    let mut aggregate_id_text = [0u8; 36];
+    let metadata = match md {
+        Some(m) => super::metadata::pairs(m)?,
+        None => Vec::new(),
+    };
+    out.push(RecordParts {
+        aggregate_type: text(aggregate_type)?,
+        aggregate_id: uuid_text(aggregate_id.unwrap_or(&[0; 16]), &mut aggregate_id_text)?,
+        aggregate_version: match version {
+            Some(v) => {
+                i64::from_be_bytes(v.try_into().map_err(|_| malformed("aggregate_version"))?) as u64
+            }
+            None => 0,
         },
-        data: row
-            .try_get::<Option<String>, _>(7)?
-            .unwrap_or_default()
-            .into_bytes(),
+        event_type: text(event_type)?,
+        data: data.unwrap_or_default(),
+        metadata: metadata.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
+        timestamp: ts.map(timestamp).transpose()?,
+        event_id: uuid_text(
+            event_id.ok_or_else(|| malformed("event_id is NULL"))?,
+            &mut event_id_text,
+        )?,
+    });
+    Ok(Tuple::Row(len))
+}
+
+/// A binary uuid in the text form PostgreSQL prints (lowercase, hyphenated), written into `out`.
+fn uuid_text<'a>(b: &[u8], out: &'a mut [u8; 36]) -> anyhow::Result<&'a str> {
+    let u = uuid::Uuid::from_slice(b).map_err(|_| malformed("a uuid of the wrong length"))?;
+    Ok(u.hyphenated().encode_lower(out))
+}
+
+/// A text column (`""` for NULL).
+fn text(b: Option<&[u8]>) -> anyhow::Result<&str> {
+    match b {
+        Some(b) => std::str::from_utf8(b).map_err(|_| malformed("text that is not UTF-8")),
+        None => Ok(""),
+    }
+}
+
+/// A binary `timestamptz` (microseconds since 2000-01-01 UTC).
+fn timestamp(b: &[u8]) -> anyhow::Result<prost_types::Timestamp> {
+    let micros = i64::from_be_bytes(b.try_into().map_err(|_| malformed("timestamp"))?);
+    let unix = micros
+        .checked_add(PG_EPOCH_MICROS)
+        .filter(|_| micros != i64::MAX && micros != i64::MIN)
+        .ok_or_else(|| malformed("an infinite timestamp"))?;
+    Ok(prost_types::Timestamp {
+        seconds: unix.div_euclid(1_000_000),
+        nanos: (unix.rem_euclid(1_000_000) * 1000) as i32,
     })
 }
 
@@ -95,22 +248,33 @@ async fn begin_snapshot(
     Ok((conn, exists.is_some()))
 }
 
-/// Sends the rows of [`SELECT`]'s columns as batches of records until they end or the
-/// receiver is gone.
+/// Runs `COPY (query) TO STDOUT (FORMAT binary)` on `conn` and sends its rows as batches of
+/// records until they end or the receiver is gone. A connection left in the middle of a COPY
+/// is closed, not returned to the pool.
 async fn forward(
-    mut rows: impl futures::Stream<Item = Result<sqlx::postgres::PgRow, sqlx::Error>> + Unpin,
-    tx: &mpsc::Sender<anyhow::Result<Vec<Record>>>,
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
+    query: &str,
+    tx: &mpsc::Sender<anyhow::Result<Batch>>,
 ) -> anyhow::Result<()> {
-    let mut batch = Vec::with_capacity(super::RECORD_BATCH);
-    while let Some(row) = rows.try_next().await? {
-        batch.push(record_of(&row)?);
-        if batch.len() == super::RECORD_BATCH {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(super::RECORD_BATCH));
-            if tx.send(Ok(full)).await.is_err() {
-                return Ok(());
+    conn.close_on_drop();
+    let mut decoder = CopyDecoder::default();
+    let mut batch = Batch::new();
+    {
+        let mut data = conn
+            .copy_out_raw(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
+            .await?;
+        while let Some(bytes) = data.try_next().await? {
+            decoder.feed(&bytes, &mut batch)?;
+            if batch.len() >= super::RECORD_BATCH {
+                let room = Batch::with_capacity(super::RECORD_BATCH, batch.bytes().len());
+                let full = std::mem::replace(&mut batch, room);
+                if tx.send(Ok(full)).await.is_err() {
+                    return Ok(());
+                }
             }
         }
     }
+    decoder.finish()?;
     if !batch.is_empty() {
         let _ = tx.send(Ok(batch)).await;
     }
@@ -119,11 +283,12 @@ async fn forward(
 
 async fn stream_into(
     pool: &PgPool,
-    tx: &mpsc::Sender<anyhow::Result<Vec<Record>>>,
+    tx: &mpsc::Sender<anyhow::Result<Batch>>,
 ) -> anyhow::Result<()> {
     let (mut conn, exists) = begin_snapshot(pool).await?;
     if exists {
-        forward(sqlx::query(SELECT).fetch(&mut *conn), tx).await?;
+        let query = format!(r#"SELECT {COLUMNS} FROM "event_records" e {ORDER}"#);
+        forward(&mut conn, &query, tx).await?;
     }
     drop(sqlx::query("COMMIT").execute(&mut *conn).await);
     Ok(())
@@ -151,7 +316,7 @@ pub fn incremental(
 async fn incremental_into(
     pool: &PgPool,
     parent: &crate::engine::watermark::Watermark,
-    tx: &mpsc::Sender<anyhow::Result<Vec<Record>>>,
+    tx: &mpsc::Sender<anyhow::Result<Batch>>,
 ) -> anyhow::Result<()> {
     use super::ChainMismatch;
     let (mut conn, exists) = begin_snapshot(pool).await?;
@@ -212,17 +377,231 @@ async fn incremental_into(
         .into());
     }
     if !types.is_empty() {
-        let q = SELECT.replace(
-            r#"FROM "event_records" ORDER BY"#,
-            r#"FROM "event_records" e JOIN unnest($1::text[], $2::uuid[], $3::bigint[]) AS w(t, i, v) ON e.aggregate_type = w.t AND e.aggregate_id = w.i AND e.aggregate_version > w.v ORDER BY"#,
+        // COPY takes no parameters: the aggregates that grew go in as settings of this
+        // transaction (bound, never spliced into the statement).
+        sqlx::query(
+            "SELECT set_config('monoskope_backup.types', $1::text[]::text, true), set_config('monoskope_backup.ids', $2::uuid[]::text, true), set_config('monoskope_backup.held', $3::bigint[]::text, true)",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .bind(&held)
+        .execute(&mut *conn)
+        .await?;
+        let query = format!(
+            r#"SELECT {COLUMNS} FROM "event_records" e JOIN unnest(current_setting('monoskope_backup.types')::text[], current_setting('monoskope_backup.ids')::uuid[], current_setting('monoskope_backup.held')::bigint[]) AS w(t, i, v) ON e.aggregate_type = w.t AND e.aggregate_id = w.i AND e.aggregate_version > w.v {ORDER}"#
         );
-        let rows = sqlx::query(&q)
-            .bind(&types)
-            .bind(&ids)
-            .bind(&held)
-            .fetch(&mut *conn);
-        forward(rows, tx).await?;
+        forward(&mut conn, &query, tx).await?;
     }
     drop(sqlx::query("COMMIT").execute(&mut *conn).await);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::Record;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// One row as the table may hold it (`None`: NULL).
+    #[derive(Debug, Clone)]
+    struct Row {
+        event_id: [u8; 16],
+        event_type: Option<String>,
+        aggregate_id: Option<[u8; 16]>,
+        aggregate_type: Option<String>,
+        version: Option<i64>,
+        micros: Option<i64>,
+        metadata: Option<BTreeMap<String, String>>,
+        data: Option<String>,
+    }
+
+    fn field(out: &mut Vec<u8>, v: Option<&[u8]>) {
+        match v {
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(v) => {
+                out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+        }
+    }
+
+    /// What `COPY … TO STDOUT (FORMAT binary)` sends for `rows` (PostgreSQL's documented layout).
+    fn copy_bytes(rows: &[Row]) -> Vec<u8> {
+        let mut out = COPY_SIGNATURE.to_vec();
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes());
+        for r in rows {
+            out.extend_from_slice(&8i16.to_be_bytes());
+            field(&mut out, Some(&r.event_id));
+            field(&mut out, r.event_type.as_deref().map(str::as_bytes));
+            field(&mut out, r.aggregate_id.as_ref().map(|a| &a[..]));
+            field(&mut out, r.aggregate_type.as_deref().map(str::as_bytes));
+            field(
+                &mut out,
+                r.version.map(i64::to_be_bytes).as_ref().map(|v| &v[..]),
+            );
+            field(
+                &mut out,
+                r.micros.map(i64::to_be_bytes).as_ref().map(|v| &v[..]),
+            );
+            let md = r
+                .metadata
+                .as_ref()
+                .map(|m| serde_json::to_string_pretty(m).expect("json"));
+            field(&mut out, md.as_deref().map(str::as_bytes));
+            field(&mut out, r.data.as_deref().map(str::as_bytes));
+        }
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        out
+    }
+
+    /// The record the old row-by-row reader made of a row.
+    fn expected(r: &Row) -> Record {
+        Record {
+            event_id: uuid::Uuid::from_bytes(r.event_id).hyphenated().to_string(),
+            event_type: r.event_type.clone().unwrap_or_default(),
+            aggregate_id: uuid::Uuid::from_bytes(r.aggregate_id.unwrap_or_default())
+                .hyphenated()
+                .to_string(),
+            aggregate_type: r.aggregate_type.clone().unwrap_or_default(),
+            aggregate_version: r.version.unwrap_or(0) as u64,
+            timestamp: r.micros.map(|m| {
+                let pg_epoch = chrono::DateTime::parse_from_rfc3339("2000-01-01T00:00:00Z")
+                    .expect("date")
+                    .to_utc();
+                let t = pg_epoch + chrono::Duration::microseconds(m);
+                prost_types::Timestamp {
+                    seconds: t.timestamp(),
+                    nanos: t.timestamp_subsec_nanos() as i32,
+                }
+            }),
+            metadata: r.metadata.clone().unwrap_or_default(),
+            data: r.data.clone().unwrap_or_default().into_bytes(),
+        }
+    }
+
+    fn row() -> impl Strategy<Value = Row> {
+        (
+            (
+                any::<[u8; 16]>(),
+                proptest::option::of("\\PC{0,12}"),
+                proptest::option::of(any::<[u8; 16]>()),
+                proptest::option::of("[A-Za-z]{0,10}"),
+            ),
+            (
+                proptest::option::of(any::<i64>()),
+                proptest::option::of(-10_000_000_000_000_000i64..10_000_000_000_000_000),
+                proptest::option::of(proptest::collection::btree_map(
+                    "\\PC{0,6}",
+                    "\\PC{0,10}",
+                    0..4,
+                )),
+                proptest::option::of("\\PC{0,60}"),
+            ),
+        )
+            .prop_map(
+                |(
+                    (event_id, event_type, aggregate_id, aggregate_type),
+                    (version, micros, metadata, data),
+                )| Row {
+                    event_id,
+                    event_type,
+                    aggregate_id,
+                    aggregate_type,
+                    version,
+                    micros,
+                    metadata,
+                    data,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// However the stream is cut into messages, the records are the rows, field for field.
+        #[test]
+        fn decodes_rows_in_any_pieces(rows in proptest::collection::vec(row(), 0..12), cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6)) {
+            let bytes = copy_bytes(&rows);
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+            at.push(0);
+            at.push(bytes.len());
+            at.sort();
+            let mut decoder = CopyDecoder::default();
+            let mut batch = Batch::new();
+            for w in at.windows(2) {
+                decoder.feed(&bytes[w[0]..w[1]], &mut batch).expect("valid stream");
+            }
+            decoder.finish().expect("complete");
+            let want: Vec<Record> = rows.iter().map(expected).collect();
+            prop_assert_eq!(batch.to_records().expect("decodes"), want);
+        }
+    }
+
+    #[test]
+    fn damaged_streams_are_errors() {
+        let rows = vec![Row {
+            event_id: [7; 16],
+            event_type: Some("UserCreated".into()),
+            aggregate_id: Some([9; 16]),
+            aggregate_type: Some("User".into()),
+            version: Some(1),
+            micros: Some(0),
+            metadata: Some(BTreeMap::from([("x-auth-id".into(), "a".into())])),
+            data: Some("{}".into()),
+        }];
+        let bytes = copy_bytes(&rows);
+        let decode = |b: &[u8]| -> anyhow::Result<Batch> {
+            let mut d = CopyDecoder::default();
+            let mut batch = Batch::new();
+            d.feed(b, &mut batch)?;
+            d.finish()?;
+            Ok(batch)
+        };
+        let ok = decode(&bytes).expect("valid");
+        assert_eq!(
+            ok.to_records().expect("decodes")[0].event_type,
+            "UserCreated"
+        );
+        let truncated = decode(&bytes[..bytes.len() - 5]).expect_err("truncated");
+        assert!(
+            truncated.to_string().contains("ends inside a row"),
+            "{truncated}"
+        );
+        let mut wrong = bytes.clone();
+        wrong[0] = b'X';
+        assert!(decode(&wrong)
+            .expect_err("signature")
+            .to_string()
+            .contains("signature"));
+        let mut trailing = bytes.clone();
+        trailing.extend_from_slice(&8i16.to_be_bytes());
+        assert!(decode(&trailing)
+            .expect_err("after trailer")
+            .to_string()
+            .contains("after the trailer"));
+        let mut columns = bytes.clone();
+        columns[19..21].copy_from_slice(&7i16.to_be_bytes());
+        assert!(decode(&columns)
+            .expect_err("columns")
+            .to_string()
+            .contains("7 columns"));
+        let mut null_id = copy_bytes(&rows);
+        null_id[21..25].copy_from_slice(&(-1i32).to_be_bytes());
+        assert!(decode(&null_id).is_err());
+        let bad_meta = {
+            let mut r = rows.clone();
+            r[0].metadata = None;
+            let mut b = copy_bytes(&r);
+            // Replace the NULL metadata with a JSON number.
+            let null = (-1i32).to_be_bytes();
+            let pos = b.windows(4).rposition(|w| w == null).expect("the NULL");
+            b.splice(pos..pos + 4, [0, 0, 0, 1, b'1']);
+            b
+        };
+        assert!(decode(&bad_meta)
+            .expect_err("metadata")
+            .to_string()
+            .contains("metadata"));
+    }
 }
