@@ -63,7 +63,8 @@ pub struct CommonArgs {
     /// Longest a restore may run (e.g. 1h); it then fails, and the table sink rolls back.
     #[arg(long, env = "BACKUP_RESTORE_TIMEOUT")]
     pub restore_timeout: Option<String>,
-    /// zstd level of archives, 1–19.
+    /// zstd level of archives, 1–19 (default 3, with a match finder tuned for event records:
+    /// smaller and faster than zstd's own level 3 on them; docs/BENCHMARKS.md).
     #[arg(long, env = "BACKUP_COMPRESSION_LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compression_level: Option<i32>,
     /// Push each run's metrics to this Prometheus Pushgateway (config
