@@ -583,3 +583,61 @@ async fn an_incremental_falls_back_to_full_and_says_why() {
         "{out}"
     );
 }
+
+/// From the events table, an incremental cannot hold rows without a version, an aggregate id
+/// or an aggregate type (new versions are found by aggregate, which never matches a NULL): the
+/// backup becomes full, says why, and holds every row.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incremental_from_the_table_falls_back_to_full_on_rows_without_an_aggregate() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    for (column, why) in [
+        ("aggregate_version", "without a version"),
+        ("aggregate_type", "without an aggregate type"),
+        ("aggregate_id", "without an aggregate id"),
+    ] {
+        let f = Fixture::new();
+        let db = fresh_db(&pg, "inc_null").await;
+        let pool = sqlx::PgPool::connect(&db).await.expect("pg");
+        sqlx::query(monoskope_backup::sink::table::CREATE_TABLE)
+            .execute(&pool)
+            .await
+            .expect("create");
+        let insert = r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data) VALUES (gen_random_uuid(), 'Created', $1, $2, $3, now(), '{}', '{}')"#;
+        for agg in 0..2u128 {
+            for v in 1..=10i64 {
+                sqlx::query(insert)
+                    .bind(uuid::Uuid::from_u128(agg + 1))
+                    .bind("User")
+                    .bind(v)
+                    .execute(&pool)
+                    .await
+                    .expect("insert");
+            }
+        }
+        let source = ["--events-db", db.as_str()];
+        let full = tokio::task::block_in_place(|| f.backup(&source, false, &[]));
+        assert_eq!(full["event_count"], 20, "{full}");
+        // The next version of the first aggregate, with one column NULL.
+        let id = "'00000000-0000-0000-0000-000000000001'";
+        let (id, ty, v) = match column {
+            "aggregate_version" => (id, "'User'", "NULL"),
+            "aggregate_type" => (id, "NULL", "11"),
+            _ => ("NULL", "'User'", "11"),
+        };
+        sqlx::query(&format!(
+            r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data) VALUES (gen_random_uuid(), 'Created', {id}, {ty}, {v}, now(), '{{}}', '{{}}')"#
+        ))
+        .execute(&pool)
+        .await
+        .expect("insert the odd row");
+        let out = tokio::task::block_in_place(|| f.backup(&source, true, &[]));
+        assert_eq!(out["kind"], "full", "{column}: {out}");
+        assert!(
+            out["note"].as_str().is_some_and(|n| n.contains(why)),
+            "{column}: {out}"
+        );
+        assert_eq!(out["event_count"], 21, "{column}: {out}");
+    }
+}

@@ -297,7 +297,8 @@ async fn stream_into(
 /// Like [`snapshot`], but only the events above `parent` (a chain's watermark), in one
 /// snapshot: first the highest version of every aggregate (one pass over the table's unique
 /// index), compared with the watermark — a store that holds less than the chain, or events
-/// without a version, is a [`super::ChainMismatch`], sent before any record — then the new
+/// without a version, aggregate id or type, is a [`super::ChainMismatch`], sent before any
+/// record — then the new
 /// events of the aggregates that grew, through the unique index.
 pub fn incremental(
     pool: PgPool,
@@ -323,34 +324,39 @@ async fn incremental_into(
     if !exists {
         return Err(ChainMismatch("the store has no events table any more".into()).into());
     }
-    let unversioned: i64 = sqlx::query_scalar(
-        r#"SELECT COUNT(*) FROM "event_records" WHERE aggregate_version IS NULL"#,
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    if unversioned > 0 {
-        return Err(ChainMismatch(format!(
-            "the store holds {unversioned} events without a version, which only a full backup can hold"
-        ))
-        .into());
-    }
     let (mut types, mut ids, mut held) = (Vec::new(), Vec::new(), Vec::new());
     let mut seen = 0usize;
     {
         let mut rows = sqlx::query(
             // Grouped in the unique index's column order, so PostgreSQL streams the groups off
-            // an index-only scan instead of hashing them.
-            r#"SELECT aggregate_type, aggregate_id::text AS aggregate_id, MAX(aggregate_version) AS v FROM "event_records" GROUP BY aggregate_id, aggregate_type"#,
+            // an index-only scan instead of hashing them. The same pass finds the rows an
+            // incremental cannot hold: without a version, an aggregate id or type (the new
+            // versions are looked up by aggregate, which never matches a NULL).
+            r#"SELECT aggregate_type, aggregate_id::text AS aggregate_id, MAX(aggregate_version) AS v, COUNT(*) - COUNT(aggregate_version) AS unversioned FROM "event_records" GROUP BY aggregate_id, aggregate_type"#,
         )
         .fetch(&mut *conn);
         while let Some(row) = rows.try_next().await? {
-            let t: String = row
-                .try_get::<Option<String>, _>("aggregate_type")?
-                .unwrap_or_default();
-            let id: String = row
-                .try_get::<Option<String>, _>("aggregate_id")?
-                .unwrap_or_default()
-                .to_ascii_lowercase();
+            let t: Option<String> = row.try_get("aggregate_type")?;
+            let id: Option<String> = row.try_get("aggregate_id")?;
+            let unversioned: i64 = row.try_get("unversioned")?;
+            let (t, id) = match (t, id) {
+                (Some(t), Some(id)) if unversioned == 0 => (t, id.to_ascii_lowercase()),
+                (t, id) => {
+                    let what = if id.is_none() {
+                        "an aggregate id"
+                    } else if t.is_none() {
+                        "an aggregate type"
+                    } else {
+                        "a version"
+                    };
+                    return Err(ChainMismatch(format!(
+                        "the store holds events without {what} (aggregate {} {}), which only a full backup can hold",
+                        t.as_deref().unwrap_or("NULL"),
+                        id.as_deref().unwrap_or("NULL")
+                    ))
+                    .into());
+                }
+            };
             let v = row.try_get::<Option<i64>, _>("v")?.unwrap_or(0) as u64;
             let a = (t, id);
             let h = parent.get(&a);
