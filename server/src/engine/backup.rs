@@ -176,13 +176,14 @@ pub(super) async fn run(
         Some(s) => batches(s),
         None => match (&cfg.events_db, &before) {
             (Some(url), None) => Box::pin(crate::source::table::stream(
-                crate::source::table::snapshot(crate::source::table::connect(url).await?, 4),
+                crate::source::table::snapshot(crate::source::table::connect(url).await?, 4, None),
             )),
             (Some(url), Some(w)) => Box::pin(crate::source::table::stream(
                 crate::source::table::incremental(
                     crate::source::table::connect(url).await?,
                     w.clone(),
                     4,
+                    None,
                 ),
             )),
             // The API has no per-aggregate maximum: an incremental reads every event and keeps
