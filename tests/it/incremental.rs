@@ -236,18 +236,24 @@ fn snapshot(c: &Committed) -> HashMap<(String, String), u64> {
 
 /// One full and three incrementals while writers write; the last one restores to exactly the
 /// events committed before its snapshot, each once.
+/// A fresh database with an empty events table: its URL and a pool.
+async fn events_table(pg: &str, name: &str) -> (String, sqlx::PgPool) {
+    let url = fresh_db(pg, name).await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("pg");
+    sqlx::query(monoskope_backup::sink::table::CREATE_TABLE)
+        .execute(&pool)
+        .await
+        .expect("create");
+    (url, pool)
+}
+
 async fn chain_under_writers(api: bool) {
     let Some(pg) = service_env("TEST_PG_URL") else {
         return;
     };
     let f = Fixture::new();
     let es = Devstore::start(&[]);
-    let src_db = fresh_db(&pg, "inc_src").await;
-    let pool = sqlx::PgPool::connect(&src_db).await.expect("pg");
-    sqlx::query(monoskope_backup::sink::table::CREATE_TABLE)
-        .execute(&pool)
-        .await
-        .expect("create");
+    let (src_db, pool) = events_table(&pg, "inc_src").await;
     let (sink, source): (WriterSink, Vec<String>) = if api {
         (
             WriterSink::Api(es.url()),
@@ -598,12 +604,7 @@ async fn an_incremental_from_the_table_falls_back_to_full_on_rows_without_an_agg
         ("aggregate_id", "without an aggregate id"),
     ] {
         let f = Fixture::new();
-        let db = fresh_db(&pg, "inc_null").await;
-        let pool = sqlx::PgPool::connect(&db).await.expect("pg");
-        sqlx::query(monoskope_backup::sink::table::CREATE_TABLE)
-            .execute(&pool)
-            .await
-            .expect("create");
+        let (db, pool) = events_table(&pg, "inc_null").await;
         let insert = r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data) VALUES (gen_random_uuid(), 'Created', $1, $2, $3, now(), '{}', '{}')"#;
         for agg in 0..2u128 {
             for v in 1..=10i64 {
@@ -661,12 +662,7 @@ async fn the_table_reads_the_same_records_by_copy_and_by_query() {
     let Some(pg) = service_env("TEST_PG_URL") else {
         return;
     };
-    let db = fresh_db(&pg, "read_modes").await;
-    let pool = sqlx::PgPool::connect(&db).await.expect("pg");
-    sqlx::query(monoskope_backup::sink::table::CREATE_TABLE)
-        .execute(&pool)
-        .await
-        .expect("create");
+    let (_, pool) = events_table(&pg, "read_modes").await;
     // 7 aggregates of 100 versions; metadata with escapes and non-ASCII, some NULL payloads.
     sqlx::query(
         r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data)
