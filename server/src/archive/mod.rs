@@ -14,6 +14,7 @@ mod error;
 mod format;
 mod keys;
 mod reader;
+mod view;
 mod writer;
 
 pub use encoded::{Batch, EncodedRef, RecordParts};
@@ -22,6 +23,7 @@ pub use format::{DEFAULT_CHUNK_SIZE, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, MAX_RECO
 pub use keys::{Argon2Params, Keyring, Keys, MasterKey, Passphrase, Protection};
 pub use monoskope_backup_api::archive::v1::{Footer, Header, Record};
 pub use reader::ArchiveReader;
+pub use view::{RecordView, ViewError};
 pub use writer::{chunk_compressor, ArchiveWriter, WriterOptions, DEFAULT_COMPRESSION_LEVEL};
 
 /// The format version as written in manifests, e.g. "1.0".

@@ -11,6 +11,7 @@ use prost::Message;
 use super::error::ArchiveError;
 use super::format::*;
 use super::keys::{self, Argon2Params, Keys, ARGON2_MAX};
+use super::view::RecordView;
 use super::writer::Tally;
 
 /// Frames read ahead of the record being decoded: one being opened, one waiting.
@@ -342,6 +343,54 @@ impl<R: Read> ArchiveReader<R> {
 
     /// The next record; `None` after the footer has been read and checked.
     pub fn next_record(&mut self) -> Result<Option<Record>, ArchiveError> {
+        let Some(range) = self.next_checked()? else {
+            return Ok(None);
+        };
+        let body = &self.plain[range.clone()];
+        match Record::decode(body) {
+            Ok(rec) => {
+                self.tally
+                    .add(rec.timestamp.as_ref(), &self.plain[self.pos..range.end]);
+                self.pos = range.end;
+                Ok(Some(rec))
+            }
+            Err(e) => Err(self.fail(format!("record does not decode: {e}"))),
+        }
+    }
+
+    /// The next record read in place (no message built: see [`RecordView`]); `None` after the
+    /// footer has been read and checked. The same checks as [`Self::next_record`].
+    pub fn next_view(&mut self) -> Result<Option<RecordView<'_>>, ArchiveError> {
+        let Some(range) = self.next_checked()? else {
+            return Ok(None);
+        };
+        let start = self.pos;
+        self.pos = range.end;
+        match RecordView::decode(&self.plain[range.clone()]) {
+            Ok(view) => {
+                self.tally
+                    .add(view.timestamp.as_ref(), &self.plain[start..range.end]);
+                Ok(Some(view))
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(ArchiveError::corrupt(
+                    self.next_chunk.saturating_sub(1),
+                    format!("record does not decode: {e}"),
+                ))
+            }
+        }
+    }
+
+    /// Marks the reader failed; the error for the chunk just read.
+    fn fail(&mut self, what: String) -> ArchiveError {
+        self.failed = true;
+        ArchiveError::corrupt(self.next_chunk.saturating_sub(1), what)
+    }
+
+    /// Where the next record's message lies in `plain` (its length prefix starts at `pos`),
+    /// reading chunks as needed; `None` after the footer. A failure is final.
+    fn next_checked(&mut self) -> Result<Option<std::ops::Range<usize>>, ArchiveError> {
         if self.failed {
             return Err(ArchiveError::corrupt(
                 self.next_chunk,
@@ -355,7 +404,7 @@ impl<R: Read> ArchiveReader<R> {
         r
     }
 
-    fn next_inner(&mut self) -> Result<Option<Record>, ArchiveError> {
+    fn next_inner(&mut self) -> Result<Option<std::ops::Range<usize>>, ArchiveError> {
         loop {
             if self.footer.is_some() {
                 return Ok(None);
@@ -377,16 +426,7 @@ impl<R: Read> ArchiveReader<R> {
                     }
                     let end = n + len as usize;
                     if avail.len() >= end {
-                        let encoded = &avail[..end];
-                        let rec = Record::decode(&encoded[n..]).map_err(|e| {
-                            ArchiveError::corrupt(
-                                self.next_chunk.saturating_sub(1),
-                                format!("record does not decode: {e}"),
-                            )
-                        })?;
-                        self.tally.add(rec.timestamp.as_ref(), encoded);
-                        self.pos += end;
-                        return Ok(Some(rec));
+                        return Ok(Some(self.pos + n..self.pos + end));
                     }
                 }
                 Ok(None) => {}

@@ -40,10 +40,14 @@ pub(super) async fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let aggregates = a.aggregates.unwrap_or(n / 100).max(1);
     let start = 1_700_000_000;
     let producer = tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(crate::source::RECORD_BATCH);
+        let mut batch = crate::sink::table::CopyRows::with_capacity(1 << 20);
         for e in crate::devstore::sample::events(n, aggregates, start, 42) {
-            batch.push(crate::source::record_from_event(e));
-            if batch.len() == crate::source::RECORD_BATCH
+            let record = crate::source::record_from_event(e);
+            if let Err(e) = batch.push(&crate::archive::RecordView::of(&record)) {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+            if batch.bytes() >= 1 << 20
                 && tx.send(Ok(Some(std::mem::take(&mut batch)))).await.is_err()
             {
                 return;

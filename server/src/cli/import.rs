@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::settings::CommonArgs;
 use crate::import::{self, MonoskopeKey, Summary};
-use crate::sink::table::EventsTable;
+use crate::sink::table::{CopyRows, EventsTable};
 
 /// `backup-server import`.
 #[derive(Debug, clap::Args)]
@@ -213,10 +213,13 @@ pub(super) async fn run(a: ImportArgs) -> anyhow::Result<()> {
     if n > 0 && !a.drop_existing {
         bail!("event_records holds {n} events; import only into an empty table, or pass --drop-existing to replace them");
     }
-    let (tx, rx) = mpsc::channel::<anyhow::Result<Option<Vec<crate::archive::Record>>>>(1024);
+    let (tx, rx) = mpsc::channel::<anyhow::Result<Option<CopyRows>>>(1024);
     let done_tx = tx.clone();
     let reading = pass(&a, &s3, key, move |rec| {
-        tx.blocking_send(Ok(Some(vec![rec])))
+        let mut row = CopyRows::with_capacity(1024);
+        row.push(&crate::archive::RecordView::of(&rec))
+            .context("event_records cannot hold this event; nothing was written (rolled back)")?;
+        tx.blocking_send(Ok(Some(row)))
             .map_err(|_| anyhow::anyhow!("the events table stopped taking events"))
     });
     let writing = table.restore(rx, a.drop_existing);
@@ -246,7 +249,7 @@ pub(super) async fn run(a: ImportArgs) -> anyhow::Result<()> {
 /// after a bad one.
 async fn pass_end(
     r: anyhow::Result<Summary>,
-    tx: &mpsc::Sender<anyhow::Result<Option<Vec<crate::archive::Record>>>>,
+    tx: &mpsc::Sender<anyhow::Result<Option<CopyRows>>>,
 ) -> anyhow::Result<Summary> {
     match r {
         Ok(s) => {

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use super::watermark::{check_continuity, span_add, Watermark};
+use super::watermark::{check_continuity, span_add_parts, Aggregate, Watermark};
 use super::{EngineConfig, EngineError, Progress};
-use crate::archive::{ArchiveError, ArchiveReader, Record};
+use crate::archive::{ArchiveError, ArchiveReader, Record, RecordView};
 use crate::destination::manifest::Manifest;
-use crate::sink::{self, table::EventsTable, SinkError};
+use crate::sink::table::{CopyRows, EventsTable};
+use crate::sink::{self, SinkError};
 use crate::source::RECORD_BATCH;
 
 /// What a restore was asked to do.
@@ -201,18 +202,63 @@ fn archive_err(e: ArchiveError) -> EngineError {
     }
 }
 
+/// What the archive reader fills with records for a sink: rows in the events table's COPY
+/// form (written on the reader's thread straight from the archive's bytes), or messages for
+/// the `Store` API.
+trait Fill: Send + 'static {
+    fn empty() -> Self;
+    fn add(&mut self, r: &RecordView<'_>) -> anyhow::Result<()>;
+    fn count(&self) -> usize;
+    fn full(&self) -> bool;
+}
+
+impl Fill for CopyRows {
+    fn empty() -> Self {
+        CopyRows::with_capacity(COPY_BATCH_BYTES + (64 << 10))
+    }
+    fn add(&mut self, r: &RecordView<'_>) -> anyhow::Result<()> {
+        self.push(r)
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn full(&self) -> bool {
+        self.bytes() >= COPY_BATCH_BYTES
+    }
+}
+
+/// Rows handed to the table sink at a time.
+const COPY_BATCH_BYTES: usize = 1 << 20;
+
+impl Fill for Vec<Record> {
+    fn empty() -> Self {
+        Vec::with_capacity(RECORD_BATCH)
+    }
+    fn add(&mut self, r: &RecordView<'_>) -> anyhow::Result<()> {
+        self.push(r.to_record());
+        Ok(())
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn full(&self) -> bool {
+        self.len() >= RECORD_BATCH
+    }
+}
+
 /// Reads the chain's archives in order on a blocking thread and sends their records (up to
-/// `until`): `Ok(Some)` per batch of up to [`RECORD_BATCH`] records, then `Ok(None)` once every link checked out, or an `Err`
+/// `until`): `Ok(Some)` per batch, then `Ok(None)` once every link checked out, or an `Err`
 /// naming the link — never a record of an unauthenticated chunk. Each link must be the backup
 /// its manifest names, name the link before it as parent, hold the manifest's event count, and
 /// continue the versions of the links before it exactly (no gap, no overlap).
-fn spawn_reader(
+#[allow(clippy::type_complexity)]
+fn spawn_reader<F: Fill>(
     cfg: &EngineConfig,
     chain: &[Manifest],
     until: Option<prost_types::Timestamp>,
     progress: Arc<Progress>,
 ) -> (
-    crate::sink::table::RecordBatches,
+    mpsc::Receiver<anyhow::Result<Option<F>>>,
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = mpsc::channel(4);
@@ -250,8 +296,9 @@ fn spawn_reader(
                     tokio_util::io::SyncIoBridge::new(reader),
                 );
                 let mut spans = std::collections::HashMap::new();
+                let mut scratch = Aggregate::default();
                 let mut r = ArchiveReader::open(bridge, &keys2)?;
-                let mut batch = Vec::with_capacity(RECORD_BATCH);
+                let mut batch = F::empty();
                 let h = r.header().clone();
                 if h.backup_id != m2.id || h.parent_id != parent {
                     anyhow::bail!(
@@ -259,12 +306,15 @@ fn spawn_reader(
                         h.backup_id, h.parent_id, m2.id, parent
                     );
                 }
-                while let Some(rec) = r.next_record()? {
-                    progress2
-                        .bytes
-                        .store(bytes_before + r.bytes_read(), Ordering::Relaxed);
+                while let Some(rec) = r.next_view()? {
                     if track {
-                        span_add(&mut spans, &rec);
+                        span_add_parts(
+                            &mut spans,
+                            rec.aggregate_type,
+                            rec.aggregate_id,
+                            rec.aggregate_version,
+                            &mut scratch,
+                        );
                     }
                     if until
                         .as_ref()
@@ -272,12 +322,15 @@ fn spawn_reader(
                     {
                         continue;
                     }
-                    batch.push(rec);
-                    if batch.len() == RECORD_BATCH {
+                    batch.add(&rec)?;
+                    if batch.full() {
+                        progress2
+                            .bytes
+                            .store(bytes_before + r.bytes_read(), Ordering::Relaxed);
                         progress2
                             .events
-                            .fetch_add(RECORD_BATCH as u64, Ordering::Relaxed);
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(RECORD_BATCH));
+                            .fetch_add(batch.count() as u64, Ordering::Relaxed);
+                        let full = std::mem::replace(&mut batch, F::empty());
                         if tx2.blocking_send(Ok(Some(full))).is_err() {
                             anyhow::bail!("the restore stopped");
                         }
@@ -285,9 +338,12 @@ fn spawn_reader(
                 }
                 // The archive authenticated to its end: hand on the rest of its records.
                 progress2
+                    .bytes
+                    .store(bytes_before + r.bytes_read(), Ordering::Relaxed);
+                progress2
                     .events
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                if !batch.is_empty() && tx2.blocking_send(Ok(Some(batch))).is_err() {
+                    .fetch_add(batch.count() as u64, Ordering::Relaxed);
+                if batch.count() > 0 && tx2.blocking_send(Ok(Some(batch))).is_err() {
                     anyhow::bail!("the restore stopped");
                 }
                 let footer = r.footer().cloned().unwrap_or_default();
@@ -347,7 +403,7 @@ pub(super) async fn run(
 ) -> Result<u64, EngineError> {
     match sink {
         Sink::Table(table) => {
-            let (rx, reader) = spawn_reader(cfg, chain, req.until, progress);
+            let (rx, reader) = spawn_reader::<CopyRows>(cfg, chain, req.until, progress);
             let res = table.restore(rx, req.drop_existing).await;
             reader.abort();
             res.map_err(|e| match e {
@@ -364,7 +420,7 @@ pub(super) async fn run(
             // Pass 1: every link must authenticate and continue the chain before the first
             // Store call.
             let (mut rx, reader) =
-                spawn_reader(cfg, chain, req.until, Arc::new(Progress::default()));
+                spawn_reader::<Vec<Record>>(cfg, chain, req.until, Arc::new(Progress::default()));
             loop {
                 match rx.recv().await {
                     Some(Ok(Some(_))) => {}
@@ -381,7 +437,7 @@ pub(super) async fn run(
                 }
             }
             // Pass 2: stream the records to Store.
-            let (mut rx, reader) = spawn_reader(cfg, chain, req.until, progress);
+            let (mut rx, reader) = spawn_reader::<Vec<Record>>(cfg, chain, req.until, progress);
             let (tx, store_rx) = mpsc::channel::<Record>(1024);
             let forward = tokio::spawn(async move {
                 while let Some(item) = rx.recv().await {

@@ -205,6 +205,30 @@ pub fn span_add(spans: &mut HashMap<Aggregate, Span>, r: &Record) {
     span_add_version(spans, aggregate_of(r), r.aggregate_version);
 }
 
+/// Adds version `v` of the aggregate of type `t` and id `id` to `spans`, with `scratch` as the
+/// key (allocating only for an aggregate not yet in `spans`).
+pub fn span_add_parts(
+    spans: &mut HashMap<Aggregate, Span>,
+    t: &str,
+    id: &str,
+    v: u64,
+    scratch: &mut Aggregate,
+) {
+    scratch.0.clear();
+    scratch.0.push_str(t);
+    scratch.1.clear();
+    scratch.1.push_str(id);
+    scratch.1.make_ascii_lowercase();
+    match spans.get_mut(scratch) {
+        Some(s) => {
+            s.min = s.min.min(v);
+            s.max = s.max.max(v);
+            s.count += 1;
+        }
+        None => span_add_version(spans, scratch.clone(), v),
+    }
+}
+
 /// Adds version `v` of aggregate `a` to `spans`.
 pub fn span_add_version(spans: &mut HashMap<Aggregate, Span>, a: Aggregate, v: u64) {
     spans

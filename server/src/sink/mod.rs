@@ -26,7 +26,7 @@ pub enum SinkError {
 /// Deterministic event id of a record without one: a UUID (version 8, RFC 9562) made from
 /// SHA-256 of the aggregate type, id and version, so restoring the same backup twice gives the
 /// same ids.
-pub fn derived_event_id(r: &monoskope_backup_api::archive::v1::Record) -> uuid::Uuid {
+pub fn derived_event_id(r: &crate::archive::RecordView<'_>) -> uuid::Uuid {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(b"monoskope-backup event-id v1\0");
@@ -37,7 +37,7 @@ pub fn derived_event_id(r: &monoskope_backup_api::archive::v1::Record) -> uuid::
     h.update(r.aggregate_version.to_be_bytes());
     h.update(r.event_type.as_bytes());
     h.update([0]);
-    if let Some(t) = &r.timestamp {
+    if let Some(t) = r.timestamp {
         h.update(t.seconds.to_be_bytes());
         h.update(t.nanos.to_be_bytes());
     }

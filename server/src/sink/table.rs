@@ -11,7 +11,6 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use monoskope_backup_api::archive::v1::Record;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 use tokio::sync::mpsc;
@@ -26,9 +25,53 @@ const COPY: &str = r#"COPY "event_records" ("event_id", "event_type", "aggregate
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
-/// What a restore into the table reads: batches of records, then `Ok(None)` once the source
-/// checked out completely, or the error that ends it (the transaction then rolls back).
-pub type RecordBatches = mpsc::Receiver<anyhow::Result<Option<Vec<Record>>>>;
+/// What a restore into the table reads: rows already in COPY form, then `Ok(None)` once the
+/// source checked out completely, or the error that ends it (the transaction then rolls back).
+pub type RecordBatches = mpsc::Receiver<anyhow::Result<Option<CopyRows>>>;
+
+/// Events as rows of the table's binary COPY, written straight from each record's fields
+/// (whoever reads the archive fills these, so the work is spread over the reading threads).
+#[derive(Debug, Default)]
+pub struct CopyRows {
+    buf: Vec<u8>,
+    rows: usize,
+}
+
+impl CopyRows {
+    /// Room for about `bytes` of rows.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(bytes),
+            rows: 0,
+        }
+    }
+
+    /// Adds one event as a row (see [`encode_row`] for what is checked).
+    pub fn push(&mut self, r: &crate::archive::RecordView<'_>) -> anyhow::Result<()> {
+        let at = self.buf.len();
+        if let Err(e) = encode_row(r, &mut self.buf) {
+            self.buf.truncate(at);
+            return Err(e);
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no row is held.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+}
 
 /// The events table sink.
 #[derive(Debug, Clone)]
@@ -145,12 +188,16 @@ impl EventsTable {
         let mut n = 0u64;
         loop {
             match records.recv().await {
-                Some(Ok(Some(batch))) => {
-                    for r in &batch {
-                        encode_row(r, &mut buf).map_err(SinkError::Other)?;
+                Some(Ok(Some(rows))) => {
+                    n += rows.rows as u64;
+                    // Small batches (an import hands them one event at a time) are gathered;
+                    // full ones go as they are.
+                    if buf.is_empty() && rows.buf.len() >= 1 << 19 {
+                        copy.send(rows.buf).await.context("COPY")?;
+                        continue;
                     }
-                    n += batch.len() as u64;
-                    if buf.len() >= 1 << 20 {
+                    buf.extend_from_slice(&rows.buf);
+                    if buf.len() >= 1 << 19 {
                         copy.send(std::mem::take(&mut buf)).await.context("COPY")?;
                         buf.reserve(1 << 20);
                     }
@@ -209,19 +256,19 @@ fn jsonb_field(buf: &mut Vec<u8>, text: Option<&str>) {
 
 /// One row in COPY binary form, stored as Monoskope's store writes it (§3.2): version 0, the
 /// nil aggregate id, empty data and empty metadata as NULL; timestamps rounded to microseconds.
-fn encode_row(r: &Record, buf: &mut Vec<u8>) -> anyhow::Result<()> {
+fn encode_row(r: &crate::archive::RecordView<'_>, buf: &mut Vec<u8>) -> anyhow::Result<()> {
     buf.extend_from_slice(&8i16.to_be_bytes());
     let event_id = if r.event_id.is_empty() {
         super::derived_event_id(r)
     } else {
-        uuid::Uuid::parse_str(&r.event_id).with_context(|| format!("event id {:?}", r.event_id))?
+        uuid::Uuid::parse_str(r.event_id).with_context(|| format!("event id {:?}", r.event_id))?
     };
     field(buf, Some(event_id.as_bytes()));
     field(
         buf,
         (!r.event_type.is_empty()).then_some(r.event_type.as_bytes()),
     );
-    let agg = uuid::Uuid::parse_str(&r.aggregate_id)
+    let agg = uuid::Uuid::parse_str(r.aggregate_id)
         .with_context(|| format!("aggregate id {:?}", r.aggregate_id))?;
     field(buf, (!agg.is_nil()).then_some(&agg.as_bytes()[..]));
     field(
@@ -233,25 +280,126 @@ fn encode_row(r: &Record, buf: &mut Vec<u8>) -> anyhow::Result<()> {
     let us = crate::devstore::storage::to_micros(r.timestamp.as_ref())
         .context("timestamp out of range")?;
     field(buf, Some(&(us - PG_EPOCH_OFFSET_US).to_be_bytes()));
-    let metadata = if r.metadata.is_empty() {
-        None
-    } else {
-        Some(serde_json::to_string(&r.metadata)?)
-    };
-    jsonb_field(buf, metadata.as_deref());
+    metadata_field(buf, r);
     let data = if r.data.is_empty() {
         None
     } else {
         // Refuse what jsonb refuses here, with the event named, instead of a COPY error
         // (a validating parse only: PostgreSQL normalises the text itself).
-        serde_json::from_slice::<serde::de::IgnoredAny>(&r.data).with_context(|| {
+        serde_json::from_slice::<serde::de::IgnoredAny>(r.data).with_context(|| {
             format!(
                 "event {}/{} v{}: data is not JSON",
                 r.aggregate_type, r.aggregate_id, r.aggregate_version
             )
         })?;
-        Some(std::str::from_utf8(&r.data)?)
+        Some(std::str::from_utf8(r.data)?)
     };
     jsonb_field(buf, data);
     Ok(())
+}
+
+/// The metadata as a jsonb field: a JSON object of strings, in the record's order (a key that
+/// repeats keeps its last value, in jsonb as in the record's map); NULL when there is none.
+fn metadata_field(buf: &mut Vec<u8>, r: &crate::archive::RecordView<'_>) {
+    if r.metadata_is_empty() {
+        return field(buf, None);
+    }
+    let len_at = buf.len();
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    buf.push(1); // jsonb binary format version
+    buf.push(b'{');
+    for (i, (k, v)) in r.metadata().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        json_string(buf, k);
+        buf.push(b':');
+        json_string(buf, v);
+    }
+    buf.push(b'}');
+    let len = (buf.len() - len_at - 4) as i32;
+    buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// `s` as a JSON string: quotes, backslashes and control characters escaped, everything else
+/// as it is (UTF-8).
+fn json_string(buf: &mut Vec<u8>, s: &str) {
+    buf.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        buf.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            buf.extend_from_slice(b"\\u00");
+            buf.push(HEX[usize::from(b >> 4)]);
+            buf.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            buf.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+    buf.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::{Record, RecordView};
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// The metadata text a row carries, read back as JSON.
+    fn metadata_json(r: &RecordView<'_>) -> Option<serde_json::Value> {
+        let mut buf = Vec::new();
+        metadata_field(&mut buf, r);
+        let len = i32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
+        if len == -1 {
+            return None;
+        }
+        assert_eq!(buf[4], 1, "jsonb format version");
+        assert_eq!(len as usize, buf.len() - 4);
+        Some(serde_json::from_slice(&buf[5..]).expect("the metadata field is JSON"))
+    }
+
+    proptest! {
+        #[test]
+        fn metadata_is_written_as_the_json_object_of_its_pairs(
+            md in proptest::collection::btree_map("\\PC{0,6}|[\\x00-\\x1f\"\\\\]{0,4}|.{0,6}", ".*", 0..6),
+        ) {
+            let r = Record { metadata: md.clone(), ..Default::default() };
+            let expected = (!md.is_empty()).then(|| serde_json::to_value(&md).expect("a map"));
+            // From a decoded record and from the record's encoding alike.
+            prop_assert_eq!(metadata_json(&RecordView::of(&r)), expected.clone());
+            let bytes = prost::Message::encode_to_vec(&r);
+            prop_assert_eq!(metadata_json(&RecordView::decode(&bytes).expect("decodes")), expected);
+        }
+    }
+
+    #[test]
+    fn a_repeated_metadata_key_keeps_its_last_value_as_in_the_record() {
+        // Two entries for "k" (as another writer might encode them): the record's map holds
+        // the last; so does jsonb, which keeps the last of duplicate keys.
+        let bytes = [
+            0x32, 6, 0x0a, 1, b'k', 0x12, 1, b'1', 0x32, 6, 0x0a, 1, b'k', 0x12, 1, b'2',
+        ];
+        let view = RecordView::decode(&bytes).expect("decodes");
+        assert_eq!(
+            view.to_record().metadata,
+            BTreeMap::from([("k".to_string(), "2".to_string())])
+        );
+        let mut buf = Vec::new();
+        metadata_field(&mut buf, &view);
+        assert_eq!(&buf[5..], br#"{"k":"1","k":"2"}"#);
+    }
 }
