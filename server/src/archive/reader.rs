@@ -335,7 +335,7 @@ impl<R: Read> ArchiveReader<R> {
 
     /// Reads every remaining record, discarding them, and returns the checked footer.
     pub fn verify_to_end(&mut self) -> Result<Footer, ArchiveError> {
-        while self.next_record()?.is_some() {}
+        while self.next_view()?.is_some() {}
         self.footer
             .clone()
             .ok_or_else(|| ArchiveError::corrupt(self.next_chunk, "no footer"))
