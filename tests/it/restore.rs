@@ -260,6 +260,24 @@ async fn cross_store_devstore_backup_into_the_postgres_events_table() {
     a.sort();
     b.sort();
     assert_eq!(a, b);
+    // Both loads wrote their rows frozen: every page of the restored table is all-visible and
+    // all-frozen, so its first reads write nothing and no vacuum has to freeze it later.
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_visibility")
+        .execute(&pool)
+        .await
+        .expect("pg_visibility");
+    let (pages, visible, frozen): (i64, i64, i64) = sqlx::query_as(
+        "SELECT pg_relation_size('event_records') / current_setting('block_size')::bigint, all_visible, all_frozen FROM pg_visibility_map_summary('event_records')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("visibility map");
+    assert!(pages > 0);
+    assert_eq!(
+        (visible, frozen),
+        (pages, pages),
+        "pages all-visible and all-frozen"
+    );
 
     // The other way round: back up the table itself (one snapshot, event ids kept) and restore
     // into an empty embedded EventStore through its API.

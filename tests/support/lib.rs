@@ -283,9 +283,16 @@ pub async fn new_bucket(client: &aws_sdk_s3::Client) -> String {
 }
 
 /// A fresh PostgreSQL database on the server at `pg` (a URL ending in a database name); returns
-/// its URL.
+/// its URL. Its name carries `MBK_TEST_RUN` when set (`.ci/test` drops the run's databases
+/// after it passes).
 pub async fn fresh_db(pg: &str, prefix: &str) -> String {
-    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let run = std::env::var("MBK_TEST_RUN").unwrap_or_default();
+    let run: String = run
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(16)
+        .collect();
+    let name = format!("{prefix}_{run}_{}", uuid::Uuid::new_v4().simple());
     let admin = sqlx::PgPool::connect(pg)
         .await
         .expect("connect to TEST_PG_URL");

@@ -1,5 +1,6 @@
 //! The events table (`event_records`) of Monoskope's EventStore on PostgreSQL, written in one
-//! transaction with binary COPY, its primary key and unique index built after the load. It creates the table with Monoskope's exact DDL when missing
+//! transaction with binary COPY (rows written frozen), its primary key and unique index built
+//! after the load. It creates the table with Monoskope's exact DDL when missing
 //! (after a dropped database the restore may run before the EventStore starts), refuses a
 //! non-empty table unless `drop_existing`, deletes the old events inside the same transaction,
 //! and commits only after the whole archive authenticated: the store is either the old one or
@@ -20,7 +21,7 @@ use super::SinkError;
 /// Monoskope's table definition, exactly as its EventStore issues it (MONOSKOPE_EVENTSTORE.md §3.1).
 pub const CREATE_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS "event_records" ("event_id" uuid, "event_type" varchar(250), "aggregate_id" uuid, "aggregate_type" varchar(250), "aggregate_version" bigint, "timestamp" timestamptz, "metadata" jsonb, "data" jsonb, PRIMARY KEY ("event_id"), UNIQUE ("aggregate_id", "aggregate_type", "aggregate_version"))"#;
 
-const COPY: &str = r#"COPY "event_records" ("event_id", "event_type", "aggregate_id", "aggregate_type", "aggregate_version", "timestamp", "metadata", "data") FROM STDIN (FORMAT binary)"#;
+const COPY: &str = r#"COPY "event_records" ("event_id", "event_type", "aggregate_id", "aggregate_type", "aggregate_version", "timestamp", "metadata", "data") FROM STDIN (FORMAT binary, FREEZE)"#;
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -151,17 +152,21 @@ impl EventsTable {
             .fetch_one(&mut *tx)
             .await
             .context("counting events")?;
-        if existing > 0 {
-            if !drop_existing {
-                return Err(SinkError::StoreNotEmpty(format!(
-                    "event_records holds {existing} events"
-                )));
-            }
-            sqlx::query(r#"TRUNCATE "event_records""#)
-                .execute(&mut *tx)
-                .await
-                .context("deleting the old events")?;
+        if existing > 0 && !drop_existing {
+            return Err(SinkError::StoreNotEmpty(format!(
+                "event_records holds {existing} events"
+            )));
         }
+        // Emptied in this transaction (the old events, if allowed, or nothing), so the load can
+        // write its rows frozen and all-visible (`COPY … FREEZE`): the restored table needs no
+        // hint-bit writes on its first read and no freezing vacuum later, and index-only scans
+        // (the incremental's per-aggregate maxima) do not visit the heap. Like TRUNCATE, this
+        // is not MVCC-safe for snapshots taken before the commit; the table is locked
+        // exclusively until then.
+        sqlx::query(r#"TRUNCATE "event_records""#)
+            .execute(&mut *tx)
+            .await
+            .context("deleting the old events")?;
         // Bulk load first, build the primary key and unique index after (as pg_restore does):
         // the constraints are dropped and re-added with their own names and definitions, inside
         // the transaction, so the schema afterwards is exactly the one before.
