@@ -1,6 +1,7 @@
 //! The archive's cost against its parts, on realistic events (~500-byte JSON payloads with
-//! Monoskope-like metadata): zstd alone at the default level, AES-256-GCM alone, the full
-//! writer (encode + compress + encrypt), zstd decompression alone and the full reader.
+//! Monoskope-like metadata): zstd alone at the default level (plain, and as the writer sets it
+//! up), AES-256-GCM alone, the full writer (encode + compress + encrypt), zstd decompression
+//! alone and the full reader.
 //! Throughput is in bytes of the uncompressed record stream. Results: docs/BENCHMARKS.md.
 
 #![allow(
@@ -38,6 +39,16 @@ fn bench(c: &mut Criterion) {
 
     g.bench_function("zstd_compress_alone", |b| {
         let mut z = zstd::bulk::Compressor::new(DEFAULT_COMPRESSION_LEVEL).expect("zstd");
+        b.iter(|| {
+            chunks
+                .iter()
+                .map(|c| z.compress(c).expect("compress").len())
+                .sum::<usize>()
+        })
+    });
+    g.bench_function("zstd_compress_writer_alone", |b| {
+        let mut z = monoskope_backup::archive::chunk_compressor(DEFAULT_COMPRESSION_LEVEL, true)
+            .expect("zstd");
         b.iter(|| {
             chunks
                 .iter()
