@@ -246,21 +246,20 @@ impl Fill for Vec<Record> {
     }
 }
 
+/// What [`spawn_reader`] sends: batches, then `Ok(None)`, or the error that ends the read.
+type Batches<F> = mpsc::Receiver<anyhow::Result<Option<F>>>;
+
 /// Reads the chain's archives in order on a blocking thread and sends their records (up to
 /// `until`): `Ok(Some)` per batch, then `Ok(None)` once every link checked out, or an `Err`
 /// naming the link — never a record of an unauthenticated chunk. Each link must be the backup
 /// its manifest names, name the link before it as parent, hold the manifest's event count, and
 /// continue the versions of the links before it exactly (no gap, no overlap).
-#[allow(clippy::type_complexity)]
 fn spawn_reader<F: Fill>(
     cfg: &EngineConfig,
     chain: &[Manifest],
     until: Option<prost_types::Timestamp>,
     progress: Arc<Progress>,
-) -> (
-    mpsc::Receiver<anyhow::Result<Option<F>>>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> (Batches<F>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(4);
     let dest = cfg.destination.clone();
     let keys = cfg.keys.clone();

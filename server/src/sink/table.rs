@@ -28,7 +28,7 @@ const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 /// What a restore into the table reads: rows already in COPY form, then `Ok(None)` once the
 /// source checked out completely, or the error that ends it (the transaction then rolls back).
-pub type RecordBatches = mpsc::Receiver<anyhow::Result<Option<CopyRows>>>;
+pub type RowBatches = mpsc::Receiver<anyhow::Result<Option<CopyRows>>>;
 
 /// Events as rows of the table's binary COPY, written straight from each record's fields
 /// (whoever reads the archive fills these, so the work is spread over the reading threads).
@@ -47,7 +47,8 @@ impl CopyRows {
         }
     }
 
-    /// Adds one event as a row (see [`encode_row`] for what is checked).
+    /// Adds one event as a row: its ids must be UUIDs, its timestamp in PostgreSQL's range
+    /// and its data JSON (refused here with the event named, not by COPY).
     pub fn push(&mut self, r: &crate::archive::RecordView<'_>) -> anyhow::Result<()> {
         let at = self.buf.len();
         if let Err(e) = encode_row(r, &mut self.buf) {
@@ -126,7 +127,7 @@ impl EventsTable {
     /// before.
     pub async fn restore(
         &self,
-        mut records: RecordBatches,
+        mut records: RowBatches,
         drop_existing: bool,
     ) -> Result<u64, SinkError> {
         let mut conn = self
