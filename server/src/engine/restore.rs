@@ -249,6 +249,26 @@ impl Fill for Vec<Record> {
 /// What [`spawn_reader`] sends: batches, then `Ok(None)`, or the error that ends the read.
 type Batches<F> = mpsc::Receiver<anyhow::Result<Option<F>>>;
 
+/// Records only counted: the API sink's first pass, which reads the whole chain to check it
+/// before the first `Store` call.
+struct Counted(usize);
+
+impl Fill for Counted {
+    fn empty() -> Self {
+        Counted(0)
+    }
+    fn add(&mut self, _: &RecordView<'_>) -> anyhow::Result<()> {
+        self.0 += 1;
+        Ok(())
+    }
+    fn count(&self) -> usize {
+        self.0
+    }
+    fn full(&self) -> bool {
+        self.0 >= RECORD_BATCH
+    }
+}
+
 /// Reads the chain's archives in order on a blocking thread and sends their records (up to
 /// `until`): `Ok(Some)` per batch, then `Ok(None)` once every link checked out, or an `Err`
 /// naming the link — never a record of an unauthenticated chunk. Each link must be the backup
@@ -419,7 +439,7 @@ pub(super) async fn run(
             // Pass 1: every link must authenticate and continue the chain before the first
             // Store call.
             let (mut rx, reader) =
-                spawn_reader::<Vec<Record>>(cfg, chain, req.until, Arc::new(Progress::default()));
+                spawn_reader::<Counted>(cfg, chain, req.until, Arc::new(Progress::default()));
             loop {
                 match rx.recv().await {
                     Some(Ok(Some(_))) => {}
