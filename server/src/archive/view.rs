@@ -1,10 +1,10 @@
 //! A record read in place: the fields of a `Record`'s encoding as slices of the archive's
 //! decompressed bytes, without building the message (one small vector for the metadata pairs
-//! is all a record allocates). What a reader
-//! hands a restore that writes the fields straight into its own form (the events table's COPY
-//! tuples). It accepts and rejects what prost's `Record::decode` does and reads the same
-//! values (a property test holds the two together): unknown fields are skipped, a repeated
-//! field's last value wins, a repeated `timestamp` is merged, metadata keys repeat last-wins.
+//! is all a record allocates). What a reader hands a restore that writes the fields straight
+//! into its own form (the events table's COPY tuples). It accepts and rejects what prost's
+//! `Record::decode` does and reads the same values (a property test holds the two together):
+//! unknown fields are skipped, a repeated field's last value wins, a repeated `timestamp` is
+//! merged, metadata keys repeat last-wins.
 
 use std::collections::BTreeMap;
 
