@@ -373,6 +373,8 @@ impl<R: Read> ArchiveReader<R> {
                 Ok(Some(view))
             }
             Err(e) => {
+                // As `fail` does; the fields are set directly because `plain` stays borrowed
+                // by the view this function returns.
                 self.failed = true;
                 Err(ArchiveError::corrupt(
                     self.next_chunk.saturating_sub(1),

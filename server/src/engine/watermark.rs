@@ -200,11 +200,6 @@ pub fn check_continuity(
     }
 }
 
-/// Adds one record to `spans`.
-pub fn span_add(spans: &mut HashMap<Aggregate, Span>, r: &Record) {
-    span_add_version(spans, aggregate_of(r), r.aggregate_version);
-}
-
 /// Adds version `v` of the aggregate of type `t` and id `id` to `spans`, with `scratch` as the
 /// key (allocating only for an aggregate not yet in `spans`).
 pub fn span_add_parts(
@@ -287,9 +282,15 @@ mod tests {
         let mut before = Watermark::default();
         before.observe(&rec("User", "a", 2));
         let spans_of = |recs: &[Record]| {
-            let mut s = HashMap::new();
+            let (mut s, mut key) = (HashMap::new(), Aggregate::default());
             for r in recs {
-                span_add(&mut s, r);
+                span_add_parts(
+                    &mut s,
+                    &r.aggregate_type,
+                    &r.aggregate_id,
+                    r.aggregate_version,
+                    &mut key,
+                );
             }
             s
         };
