@@ -40,14 +40,15 @@ pub(super) async fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let aggregates = a.aggregates.unwrap_or(n / 100).max(1);
     let start = 1_700_000_000;
     let producer = tokio::spawn(async move {
-        let mut batch = crate::sink::table::CopyRows::with_capacity(1 << 20);
+        use crate::sink::table::{CopyRows, ROW_BATCH_BYTES};
+        let mut batch = CopyRows::with_capacity(ROW_BATCH_BYTES);
         for e in crate::devstore::sample::events(n, aggregates, start, 42) {
             let record = crate::source::record_from_event(e);
             if let Err(e) = batch.push(&crate::archive::RecordView::of(&record)) {
                 let _ = tx.send(Err(e)).await;
                 return;
             }
-            if batch.bytes() >= 1 << 20
+            if batch.bytes() >= ROW_BATCH_BYTES
                 && tx.send(Ok(Some(std::mem::take(&mut batch)))).await.is_err()
             {
                 return;

@@ -13,7 +13,7 @@ use super::watermark::{check_continuity, span_add_parts, Aggregate, Watermark};
 use super::{EngineConfig, EngineError, Progress};
 use crate::archive::{ArchiveError, ArchiveReader, Record, RecordView};
 use crate::destination::manifest::Manifest;
-use crate::sink::table::{CopyRows, EventsTable};
+use crate::sink::table::{CopyRows, EventsTable, ROW_BATCH_BYTES};
 use crate::sink::{self, SinkError};
 use crate::source::RECORD_BATCH;
 
@@ -214,7 +214,7 @@ trait Fill: Send + 'static {
 
 impl Fill for CopyRows {
     fn empty() -> Self {
-        CopyRows::with_capacity(COPY_BATCH_BYTES + (64 << 10))
+        CopyRows::with_capacity(ROW_BATCH_BYTES + (64 << 10))
     }
     fn add(&mut self, r: &RecordView<'_>) -> anyhow::Result<()> {
         self.push(r)
@@ -223,12 +223,9 @@ impl Fill for CopyRows {
         self.len()
     }
     fn full(&self) -> bool {
-        self.bytes() >= COPY_BATCH_BYTES
+        self.bytes() >= ROW_BATCH_BYTES
     }
 }
-
-/// Rows handed to the table sink at a time.
-const COPY_BATCH_BYTES: usize = 1 << 20;
 
 impl Fill for Vec<Record> {
     fn empty() -> Self {

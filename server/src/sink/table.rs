@@ -30,6 +30,9 @@ const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 /// source checked out completely, or the error that ends it (the transaction then rolls back).
 pub type RowBatches = mpsc::Receiver<anyhow::Result<Option<CopyRows>>>;
 
+/// How many bytes of rows a reader gathers before handing them to [`EventsTable::restore`].
+pub const ROW_BATCH_BYTES: usize = 1 << 20;
+
 /// Events as rows of the table's binary COPY, written straight from each record's fields
 /// (whoever reads the archive fills these, so the work is spread over the reading threads).
 #[derive(Debug, Default)]
@@ -187,7 +190,7 @@ impl EventsTable {
             .context("deferring the constraints of event_records")?;
         }
         let mut copy = tx.copy_in_raw(COPY).await.context("starting COPY")?;
-        let mut buf = Vec::with_capacity(1 << 20);
+        let mut buf = Vec::with_capacity(ROW_BATCH_BYTES);
         buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         buf.extend_from_slice(&0u32.to_be_bytes());
         buf.extend_from_slice(&0u32.to_be_bytes());
@@ -198,14 +201,14 @@ impl EventsTable {
                     n += rows.rows as u64;
                     // Small batches (an import hands them one event at a time) are gathered;
                     // full ones go as they are.
-                    if buf.is_empty() && rows.buf.len() >= 1 << 19 {
+                    if buf.is_empty() && rows.buf.len() >= ROW_BATCH_BYTES / 2 {
                         copy.send(rows.buf).await.context("COPY")?;
                         continue;
                     }
                     buf.extend_from_slice(&rows.buf);
-                    if buf.len() >= 1 << 19 {
+                    if buf.len() >= ROW_BATCH_BYTES / 2 {
                         copy.send(std::mem::take(&mut buf)).await.context("COPY")?;
-                        buf.reserve(1 << 20);
+                        buf.reserve(ROW_BATCH_BYTES);
                     }
                 }
                 Some(Ok(None)) => break,
