@@ -3,6 +3,7 @@
 
 mod archive_cli;
 mod auth;
+mod bench;
 mod destination;
 mod devstore_contract;
 mod helm;
