@@ -136,7 +136,8 @@ pub(super) async fn run(
     let mut opts = WriterOptions::new(&running.id, protection.clone());
     opts.compression_level = cfg.compression_level;
     opts.kind = running.kind.clone();
-    opts.parent_id = parent.as_ref().map(|p| p.manifest.id.clone());
+    let parent_id = parent.as_ref().map(|p| p.manifest.id.clone());
+    opts.parent_id = parent_id.clone();
     let enc_cancel = cancelled.clone();
     let enc_progress = progress.clone();
     let encoder = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -170,7 +171,9 @@ pub(super) async fn run(
     });
 
     let read_progress = progress.clone();
-    let before = parent.as_ref().map(|p| p.watermark.clone());
+    // The parent's watermark goes to the reader alone, so it is freed when the read ends,
+    // before the new one is encoded and stored (each holds one entry per aggregate).
+    let before = parent.map(|p| p.watermark);
     let from_table = cfg.events_db.is_some();
     let mut stream: BatchStream = match custom {
         Some(s) => batches(s),
@@ -344,7 +347,7 @@ pub(super) async fn run(
         format: MANIFEST_FORMAT.into(),
         id: running.id.clone(),
         kind: running.kind.clone(),
-        parent_id: parent.as_ref().map(|p| p.manifest.id.clone()),
+        parent_id,
         created_at: running.created_at.clone(),
         completed_at,
         created_by: running.created_by.clone(),

@@ -117,15 +117,16 @@ impl Watermark {
         Ok(w)
     }
 
-    /// Writes the watermark of `backup_id` to the destination; returns its key.
+    /// Writes the watermark of `backup_id` to the destination; returns its key. Takes the
+    /// watermark: one entry per aggregate, not copied once more for the encoding thread.
     pub async fn store(
-        &self,
+        self,
         dest: &dyn Destination,
         backup_id: &str,
         protection: Protection,
         compression_level: i32,
     ) -> anyhow::Result<String> {
-        let me = self.clone();
+        let me = self;
         let id = backup_id.to_string();
         let bytes =
             tokio::task::spawn_blocking(move || me.to_archive(&id, protection, compression_level))

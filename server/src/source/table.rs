@@ -473,6 +473,8 @@ async fn incremental_into(
                 .bind(&grown.2)
                 .execute(&mut *conn)
                 .await?;
+                // The transaction holds them now: not kept while the new events stream.
+                drop(grown);
                 let query = lookup("current_setting('monoskope_backup.types')::text[], current_setting('monoskope_backup.ids')::uuid[], current_setting('monoskope_backup.held')::bigint[]");
                 forward(&mut conn, mode, &query, None, tx).await?;
             }
