@@ -195,7 +195,10 @@ pub(super) async fn run(
         },
     };
     let reader = async move {
-        let mut wm = before.as_deref().cloned().unwrap_or_default();
+        // A full backup's watermark is built from every event; an incremental's is the
+        // parent's raised by the spans of the new versions, made once the read is done, so the
+        // read holds one watermark, not two.
+        let mut wm = Watermark::default();
         let mut spans = std::collections::HashMap::new();
         let mut store_max: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
         let mut key = Default::default();
@@ -228,13 +231,15 @@ pub(super) async fn run(
                     .into());
                 }
             }
-            for rec in batch.iter() {
-                wm.observe_into(
-                    rec.aggregate_type(),
-                    rec.aggregate_id(),
-                    rec.aggregate_version(),
-                    &mut key,
-                );
+            if before.is_none() {
+                for rec in batch.iter() {
+                    wm.observe_into(
+                        rec.aggregate_type(),
+                        rec.aggregate_id(),
+                        rec.aggregate_version(),
+                        &mut key,
+                    );
+                }
             }
             read_progress
                 .events
@@ -271,6 +276,15 @@ pub(super) async fn run(
             check_continuity(b, &spans).map_err(|p| {
                 ChainMismatch(format!("the store no longer matches the chain: {p}"))
             })?;
+        }
+        if let Some(b) = before {
+            // The source has let go of the parent's watermark by now (its stream ended), so
+            // it is raised in place; a copy only if someone still holds it.
+            wm = Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone());
+            for (a, s) in spans {
+                let v = wm.map.entry(a).or_insert(0);
+                *v = (*v).max(s.max);
+            }
         }
         anyhow::Ok(wm)
     };

@@ -373,7 +373,11 @@ pub fn incremental(
 ) -> Batches {
     let (tx, rx) = mpsc::channel(buffer);
     tokio::spawn(async move {
-        if let Err(e) = incremental_into(&pool, &parent, mode, &tx).await {
+        let result = incremental_into(&pool, &parent, mode, &tx).await;
+        // Let go of the watermark before the stream ends: the backup then raises it in place
+        // instead of copying it.
+        drop(parent);
+        if let Err(e) = result {
             let _ = tx.send(Err(e)).await;
         }
     });
