@@ -171,8 +171,8 @@ pub(super) async fn run(
     });
 
     let read_progress = progress.clone();
-    // The parent's watermark goes to the reader alone, so it is freed when the read ends,
-    // before the new one is encoded and stored (each holds one entry per aggregate).
+    // The parent's watermark goes to the reader alone: an incremental raises it in place into
+    // the new one once the read is done (one entry per aggregate, held once).
     let before = parent.map(|p| p.watermark);
     let from_table = cfg.events_db.is_some();
     let mut stream: BatchStream = match custom {

@@ -126,11 +126,11 @@ impl Watermark {
         protection: Protection,
         compression_level: i32,
     ) -> anyhow::Result<String> {
-        let me = self;
         let id = backup_id.to_string();
-        let bytes =
-            tokio::task::spawn_blocking(move || me.to_archive(&id, protection, compression_level))
-                .await??;
+        let bytes = tokio::task::spawn_blocking(move || {
+            self.to_archive(&id, protection, compression_level)
+        })
+        .await??;
         let key = layout::watermark_key(backup_id);
         dest.put(&key, bytes)
             .await
