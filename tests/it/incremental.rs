@@ -703,8 +703,13 @@ async fn the_table_reads_the_same_records_by_copy_and_by_query() {
     // An incremental above version 90 of every aggregate: 70 events, the same both ways.
     let mut held = monoskope_backup::engine::watermark::Watermark::default();
     for a in 0..7u128 {
-        held.map
-            .insert(("User".into(), uuid::Uuid::from_u128(a).to_string()), 90);
+        held.map.insert(
+            monoskope_backup::engine::watermark::aggregate(
+                "User",
+                &uuid::Uuid::from_u128(a).to_string(),
+            ),
+            90,
+        );
     }
     let held = std::sync::Arc::new(held);
     let inc_copy = read_all(incremental(

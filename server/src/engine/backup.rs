@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
-use super::watermark::{aggregate, check_continuity, span_add_version, Watermark};
+use super::watermark::{check_continuity, span_add_version, AggregateKeys, Watermark};
 use super::{EngineConfig, Progress};
 use crate::archive::{ArchiveWriter, Batch, Record, WriterOptions};
 use crate::catalog::{BackupRecord, State};
@@ -201,13 +201,13 @@ pub(super) async fn run(
         let mut wm = Watermark::default();
         let mut spans = std::collections::HashMap::new();
         let mut store_max: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
-        let mut key = Default::default();
+        let mut keys = AggregateKeys::default();
         while let Some(batch) = stream.next().await {
             let mut batch = batch?;
             if let Some(b) = &before {
                 let mut unversioned = None;
                 batch.retain(|rec| {
-                    let a = aggregate(rec.aggregate_type(), rec.aggregate_id());
+                    let a = keys.key(rec.aggregate_type(), rec.aggregate_id());
                     let version = rec.aggregate_version();
                     if !from_table {
                         let m = store_max.entry(a.clone()).or_insert(0);
@@ -225,8 +225,7 @@ pub(super) async fn run(
                 });
                 if let Some(a) = unversioned {
                     return Err(ChainMismatch(format!(
-                        "the store holds events without a version (aggregate {} {}), which only a full backup can hold",
-                        a.0, a.1
+                        "the store holds events without a version (aggregate {a}), which only a full backup can hold"
                     ))
                     .into());
                 }
@@ -237,7 +236,7 @@ pub(super) async fn run(
                         rec.aggregate_type(),
                         rec.aggregate_id(),
                         rec.aggregate_version(),
-                        &mut key,
+                        &mut keys,
                     );
                 }
             }
@@ -257,9 +256,7 @@ pub(super) async fn run(
                     .filter(|(a, h)| store_max.get(*a).copied().unwrap_or(0) < **h)
                     .map(|(a, h)| {
                         format!(
-                            "aggregate {} {} is at version {} in the store, the chain holds {h}",
-                            a.0,
-                            a.1,
+                            "aggregate {a} is at version {} in the store, the chain holds {h}",
                             store_max.get(a).copied().unwrap_or(0)
                         )
                     })

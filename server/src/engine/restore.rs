@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use super::watermark::{check_continuity, span_add_parts, Aggregate, Watermark};
+use super::watermark::{check_continuity, span_add_parts, AggregateKeys, Watermark};
 use super::{EngineConfig, EngineError, Progress};
 use crate::archive::{ArchiveError, ArchiveReader, Record, RecordView};
 use crate::destination::manifest::Manifest;
@@ -312,7 +312,7 @@ fn spawn_reader<F: Fill>(
                     tokio_util::io::SyncIoBridge::new(reader),
                 );
                 let mut spans = std::collections::HashMap::new();
-                let mut scratch = Aggregate::default();
+                let mut keys = AggregateKeys::default();
                 let mut r = ArchiveReader::open(bridge, &keys2)?;
                 let mut batch = F::empty();
                 let h = r.header().clone();
@@ -329,7 +329,7 @@ fn spawn_reader<F: Fill>(
                             rec.aggregate_type,
                             rec.aggregate_id,
                             rec.aggregate_version,
-                            &mut scratch,
+                            &mut keys,
                         );
                     }
                     if until

@@ -8,9 +8,11 @@
 //! contention — not run here.)
 
 use crate::archive::{Batch, RecordParts};
+use crate::engine::watermark::{Aggregate, AggregateId, AggregateKeys};
 use futures::TryStreamExt;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// The columns of a record, in the order [`CopyDecoder`] reads them.
@@ -315,7 +317,7 @@ async fn forward(
             use sqlx::ValueRef;
             let mut q = sqlx::query(query);
             if let Some((types, ids, held)) = grown {
-                q = q.bind(types).bind(ids).bind(held);
+                q = q.bind(type_names(types)).bind(ids).bind(held);
             }
             let mut rows = q.fetch(&mut **conn);
             while let Some(row) = rows.try_next().await? {
@@ -357,7 +359,12 @@ async fn stream_into(
 }
 
 /// The aggregates that grew since a chain's watermark: types, ids and the versions it holds.
-type Grown = (Vec<String>, Vec<String>, Vec<i64>);
+type Grown = (Vec<Arc<str>>, Vec<uuid::Uuid>, Vec<i64>);
+
+/// The types of [`Grown`] as bound: one shared type per aggregate, borrowed.
+fn type_names(types: &[Arc<str>]) -> Vec<&str> {
+    types.iter().map(|t| &**t).collect()
+}
 
 /// Like [`snapshot`], but only the events above `parent` (a chain's watermark), in one
 /// snapshot: first the highest version of every aggregate (one pass over the table's unique
@@ -396,6 +403,7 @@ async fn incremental_into(
         return Err(ChainMismatch("the store has no events table any more".into()).into());
     }
     let (mut types, mut ids, mut held) = (Vec::new(), Vec::new(), Vec::new());
+    let mut keys = AggregateKeys::default();
     let mut seen = 0usize;
     {
         let mut rows = sqlx::query(
@@ -403,15 +411,18 @@ async fn incremental_into(
             // an index-only scan instead of hashing them. The same pass finds the rows an
             // incremental cannot hold: without a version, an aggregate id or type (the new
             // versions are looked up by aggregate, which never matches a NULL).
-            r#"SELECT aggregate_type, aggregate_id::text AS aggregate_id, MAX(aggregate_version) AS v, COUNT(*) - COUNT(aggregate_version) AS unversioned FROM "event_records" GROUP BY aggregate_id, aggregate_type"#,
+            r#"SELECT aggregate_type, aggregate_id, MAX(aggregate_version) AS v, COUNT(*) - COUNT(aggregate_version) AS unversioned FROM "event_records" GROUP BY aggregate_id, aggregate_type"#,
         )
         .fetch(&mut *conn);
         while let Some(row) = rows.try_next().await? {
-            let t: Option<String> = row.try_get("aggregate_type")?;
-            let id: Option<String> = row.try_get("aggregate_id")?;
+            let t: Option<&str> = row.try_get("aggregate_type")?;
+            let id: Option<uuid::Uuid> = row.try_get("aggregate_id")?;
             let unversioned: i64 = row.try_get("unversioned")?;
-            let (t, id) = match (t, id) {
-                (Some(t), Some(id)) if unversioned == 0 => (t, id.to_ascii_lowercase()),
+            let a = match (t, id) {
+                (Some(t), Some(id)) if unversioned == 0 => Aggregate {
+                    kind: keys.kind(t),
+                    id: AggregateId::from_uuid(id),
+                },
                 (t, id) => {
                     let what = if id.is_none() {
                         "an aggregate id"
@@ -422,28 +433,26 @@ async fn incremental_into(
                     };
                     return Err(ChainMismatch(format!(
                         "the store holds events without {what} (aggregate {} {}), which only a full backup can hold",
-                        t.as_deref().unwrap_or("NULL"),
-                        id.as_deref().unwrap_or("NULL")
+                        t.unwrap_or("NULL"),
+                        id.map_or("NULL".into(), |id| id.to_string())
                     ))
                     .into());
                 }
             };
             let v = row.try_get::<Option<i64>, _>("v")?.unwrap_or(0) as u64;
-            let a = (t, id);
             let h = parent.get(&a);
             if parent.map.contains_key(&a) {
                 seen += 1;
             }
             if v < h {
                 return Err(ChainMismatch(format!(
-                    "the store no longer matches the chain: aggregate {} {} is at version {v}, the chain holds {h} (restored from an older backup?)",
-                    a.0, a.1
+                    "the store no longer matches the chain: aggregate {a} is at version {v}, the chain holds {h} (restored from an older backup?)"
                 ))
                 .into());
             }
             if v > h {
-                types.push(a.0);
-                ids.push(a.1);
+                types.push(a.kind);
+                ids.push(id.unwrap_or_default());
                 held.push(h as i64);
             }
         }
@@ -472,7 +481,7 @@ async fn incremental_into(
                 sqlx::query(
                     "SELECT set_config('monoskope_backup.types', $1::text[]::text, true), set_config('monoskope_backup.ids', $2::uuid[]::text, true), set_config('monoskope_backup.held', $3::bigint[]::text, true)",
                 )
-                .bind(&grown.0)
+                .bind(type_names(&grown.0))
                 .bind(&grown.1)
                 .bind(&grown.2)
                 .execute(&mut *conn)
