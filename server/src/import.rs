@@ -17,6 +17,7 @@ use base64::Engine as _;
 use cfb_mode::cipher::{AsyncStreamCipher, KeyIvInit};
 
 use crate::archive::Record;
+use crate::engine::watermark::{Aggregate, AggregateKeys};
 
 /// The key of an encrypted Monoskope backup.
 #[derive(Clone)]
@@ -215,7 +216,8 @@ pub fn read(
         encrypted: key.is_some(),
         ..Default::default()
     };
-    let mut versions: HashMap<(String, String), VersionSet> = HashMap::new();
+    let mut versions: HashMap<Aggregate, VersionSet> = HashMap::new();
+    let mut keys = AggregateKeys::default();
     let mut first: Option<prost_types::Timestamp> = None;
     let mut last: Option<prost_types::Timestamp> = None;
     let entries = archive
@@ -277,7 +279,7 @@ pub fn read(
             }
         }
         versions
-            .entry((rec.aggregate_type.clone(), rec.aggregate_id.clone()))
+            .entry(keys.key(&rec.aggregate_type, &rec.aggregate_id))
             .or_default()
             .add(rec.aggregate_version);
         each(rec)?;
@@ -287,9 +289,9 @@ pub fn read(
     s.last_event_time = crate::cli::rfc3339(last.as_ref());
     if !allow_gaps {
         let mut problems: Vec<String> = Vec::new();
-        for ((t, id), vs) in &versions {
+        for (a, vs) in &versions {
             if let Some(p) = vs.problem() {
-                problems.push(format!("aggregate {t} {id} {p}"));
+                problems.push(format!("aggregate {a} {p}"));
             }
         }
         problems.sort();
