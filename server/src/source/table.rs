@@ -418,11 +418,14 @@ async fn incremental_into(
             let t: Option<&str> = row.try_get("aggregate_type")?;
             let id: Option<uuid::Uuid> = row.try_get("aggregate_id")?;
             let unversioned: i64 = row.try_get("unversioned")?;
-            let a = match (t, id) {
-                (Some(t), Some(id)) if unversioned == 0 => Aggregate {
-                    kind: keys.kind(t),
-                    id: AggregateId::from_uuid(id),
-                },
+            let (a, id) = match (t, id) {
+                (Some(t), Some(id)) if unversioned == 0 => (
+                    Aggregate {
+                        kind: keys.kind(t),
+                        id: AggregateId::from_uuid(id),
+                    },
+                    id,
+                ),
                 (t, id) => {
                     let what = if id.is_none() {
                         "an aggregate id"
@@ -440,10 +443,9 @@ async fn incremental_into(
                 }
             };
             let v = row.try_get::<Option<i64>, _>("v")?.unwrap_or(0) as u64;
-            let h = parent.get(&a);
-            if parent.map.contains_key(&a) {
-                seen += 1;
-            }
+            let held_here = parent.map.get(&a).copied();
+            seen += usize::from(held_here.is_some());
+            let h = held_here.unwrap_or(0);
             if v < h {
                 return Err(ChainMismatch(format!(
                     "the store no longer matches the chain: aggregate {a} is at version {v}, the chain holds {h} (restored from an older backup?)"
@@ -452,7 +454,7 @@ async fn incremental_into(
             }
             if v > h {
                 types.push(a.kind);
-                ids.push(id.unwrap_or_default());
+                ids.push(id);
                 held.push(h as i64);
             }
         }
