@@ -643,6 +643,60 @@ async fn an_incremental_from_the_table_falls_back_to_full_on_rows_without_an_agg
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_from_the_table_falls_back_to_full_when_the_store_went_back() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    // What became of the store after the full backup: the SQL, what the note must say, and
+    // the events the backup then holds (all of them: it is a full one).
+    for (change, why, events) in [
+        (
+            "DELETE FROM event_records WHERE aggregate_id = '00000000-0000-0000-0000-000000000002'",
+            "1 aggregates the chain holds are gone from the store",
+            20,
+        ),
+        (
+            "DELETE FROM event_records WHERE aggregate_id = '00000000-0000-0000-0000-000000000002' AND aggregate_version > 4",
+            "aggregate User 00000000-0000-0000-0000-000000000002 is at version 4, the chain holds 10",
+            24,
+        ),
+    ] {
+        let f = Fixture::new();
+        let (db, pool) = events_table(&pg, "inc_back").await;
+        let insert = r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data) VALUES (gen_random_uuid(), 'Created', $1, 'User', $2, now(), '{}', '{}')"#;
+        for agg in 1..=3u128 {
+            for v in 1..=10i64 {
+                sqlx::query(insert)
+                    .bind(uuid::Uuid::from_u128(agg))
+                    .bind(v)
+                    .execute(&pool)
+                    .await
+                    .expect("insert");
+            }
+        }
+        let source = ["--events-db", db.as_str()];
+        let full = tokio::task::block_in_place(|| f.backup(&source, false, &[]));
+        assert_eq!(full["event_count"], 30, "{full}");
+        sqlx::query(change).execute(&pool).await.expect("change");
+        // A new aggregate: an incremental would have something to hold, and the store has as
+        // many aggregates as the chain again.
+        sqlx::query(insert)
+            .bind(uuid::Uuid::from_u128(4))
+            .bind(1i64)
+            .execute(&pool)
+            .await
+            .expect("insert");
+        let out = tokio::task::block_in_place(|| f.backup(&source, true, &[]));
+        assert_eq!(out["kind"], "full", "{change}: {out}");
+        assert!(
+            out["note"].as_str().is_some_and(|n| n.contains(why)),
+            "{change}: {out}"
+        );
+        assert_eq!(out["event_count"], events + 1, "{change}: {out}");
+    }
+}
+
 /// Everything a table read yields, batch after batch.
 async fn read_all(mut rx: monoskope_backup::source::table::Batches) -> Vec<u8> {
     let mut bytes = Vec::new();
