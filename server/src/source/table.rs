@@ -254,12 +254,19 @@ pub enum ReadMode {
     Rows,
 }
 
-/// A connection inside one REPEATABLE READ, READ ONLY transaction (one snapshot), whether the
-/// events table exists in it, and how to read it (`mode`, or what the server supports).
-async fn begin_snapshot(
-    pool: &PgPool,
-    mode: Option<ReadMode>,
-) -> anyhow::Result<(sqlx::pool::PoolConnection<sqlx::Postgres>, bool, ReadMode)> {
+/// One REPEATABLE READ, READ ONLY transaction (one snapshot) on a connection.
+struct Snapshot {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    /// Whether the events table exists in it.
+    exists: bool,
+    /// How to read it (as asked, or what the server supports).
+    mode: ReadMode,
+    /// The server is CockroachDB (not PostgreSQL).
+    cockroach: bool,
+}
+
+/// Begins a [`Snapshot`], read the `mode` way (`None`: what the server supports).
+async fn begin_snapshot(pool: &PgPool, mode: Option<ReadMode>) -> anyhow::Result<Snapshot> {
     let mut conn = pool.acquire().await?;
     sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *conn)
@@ -268,12 +275,17 @@ async fn begin_snapshot(
         sqlx::query_as("SELECT to_regclass('event_records')::text, version()")
             .fetch_one(&mut *conn)
             .await?;
-    let mode = mode.unwrap_or(if version.contains("CockroachDB") {
-        ReadMode::Rows
-    } else {
-        ReadMode::Copy
-    });
-    Ok((conn, exists.is_some(), mode))
+    let cockroach = version.contains("CockroachDB");
+    Ok(Snapshot {
+        conn,
+        exists: exists.is_some(),
+        mode: mode.unwrap_or(if cockroach {
+            ReadMode::Rows
+        } else {
+            ReadMode::Copy
+        }),
+        cockroach,
+    })
 }
 
 /// Sends `batch` on when it is full; false when the receiver is gone.
@@ -349,7 +361,12 @@ async fn stream_into(
     mode: Option<ReadMode>,
     tx: &mpsc::Sender<anyhow::Result<Batch>>,
 ) -> anyhow::Result<()> {
-    let (mut conn, exists, mode) = begin_snapshot(pool, mode).await?;
+    let Snapshot {
+        mut conn,
+        exists,
+        mode,
+        ..
+    } = begin_snapshot(pool, mode).await?;
     if exists {
         let query = format!(r#"SELECT {COLUMNS} FROM "event_records" e {ORDER}"#);
         forward(&mut conn, mode, &query, None, tx).await?;
@@ -398,13 +415,26 @@ async fn incremental_into(
     tx: &mpsc::Sender<anyhow::Result<Batch>>,
 ) -> anyhow::Result<()> {
     use super::ChainMismatch;
-    let (mut conn, exists, mode) = begin_snapshot(pool, mode).await?;
+    let Snapshot {
+        mut conn,
+        exists,
+        mode,
+        cockroach,
+    } = begin_snapshot(pool, mode).await?;
     if !exists {
         return Err(ChainMismatch("the store has no events table any more".into()).into());
     }
     let (mut types, mut ids, mut held) = (Vec::new(), Vec::new(), Vec::new());
     let mut keys = AggregateKeys::default();
     let mut seen = 0usize;
+    if !cockroach {
+        // PostgreSQL estimates several times the groups there are and so plans this pass
+        // serially; run in parallel (workers in the same snapshot), it takes two thirds of the
+        // time (1M events: 110 instead of 165 ms). For this statement only.
+        sqlx::query("SET LOCAL parallel_tuple_cost = 0.01")
+            .execute(&mut *conn)
+            .await?;
+    }
     {
         let mut rows = sqlx::query(
             // Grouped in the unique index's column order, so PostgreSQL streams the groups off
@@ -458,6 +488,11 @@ async fn incremental_into(
                 held.push(h as i64);
             }
         }
+    }
+    if !cockroach {
+        sqlx::query("RESET parallel_tuple_cost")
+            .execute(&mut *conn)
+            .await?;
     }
     if seen < parent.map.len() {
         return Err(ChainMismatch(format!(
