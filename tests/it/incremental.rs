@@ -593,6 +593,16 @@ async fn an_incremental_falls_back_to_full_and_says_why() {
 /// From the events table, an incremental cannot hold rows without a version, an aggregate id
 /// or an aggregate type (new versions are found by aggregate, which never matches a NULL): the
 /// backup becomes full, says why, and holds every row.
+/// Inserts version `v` of the `User` aggregate whose id is the uuid of `agg`.
+async fn insert_user_event(pool: &sqlx::PgPool, agg: u128, v: i64) {
+    sqlx::query(r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data) VALUES (gen_random_uuid(), 'Created', $1, 'User', $2, now(), '{}', '{}')"#)
+        .bind(uuid::Uuid::from_u128(agg))
+        .bind(v)
+        .execute(pool)
+        .await
+        .expect("insert");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_incremental_from_the_table_falls_back_to_full_on_rows_without_an_aggregate() {
     let Some(pg) = service_env("TEST_PG_URL") else {
@@ -605,16 +615,9 @@ async fn an_incremental_from_the_table_falls_back_to_full_on_rows_without_an_agg
     ] {
         let f = Fixture::new();
         let (db, pool) = events_table(&pg, "inc_null").await;
-        let insert = r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data) VALUES (gen_random_uuid(), 'Created', $1, $2, $3, now(), '{}', '{}')"#;
-        for agg in 0..2u128 {
-            for v in 1..=10i64 {
-                sqlx::query(insert)
-                    .bind(uuid::Uuid::from_u128(agg + 1))
-                    .bind("User")
-                    .bind(v)
-                    .execute(&pool)
-                    .await
-                    .expect("insert");
+        for agg in 1..=2 {
+            for v in 1..=10 {
+                insert_user_event(&pool, agg, v).await;
             }
         }
         let source = ["--events-db", db.as_str()];
@@ -664,15 +667,9 @@ async fn an_incremental_from_the_table_falls_back_to_full_when_the_store_went_ba
     ] {
         let f = Fixture::new();
         let (db, pool) = events_table(&pg, "inc_back").await;
-        let insert = r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data) VALUES (gen_random_uuid(), 'Created', $1, 'User', $2, now(), '{}', '{}')"#;
-        for agg in 1..=3u128 {
-            for v in 1..=10i64 {
-                sqlx::query(insert)
-                    .bind(uuid::Uuid::from_u128(agg))
-                    .bind(v)
-                    .execute(&pool)
-                    .await
-                    .expect("insert");
+        for agg in 1..=3 {
+            for v in 1..=10 {
+                insert_user_event(&pool, agg, v).await;
             }
         }
         let source = ["--events-db", db.as_str()];
@@ -681,12 +678,7 @@ async fn an_incremental_from_the_table_falls_back_to_full_when_the_store_went_ba
         sqlx::query(change).execute(&pool).await.expect("change");
         // A new aggregate: an incremental would have something to hold, and the store has as
         // many aggregates as the chain again.
-        sqlx::query(insert)
-            .bind(uuid::Uuid::from_u128(4))
-            .bind(1i64)
-            .execute(&pool)
-            .await
-            .expect("insert");
+        insert_user_event(&pool, 4, 1).await;
         let out = tokio::task::block_in_place(|| f.backup(&source, true, &[]));
         assert_eq!(out["kind"], "full", "{change}: {out}");
         assert!(
