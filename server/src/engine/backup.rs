@@ -278,10 +278,7 @@ pub(super) async fn run(
             // The source has let go of the parent's watermark by now (its stream ended), so
             // it is raised in place; a copy only if someone still holds it.
             wm = Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone());
-            for (a, s) in spans {
-                let v = wm.map.entry(a).or_insert(0);
-                *v = (*v).max(s.max);
-            }
+            wm.raise(spans);
         }
         anyhow::Ok(wm)
     };

@@ -398,10 +398,7 @@ fn spawn_reader<F: Fill>(
                         return;
                     }
                 }
-                for (a, s) in spans {
-                    let v = held.map.entry(a).or_insert(0);
-                    *v = (*v).max(s.max);
-                }
+                held.raise(spans);
             }
         }
         let _ = tx.send(Ok(None)).await;

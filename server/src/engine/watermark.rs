@@ -160,6 +160,15 @@ impl Watermark {
         *v = (*v).max(version);
     }
 
+    /// Raises each aggregate to the highest version of its span: the watermark after a chain
+    /// link whose new versions `spans` summarises.
+    pub fn raise(&mut self, spans: HashMap<Aggregate, Span>) {
+        for (a, s) in spans {
+            let v = self.map.entry(a).or_insert(0);
+            *v = (*v).max(s.max);
+        }
+    }
+
     /// The version held for `a` (0: none).
     pub fn get(&self, a: &Aggregate) -> u64 {
         self.map.get(a).copied().unwrap_or(0)
