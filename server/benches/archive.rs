@@ -9,7 +9,7 @@
     reason = "criterion_group! generates an undocumented function"
 )]
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use monoskope_backup::archive::{
@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
                 let mut n = [0u8; 12];
                 n[..4].copy_from_slice(&(i as u32).to_be_bytes());
                 cipher
-                    .encrypt_in_place(Nonce::from_slice(&n), b"", &mut buf)
+                    .encrypt_in_place(&Nonce::from(n), b"", &mut buf)
                     .expect("encrypt");
             }
         })

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
 use base64::Engine as _;
-use cfb_mode::cipher::{AsyncStreamCipher, KeyIvInit};
+use cfb_mode::cipher::KeyIvInit;
 
 use crate::archive::Record;
 use crate::engine::watermark::{Aggregate, AggregateKeys};

@@ -1,7 +1,7 @@
 //! The fixed parts of the byte layout (docs/ARCHIVE_FORMAT.md): prefix, lengths, frames, nonces,
 //! and the SHA-256 chain of unencrypted archives.
 
-use aes_gcm::aead::AeadInPlace;
+use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, Nonce};
 use sha2::{Digest, Sha256};
 
@@ -94,7 +94,7 @@ impl ChunkGuard {
             } => {
                 let n = nonce(prefix, counter, flags & FLAG_LAST != 0);
                 cipher
-                    .encrypt_in_place(Nonce::from_slice(&n), aad, body)
+                    .encrypt_in_place(&Nonce::from(n), aad, body)
                     .map_err(|_| ())
             }
             ChunkGuard::Chain { prev } => {
@@ -117,7 +117,7 @@ impl ChunkGuard {
             } => {
                 let n = nonce(prefix, counter, flags & FLAG_LAST != 0);
                 cipher
-                    .decrypt_in_place(Nonce::from_slice(&n), aad, body)
+                    .decrypt_in_place(&Nonce::from(n), aad, body)
                     .map_err(|_| ())
             }
             ChunkGuard::Chain { prev } => {

@@ -233,18 +233,14 @@ pub enum Protection {
 pub(crate) fn wrap(kek: &[u8; 32], nonce: &[u8; 12], data_key: &[u8; 32], aad: &[u8]) -> Vec<u8> {
     let cipher = Aes256Gcm::new(kek.into());
     cipher
-        .encrypt(Nonce::from_slice(nonce), Payload { msg: data_key, aad })
+        .encrypt(&Nonce::from(*nonce), Payload { msg: data_key, aad })
         .expect("AES-GCM encryption of 32 bytes cannot fail")
 }
 
 pub(crate) fn unwrap(kek: &[u8; 32], nonce: &[u8], wrapped: &[u8], aad: &[u8]) -> Option<[u8; 32]> {
-    if nonce.len() != 12 {
-        return None;
-    }
+    let nonce = Nonce::try_from(nonce).ok()?;
     let cipher = Aes256Gcm::new(kek.into());
-    let dk = cipher
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: wrapped, aad })
-        .ok()?;
+    let dk = cipher.decrypt(&nonce, Payload { msg: wrapped, aad }).ok()?;
     dk.try_into().ok()
 }
 

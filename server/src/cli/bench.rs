@@ -70,7 +70,7 @@ pub(super) async fn generate(a: GenerateArgs) -> anyhow::Result<()> {
 }
 
 pub(super) fn primitives(a: PrimitivesArgs) -> anyhow::Result<()> {
-    use aes_gcm::aead::{AeadInPlace, KeyInit};
+    use aes_gcm::aead::{AeadInOut, KeyInit};
     let mut data = Vec::new();
     std::fs::File::open(&a.file)
         .with_context(|| format!("cannot open {}", a.file.display()))?
