@@ -159,7 +159,7 @@ async fn pushgateway_keeps_the_last_success_when_a_run_fails() {
 
 /// A proxy that holds every new connection's first answer for `delay`: each backup through it
 /// takes at least that long.
-async fn slow_proxy(target: String, delay: Duration) -> String {
+pub(crate) async fn slow_proxy(target: String, delay: Duration) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

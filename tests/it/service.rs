@@ -219,6 +219,19 @@ async fn reflection_services(url: &str) -> Vec<String> {
     }
 }
 
+/// The service's status once its running backup ended (within a minute).
+async fn status_after_backup(s: &Server) -> pb::GetStatusResponse {
+    let mut watcher = client(s).await;
+    for _ in 0..600 {
+        let st = watcher.get_status().await.expect("status");
+        if st.running_backup.is_none() {
+            return st;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the backup did not finish within a minute")
+}
+
 #[tokio::test]
 async fn two_create_backup_at_once_one_runs_one_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -254,17 +267,7 @@ async fn two_create_backup_at_once_one_runs_one_is_refused() {
         other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
     }
     // The running one finishes, and then a new one is accepted.
-    let mut watcher = client(&s).await;
-    let mut done = None;
-    for _ in 0..600 {
-        let st = watcher.get_status().await.expect("status");
-        if st.running_backup.is_none() {
-            done = Some(st);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let done = done.expect("backup finished within a minute");
+    let done = status_after_backup(&s).await;
     assert_eq!(done.last_success.expect("success").id, ok.id);
     assert!(a
         .create_backup(true, false)
@@ -832,4 +835,120 @@ async fn serve_with_tls_and_backupctl_with_a_ca_file() {
     .await
     .expect("join");
     assert_eq!(plain.code, Some(1), "plaintext to a TLS port fails");
+}
+
+/// Every process sharing a catalog takes its operation lease: a one-shot `backup-server backup`
+/// started while the service's backup runs is refused in one line naming that backup, and does
+/// not take the service's RUNNING record for one a dead process left (it used to mark it
+/// FAILED on opening the catalog). A lease its holder stopped renewing is taken over, and the
+/// dead holder's RUNNING record is marked FAILED then.
+#[tokio::test]
+async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_backup_alone() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path());
+    let ds = devstore_with(2_000).await;
+    let slow = super::ops::slow_proxy(ds.addr.clone(), Duration::from_secs(4)).await;
+    let dest = format!("file://{}", dir.path().join("dest").display());
+    let catalog = monoskope_backup_tests::fresh_db(&pg, "catalog").await;
+    let s = Server::start(
+        &[
+            "--event-store",
+            &slow,
+            "--destination",
+            &dest,
+            "--catalog",
+            &catalog,
+            "--key-file",
+            &key,
+        ],
+        &[],
+    );
+    let running = client(&s)
+        .await
+        .create_backup(false, false)
+        .await
+        .expect("service backup");
+    let one_shot = [
+        "backup",
+        "--event-store",
+        &ds.addr,
+        "--destination",
+        &dest,
+        "--catalog",
+        &catalog,
+        "--key-file",
+        &key,
+    ];
+    let refused = run("backup-server", &one_shot, &[]);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    let line = refused.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "one line: {line}");
+    assert!(
+        line.contains(&format!(
+            "another process runs an operation against this catalog: backup {} (process ",
+            running.id
+        )),
+        "{line}"
+    );
+    let db = sqlx::PgPool::connect(&catalog).await.expect("catalog");
+    let state = |id: String| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT state FROM backups WHERE id = $1")
+                .bind(id)
+                .fetch_one(&db)
+                .await
+                .expect("record")
+        }
+    };
+    assert_eq!(
+        state(running.id.clone()).await,
+        "running",
+        "the service's backup still runs, and the catalog says so"
+    );
+    let done = status_after_backup(&s).await;
+    assert_eq!(
+        done.last_success
+            .expect("the service's backup succeeded")
+            .id,
+        running.id
+    );
+    assert_eq!(state(running.id.clone()).await, "succeeded");
+    // Its turn now.
+    let ok = run("backup-server", &one_shot, &[]);
+    assert_eq!(ok.code, Some(0), "{ok:?}");
+
+    // A process that died holding the lease: its lease is taken over once it went unrenewed
+    // for longer than it lasts, and its RUNNING record is marked FAILED.
+    let stale = chrono::Utc::now().timestamp_millis() - 120_000;
+    sqlx::query("INSERT INTO operation_lease (slot, holder, kind, operation_id, acquired_at, renewed_at_ms) VALUES (1, 'gone-host:4242:deadbeef', 'backup', '20261124T000000000Z-deadbeef', '2026-11-24T00:00:00.000Z', $1)")
+        .bind(stale)
+        .execute(&db)
+        .await
+        .expect("stale lease");
+    sqlx::query("INSERT INTO backups (id, kind, state, created_at, created_by, source, event_count, archive_bytes) VALUES ('20261124T000000000Z-deadbeef', 'full', 'running', '2026-11-24T00:00:00.000Z', 'gone', 'test', 0, 0)")
+        .execute(&db)
+        .await
+        .expect("its running record");
+    let again = run("backup-server", &one_shot, &[]);
+    assert_eq!(again.code, Some(0), "{again:?}");
+    let (dead_state, dead_error): (String, Option<String>) = sqlx::query_as(
+        "SELECT state, error FROM backups WHERE id = '20261124T000000000Z-deadbeef'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("record");
+    assert_eq!(dead_state, "failed");
+    assert!(
+        dead_error.unwrap_or_default().starts_with("interrupted"),
+        "says why"
+    );
+    let leases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM operation_lease")
+        .fetch_one(&db)
+        .await
+        .expect("count");
+    assert_eq!(leases, 0, "every process gave its lease back");
 }

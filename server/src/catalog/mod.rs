@@ -150,6 +150,39 @@ pub struct RestoreRecord {
     pub error: Option<String>,
 }
 
+impl BackupRecord {
+    /// The RUNNING record of a backup that starts now.
+    pub fn running(
+        id: &str,
+        kind: &str,
+        created_at: String,
+        created_by: String,
+        source: String,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            kind: kind.into(),
+            state: State::Running,
+            parent_id: None,
+            created_at,
+            completed_at: None,
+            created_by,
+            source,
+            event_count: 0,
+            archive_bytes: 0,
+            archive_sha256: None,
+            archive_key: None,
+            first_event_time: None,
+            last_event_time: None,
+            events_sha256: None,
+            key_id: None,
+            format_version: None,
+            error: None,
+            note: None,
+        }
+    }
+}
+
 /// A page of backups.
 #[derive(Debug, Clone)]
 pub struct Page {
@@ -157,6 +190,32 @@ pub struct Page {
     pub backups: Vec<BackupRecord>,
     /// Token of the next page.
     pub next: Option<String>,
+}
+
+/// How long a lease lasts without renewal: a process that stopped without giving it back
+/// (killed, node lost) blocks other operations at most this long. Holders renew it every
+/// [`LEASE_RENEW_EVERY`]; the processes' clocks must agree to well within the difference.
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often a holder renews its lease.
+pub const LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Who holds the operation lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    /// The process (`host:pid:nonce`).
+    pub holder: String,
+    /// "backup", "restore" or "drill".
+    pub kind: String,
+    /// The operation's id.
+    pub operation_id: String,
+    /// When it took the lease (RFC 3339).
+    pub acquired_at: String,
+    /// When it last renewed it (milliseconds since the Unix epoch).
+    pub renewed_at_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// The catalog database.
@@ -331,20 +390,117 @@ impl Catalog {
         Ok(())
     }
 
-    /// Marks operations left RUNNING by a process that died as FAILED.
+    /// Marks operations left RUNNING by a process that died as FAILED: every RUNNING record
+    /// but the one whose process holds the operation lease now (a live process's operation,
+    /// e.g. the service's backup while a one-shot command starts).
     pub async fn fail_interrupted(&self) -> anyhow::Result<u64> {
+        let live = self
+            .lease_holder()
+            .await?
+            .filter(|h| h.renewed_at_ms >= now_ms() - LEASE_TTL.as_millis() as i64);
+        self.fail_running_except(live.as_ref().map_or("", |h| h.operation_id.as_str()))
+            .await
+    }
+
+    /// Marks every RUNNING record but `keep` FAILED (interrupted).
+    async fn fail_running_except(&self, keep: &str) -> anyhow::Result<u64> {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let a = sqlx::query("UPDATE backups SET state = 'failed', error = 'interrupted: the service stopped while the backup ran', completed_at = $1 WHERE state = 'running'")
+        let a = sqlx::query("UPDATE backups SET state = 'failed', error = 'interrupted: the process running the backup stopped', completed_at = $1 WHERE state = 'running' AND id <> $2")
             .bind(&now)
+            .bind(keep)
             .execute(&self.pool)
             .await?
             .rows_affected();
-        let b = sqlx::query("UPDATE restores SET state = 'failed', error = 'interrupted: the service stopped while the restore ran', completed_at = $1 WHERE state = 'running'")
+        let b = sqlx::query("UPDATE restores SET state = 'failed', error = 'interrupted: the process running the restore stopped', completed_at = $1 WHERE state = 'running' AND id <> $2")
             .bind(&now)
+            .bind(keep)
             .execute(&self.pool)
             .await?
             .rows_affected();
         Ok(a + b)
+    }
+
+    /// Takes the operation lease for `holder`'s operation `kind` `operation_id`, or returns
+    /// who holds it. A lease not renewed for [`LEASE_TTL`] is a dead process's and is taken
+    /// over. Whoever takes the lease knows every RUNNING record to be a dead process's (an
+    /// operation runs only under the lease) and marks them FAILED.
+    pub async fn acquire_lease(
+        &self,
+        holder: &str,
+        kind: &str,
+        operation_id: &str,
+    ) -> anyhow::Result<Option<LeaseHolder>> {
+        let now = now_ms();
+        sqlx::query("DELETE FROM operation_lease WHERE slot = 1 AND renewed_at_ms < $1")
+            .bind(now - LEASE_TTL.as_millis() as i64)
+            .execute(&self.pool)
+            .await?;
+        // Two processes may both find the slot free: the primary key lets one in.
+        let inserted = sqlx::query("INSERT INTO operation_lease (slot, holder, kind, operation_id, acquired_at, renewed_at_ms) SELECT 1, $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM operation_lease WHERE slot = 1)")
+            .bind(holder)
+            .bind(kind)
+            .bind(operation_id)
+            .bind(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .bind(now)
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(r) if r.rows_affected() == 1 => {
+                let n = self.fail_running_except("").await?;
+                if n > 0 {
+                    tracing::warn!(
+                        operations = n,
+                        "marked operations whose process stopped as failed"
+                    );
+                }
+                Ok(None)
+            }
+            other => match self.lease_holder().await? {
+                Some(h) => Ok(Some(h)),
+                None => {
+                    other?;
+                    anyhow::bail!("the operation lease was released and taken at once; try again")
+                }
+            },
+        }
+    }
+
+    /// Renews `holder`'s lease; false when it no longer holds it.
+    pub async fn renew_lease(&self, holder: &str) -> anyhow::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE operation_lease SET renewed_at_ms = $1 WHERE slot = 1 AND holder = $2",
+        )
+        .bind(now_ms())
+        .bind(holder)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Gives `holder`'s lease back (nothing when it does not hold it).
+    pub async fn release_lease(&self, holder: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM operation_lease WHERE slot = 1 AND holder = $1")
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Who holds the operation lease (perhaps a dead process: see `renewed_at_ms`).
+    pub async fn lease_holder(&self) -> anyhow::Result<Option<LeaseHolder>> {
+        let row = sqlx::query("SELECT holder, kind, operation_id, acquired_at, renewed_at_ms FROM operation_lease WHERE slot = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(LeaseHolder {
+                holder: r.try_get("holder")?,
+                kind: r.try_get("kind")?,
+                operation_id: r.try_get("operation_id")?,
+                acquired_at: r.try_get("acquired_at")?,
+                renewed_at_ms: r.try_get("renewed_at_ms")?,
+            })
+        })
+        .transpose()
     }
 
     /// Rebuilds the complete backups from the manifests at `dest`: adds what is missing,
@@ -445,4 +601,88 @@ fn restore_from_row(r: &AnyRow) -> anyhow::Result<RestoreRecord> {
         archive_bytes: r.try_get::<i64, _>("archive_bytes")? as u64,
         error: r.try_get("error")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lease on SQLite (the e2e tests hold it on PostgreSQL across processes): one holder
+    /// at a time, renewed only by its holder, given back only by its holder, taken over when
+    /// stale; RUNNING records are a dead process's unless a live lease covers them.
+    #[tokio::test]
+    async fn the_operation_lease_admits_one_holder_and_outlives_no_dead_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Catalog::connect(&format!("sqlite://{}", dir.path().join("c.db").display()))
+            .await
+            .expect("catalog");
+        assert_eq!(
+            c.acquire_lease("a:1:x", "backup", "op-a").await.expect("a"),
+            None
+        );
+        let held = c
+            .acquire_lease("b:2:y", "restore", "op-b")
+            .await
+            .expect("b")
+            .expect("a holds it");
+        assert_eq!(
+            (
+                held.holder.as_str(),
+                held.kind.as_str(),
+                held.operation_id.as_str()
+            ),
+            ("a:1:x", "backup", "op-a")
+        );
+        assert!(
+            !c.renew_lease("b:2:y").await.expect("renew"),
+            "not b's to renew"
+        );
+        assert!(c.renew_lease("a:1:x").await.expect("renew"));
+        c.release_lease("b:2:y").await.expect("release");
+        assert!(
+            c.lease_holder().await.expect("holder").is_some(),
+            "not b's to give back"
+        );
+
+        // a's RUNNING record survives another process opening the catalog; a record no live
+        // lease covers does not.
+        let running = |id: &str| {
+            BackupRecord::running(
+                id,
+                "full",
+                "2026-11-24T00:00:00.000Z".into(),
+                "test".into(),
+                "test".into(),
+            )
+        };
+        c.upsert_backup(&running("op-a")).await.expect("a's record");
+        c.upsert_backup(&running("op-dead"))
+            .await
+            .expect("a dead one's");
+        assert_eq!(c.fail_interrupted().await.expect("fail"), 1);
+        let state = |id: &'static str| {
+            let c = c.clone();
+            async move { c.get_backup(id).await.expect("get").expect("record").state }
+        };
+        assert_eq!(state("op-a").await, State::Running);
+        assert_eq!(state("op-dead").await, State::Failed);
+
+        // a dies: once its lease went unrenewed for longer than it lasts, b takes it over and
+        // a's RUNNING record is marked FAILED.
+        sqlx::query("UPDATE operation_lease SET renewed_at_ms = renewed_at_ms - $1")
+            .bind(LEASE_TTL.as_millis() as i64 + 1_000)
+            .execute(&c.pool)
+            .await
+            .expect("age the lease");
+        assert_eq!(
+            c.acquire_lease("b:2:y", "restore", "op-b")
+                .await
+                .expect("b"),
+            None
+        );
+        assert_eq!(state("op-a").await, State::Failed);
+        assert!(!c.renew_lease("a:1:x").await.expect("renew"), "a lost it");
+        c.release_lease("b:2:y").await.expect("release");
+        assert_eq!(c.lease_holder().await.expect("holder"), None);
+    }
 }

@@ -33,6 +33,18 @@ pub enum EngineError {
         /// Its id.
         id: String,
     },
+    /// Another process sharing the catalog runs an operation; try again when it ends.
+    #[error("another process runs an operation against this catalog: {kind} {id} (process {holder}, since {since}); try again when it ends")]
+    BusyElsewhere {
+        /// "backup", "restore" or "drill".
+        kind: String,
+        /// Its id.
+        id: String,
+        /// The process (`host:pid:nonce`).
+        holder: String,
+        /// When it started (RFC 3339).
+        since: String,
+    },
     /// The named backup does not exist (or is not complete).
     #[error("{0}")]
     NotFound(String),
@@ -81,6 +93,43 @@ async fn final_value<T: Clone>(mut rx: watch::Receiver<Option<T>>) -> Option<T> 
     }
 }
 
+/// This process as the catalog's operation lease names it: host (the pod's name in
+/// Kubernetes), process id and a random nonce.
+fn lease_holder_name() -> String {
+    let host = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into());
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &nonce[..8])
+}
+
+/// Renews the catalog's operation lease until aborted. Losing it (the catalog unreachable for
+/// longer than the lease lasts) is logged: the operation goes on, and another process may
+/// start one beside it.
+async fn renew_lease(catalog: Catalog, holder: Arc<str>) {
+    let mut tick = tokio::time::interval(crate::catalog::LEASE_RENEW_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match catalog.renew_lease(&holder).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(
+                    "this process lost the catalog's operation lease (not renewed for longer than {}); another process may start an operation beside this one",
+                    humantime::format_duration(crate::catalog::LEASE_TTL)
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not renew the catalog's operation lease; retrying")
+            }
+        }
+    }
+}
+
 /// Live progress of the running operation.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -110,6 +159,8 @@ struct Running {
     id: String,
     started: Instant,
     progress: Arc<Progress>,
+    /// Renews the catalog's operation lease while the operation runs.
+    renewing: tokio::task::JoinHandle<()>,
 }
 
 /// Everything the engine needs, from configuration.
@@ -148,6 +199,8 @@ pub struct EngineConfig {
 pub struct Engine {
     cfg: Arc<EngineConfig>,
     running: Arc<Mutex<Option<Running>>>,
+    /// This process, as it names itself in the catalog's operation lease.
+    holder: Arc<str>,
     done: Arc<Mutex<std::collections::HashMap<String, watch::Receiver<Option<BackupRecord>>>>>,
     restores: Arc<Mutex<std::collections::HashMap<String, watch::Receiver<Option<RestoreRecord>>>>>,
 }
@@ -166,6 +219,7 @@ impl Engine {
         Self {
             cfg: Arc::new(cfg),
             running: Arc::new(Mutex::new(None)),
+            holder: lease_holder_name().into(),
             done: Arc::new(Mutex::new(std::collections::HashMap::new())),
             restores: Arc::new(Mutex::new(std::collections::HashMap::new())),
         }
@@ -187,7 +241,8 @@ impl Engine {
         })
     }
 
-    /// Takes the single operation slot, or says who holds it.
+    /// Takes the single operation slot — in this process, then the catalog's operation lease
+    /// that every process sharing the catalog takes — or says who holds it.
     async fn claim(&self, kind: &'static str, id: &str) -> Result<Arc<Progress>, EngineError> {
         let mut slot = self.running.lock().await;
         if let Some(r) = slot.as_ref() {
@@ -196,18 +251,41 @@ impl Engine {
                 id: r.id.clone(),
             });
         }
+        let catalog = &self.cfg.catalog;
+        match catalog.acquire_lease(&self.holder, kind, id).await {
+            Ok(None) => {}
+            Ok(Some(h)) => {
+                return Err(EngineError::BusyElsewhere {
+                    kind: h.kind,
+                    id: h.operation_id,
+                    holder: h.holder,
+                    since: h.acquired_at,
+                })
+            }
+            Err(e) => return Err(EngineError::Unavailable(format!("catalog: {e:#}"))),
+        }
+        let renewing = tokio::spawn(renew_lease(catalog.clone(), self.holder.clone()));
         let progress = Arc::new(Progress::default());
         *slot = Some(Running {
             kind,
             id: id.to_string(),
             started: Instant::now(),
             progress: progress.clone(),
+            renewing,
         });
         Ok(progress)
     }
 
+    /// Frees the operation slot and gives the catalog's lease back.
     async fn release(&self) {
-        *self.running.lock().await = None;
+        let Some(r) = self.running.lock().await.take() else {
+            return;
+        };
+        r.renewing.abort();
+        if let Err(e) = self.cfg.catalog.release_lease(&self.holder).await {
+            // It expires by itself after the lease's time to live.
+            tracing::warn!(operation_id = %r.id, error = %format!("{e:#}"), "could not give the catalog's operation lease back");
+        }
     }
 
     /// Starts a restore after checking everything that can be checked before writing (sink,
@@ -373,31 +451,17 @@ impl Engine {
         let now = chrono::Utc::now();
         let id = crate::destination::layout::new_id(now);
         let progress = self.claim("backup", &id).await?;
-        let record = BackupRecord {
-            id: id.clone(),
-            kind: if incremental { "incremental" } else { "full" }.into(),
-            state: crate::catalog::State::Running,
-            parent_id: None,
-            created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            completed_at: None,
-            created_by: caller.label(),
-            source: match (&custom_source, &self.cfg.events_db) {
+        let record = BackupRecord::running(
+            &id,
+            if incremental { "incremental" } else { "full" },
+            now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            caller.label(),
+            match (&custom_source, &self.cfg.events_db) {
                 (Some(s), _) => s.clone(),
                 (None, Some(url)) => format!("events-table:{}", redact_url(url)),
                 (None, None) => format!("eventstore-api:{}", self.cfg.event_store.addr),
             },
-            event_count: 0,
-            archive_bytes: 0,
-            archive_sha256: None,
-            archive_key: None,
-            first_event_time: None,
-            last_event_time: None,
-            events_sha256: None,
-            key_id: None,
-            format_version: None,
-            error: None,
-            note: None,
-        };
+        );
         if let Err(e) = self.cfg.catalog.upsert_backup(&record).await {
             self.release().await;
             return Err(EngineError::Unavailable(format!("catalog: {e:#}")));

@@ -27,7 +27,9 @@ impl Service {
 /// The one mapping of engine errors to gRPC statuses.
 pub fn status_of(e: EngineError) -> Status {
     match e {
-        EngineError::Busy { .. } => Status::failed_precondition(e.to_string()),
+        EngineError::Busy { .. } | EngineError::BusyElsewhere { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         EngineError::Refused(m) => Status::failed_precondition(m),
         EngineError::Corrupt(m) => Status::data_loss(m),
         EngineError::NotFound(m) => Status::not_found(m),

@@ -106,8 +106,8 @@ pub async fn run(engine: Engine, schedule: Schedule, incremental: bool) {
         tokio::time::sleep(wait).await;
         last = next;
         match engine.start_backup(&who, incremental).await {
-            Err(EngineError::Busy { kind, id }) => {
-                tracing::warn!(tick = %next, running = %format!("{kind} {id}"), "scheduled backup skipped: another operation is running");
+            Err(e @ (EngineError::Busy { .. } | EngineError::BusyElsewhere { .. })) => {
+                tracing::warn!(tick = %next, "scheduled backup skipped: {e}");
                 continue;
             }
             Err(e) => {
@@ -151,8 +151,8 @@ pub async fn run_drills(engine: Engine, schedule: Schedule) {
         };
         tokio::time::sleep((next - Utc::now()).to_std().unwrap_or_default()).await;
         match engine.drill("latest", &who).await {
-            Err(EngineError::Busy { kind, id }) => {
-                tracing::warn!(tick = %next, running = %format!("{kind} {id}"), "scheduled drill skipped: another operation is running")
+            Err(e @ (EngineError::Busy { .. } | EngineError::BusyElsewhere { .. })) => {
+                tracing::warn!(tick = %next, "scheduled drill skipped: {e}")
             }
             Err(EngineError::NotFound(m)) => {
                 tracing::warn!(tick = %next, "scheduled drill skipped: {m}")
