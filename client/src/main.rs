@@ -419,15 +419,18 @@ fn print_status(s: &pb::GetStatusResponse) {
         None => println!("last failure      none"),
     }
     match &s.running_backup {
-        Some(b) => {
-            let p = b.progress.unwrap_or_default();
-            println!(
+        Some(b) => match b.progress {
+            Some(p) => println!(
                 "running           backup {} ({} events, {} so far)",
                 b.id,
                 p.events,
                 human_bytes(p.bytes)
-            );
-        }
+            ),
+            None => println!(
+                "running           backup {} (by {}, in another process sharing the catalog)",
+                b.id, b.created_by
+            ),
+        },
         None => println!("running           nothing"),
     }
     for (name, r) in [

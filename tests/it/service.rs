@@ -11,7 +11,8 @@ use monoskope_backup_api::eventsourcing::event_store_client::EventStoreClient;
 use monoskope_backup_api::eventsourcing::Event;
 use monoskope_backup_client::{pb, BackupClient, ClientError, ClientOptions};
 use monoskope_backup_tests::{
-    keygen, new_bucket, openssl, run, s3_client, service_env, start_moto, Devstore, Server, S3_ENV,
+    bin, keygen, new_bucket, openssl, run, s3_client, service_env, start_moto, Devstore, Server,
+    S3_ENV,
 };
 
 /// JSON with `len` pseudo-random letters: incompressible enough to make archives large.
@@ -840,8 +841,9 @@ async fn serve_with_tls_and_backupctl_with_a_ca_file() {
 /// Every process sharing a catalog takes its operation lease: a one-shot `backup-server backup`
 /// started while the service's backup runs is refused in one line naming that backup, and does
 /// not take the service's RUNNING record for one a dead process left (it used to mark it
-/// FAILED on opening the catalog). A lease its holder stopped renewing is taken over, and the
-/// dead holder's RUNNING record is marked FAILED then.
+/// FAILED on opening the catalog); a one-shot backup's run shows in the service's GetStatus and
+/// refuses its CreateBackup. A lease its holder stopped renewing is taken over, and the dead
+/// holder's RUNNING record is marked FAILED then.
 #[tokio::test]
 async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_backup_alone() {
     let Some(pg) = service_env("TEST_PG_URL") else {
@@ -850,7 +852,7 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
     let dir = tempfile::tempdir().expect("tempdir");
     let key = keygen(dir.path());
     let ds = devstore_with(2_000).await;
-    let slow = super::ops::slow_proxy(ds.addr.clone(), Duration::from_secs(4)).await;
+    let slow = super::ops::slow_proxy(ds.addr.clone(), Duration::from_secs(3)).await;
     let dest = format!("file://{}", dir.path().join("dest").display());
     let catalog = monoskope_backup_tests::fresh_db(&pg, "catalog").await;
     let s = Server::start(
@@ -920,6 +922,54 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
     // Its turn now.
     let ok = run("backup-server", &one_shot, &[]);
     assert_eq!(ok.code, Some(0), "{ok:?}");
+
+    // The other way round: a one-shot backup runs (for 8 s: longer than two GetStatus calls,
+    // whose probe of the event store goes through the 3 s proxy; less than the 10 s connect
+    // timeout), the service reports it in GetStatus (without progress, which only that process
+    // knows) and refuses CreateBackup naming it.
+    let slower = super::ops::slow_proxy(ds.addr.clone(), Duration::from_secs(8)).await;
+    let mut slow_shot = one_shot.to_vec();
+    slow_shot[2] = &slower;
+    let mut child = std::process::Command::new(bin("backup-server"))
+        .args(&slow_shot)
+        .env_remove("BACKUP_ENCRYPTION_KEY")
+        .env_remove("BACKUP_PASSPHRASE")
+        .env("RUST_LOG", "warn")
+        .env("BACKUP_EMIT_EVENTS", "false")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("one-shot backup");
+    let mut c = client(&s).await;
+    let mut seen = None;
+    while seen.is_none() && child.try_wait().expect("one-shot").is_none() {
+        seen = c.get_status().await.expect("status").running_backup;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = seen.expect("GetStatus reports the one-shot backup while it runs");
+    assert_eq!(seen.state, pb::OperationState::Running as i32);
+    assert!(seen.progress.is_none());
+    let refused = c.create_backup(false, false).await;
+    // Waited for off the runtime's thread, which the proxies run on.
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("one-shot ends");
+    match refused {
+        Err(ClientError::Busy(m)) => {
+            assert!(m.contains(&format!("backup {} (process ", seen.id)), "{m}")
+        }
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}; the one-shot: {out:?}"),
+    }
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().last(), Some(seen.id.as_str()));
+    assert!(c
+        .get_status()
+        .await
+        .expect("status")
+        .running_backup
+        .is_none());
 
     // A process that died holding the lease: its lease is taken over once it went unrenewed
     // for longer than it lasts, and its RUNNING record is marked FAILED.

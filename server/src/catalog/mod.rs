@@ -394,12 +394,18 @@ impl Catalog {
     /// but the one whose process holds the operation lease now (a live process's operation,
     /// e.g. the service's backup while a one-shot command starts).
     pub async fn fail_interrupted(&self) -> anyhow::Result<u64> {
-        let live = self
-            .lease_holder()
-            .await?
-            .filter(|h| h.renewed_at_ms >= now_ms() - LEASE_TTL.as_millis() as i64);
+        let live = self.live_lease().await?;
         self.fail_running_except(live.as_ref().map_or("", |h| h.operation_id.as_str()))
             .await
+    }
+
+    /// Who holds the operation lease, if that process is alive (renewed it within
+    /// [`LEASE_TTL`]).
+    pub async fn live_lease(&self) -> anyhow::Result<Option<LeaseHolder>> {
+        Ok(self
+            .lease_holder()
+            .await?
+            .filter(|h| h.renewed_at_ms >= now_ms() - LEASE_TTL.as_millis() as i64))
     }
 
     /// Marks every RUNNING record but `keep` FAILED (interrupted).

@@ -338,6 +338,29 @@ impl BackupService for Service {
                 running_backup = Some(b);
             }
         }
+        if running.is_none() {
+            // What another process sharing the catalog runs (a one-shot command): its record,
+            // without progress, which only that process knows.
+            if let Some(h) = catalog.live_lease().await.map_err(unavailable)? {
+                match h.kind.as_str() {
+                    "backup" => {
+                        running_backup = catalog
+                            .get_backup(&h.operation_id)
+                            .await
+                            .map_err(unavailable)?
+                            .filter(|r| r.state == State::Running)
+                            .map(|r| backup_pb(&r, &base));
+                    }
+                    "restore" => {
+                        running_restore = last_restore
+                            .as_ref()
+                            .filter(|r| r.id == h.operation_id && r.state == State::Running)
+                            .map(restore_pb);
+                    }
+                    _ => {}
+                }
+            }
+        }
         let es = cfg.event_store.clone();
         let dest = cfg.destination.clone();
         let (event_store, destination) = tokio::join!(
