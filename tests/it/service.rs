@@ -971,8 +971,37 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
         .running_backup
         .is_none());
 
-    // A process that died holding the lease: its lease is taken over once it went unrenewed
-    // for longer than it lasts, and its RUNNING record is marked FAILED.
+    // A one-shot backup killed (SIGKILL) while it runs: the next one on this host starts at
+    // once (the dead process's lease is not waited out) and marks its record FAILED.
+    let mut killed = std::process::Command::new(bin("backup-server"))
+        .args(&slow_shot)
+        .env_remove("BACKUP_ENCRYPTION_KEY")
+        .env_remove("BACKUP_PASSPHRASE")
+        .env("BACKUP_EMIT_EVENTS", "false")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("one-shot backup");
+    let mut held = None;
+    for _ in 0..100 {
+        held = sqlx::query_scalar::<_, String>("SELECT operation_id FROM operation_lease")
+            .fetch_optional(&db)
+            .await
+            .expect("lease");
+        if held.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = held.expect("the one-shot took the lease");
+    killed.kill().expect("SIGKILL");
+    killed.wait().expect("reaped");
+    let after = run("backup-server", &one_shot, &[]);
+    assert_eq!(after.code, Some(0), "{after:?}");
+    assert_eq!(state(held.clone()).await, "failed", "{held}");
+
+    // A process of another host that died holding the lease: its lease is taken over once it
+    // went unrenewed for longer than it lasts, and its RUNNING record is marked FAILED.
     let stale = chrono::Utc::now().timestamp_millis() - 120_000;
     sqlx::query("INSERT INTO operation_lease (slot, holder, kind, operation_id, acquired_at, renewed_at_ms) VALUES (1, 'gone-host:4242:deadbeef', 'backup', '20261124T000000000Z-deadbeef', '2026-11-24T00:00:00.000Z', $1)")
         .bind(stale)

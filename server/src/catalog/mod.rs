@@ -193,7 +193,8 @@ pub struct Page {
 }
 
 /// How long a lease lasts without renewal: a process that stopped without giving it back
-/// (killed, node lost) blocks other operations at most this long. Holders renew it every
+/// (killed, node lost) blocks other operations at most this long (not at all when it ran on
+/// the same host: [`LeaseHolder::is_dead`]). Holders renew it every
 /// [`LEASE_RENEW_EVERY`]; the processes' clocks must agree to well within the difference.
 pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 /// How often a holder renews its lease.
@@ -216,6 +217,44 @@ pub struct LeaseHolder {
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// This host's name as leases record it: the pod's name in Kubernetes (`POD_NAME`), else the
+/// kernel's host name.
+fn this_host() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+/// A new name for this process in the operation lease: `host:pid:nonce`.
+pub fn lease_holder_name() -> String {
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}:{}:{}", this_host(), std::process::id(), &nonce[..8])
+}
+
+impl LeaseHolder {
+    /// Whether the holding process is known to be gone: it has not renewed the lease for
+    /// longer than [`LEASE_TTL`], or it ran on this host and its process id is no longer there
+    /// or is this process's own (a restarted container's process 1), so a crash followed by a
+    /// restart — the common case — does not wait out the lease. Another host's process is
+    /// known only by its renewals.
+    pub fn is_dead(&self) -> bool {
+        if self.renewed_at_ms < now_ms() - LEASE_TTL.as_millis() as i64 {
+            return true;
+        }
+        let mut parts = self.holder.rsplitn(3, ':');
+        let (_nonce, pid, host) = (parts.next(), parts.next(), parts.next());
+        match (host, pid.and_then(|p| p.parse::<u32>().ok())) {
+            (Some(host), Some(pid)) if host == this_host() => {
+                pid == std::process::id() || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The catalog database.
@@ -399,13 +438,10 @@ impl Catalog {
             .await
     }
 
-    /// Who holds the operation lease, if that process is alive (renewed it within
-    /// [`LEASE_TTL`]).
+    /// Who holds the operation lease, unless that process is known to be gone
+    /// ([`LeaseHolder::is_dead`]).
     pub async fn live_lease(&self) -> anyhow::Result<Option<LeaseHolder>> {
-        Ok(self
-            .lease_holder()
-            .await?
-            .filter(|h| h.renewed_at_ms >= now_ms() - LEASE_TTL.as_millis() as i64))
+        Ok(self.lease_holder().await?.filter(|h| !h.is_dead()))
     }
 
     /// Marks every RUNNING record but `keep` FAILED (interrupted).
@@ -437,10 +473,12 @@ impl Catalog {
         operation_id: &str,
     ) -> anyhow::Result<Option<LeaseHolder>> {
         let now = now_ms();
-        sqlx::query("DELETE FROM operation_lease WHERE slot = 1 AND renewed_at_ms < $1")
-            .bind(now - LEASE_TTL.as_millis() as i64)
-            .execute(&self.pool)
-            .await?;
+        if let Some(dead) = self.lease_holder().await?.filter(LeaseHolder::is_dead) {
+            sqlx::query("DELETE FROM operation_lease WHERE slot = 1 AND holder = $1")
+                .bind(&dead.holder)
+                .execute(&self.pool)
+                .await?;
+        }
         // Two processes may both find the slot free: the primary key lets one in.
         let inserted = sqlx::query("INSERT INTO operation_lease (slot, holder, kind, operation_id, acquired_at, renewed_at_ms) SELECT 1, $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM operation_lease WHERE slot = 1)")
             .bind(holder)
@@ -690,5 +728,63 @@ mod tests {
         assert!(!c.renew_lease("a:1:x").await.expect("renew"), "a lost it");
         c.release_lease("b:2:y").await.expect("release");
         assert_eq!(c.lease_holder().await.expect("holder"), None);
+    }
+
+    /// A crash followed by a restart on the same host (a container's process 1 again, or any
+    /// process id that is gone) does not wait out the lease: opening the catalog fails the dead
+    /// process's RUNNING record, and the lease is taken at once. Another host's fresh lease is
+    /// alive as long as it is renewed.
+    #[tokio::test]
+    async fn a_lease_of_a_gone_process_on_this_host_is_taken_over_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Catalog::connect(&format!("sqlite://{}", dir.path().join("c.db").display()))
+            .await
+            .expect("catalog");
+        let gone = [
+            format!("{}:{}:0000dead", this_host(), std::process::id()),
+            format!("{}:999999999:0000dead", this_host()),
+        ];
+        for (i, holder) in gone.iter().enumerate() {
+            let op = format!("op-gone-{i}");
+            sqlx::query("INSERT INTO operation_lease (slot, holder, kind, operation_id, acquired_at, renewed_at_ms) VALUES (1, $1, 'backup', $2, '2026-11-24T00:00:00.000Z', $3)")
+                .bind(holder)
+                .bind(&op)
+                .bind(now_ms())
+                .execute(&c.pool)
+                .await
+                .expect("its lease");
+            c.upsert_backup(&BackupRecord::running(
+                &op,
+                "full",
+                "2026-11-24T00:00:00.000Z".into(),
+                "test".into(),
+                "test".into(),
+            ))
+            .await
+            .expect("its record");
+            assert_eq!(c.live_lease().await.expect("lease"), None, "{holder}");
+            assert_eq!(c.fail_interrupted().await.expect("fail"), 1, "{holder}");
+            assert_eq!(
+                c.acquire_lease("next:1:x", "backup", "op-next")
+                    .await
+                    .expect("next"),
+                None,
+                "{holder}"
+            );
+            c.release_lease("next:1:x").await.expect("release");
+        }
+        let elsewhere = LeaseHolder {
+            holder: "another-host:1:x".into(),
+            kind: "backup".into(),
+            operation_id: "op".into(),
+            acquired_at: "2026-11-24T00:00:00.000Z".into(),
+            renewed_at_ms: now_ms(),
+        };
+        assert!(!elsewhere.is_dead());
+        let here_alive = LeaseHolder {
+            holder: format!("{}:{}:x", this_host(), std::os::unix::process::parent_id()),
+            ..elsewhere
+        };
+        assert!(!here_alive.is_dead(), "a live process of this host");
     }
 }

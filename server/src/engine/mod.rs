@@ -93,19 +93,6 @@ async fn final_value<T: Clone>(mut rx: watch::Receiver<Option<T>>) -> Option<T> 
     }
 }
 
-/// This process as the catalog's operation lease names it: host (the pod's name in
-/// Kubernetes), process id and a random nonce.
-fn lease_holder_name() -> String {
-    let host = std::env::var("POD_NAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".into());
-    let nonce = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}:{}:{}", std::process::id(), &nonce[..8])
-}
-
 /// Renews the catalog's operation lease until aborted. Losing it (the catalog unreachable for
 /// longer than the lease lasts) is logged: the operation goes on, and another process may
 /// start one beside it.
@@ -219,7 +206,7 @@ impl Engine {
         Self {
             cfg: Arc::new(cfg),
             running: Arc::new(Mutex::new(None)),
-            holder: lease_holder_name().into(),
+            holder: crate::catalog::lease_holder_name().into(),
             done: Arc::new(Mutex::new(std::collections::HashMap::new())),
             restores: Arc::new(Mutex::new(std::collections::HashMap::new())),
         }
