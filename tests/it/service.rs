@@ -11,8 +11,8 @@ use monoskope_backup_api::eventsourcing::event_store_client::EventStoreClient;
 use monoskope_backup_api::eventsourcing::Event;
 use monoskope_backup_client::{pb, BackupClient, ClientError, ClientOptions};
 use monoskope_backup_tests::{
-    bin, keygen, new_bucket, openssl, run, s3_client, service_env, start_moto, Devstore, Server,
-    S3_ENV,
+    command, keygen, new_bucket, openssl, run, s3_client, service_env, start_moto, Devstore,
+    Server, S3_ENV,
 };
 
 /// JSON with `len` pseudo-random letters: incompressible enough to make archives large.
@@ -930,12 +930,7 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
     let slower = super::ops::slow_proxy(ds.addr.clone(), Duration::from_secs(8)).await;
     let mut slow_shot = one_shot.to_vec();
     slow_shot[2] = &slower;
-    let mut child = std::process::Command::new(bin("backup-server"))
-        .args(&slow_shot)
-        .env_remove("BACKUP_ENCRYPTION_KEY")
-        .env_remove("BACKUP_PASSPHRASE")
-        .env("RUST_LOG", "warn")
-        .env("BACKUP_EMIT_EVENTS", "false")
+    let mut child = command("backup-server", &slow_shot)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -973,11 +968,7 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
 
     // A one-shot backup killed (SIGKILL) while it runs: the next one on this host starts at
     // once (the dead process's lease is not waited out) and marks its record FAILED.
-    let mut killed = std::process::Command::new(bin("backup-server"))
-        .args(&slow_shot)
-        .env_remove("BACKUP_ENCRYPTION_KEY")
-        .env_remove("BACKUP_PASSPHRASE")
-        .env("BACKUP_EMIT_EVENTS", "false")
+    let mut killed = command("backup-server", &slow_shot)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -193,14 +193,21 @@ pub struct Out {
     pub stderr: String,
 }
 
-/// Runs a workspace binary to completion with `envs` added.
-pub fn run(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Out {
+/// A workspace binary with `args`, as the tests run it: no key from the test's own
+/// environment, warnings only, no events emitted.
+pub fn command(name: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin(name));
     cmd.args(args)
         .env_remove("BACKUP_ENCRYPTION_KEY")
         .env_remove("BACKUP_PASSPHRASE")
         .env("RUST_LOG", "warn")
         .env("BACKUP_EMIT_EVENTS", "false");
+    cmd
+}
+
+/// Runs a workspace binary to completion with `envs` added.
+pub fn run(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Out {
+    let mut cmd = command(name, args);
     for (k, v) in envs {
         cmd.env(k, v);
     }
