@@ -474,10 +474,7 @@ impl Catalog {
     ) -> anyhow::Result<Option<LeaseHolder>> {
         let now = now_ms();
         if let Some(dead) = self.lease_holder().await?.filter(LeaseHolder::is_dead) {
-            sqlx::query("DELETE FROM operation_lease WHERE slot = 1 AND holder = $1")
-                .bind(&dead.holder)
-                .execute(&self.pool)
-                .await?;
+            self.release_lease(&dead.holder).await?;
         }
         // Two processes may both find the slot free: the primary key lets one in.
         let inserted = sqlx::query("INSERT INTO operation_lease (slot, holder, kind, operation_id, acquired_at, renewed_at_ms) SELECT 1, $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM operation_lease WHERE slot = 1)")
