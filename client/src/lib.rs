@@ -76,9 +76,42 @@ pub enum ClientError {
     Local(String),
 }
 
+/// One line for an error and its causes, each after a colon, leaving out a cause whose text the
+/// line already holds (transport errors repeat theirs: "tcp connect error: tcp connect error").
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    add_causes(&mut line, e.source());
+    line
+}
+
+/// A gRPC status in one line: its code, its message and, for a call that never reached the
+/// server, the transport's causes (`Unavailable: tcp connect error: Connection refused (os error
+/// 111)`), where the status's own `Display` prints debug structures.
+pub fn status_line(s: &Status) -> String {
+    format!("{:?}: {}", s.code(), status_message(s))
+}
+
+/// The status's message and the transport's causes, as in [`status_line`].
+fn status_message(s: &Status) -> String {
+    let mut m = s.message().to_string();
+    add_causes(&mut m, std::error::Error::source(s));
+    m
+}
+
+fn add_causes(line: &mut String, mut cause: Option<&(dyn std::error::Error + 'static)>) {
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+}
+
 impl From<Status> for ClientError {
     fn from(s: Status) -> Self {
-        let m = s.message().to_string();
+        let m = status_message(&s);
         match s.code() {
             Code::Unauthenticated => ClientError::Unauthenticated(m),
             Code::PermissionDenied => ClientError::PermissionDenied(m),
@@ -209,15 +242,7 @@ impl BackupClient {
             }
             ep = ep.tls_config(tls).map_err(|e| conn_err(e.to_string()))?;
         }
-        let channel = ep.connect().await.map_err(|e| {
-            let mut m = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                m = format!("{m}: {s}");
-                src = s.source();
-            }
-            conn_err(m)
-        })?;
+        let channel = ep.connect().await.map_err(|e| conn_err(error_line(&e)))?;
         let token = match &opts.token {
             Some(t) => Some(format!("bearer {t}").parse().map_err(|_| {
                 ClientError::Local("the token contains characters not allowed in a header".into())
@@ -328,5 +353,85 @@ where
             }
             Err(s) => return Err(s.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error of one text whose cause is the next.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    fn chain(texts: &[&'static str]) -> Layer {
+        let mut e: Option<Box<Layer>> = None;
+        for t in texts.iter().rev() {
+            e = Some(Box::new(Layer(t, e)));
+        }
+        *e.expect("one text at least")
+    }
+
+    #[test]
+    fn error_line_names_each_cause_once_in_order() {
+        let e = chain(&[
+            "transport error",
+            "tcp connect error",
+            "tcp connect error",
+            "Connection refused (os error 111)",
+        ]);
+        assert_eq!(
+            error_line(&e),
+            "transport error: tcp connect error: Connection refused (os error 111)"
+        );
+        // sqlx's database errors repeat the server's message as their cause.
+        let e = chain(&[
+            "error returned from database: database \"x\" does not exist",
+            "database \"x\" does not exist",
+        ]);
+        assert_eq!(
+            error_line(&e),
+            "error returned from database: database \"x\" does not exist"
+        );
+        assert_eq!(error_line(&chain(&["alone"])), "alone");
+    }
+
+    #[tokio::test]
+    async fn a_status_from_a_server_that_is_not_there_says_why_in_one_line() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("url")
+            .connect_lazy();
+        let s = BackupServiceClient::new(channel)
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .expect_err("nothing listens there");
+        let line = status_line(&s);
+        assert!(line.starts_with("Unavailable: "), "{line}");
+        assert!(line.contains("Connection refused"), "{line}");
+        assert_eq!(line.matches("tcp connect error").count(), 1, "{line}");
+        // tonic's own Display of this status prints debug structures.
+        assert!(
+            !line.contains("ConnectError(") && !line.contains('\n'),
+            "{line}"
+        );
+        let e = ClientError::from(s);
+        assert!(matches!(e, ClientError::Unavailable(_)), "{e:?}");
+        assert!(e.to_string().contains("Connection refused"), "{e}");
     }
 }

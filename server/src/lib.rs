@@ -13,6 +13,7 @@ pub mod archive;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
+pub mod database;
 pub mod destination;
 pub mod devstore;
 pub mod engine;

@@ -1,6 +1,6 @@
 //! Operations through real parts: the Pushgateway (Debian's), the metrics endpoint, the
-//! in-process schedule, the events the service stores in the EventStore, and configuration
-//! errors naming their key.
+//! in-process schedule, the events the service stores in the EventStore, configuration errors
+//! naming their key, and peers that cannot be reached.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -467,6 +467,113 @@ fn each_bad_configuration_key_names_its_path() {
         );
         assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     }
+}
+
+/// The last line of a failed command's standard error, checked to be one readable line: exit 1,
+/// `prefix` first, no debug structures, no cause said twice in a row.
+fn error_line(out: &monoskope_backup_tests::Out, prefix: &str) -> String {
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let line = out
+        .stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.starts_with(prefix), "{}", out.stderr);
+    assert!(!line.contains(" { ") && !line.contains("Error("), "{line}");
+    let parts: Vec<&str> = line.split(": ").collect();
+    assert!(parts.windows(2).all(|w| w[0] != w[1]), "{line}");
+    line
+}
+
+#[test]
+fn peers_that_cannot_be_reached_fail_in_one_line_that_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path());
+    let dest = dir.path().join("dest");
+    let dest_url = format!("file://{}", dest.display());
+    let catalog = format!("sqlite://{}", dir.path().join("cat.db").display());
+    let closed = format!("127.0.0.1:{}", free_port());
+    let pg_closed = format!("postgres://postgres@{closed}/events");
+    let backup = |extra: &[&str]| {
+        let mut args = vec!["backup", "--destination", &dest_url, "--key-file", &key];
+        args.extend_from_slice(extra);
+        run("backup-server", &args, &[])
+    };
+    // Each waits out its client's retries (the pools' 10 and 15 s, S3's five attempts): at once.
+    let (store, catalog_db, events_db, s3, server) = std::thread::scope(|s| {
+        let store = s.spawn(|| backup(&["--catalog", &catalog, "--event-store", &closed]));
+        let catalog_db = s.spawn(|| backup(&["--catalog", &pg_closed, "--event-store", &closed]));
+        let events_db = s.spawn(|| {
+            let catalog = format!("sqlite://{}", dir.path().join("cat2.db").display());
+            backup(&["--catalog", &catalog, "--events-db", &pg_closed])
+        });
+        let s3 = s.spawn(|| {
+            let endpoint = format!("http://{closed}");
+            run(
+                "backup-server",
+                &[
+                    "list",
+                    "--destination",
+                    "s3://b/p",
+                    "--s3-endpoint",
+                    &endpoint,
+                ],
+                &[("S3_ACCESS_KEY", "a"), ("S3_SECRET_KEY", "b")],
+            )
+        });
+        let server = s.spawn(|| {
+            let url = format!("http://{closed}");
+            run("backupctl", &["status", "--server", &url], &[])
+        });
+        let join = |h: std::thread::ScopedJoinHandle<'_, monoskope_backup_tests::Out>| {
+            h.join().expect("thread")
+        };
+        (
+            join(store),
+            join(catalog_db),
+            join(events_db),
+            join(s3),
+            join(server),
+        )
+    });
+
+    let line = error_line(&store, "backup-server: error: backup ");
+    assert!(
+        line.contains(&format!("EventStore {closed} Retrieve: Unavailable: "))
+            && line.ends_with("Connection refused (os error 111)"),
+        "{line}"
+    );
+    let line = error_line(&catalog_db, "backup-server: error: ");
+    assert!(
+        line.contains("cannot connect to the catalog database: ")
+            && line.ends_with("Connection refused (os error 111)"),
+        "{line}"
+    );
+    let line = error_line(&events_db, "backup-server: error: backup ");
+    assert!(
+        line.contains("cannot connect to the events database: ")
+            && line.ends_with("Connection refused (os error 111)"),
+        "{line}"
+    );
+    let line = error_line(&s3, "backup-server: error: ");
+    assert!(
+        line.contains("destination unavailable: list s3://b/p: ")
+            && line.ends_with("Connection refused (os error 111)"),
+        "{line}"
+    );
+    let line = error_line(&server, "backupctl: error: ");
+    assert!(
+        line.contains(&format!("cannot connect to http://{closed}: "))
+            && line.ends_with("Connection refused (os error 111)"),
+        "{line}"
+    );
+    // Nothing was written: no archive, watermark or manifest (a staged file neither).
+    let written: Vec<_> = std::fs::read_dir(dest.join("backups"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(written.is_empty(), "{written:?}");
 }
 
 fn rules_dir() -> std::path::PathBuf {

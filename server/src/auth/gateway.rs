@@ -88,7 +88,7 @@ impl Gateway {
                 _ => AuthError::Unavailable(format!(
                     "the gateway at {} cannot check the token: {}",
                     self.address,
-                    s.message()
+                    monoskope_backup_client::status_line(&s)
                 )),
             }),
         }

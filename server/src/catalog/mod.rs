@@ -291,12 +291,14 @@ impl Catalog {
         } else {
             anyhow::bail!("unsupported catalog URL {url:?}: use sqlite://PATH or postgres://…");
         };
-        let pool = AnyPoolOptions::new()
+        let connect: sqlx::any::AnyConnectOptions =
+            url.parse().context("invalid catalog database URL")?;
+        let options = AnyPoolOptions::new()
             .max_connections(if kind == "sqlite" { 1 } else { 5 })
-            .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect(&url)
+            .acquire_timeout(std::time::Duration::from_secs(10));
+        let pool = crate::database::open(options, connect)
             .await
-            .context("cannot connect to the catalog database")?;
+            .map_err(|e| anyhow::anyhow!("cannot connect to the catalog database: {e}"))?;
         MIGRATOR
             .run(&pool)
             .await

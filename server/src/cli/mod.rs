@@ -133,7 +133,10 @@ pub fn main() -> ExitCode {
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {
-    eprintln!("backup-server: error: {e:#}");
+    eprintln!(
+        "backup-server: error: {}",
+        monoskope_backup_client::error_line(e.as_ref())
+    );
     ExitCode::from(1)
 }
 

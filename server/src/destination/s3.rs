@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls;
+use monoskope_backup_client::error_line;
 
 use super::{Destination, DestinationError, ObjectInfo, ObjectReader, Upload};
 
@@ -151,12 +152,12 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             DestinationError::PermissionDenied(format!("{what}: {code} {msg}").trim().to_string())
         }
         (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_), _, _) => {
-            DestinationError::Unavailable(format!("{what}: {}", DisplayErrorContext(&err)))
+            DestinationError::Unavailable(format!("{what}: {}", error_line(&err)))
         }
         (_, _, Some(s)) if s >= 500 => {
             DestinationError::Unavailable(format!("{what}: HTTP {s} {code} {msg}"))
         }
-        _ => DestinationError::Other(format!("{what}: {}", DisplayErrorContext(&err))),
+        _ => DestinationError::Other(format!("{what}: {}", error_line(&err))),
     }
 }
 

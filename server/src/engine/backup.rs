@@ -122,12 +122,54 @@ pub(super) async fn run(
     let protection = cfg.protection.clone().context(
         "no encryption key: give --key-file, BACKUP_ENCRYPTION_KEY or BACKUP_PASSPHRASE (or --no-encryption to write unencrypted archives)",
     )?;
+    let parent_id = parent.as_ref().map(|p| p.manifest.id.clone());
     let dest = cfg.destination.clone();
     let archive_key = layout::archive_key(&running.id);
     let upload = dest
         .upload(&archive_key)
         .await
         .context("cannot start the upload")?;
+    // The parent's watermark goes to the reader alone: an incremental raises it in place into
+    // the new one once the read is done (one entry per aggregate, held once).
+    let before = parent.map(|p| p.watermark);
+    let from_table = cfg.events_db.is_some();
+    // The source opens after the upload started (a destination that cannot be reached fails
+    // before the store's stream is opened, which Monoskope's store needs read to its end) and
+    // before the writer runs (a source that cannot be reached aborts the upload, so nothing is
+    // left staged).
+    let opened: anyhow::Result<BatchStream> = async {
+        Ok(match custom {
+            Some(s) => batches(s),
+            None => match (&cfg.events_db, &before) {
+                (Some(url), None) => Box::pin(crate::source::table::stream(
+                    crate::source::table::snapshot(
+                        crate::source::table::connect(url).await?,
+                        4,
+                        None,
+                    ),
+                )),
+                (Some(url), Some(w)) => Box::pin(crate::source::table::stream(
+                    crate::source::table::incremental(
+                        crate::source::table::connect(url).await?,
+                        w.clone(),
+                        4,
+                        None,
+                    ),
+                )),
+                // The API has no per-aggregate maximum: an incremental reads every event and keeps
+                // the new ones.
+                (None, _) => batches(cfg.event_store.retrieve_all().await?),
+            },
+        })
+    }
+    .await;
+    let mut stream = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            upload.abort().await;
+            return Err(e);
+        }
+    };
     let cancelled = Arc::new(AtomicBool::new(false));
     // Records cross to the writer thread in batches: one wake-up per batch, not per event.
     let (rec_tx, mut rec_rx) = mpsc::channel::<Batch>(8);
@@ -136,7 +178,6 @@ pub(super) async fn run(
     let mut opts = WriterOptions::new(&running.id, protection.clone());
     opts.compression_level = cfg.compression_level;
     opts.kind = running.kind.clone();
-    let parent_id = parent.as_ref().map(|p| p.manifest.id.clone());
     opts.parent_id = parent_id.clone();
     let enc_cancel = cancelled.clone();
     let enc_progress = progress.clone();
@@ -171,29 +212,6 @@ pub(super) async fn run(
     });
 
     let read_progress = progress.clone();
-    // The parent's watermark goes to the reader alone: an incremental raises it in place into
-    // the new one once the read is done (one entry per aggregate, held once).
-    let before = parent.map(|p| p.watermark);
-    let from_table = cfg.events_db.is_some();
-    let mut stream: BatchStream = match custom {
-        Some(s) => batches(s),
-        None => match (&cfg.events_db, &before) {
-            (Some(url), None) => Box::pin(crate::source::table::stream(
-                crate::source::table::snapshot(crate::source::table::connect(url).await?, 4, None),
-            )),
-            (Some(url), Some(w)) => Box::pin(crate::source::table::stream(
-                crate::source::table::incremental(
-                    crate::source::table::connect(url).await?,
-                    w.clone(),
-                    4,
-                    None,
-                ),
-            )),
-            // The API has no per-aggregate maximum: an incremental reads every event and keeps
-            // the new ones.
-            (None, _) => batches(cfg.event_store.retrieve_all().await?),
-        },
-    };
     let reader = async move {
         // A full backup's watermark is built from every event; an incremental's is the
         // parent's raised by the spans of the new versions, made once the read is done, so the

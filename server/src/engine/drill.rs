@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use monoskope_backup_api::eventsourcing::{Event, EventFilter};
+use monoskope_backup_client::status_line;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -118,11 +119,11 @@ async fn store_digest(
             ..Default::default()
         })
         .await
-        .map_err(|s| anyhow::anyhow!("Retrieve from {}: {}", es.addr, s.message()))?
+        .map_err(|s| anyhow::anyhow!("Retrieve from {}: {}", es.addr, status_line(&s)))?
         .into_inner();
     let mut d = SetDigest::default();
     while let Some(e) = s.next().await {
-        d.add(&e.map_err(|s| anyhow::anyhow!("Retrieve from {}: {}", es.addr, s.message()))?);
+        d.add(&e.map_err(|s| anyhow::anyhow!("Retrieve from {}: {}", es.addr, status_line(&s)))?);
     }
     Ok(d)
 }

@@ -76,7 +76,7 @@ pub async fn emit(store: &EventStoreAddr, event: Event) {
         client
             .store(tokio_stream::iter(vec![event]))
             .await
-            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
+            .map_err(|s| anyhow::anyhow!("{}", monoskope_backup_client::status_line(&s)))?;
         anyhow::Ok(())
     };
     match tokio::time::timeout(std::time::Duration::from_secs(10), res).await {

@@ -66,17 +66,12 @@ impl HttpClient {
             .body(Full::new(Bytes::from(body)))
             .with_context(|| format!("bad URL {url:?}"))?;
         let fut = async {
-            let res = self.inner.request(req).await.map_err(|e| {
-                // hyper-util's error hides its cause in Display; show the chain.
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg.push_str(": ");
-                    msg.push_str(&s.to_string());
-                    src = s.source();
-                }
-                anyhow!(msg)
-            })?;
+            // hyper-util's error hides its cause in Display; show the chain.
+            let res = self
+                .inner
+                .request(req)
+                .await
+                .map_err(|e| anyhow!(monoskope_backup_client::error_line(&e)))?;
             let status = res.status();
             let body = res.into_body().collect().await?.to_bytes();
             anyhow::Ok(Answer { status, body })

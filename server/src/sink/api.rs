@@ -44,10 +44,9 @@ pub async fn restore(
     });
     client.store(stream).await.map_err(|s| {
         SinkError::Other(anyhow::anyhow!(
-            "the EventStore refused an event after {} were stored: {:?}: {} (those events stay stored: the Store API is not transactional)",
+            "the EventStore refused an event after {} were stored: {} (those events stay stored: the Store API is not transactional)",
             count.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1),
-            s.code(),
-            s.message()
+            monoskope_backup_client::status_line(&s)
         ))
     })?;
     Ok(count.load(std::sync::atomic::Ordering::Relaxed))

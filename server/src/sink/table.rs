@@ -91,14 +91,12 @@ impl EventsTable {
         let opts: PgConnectOptions = url
             .parse()
             .map_err(|e| SinkError::Unsupported(format!("events database URL: {e}")))?;
-        let pool = PgPoolOptions::new()
+        let options = PgPoolOptions::new()
             .max_connections(2)
-            .acquire_timeout(Duration::from_secs(15))
-            .connect_with(opts)
-            .await
-            .map_err(|e| {
-                SinkError::Unavailable(format!("cannot connect to the events database: {e}"))
-            })?;
+            .acquire_timeout(Duration::from_secs(15));
+        let pool = crate::database::open(options, opts).await.map_err(|e| {
+            SinkError::Unavailable(format!("cannot connect to the events database: {e}"))
+        })?;
         Ok(Self { pool })
     }
 

@@ -16,6 +16,7 @@ use futures::Stream;
 use monoskope_backup_api::archive::v1::Record;
 use monoskope_backup_api::eventsourcing::event_store_client::EventStoreClient;
 use monoskope_backup_api::eventsourcing::{Event, EventFilter};
+use monoskope_backup_client::status_line;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
@@ -82,16 +83,11 @@ impl EventStoreAddr {
         let stream = client
             .retrieve(EventFilter::default())
             .await
-            .with_context(|| format!("EventStore {} Retrieve", self.addr))?
+            .map_err(|s| anyhow::anyhow!("EventStore {} Retrieve: {}", self.addr, status_line(&s)))?
             .into_inner();
         Ok(stream.map(|r| {
-            r.map(record_from_event).map_err(|s| {
-                anyhow::anyhow!(
-                    "EventStore stream failed: {}: {}",
-                    code_name(s.code()),
-                    s.message()
-                )
-            })
+            r.map(record_from_event)
+                .map_err(|s| anyhow::anyhow!("EventStore stream failed: {}", status_line(&s)))
         }))
     }
 
@@ -106,7 +102,7 @@ impl EventStoreAddr {
         )
         .await
         .context("health check timed out")?
-        .map_err(|s| anyhow::anyhow!("{}: {}", code_name(s.code()), s.message()))?;
+        .map_err(|s| anyhow::anyhow!("{}", status_line(&s)))?;
         let status = resp.into_inner().status;
         anyhow::ensure!(
             status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
@@ -114,10 +110,6 @@ impl EventStoreAddr {
         );
         Ok(())
     }
-}
-
-fn code_name(c: tonic::Code) -> String {
-    format!("{c:?}")
 }
 
 /// An EventStore event as an archive record (no event id: the API does not expose it).

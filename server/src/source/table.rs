@@ -10,7 +10,6 @@
 use crate::archive::{Batch, RecordParts};
 use crate::engine::watermark::{Aggregate, AggregateId, AggregateKeys};
 use futures::TryStreamExt;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -21,14 +20,12 @@ const COLUMNS: &str = r#"e.event_id, e.event_type, e.aggregate_id, e.aggregate_t
 const ORDER: &str =
     r#"ORDER BY e."timestamp", e.aggregate_type, e.aggregate_id, e.aggregate_version"#;
 
-/// Connects to the events database.
+/// Connects to the events database (as the table sink does).
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(std::time::Duration::from_secs(15))
-        .connect(url)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to the events database: {e}"))
+    Ok(crate::sink::table::EventsTable::connect(url)
+        .await?
+        .pool()
+        .clone())
 }
 
 /// What the reading task sends: batches of encoded records, or the error that stopped it.
