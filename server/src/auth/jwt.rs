@@ -105,7 +105,7 @@ impl JwtVerifier {
             }
             KeySource::Jwks(url) => {
                 if let Err(e) = v.refresh_jwks().await {
-                    tracing::warn!(url, error = %format!("{e:#}"), "cannot fetch the gateway's JWKS yet; calls fail with UNAVAILABLE until it answers");
+                    tracing::warn!(url, error = %monoskope_backup_client::error_line(e.as_ref()), "cannot fetch the gateway's JWKS yet; calls fail with UNAVAILABLE until it answers");
                 }
             }
         }
@@ -137,7 +137,9 @@ impl JwtVerifier {
         {
             match keys::from_jwk(k) {
                 Ok(key) => found.push(key),
-                Err(e) => tracing::warn!(url, error = %format!("{e:#}"), "JWKS key skipped"),
+                Err(e) => {
+                    tracing::warn!(url, error = %monoskope_backup_client::error_line(e.as_ref()), "JWKS key skipped")
+                }
             }
         }
         if found.is_empty() {
@@ -160,7 +162,7 @@ impl JwtVerifier {
             loop {
                 tokio::time::sleep(every).await;
                 if let Err(e) = me.refresh_jwks().await {
-                    tracing::warn!(error = %format!("{e:#}"), "JWKS refresh failed; keeping the keys already loaded");
+                    tracing::warn!(error = %monoskope_backup_client::error_line(e.as_ref()), "JWKS refresh failed; keeping the keys already loaded");
                 }
             }
         });
@@ -180,7 +182,7 @@ impl JwtVerifier {
                     }
                     // A file being rewritten may be half there: keep the old key, look again.
                     Err(e) => {
-                        tracing::warn!(file = %p.display(), error = %format!("{e:#}"), "cannot reload the gateway public key; keeping the previous one")
+                        tracing::warn!(file = %p.display(), error = %monoskope_backup_client::error_line(e.as_ref()), "cannot reload the gateway public key; keeping the previous one")
                     }
                 }
             }
@@ -222,10 +224,11 @@ impl JwtVerifier {
                     if let Err(e) = self.refresh_jwks().await {
                         if have.is_empty() {
                             return Err(AuthError::Unavailable(format!(
-                                "the gateway's JWKS is unavailable: {e:#}"
+                                "the gateway's JWKS is unavailable: {}",
+                                monoskope_backup_client::error_line(e.as_ref())
                             )));
                         }
-                        tracing::warn!(error = %format!("{e:#}"), "JWKS refresh failed");
+                        tracing::warn!(error = %monoskope_backup_client::error_line(e.as_ref()), "JWKS refresh failed");
                     }
                     let g = self.jwks.read().await;
                     if let Some(k) = pick(&g.0) {

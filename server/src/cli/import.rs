@@ -155,7 +155,11 @@ pub(super) async fn run(a: ImportArgs) -> anyhow::Result<()> {
         let reading = async move {
             let r = reading.await;
             if let Err(e) = &r {
-                let _ = err_tx.send(Err(anyhow::anyhow!("{e:#}"))).await;
+                let _ = err_tx
+                    .send(Err(anyhow::anyhow!(monoskope_backup_client::error_line(
+                        e.as_ref()
+                    ))))
+                    .await;
             }
             r
         };
@@ -231,7 +235,12 @@ pub(super) async fn run(a: ImportArgs) -> anyhow::Result<()> {
     let (summary, written) = tokio::join!(reading, writing);
     // When the table gave up first, its error is the cause.
     let summary = match (summary, &written) {
-        (Err(e), Err(_)) if format!("{e:#}").contains("stopped taking events") => None,
+        (Err(e), Err(_))
+            if monoskope_backup_client::error_line(e.as_ref())
+                .contains("stopped taking events") =>
+        {
+            None
+        }
         (s, _) => Some(s?),
     };
     let written =
@@ -257,7 +266,11 @@ async fn pass_end(
             Ok(s)
         }
         Err(e) => {
-            let _ = tx.send(Err(anyhow::anyhow!("{e:#}"))).await;
+            let _ = tx
+                .send(Err(anyhow::anyhow!(monoskope_backup_client::error_line(
+                    e.as_ref()
+                ))))
+                .await;
             Err(e)
         }
     }

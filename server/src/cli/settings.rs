@@ -233,7 +233,7 @@ impl Settings {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "could not rebuild the catalog from the destination")
+                    tracing::warn!(error = %monoskope_backup_client::error_line(e.as_ref()), "could not rebuild the catalog from the destination")
                 }
             }
         }

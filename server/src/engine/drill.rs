@@ -173,7 +173,7 @@ pub(super) async fn run(
         let restored = super::restore::run(&scratch_cfg, &req, &Sink::Api, chain, progress).await?;
         let archive = archive_digest(cfg, chain)
             .await
-            .map_err(|e| EngineError::Corrupt(format!("{e:#}")))?;
+            .map_err(|e| EngineError::Corrupt(monoskope_backup_client::error_line(e.as_ref())))?;
         let scratch = store_digest(&scratch_es, None).await.map_err(internal)?;
         let until = manifest
             .last_event_time
@@ -188,7 +188,12 @@ pub(super) async fn run(
             // An empty backup: the live store held nothing then; compare with nothing.
             None => Ok(SetDigest::default()),
         }
-        .map_err(|e| EngineError::Unavailable(format!("live EventStore: {e:#}")))?;
+        .map_err(|e| {
+            EngineError::Unavailable(format!(
+                "live EventStore: {}",
+                monoskope_backup_client::error_line(e.as_ref())
+            ))
+        })?;
         Ok::<_, EngineError>((restored, archive, scratch, live))
     }
     .await;

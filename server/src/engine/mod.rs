@@ -61,7 +61,7 @@ pub enum EngineError {
     #[error("{0}")]
     Unavailable(String),
     /// Anything else.
-    #[error("{0:#}")]
+    #[error("{}", monoskope_backup_client::error_line(.0.as_ref()))]
     Internal(#[from] anyhow::Error),
 }
 
@@ -111,7 +111,7 @@ async fn renew_lease(catalog: Catalog, holder: Arc<str>) {
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "could not renew the catalog's operation lease; retrying")
+                tracing::warn!(error = %monoskope_backup_client::error_line(e.as_ref()), "could not renew the catalog's operation lease; retrying")
             }
         }
     }
@@ -249,7 +249,12 @@ impl Engine {
                     since: h.acquired_at,
                 })
             }
-            Err(e) => return Err(EngineError::Unavailable(format!("catalog: {e:#}"))),
+            Err(e) => {
+                return Err(EngineError::Unavailable(format!(
+                    "catalog: {}",
+                    monoskope_backup_client::error_line(e.as_ref())
+                )))
+            }
         }
         let renewing = tokio::spawn(renew_lease(catalog.clone(), self.holder.clone()));
         let progress = Arc::new(Progress::default());
@@ -271,7 +276,7 @@ impl Engine {
         r.renewing.abort();
         if let Err(e) = self.cfg.catalog.release_lease(&self.holder).await {
             // It expires by itself after the lease's time to live.
-            tracing::warn!(operation_id = %r.id, error = %format!("{e:#}"), "could not give the catalog's operation lease back");
+            tracing::warn!(operation_id = %r.id, error = %monoskope_backup_client::error_line(e.as_ref()), "could not give the catalog's operation lease back");
         }
     }
 
@@ -315,7 +320,10 @@ impl Engine {
         };
         if let Err(e) = self.cfg.catalog.upsert_restore(&record).await {
             self.release().await;
-            return Err(EngineError::Unavailable(format!("catalog: {e:#}")));
+            return Err(EngineError::Unavailable(format!(
+                "catalog: {}",
+                monoskope_backup_client::error_line(e.as_ref())
+            )));
         }
         let (tx, rx) = watch::channel(None);
         self.restores.lock().await.insert(id.clone(), rx.clone());
@@ -357,7 +365,7 @@ impl Engine {
                 }
             }
             if let Err(e) = engine.cfg.catalog.upsert_restore(&rec).await {
-                tracing::error!(restore_id = %rec.id, error = %format!("{e:#}"), "could not record the restore in the catalog");
+                tracing::error!(restore_id = %rec.id, error = %monoskope_backup_client::error_line(e.as_ref()), "could not record the restore in the catalog");
             }
             let ok = rec.state == State::Succeeded;
             metrics::get().finished(
@@ -451,7 +459,10 @@ impl Engine {
         );
         if let Err(e) = self.cfg.catalog.upsert_backup(&record).await {
             self.release().await;
-            return Err(EngineError::Unavailable(format!("catalog: {e:#}")));
+            return Err(EngineError::Unavailable(format!(
+                "catalog: {}",
+                monoskope_backup_client::error_line(e.as_ref())
+            )));
         }
         let (tx, rx) = watch::channel(None);
         self.done.lock().await.insert(id.clone(), rx.clone());
@@ -528,12 +539,12 @@ impl Engine {
                 record.state = crate::catalog::State::Failed;
                 record.completed_at =
                     Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-                record.error = Some(format!("{e:#}"));
-                tracing::error!(backup_id = %record.id, error = %format!("{e:#}"), "backup failed");
+                record.error = Some(monoskope_backup_client::error_line(e.as_ref()));
+                tracing::error!(backup_id = %record.id, error = %monoskope_backup_client::error_line(e.as_ref()), "backup failed");
             }
         }
         if let Err(e) = self.cfg.catalog.upsert_backup(&record).await {
-            tracing::error!(backup_id = %record.id, error = %format!("{e:#}"), "could not record the backup in the catalog; `catalog resync` restores it from the destination");
+            tracing::error!(backup_id = %record.id, error = %monoskope_backup_client::error_line(e.as_ref()), "could not record the backup in the catalog; `catalog resync` restores it from the destination");
         }
         let ok = record.state == crate::catalog::State::Succeeded;
         metrics::get().finished(
@@ -576,7 +587,7 @@ impl Engine {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "retention failed; it runs again after the next backup")
+                    tracing::warn!(error = %monoskope_backup_client::error_line(e.as_ref()), "retention failed; it runs again after the next backup")
                 }
             }
         }
@@ -649,7 +660,12 @@ async fn choose_parent(cfg: &EngineConfig) -> Result<backup::Parent, String> {
     let dest = cfg.destination.as_ref();
     let all = crate::destination::manifest::list_complete(dest)
         .await
-        .map_err(|e| format!("cannot list the destination: {e:#}"))?;
+        .map_err(|e| {
+            format!(
+                "cannot list the destination: {}",
+                monoskope_backup_client::error_line(e.as_ref())
+            )
+        })?;
     let newest = all
         .first()
         .cloned()
@@ -671,7 +687,13 @@ async fn choose_parent(cfg: &EngineConfig) -> Result<backup::Parent, String> {
     })?;
     let watermark = watermark::Watermark::load(dest, &cfg.keys, &key, &newest.id)
         .await
-        .map_err(|e| format!("cannot read the watermark of {}: {e:#}", newest.id))?;
+        .map_err(|e| {
+            format!(
+                "cannot read the watermark of {}: {}",
+                newest.id,
+                monoskope_backup_client::error_line(e.as_ref())
+            )
+        })?;
     Ok(backup::Parent {
         manifest: newest,
         watermark: Arc::new(watermark),

@@ -103,7 +103,7 @@ pub async fn resolve_chain(
     let dest = cfg.destination.as_ref();
     let mut all = crate::destination::manifest::list_complete(dest)
         .await
-        .map_err(|e| EngineError::Unavailable(format!("{e:#}")))?;
+        .map_err(|e| EngineError::Unavailable(monoskope_backup_client::error_line(e.as_ref())))?;
     let target = match (backup_id, until) {
         ("latest", Some(u)) => {
             let u = crate::cli::rfc3339(Some(u)).unwrap_or_default();
@@ -424,7 +424,10 @@ pub(super) async fn run(
                     if e.chain()
                         .any(|c| c.downcast_ref::<ArchiveError>().is_some()) =>
                 {
-                    EngineError::Corrupt(format!("{e:#}; nothing was written (rolled back)"))
+                    EngineError::Corrupt(format!(
+                        "{}; nothing was written (rolled back)",
+                        monoskope_backup_client::error_line(e.as_ref())
+                    ))
                 }
                 other => sink_err(other),
             })
@@ -440,7 +443,10 @@ pub(super) async fn run(
                     Some(Ok(None)) => break,
                     Some(Err(e)) => {
                         reader.abort();
-                        return Err(EngineError::Corrupt(format!("{e:#}; nothing was written")));
+                        return Err(EngineError::Corrupt(format!(
+                            "{}; nothing was written",
+                            monoskope_backup_client::error_line(e.as_ref())
+                        )));
                     }
                     None => {
                         return Err(EngineError::Internal(anyhow::anyhow!(

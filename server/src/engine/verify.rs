@@ -30,7 +30,9 @@ pub async fn resolve(dest: &dyn Destination, id: &str) -> Result<Manifest, super
     if id == "latest" {
         return crate::destination::manifest::list_complete(dest)
             .await
-            .map_err(|e| super::EngineError::Unavailable(format!("{e:#}")))?
+            .map_err(|e| {
+                super::EngineError::Unavailable(monoskope_backup_client::error_line(e.as_ref()))
+            })?
             .into_iter()
             .next()
             .ok_or_else(|| {

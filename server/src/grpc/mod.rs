@@ -35,7 +35,9 @@ pub fn status_of(e: EngineError) -> Status {
         EngineError::NotFound(m) => Status::not_found(m),
         EngineError::Invalid(m) => Status::invalid_argument(m),
         EngineError::Unavailable(m) => Status::unavailable(m),
-        EngineError::Internal(e) => Status::internal(format!("{e:#}")),
+        EngineError::Internal(e) => {
+            Status::internal(monoskope_backup_client::error_line(e.as_ref()))
+        }
     }
 }
 
@@ -148,7 +150,7 @@ async fn probe<F: std::future::Future<Output = anyhow::Result<()>>>(
         Ok(Err(e)) => pb::Reachability {
             reachable: false,
             address,
-            error: format!("{e:#}"),
+            error: monoskope_backup_client::error_line(e.as_ref()),
         },
         Err(_) => pb::Reachability {
             reachable: false,
@@ -206,7 +208,12 @@ impl BackupService for Service {
             .catalog
             .list_backups(size, token, req.include_incomplete)
             .await
-            .map_err(|e| Status::unavailable(format!("catalog: {e:#}")))?;
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "catalog: {}",
+                    monoskope_backup_client::error_line(e.as_ref())
+                ))
+            })?;
         let running = self.engine.running().await;
         let backups = page
             .backups
@@ -302,7 +309,12 @@ impl BackupService for Service {
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let cfg = self.engine.config();
         let catalog = &cfg.catalog;
-        let unavailable = |e: anyhow::Error| Status::unavailable(format!("catalog: {e:#}"));
+        let unavailable = |e: anyhow::Error| {
+            Status::unavailable(format!(
+                "catalog: {}",
+                monoskope_backup_client::error_line(e.as_ref())
+            ))
+        };
         // The running operation first: an operation writes its final record before it frees the
         // slot, so records read after this are never older than what `running` says.
         let running = self.engine.running().await;

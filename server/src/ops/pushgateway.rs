@@ -90,7 +90,7 @@ impl Pushgateway {
                 false
             }
             Err(e) => {
-                tracing::warn!(url, error = %format!("{e:#}"), "cannot push metrics to the Pushgateway");
+                tracing::warn!(url, error = %monoskope_backup_client::error_line(e.as_ref()), "cannot push metrics to the Pushgateway");
                 false
             }
         }

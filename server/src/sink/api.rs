@@ -15,14 +15,13 @@ pub const NEEDS_VIA_API: &str = "restoring through the EventStore API needs via_
 
 /// Whether the store holds any event (reads the stream to its end, as Monoskope's store needs).
 pub async fn count(addr: &EventStoreAddr) -> Result<u64, SinkError> {
-    let mut s = Box::pin(
-        addr.retrieve_all()
-            .await
-            .map_err(|e| SinkError::Unavailable(format!("{e:#}")))?,
-    );
+    let mut s =
+        Box::pin(addr.retrieve_all().await.map_err(|e| {
+            SinkError::Unavailable(monoskope_backup_client::error_line(e.as_ref()))
+        })?);
     let mut n = 0;
     while let Some(r) = s.next().await {
-        r.map_err(|e| SinkError::Unavailable(format!("{e:#}")))?;
+        r.map_err(|e| SinkError::Unavailable(monoskope_backup_client::error_line(e.as_ref())))?;
         n += 1;
     }
     Ok(n)
@@ -35,7 +34,7 @@ pub async fn restore(
 ) -> Result<u64, SinkError> {
     let mut client = addr
         .client()
-        .map_err(|e| SinkError::Unavailable(format!("{e:#}")))?;
+        .map_err(|e| SinkError::Unavailable(monoskope_backup_client::error_line(e.as_ref())))?;
     let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let c = count.clone();
     let stream = tokio_stream::wrappers::ReceiverStream::new(records).map(move |r| {

@@ -19,7 +19,7 @@ pub enum SinkError {
     #[error("{0}")]
     Unavailable(String),
     /// Anything else (the restore was rolled back where the sink allows it).
-    #[error("{0:#}")]
+    #[error("{}", monoskope_backup_client::error_line(.0.as_ref()))]
     Other(#[from] anyhow::Error),
 }
 
