@@ -428,6 +428,10 @@ fn each_bad_configuration_key_names_its_path() {
             "backup.restore.timeout",
         ),
         (
+            "backup:\n  restore:\n    lockWaitTimeout: forever\n",
+            "backup.restore.lockWaitTimeout",
+        ),
+        (
             "backup:\n  alerting:\n    alertAfter: x\n",
             "backup.alerting.alertAfter",
         ),

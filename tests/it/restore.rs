@@ -8,7 +8,7 @@ use monoskope_backup_api::eventsourcing::event_store_client::EventStoreClient;
 use monoskope_backup_api::eventsourcing::{Event, EventFilter};
 use monoskope_backup_client::{pb, BackupClient, ClientError, ClientOptions};
 use monoskope_backup_tests::{run, service_env, Devstore, Server};
-use sqlx::Row;
+use sqlx::{Connection as _, Row};
 
 async fn store(ds: &Devstore, events: Vec<Event>) {
     let mut c = EventStoreClient::connect(ds.url()).await.expect("connect");
@@ -92,6 +92,11 @@ impl Fixture {
     }
 
     fn restore(&self, extra: &[&str]) -> monoskope_backup_tests::Out {
+        monoskope_backup_tests::output(self.restore_command(extra))
+    }
+
+    /// The one-shot restore command with `extra` arguments (its own catalog).
+    fn restore_command(&self, extra: &[&str]) -> std::process::Command {
         let catalog = format!("sqlite://{}", self.dir.path().join("r.db").display());
         let mut args = vec![
             "restore",
@@ -103,7 +108,7 @@ impl Fixture {
             &catalog,
         ];
         args.extend_from_slice(extra);
-        run("backup-server", &args, &[])
+        monoskope_backup_tests::command("backup-server", &args)
     }
 
     fn archive(&self, id: &str) -> std::path::PathBuf {
@@ -437,6 +442,94 @@ async fn sigkill_during_a_table_restore_leaves_the_table_as_before() {
         before,
         "the store holds exactly its old events"
     );
+}
+
+#[tokio::test]
+async fn a_restore_waits_for_sessions_holding_the_table_then_names_them() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let f = Fixture::new();
+    let src = Devstore::start(&[]);
+    store(&src, sample(300)).await;
+    let id = f.backup(&src);
+    let db = fresh_db(&pg).await;
+    let other = Devstore::start(&[]);
+    store(&other, sample(20)).await;
+    let other_id = f.backup(&other);
+    assert_eq!(f.restore(&[&other_id, "--events-db", &db]).code, Some(0));
+    let before = table_events(&db).await;
+
+    // A session reading the table in an open transaction, as pg_dump does.
+    let hold = |db: String| async move {
+        let mut c = sqlx::postgres::PgConnection::connect_with(
+            &db.parse::<sqlx::postgres::PgConnectOptions>()
+                .expect("url")
+                .application_name("nightly-pg_dump"),
+        )
+        .await
+        .expect("pg");
+        sqlx::query("BEGIN").execute(&mut c).await.expect("begin");
+        sqlx::query("LOCK TABLE event_records IN ACCESS SHARE MODE")
+            .execute(&mut c)
+            .await
+            .expect("lock");
+        c
+    };
+    let holder = hold(db.clone()).await;
+    let restore = [id.as_str(), "--drop-existing", "--events-db", &db];
+    let mut args = restore.to_vec();
+    // (A restore that did not give up would run into its own timeout instead.)
+    args.extend(["--lock-wait-timeout", "1s", "--restore-timeout", "20s"]);
+    let out = tokio::task::spawn_blocking({
+        let cmd = f.restore_command(&args);
+        move || monoskope_backup_tests::output(cmd)
+    })
+    .await
+    .expect("join");
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let line = out.stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        line.contains(
+            "event_records is in use: the restore waited 1s to lock it and wrote nothing"
+        ) && line.contains("(application nightly-pg_dump, user ")
+            && line.contains("AccessShareLock")
+            && line.contains("--lock-wait-timeout"),
+        "{line}"
+    );
+    assert_eq!(table_events(&db).await, before, "the table is as it was");
+
+    // By default it waits (30 s) and goes on once the session lets go.
+    let mut child = f
+        .restore_command(&restore)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let admin = sqlx::PgPool::connect(&db).await.expect("pg");
+    let mut waiting = false;
+    for _ in 0..1000 {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_locks WHERE relation = 'event_records'::regclass AND NOT granted",
+        )
+        .fetch_one(&admin)
+        .await
+        .expect("pg_locks");
+        if n > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(waiting, "the restore waits for the lock");
+    holder.close().await.expect("close");
+    let status = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(status.success(), "{status:?}");
+    let restored = table_events(&db).await;
+    assert_eq!(restored.len(), 300);
+    assert_ne!(restored, before);
 }
 
 #[tokio::test]

@@ -211,6 +211,11 @@ pub fn run(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Out {
     for (k, v) in envs {
         cmd.env(k, v);
     }
+    output(cmd)
+}
+
+/// Runs `cmd` to completion.
+pub fn output(mut cmd: Command) -> Out {
     let out = cmd.output().expect("run");
     Out {
         code: out.status.code(),

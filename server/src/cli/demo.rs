@@ -95,6 +95,7 @@ pub(super) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         backup_timeout: std::time::Duration::from_secs(3600),
         compression_level: crate::archive::DEFAULT_COMPRESSION_LEVEL,
         restore_timeout: std::time::Duration::from_secs(3600),
+        lock_wait_timeout: crate::sink::table::DEFAULT_LOCK_WAIT,
         emit_events: true,
         pushgateway: None,
         full_every: 23,

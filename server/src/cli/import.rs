@@ -212,7 +212,9 @@ pub(super) async fn run(a: ImportArgs) -> anyhow::Result<()> {
     let url = settings.events_db.clone().context(
         "import needs the events table (--events-db postgres://…), or --via-api, --convert or --dry-run",
     )?;
-    let table = EventsTable::connect(&url).await?;
+    let table = EventsTable::connect(&url)
+        .await?
+        .with_lock_wait(settings.lock_wait_timeout);
     let n = table.count().await?;
     if n > 0 && !a.drop_existing {
         bail!("event_records holds {n} events; import only into an empty table, or pass --drop-existing to replace them");

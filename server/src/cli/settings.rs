@@ -63,6 +63,11 @@ pub struct CommonArgs {
     /// Longest a restore may run (e.g. 1h); it then fails, and the table sink rolls back.
     #[arg(long, env = "BACKUP_RESTORE_TIMEOUT")]
     pub restore_timeout: Option<String>,
+    /// How long a restore into the events table waits for other sessions (a pg_dump, a
+    /// transaction left open) to let go of it before it fails naming them (default 30s; 0s waits
+    /// as long as the restore may run).
+    #[arg(long, env = "BACKUP_LOCK_WAIT_TIMEOUT")]
+    pub lock_wait_timeout: Option<String>,
     /// zstd level of archives, 1–19 (default 3, with a match finder tuned for event records:
     /// smaller and faster than zstd's own level 3 on them; docs/BENCHMARKS.md).
     #[arg(long, env = "BACKUP_COMPRESSION_LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
@@ -109,6 +114,8 @@ pub struct Settings {
     pub events_db: Option<String>,
     /// Restore timeout.
     pub restore_timeout: Duration,
+    /// How long a restore waits for the events table's lock.
+    pub lock_wait_timeout: Duration,
     /// Pushgateway URL.
     pub pushgateway_url: Option<String>,
     /// Store events after each run.
@@ -165,6 +172,14 @@ impl CommonArgs {
             Some(t) => parse_duration(&t).context("--restore-timeout")?,
             None => Duration::from_secs(3600),
         };
+        let lock_wait_timeout = match self
+            .lock_wait_timeout
+            .clone()
+            .or(b.restore.as_ref().and_then(|r| r.lock_wait_timeout.clone()))
+        {
+            Some(t) => parse_duration(&t).context("--lock-wait-timeout")?,
+            None => crate::sink::table::DEFAULT_LOCK_WAIT,
+        };
         if let Some(r) = self.retention_count.filter(|r| *r < 0) {
             anyhow::bail!("--retention-count: {r} is negative; use 0 to keep every backup");
         }
@@ -174,6 +189,7 @@ impl CommonArgs {
                 .clone()
                 .or(file.event_store.as_ref().and_then(|e| e.events_db.clone())),
             restore_timeout,
+            lock_wait_timeout,
             pushgateway_url: self
                 .pushgateway_url
                 .clone()
@@ -255,6 +271,7 @@ impl Settings {
             backup_timeout: self.timeout,
             compression_level: self.compression_level,
             restore_timeout: self.restore_timeout,
+            lock_wait_timeout: self.lock_wait_timeout,
             emit_events: self.emit_events,
             full_every: self.full_every,
             pushgateway: self

@@ -173,6 +173,8 @@ pub struct EngineConfig {
     pub compression_level: i32,
     /// Longest a restore may run.
     pub restore_timeout: Duration,
+    /// How long a restore into the events table waits for other sessions to let go of it.
+    pub lock_wait_timeout: Duration,
     /// Store BackupCompleted/BackupFailed/RestoreCompleted events in the EventStore.
     pub emit_events: bool,
     /// Where each run's metrics are pushed.

@@ -82,7 +82,7 @@ fn ts_le(a: &prost_types::Timestamp, b: &prost_types::Timestamp) -> bool {
 /// Maps a sink refusal to the engine's errors.
 fn sink_err(e: SinkError) -> EngineError {
     match e {
-        SinkError::StoreNotEmpty(_) | SinkError::Unsupported(_) => {
+        SinkError::StoreNotEmpty(_) | SinkError::Unsupported(_) | SinkError::InUse(_) => {
             EngineError::Refused(e.to_string())
         }
         SinkError::Unavailable(m) => EngineError::Unavailable(m),
@@ -155,7 +155,12 @@ pub(super) async fn prepare(
         Sink::Api
     } else {
         match &cfg.events_db {
-            Some(url) => Sink::Table(EventsTable::connect(url).await.map_err(sink_err)?),
+            Some(url) => Sink::Table(
+                EventsTable::connect(url)
+                    .await
+                    .map_err(sink_err)?
+                    .with_lock_wait(cfg.lock_wait_timeout),
+            ),
             None => return Err(EngineError::Refused(sink::api::NEEDS_VIA_API.into())),
         }
     };

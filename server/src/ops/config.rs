@@ -203,6 +203,8 @@ pub struct RestoreConfig {
     pub backup_identifier: Option<String>,
     /// Longest a restore may run.
     pub timeout: Option<String>,
+    /// How long a restore into the events table waits for other sessions to let go of it.
+    pub lock_wait_timeout: Option<String>,
 }
 
 impl FileConfig {
@@ -259,6 +261,13 @@ impl FileConfig {
             }
             if let Some(r) = b.restore.as_ref().and_then(|r| r.timeout.as_ref()) {
                 parse_duration(r).with_context(|| "backup.restore.timeout")?;
+            }
+            if let Some(r) = b
+                .restore
+                .as_ref()
+                .and_then(|r| r.lock_wait_timeout.as_ref())
+            {
+                parse_duration(r).with_context(|| "backup.restore.lockWaitTimeout")?;
             }
             if let Some(a) = b.alerting.as_ref().and_then(|a| a.alert_after.as_ref()) {
                 parse_duration(a).with_context(|| "backup.alerting.alertAfter")?;

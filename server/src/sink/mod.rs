@@ -18,6 +18,9 @@ pub enum SinkError {
     /// The store cannot be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// Other sessions hold the store (the table's lock) longer than the restore waits.
+    #[error("{0}")]
+    InUse(String),
     /// Anything else (the restore was rolled back where the sink allows it).
     #[error("{}", monoskope_backup_client::error_line(.0.as_ref()))]
     Other(#[from] anyhow::Error),

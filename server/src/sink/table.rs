@@ -78,10 +78,15 @@ impl CopyRows {
     }
 }
 
+/// How long a restore waits, by default, for other sessions to let go of `event_records`
+/// (`--lock-wait-timeout`) before it gives up and names them.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(30);
+
 /// The events table sink.
 #[derive(Debug, Clone)]
 pub struct EventsTable {
     pool: PgPool,
+    lock_wait: Duration,
 }
 
 impl EventsTable {
@@ -97,7 +102,41 @@ impl EventsTable {
         let pool = crate::database::open(options, opts).await.map_err(|e| {
             SinkError::Unavailable(format!("cannot connect to the events database: {e}"))
         })?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            lock_wait: DEFAULT_LOCK_WAIT,
+        })
+    }
+
+    /// How long a restore waits for other sessions to let go of the table (zero: as long as
+    /// the restore may run).
+    pub fn with_lock_wait(mut self, lock_wait: Duration) -> Self {
+        self.lock_wait = lock_wait;
+        self
+    }
+
+    /// The sessions holding a lock on `event_records`, one phrase each, for the error of a
+    /// restore that could not lock it.
+    async fn lock_holders(&self) -> String {
+        let held: Result<Vec<String>, _> = sqlx::query_scalar(
+            r#"SELECT format('pid %s (%suser %s, from %s, %s%s, %s)', a.pid,
+                      CASE WHEN a.application_name <> '' THEN 'application ' || a.application_name || ', ' ELSE '' END,
+                      a.usename, coalesce(host(a.client_addr), 'a local socket'), a.state,
+                      coalesce(' in a transaction since ' || to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), ''),
+                      l.mode)
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+               WHERE l.relation = to_regclass('"event_records"') AND l.granted
+                 AND a.pid <> pg_backend_pid()
+               ORDER BY a.xact_start NULLS LAST, a.pid"#,
+        )
+        .fetch_all(&self.pool)
+        .await;
+        match held {
+            Ok(h) if h.is_empty() => "sessions that let go of it just after".into(),
+            Ok(h) if h.len() > 5 => format!("{}; and {} more", h[..5].join("; "), h.len() - 5),
+            Ok(h) => h.join("; "),
+            Err(e) => format!("sessions that could not be listed ({e})"),
+        }
     }
 
     /// The pool (for the table source and tests).
@@ -140,16 +179,45 @@ impl EventsTable {
             .begin()
             .await
             .map_err(|e| SinkError::Unavailable(e.to_string()))?;
+        // A session that holds the table (a pg_dump, a transaction left open) would keep the
+        // restore waiting silently: it waits `lock_wait`, then gives up naming them.
+        sqlx::query(&format!(
+            "SET LOCAL lock_timeout = {}",
+            self.lock_wait.as_millis().min(i32::MAX as u128)
+        ))
+        .execute(&mut *tx)
+        .await
+        .context("setting lock_timeout")?;
         sqlx::query(CREATE_TABLE)
             .execute(&mut *tx)
             .await
             .context("creating event_records")?;
         // Nobody reads or writes the table while it is replaced; everyone sees the old or the
         // restored events, never a mix.
-        sqlx::query(r#"LOCK TABLE "event_records" IN ACCESS EXCLUSIVE MODE"#)
+        if let Err(e) = sqlx::query(r#"LOCK TABLE "event_records" IN ACCESS EXCLUSIVE MODE"#)
             .execute(&mut *tx)
             .await
-            .context("locking event_records")?;
+        {
+            let lock_not_available = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "55P03");
+            if !lock_not_available {
+                return Err(anyhow::Error::new(e)
+                    .context("locking event_records")
+                    .into());
+            }
+            drop(tx);
+            return Err(SinkError::InUse(format!(
+                "event_records is in use: the restore waited {} to lock it and wrote nothing; held by {}; end those sessions (or raise --lock-wait-timeout) and restore again",
+                humantime::format_duration(self.lock_wait),
+                self.lock_holders().await
+            )));
+        }
+        sqlx::query("SET LOCAL lock_timeout = 0")
+            .execute(&mut *tx)
+            .await
+            .context("resetting lock_timeout")?;
         let existing: i64 = sqlx::query_scalar(r#"SELECT COUNT(*) FROM "event_records""#)
             .fetch_one(&mut *tx)
             .await
