@@ -15,10 +15,15 @@ pub enum LogFormat {
 
 /// Installs the global subscriber; `RUST_LOG` overrides `default_level`. Without `RUST_LOG`,
 /// sqlx's per-statement lines stay quiet below errors: its "slow statement" warning fires on
-/// every bulk load and index build of a restore, which are slow by nature, not a problem.
+/// every bulk load and index build of a restore, which are slow by nature, not a problem; and
+/// PostgreSQL's notices below warnings ("relation \"event_records\" already exists, skipping"
+/// on every restore into an existing table).
 pub fn init(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},sqlx::query=error")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{default_level},sqlx::query=error,sqlx::postgres::notice=warn"
+        ))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
