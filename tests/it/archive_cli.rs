@@ -1,4 +1,4 @@
-//! `backup-server keygen` and `inspect` as an operator uses them.
+//! `backup-server keygen`, `inspect` and the quickstart's `demo` as an operator uses them.
 
 use std::process::Command;
 
@@ -114,5 +114,44 @@ fn inspect_errors_are_one_clear_line_with_exit_1() {
         let (code, err) = run(damaged, Some(key.trim()));
         assert_eq!(code, Some(1), "{damaged}");
         assert!(err.contains(msg), "{damaged}: {err}");
+    }
+}
+
+/// The README's first command: the demo runs end to end, and the commands it prints for the
+/// reader to try work on what it left.
+#[test]
+fn the_quickstart_demo_backs_up_lists_verifies_and_prints_commands_that_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = monoskope_backup_tests::run(
+        "backup-server",
+        &[
+            "demo",
+            "--dir",
+            dir.path().to_str().expect("utf8"),
+            "--events",
+            "800",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for step in [
+        "3. CreateBackup{wait: true} -> backup ",
+        ": 800 events, ",
+        "4. ListBackups -> 1 backup(s): ",
+        " -> ok: every chunk authenticated, 800 events, footer and manifest agree",
+    ] {
+        assert!(out.stdout.contains(step), "{step:?} in {}", out.stdout);
+    }
+    let tries: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("  backup-server "))
+        .collect();
+    assert_eq!(tries.len(), 3, "{}", out.stdout);
+    for line in tries {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let tried = monoskope_backup_tests::run("backup-server", &args, &[]);
+        assert_eq!(tried.code, Some(0), "{line}: {}", tried.stderr);
+        assert!(!tried.stdout.trim().is_empty(), "{line}");
     }
 }
