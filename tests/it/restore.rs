@@ -580,7 +580,7 @@ async fn refusals_have_precise_statuses_and_messages() {
     }
     // The API sink into a non-empty store without drop_existing.
     match c.restore(pb::RestoreRequest { via_api: true, ..req(&id) }).await {
-        Err(ClientError::Busy(m)) => assert_eq!(m, "the event store is not empty (the EventStore holds 30000 events); pass drop_existing to replace its events"),
+        Err(ClientError::Busy(m)) => assert_eq!(m, "the event store is not empty (the EventStore holds 30000 events); pass drop_existing (--drop-existing) to replace its events"),
         other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
     }
     match c.restore(req("nope")).await {
@@ -682,7 +682,7 @@ async fn refusals_have_precise_statuses_and_messages() {
     );
     // Now the table is not empty.
     match c.restore(req("latest")).await {
-        Err(ClientError::Busy(m)) => assert_eq!(m, "the event store is not empty (event_records holds 30000 events); pass drop_existing to replace its events"),
+        Err(ClientError::Busy(m)) => assert_eq!(m, "the event store is not empty (event_records holds 30000 events); pass drop_existing (--drop-existing) to replace its events"),
         other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
     }
 }

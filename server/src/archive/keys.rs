@@ -127,11 +127,15 @@ impl Keyring {
         let keys = text
             .lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .enumerate()
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
             .map(|(i, l)| {
                 MasterKey::from_base64(l).map_err(|e| {
-                    ArchiveError::InvalidKey(format!("key {} of the key file: {e}", i + 1))
+                    let why = match e {
+                        ArchiveError::InvalidKey(m) => m,
+                        e => e.to_string(),
+                    };
+                    ArchiveError::InvalidKey(format!("line {} of the key file: {why}", i + 1))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -273,5 +277,12 @@ mod tests {
         assert!(Keyring::parse("# nothing\n").is_err());
         let err = Keyring::parse("AAAA\n").expect_err("short key");
         assert!(err.to_string().contains("32 bytes, got 3"), "{err}");
+        // The error names the file's line (comments and blank lines count) and says why once.
+        let err = Keyring::parse(&format!("# primary\n{}\n\nnot base64!\n", a.to_base64()))
+            .expect_err("bad second key");
+        assert_eq!(
+            err.to_string(),
+            "invalid key: line 4 of the key file: not valid base64"
+        );
     }
 }

@@ -10,7 +10,7 @@ pub mod table;
 #[non_exhaustive]
 pub enum SinkError {
     /// The store holds events and `drop_existing` was not given.
-    #[error("the event store is not empty ({0}); pass drop_existing to replace its events")]
+    #[error("the event store is not empty ({0}); pass drop_existing (--drop-existing) to replace its events")]
     StoreNotEmpty(String),
     /// The sink cannot do what was asked.
     #[error("{0}")]
