@@ -160,4 +160,17 @@ async fn s3_missing_bucket_and_wrong_credentials_fail_at_once_with_clear_errors(
             .starts_with("access denied by the destination"),
         "{err}"
     );
+    // TLS to an endpoint that speaks plain HTTP: the error says what to change.
+    let https = format!("https://{}", endpoint.trim_start_matches("http://"));
+    let d = destination::open("s3://some-bucket/x", &s3_opts(&https))
+        .await
+        .expect("open");
+    let err = d.probe().await.expect_err("no TLS there");
+    assert!(matches!(err, DestinationError::Unavailable(_)), "{err:?}");
+    assert!(
+        err.to_string().ends_with(
+            "(the endpoint answers without TLS: give it as http://HOST:PORT, or set --s3-disable-ssl / S3_DISABLE_SSL)"
+        ),
+        "{err}"
+    );
 }

@@ -152,7 +152,12 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             DestinationError::PermissionDenied(format!("{what}: {code} {msg}").trim().to_string())
         }
         (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_), _, _) => {
-            DestinationError::Unavailable(format!("{what}: {}", error_line(&err)))
+            let mut m = format!("{what}: {}", error_line(&err));
+            // rustls reading an HTTP answer as a TLS record.
+            if m.contains("InvalidContentType") {
+                m.push_str(" (the endpoint answers without TLS: give it as http://HOST:PORT, or set --s3-disable-ssl / S3_DISABLE_SSL)");
+            }
+            DestinationError::Unavailable(m)
         }
         (_, _, Some(s)) if s >= 500 => {
             DestinationError::Unavailable(format!("{what}: HTTP {s} {code} {msg}"))
