@@ -703,6 +703,7 @@ async fn read_all(mut rx: monoskope_backup::source::table::Batches) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_table_reads_the_same_records_by_copy_and_by_query() {
     use monoskope_backup::archive::Record;
+    use monoskope_backup::sink::table::DEFAULT_LOCK_WAIT;
     use monoskope_backup::source::table::{incremental, snapshot, ReadMode};
     use prost::Message;
     let Some(pg) = service_env("TEST_PG_URL") else {
@@ -721,8 +722,20 @@ async fn the_table_reads_the_same_records_by_copy_and_by_query() {
     .execute(&pool)
     .await
     .expect("insert");
-    let by_copy = read_all(snapshot(pool.clone(), 4, Some(ReadMode::Copy))).await;
-    let by_query = read_all(snapshot(pool.clone(), 4, Some(ReadMode::Rows))).await;
+    let by_copy = read_all(snapshot(
+        pool.clone(),
+        4,
+        Some(ReadMode::Copy),
+        DEFAULT_LOCK_WAIT,
+    ))
+    .await;
+    let by_query = read_all(snapshot(
+        pool.clone(),
+        4,
+        Some(ReadMode::Rows),
+        DEFAULT_LOCK_WAIT,
+    ))
+    .await;
     assert!(by_copy == by_query, "the two reads differ");
     let mut rest = &by_copy[..];
     let mut records = Vec::new();
@@ -763,9 +776,17 @@ async fn the_table_reads_the_same_records_by_copy_and_by_query() {
         held.clone(),
         4,
         Some(ReadMode::Copy),
+        DEFAULT_LOCK_WAIT,
     ))
     .await;
-    let inc_query = read_all(incremental(pool.clone(), held, 4, Some(ReadMode::Rows))).await;
+    let inc_query = read_all(incremental(
+        pool.clone(),
+        held,
+        4,
+        Some(ReadMode::Rows),
+        DEFAULT_LOCK_WAIT,
+    ))
+    .await;
     assert!(inc_copy == inc_query, "the two incremental reads differ");
     let mut newer = 0;
     let mut rest = &inc_copy[..];

@@ -428,8 +428,8 @@ fn each_bad_configuration_key_names_its_path() {
             "backup.restore.timeout",
         ),
         (
-            "backup:\n  restore:\n    lockWaitTimeout: forever\n",
-            "backup.restore.lockWaitTimeout",
+            "backup:\n  lockWaitTimeout: forever\n",
+            "backup.lockWaitTimeout",
         ),
         (
             "backup:\n  alerting:\n    alertAfter: x\n",

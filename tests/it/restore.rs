@@ -445,7 +445,7 @@ async fn sigkill_during_a_table_restore_leaves_the_table_as_before() {
 }
 
 #[tokio::test]
-async fn a_restore_waits_for_sessions_holding_the_table_then_names_them() {
+async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them() {
     let Some(pg) = service_env("TEST_PG_URL") else {
         return;
     };
@@ -491,7 +491,7 @@ async fn a_restore_waits_for_sessions_holding_the_table_then_names_them() {
     let line = out.stderr.trim().lines().last().unwrap_or_default();
     assert!(
         line.contains(
-            "event_records is in use: the restore waited 1s to lock it and wrote nothing"
+            "event_records is in use: the restore wrote nothing; it waited 1s to lock it; held by pid "
         ) && line.contains("(application nightly-pg_dump, user ")
             && line.contains("AccessShareLock")
             && line.contains("--lock-wait-timeout"),
@@ -530,6 +530,56 @@ async fn a_restore_waits_for_sessions_holding_the_table_then_names_them() {
     let restored = table_events(&db).await;
     assert_eq!(restored.len(), 300);
     assert_ne!(restored, before);
+
+    // A backup from the table waits for a session holding it exclusively (a VACUUM FULL, a
+    // restore by another tool) as long, then names it and leaves nothing at the destination.
+    let backups = f.dir.path().join("dest/backups");
+    let files = || {
+        let mut v: Vec<_> = std::fs::read_dir(&backups)
+            .expect("dest")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let kept = files();
+    let mut holder = hold(db.clone()).await;
+    sqlx::query("LOCK TABLE event_records IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .expect("lock");
+    let catalog = f.catalog();
+    let args = [
+        "backup",
+        "--events-db",
+        &db,
+        "--lock-wait-timeout",
+        "1s",
+        "--timeout",
+        "20s",
+        "--destination",
+        &f.dest,
+        "--key-file",
+        &f.key,
+        "--catalog",
+        &catalog,
+    ];
+    let out = tokio::task::spawn_blocking({
+        let cmd = monoskope_backup_tests::command("backup-server", &args);
+        move || monoskope_backup_tests::output(cmd)
+    })
+    .await
+    .expect("join");
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let line = out.stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        line.contains("reading the events table failed: event_records is in use: the backup waited 1s to lock it; held by pid ")
+            && line.contains("(application nightly-pg_dump, user ")
+            && line.contains("AccessExclusiveLock"),
+        "{line}"
+    );
+    assert_eq!(files(), kept, "nothing new at the destination");
+    holder.close().await.expect("close");
 }
 
 #[tokio::test]

@@ -63,9 +63,9 @@ pub struct CommonArgs {
     /// Longest a restore may run (e.g. 1h); it then fails, and the table sink rolls back.
     #[arg(long, env = "BACKUP_RESTORE_TIMEOUT")]
     pub restore_timeout: Option<String>,
-    /// How long a restore into the events table waits for other sessions (a pg_dump, a
-    /// transaction left open) to let go of it before it fails naming them (default 30s; 0s waits
-    /// as long as the restore may run).
+    /// How long a backup or restore on the events table (--events-db) waits for other sessions
+    /// holding it — a pg_dump or a transaction left open (restores), a VACUUM FULL (both) — before
+    /// it fails naming them (default 30s; 0s waits as long as the operation may run).
     #[arg(long, env = "BACKUP_LOCK_WAIT_TIMEOUT")]
     pub lock_wait_timeout: Option<String>,
     /// zstd level of archives, 1–19 (default 3, with a match finder tuned for event records:
@@ -175,7 +175,7 @@ impl CommonArgs {
         let lock_wait_timeout = match self
             .lock_wait_timeout
             .clone()
-            .or(b.restore.as_ref().and_then(|r| r.lock_wait_timeout.clone()))
+            .or(b.lock_wait_timeout.clone())
         {
             Some(t) => parse_duration(&t).context("--lock-wait-timeout")?,
             None => crate::sink::table::DEFAULT_LOCK_WAIT,

@@ -146,6 +146,7 @@ pub(super) async fn run(
                         crate::source::table::connect(url).await?,
                         4,
                         None,
+                        cfg.lock_wait_timeout,
                     ),
                 )),
                 (Some(url), Some(w)) => Box::pin(crate::source::table::stream(
@@ -154,6 +155,7 @@ pub(super) async fn run(
                         w.clone(),
                         4,
                         None,
+                        cfg.lock_wait_timeout,
                     ),
                 )),
                 // The API has no per-aggregate maximum: an incremental reads every event and keeps
@@ -331,7 +333,11 @@ pub(super) async fn run(
         .map_err(|e| anyhow!("uploader panicked: {e}"))?;
     // The first real cause wins: a failed read or upload explains a cancelled or stopped writer.
     let outcome = read_result
-        .context("reading from the EventStore failed")
+        .context(if from_table {
+            "reading the events table failed"
+        } else {
+            "reading from the EventStore failed"
+        })
         .and_then(|wm| {
             up_result.context("uploading the archive failed")?;
             Ok((enc_result.context("writing the archive failed")?, wm))

@@ -116,6 +116,8 @@ pub struct BackupConfig {
     pub retention_count: Option<i64>,
     /// Longest a backup may run, e.g. `1h`.
     pub timeout: Option<String>,
+    /// How long a backup or restore on the events table waits for other sessions holding it.
+    pub lock_wait_timeout: Option<String>,
     /// Pushgateway URL.
     pub prometheus_pushgateway_url: Option<String>,
     /// Alerting values of the chart (used by the chart's PrometheusRule).
@@ -203,8 +205,6 @@ pub struct RestoreConfig {
     pub backup_identifier: Option<String>,
     /// Longest a restore may run.
     pub timeout: Option<String>,
-    /// How long a restore into the events table waits for other sessions to let go of it.
-    pub lock_wait_timeout: Option<String>,
 }
 
 impl FileConfig {
@@ -262,12 +262,8 @@ impl FileConfig {
             if let Some(r) = b.restore.as_ref().and_then(|r| r.timeout.as_ref()) {
                 parse_duration(r).with_context(|| "backup.restore.timeout")?;
             }
-            if let Some(r) = b
-                .restore
-                .as_ref()
-                .and_then(|r| r.lock_wait_timeout.as_ref())
-            {
-                parse_duration(r).with_context(|| "backup.restore.lockWaitTimeout")?;
+            if let Some(t) = &b.lock_wait_timeout {
+                parse_duration(t).with_context(|| "backup.lockWaitTimeout")?;
             }
             if let Some(a) = b.alerting.as_ref().and_then(|a| a.alert_after.as_ref()) {
                 parse_duration(a).with_context(|| "backup.alerting.alertAfter")?;

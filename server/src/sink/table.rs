@@ -89,6 +89,48 @@ pub struct EventsTable {
     lock_wait: Duration,
 }
 
+/// Whether `e` is PostgreSQL's "lock timeout" (`lock_not_available`): another session held the
+/// table longer than `lock_timeout`.
+pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "55P03")
+}
+
+/// Why an operation that waited `waited` for `event_records` gave up: the sessions holding the
+/// table (pid, application, user, client, state, since when, lock mode) and what to do.
+/// `doing`: "the restore … and wrote nothing", "the backup …"; `again`: "restore again".
+pub async fn in_use(pool: &PgPool, waited: Duration, doing: &str, again: &str) -> String {
+    format!(
+    "event_records is in use: {doing} waited {} to lock it; held by {}; end those sessions (or raise --lock-wait-timeout) and {again}",
+    humantime::format_duration(waited),
+    lock_holders(pool).await
+)
+}
+
+/// The sessions holding a lock on `event_records`, one phrase each.
+async fn lock_holders(pool: &PgPool) -> String {
+    let held: Result<Vec<String>, _> = sqlx::query_scalar(
+        r#"SELECT format('pid %s (%suser %s, from %s, %s%s, %s)', a.pid,
+                  CASE WHEN a.application_name <> '' THEN 'application ' || a.application_name || ', ' ELSE '' END,
+                  a.usename, coalesce(host(a.client_addr), 'a local socket'), a.state,
+                  coalesce(' in a transaction since ' || to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), ''),
+                  l.mode)
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.relation = to_regclass('"event_records"') AND l.granted
+             AND a.pid <> pg_backend_pid()
+           ORDER BY a.xact_start NULLS LAST, a.pid"#,
+    )
+    .fetch_all(pool)
+    .await;
+    match held {
+        Ok(h) if h.is_empty() => "sessions that let go of it just after".into(),
+        Ok(h) if h.len() > 5 => format!("{}; and {} more", h[..5].join("; "), h.len() - 5),
+        Ok(h) => h.join("; "),
+        Err(e) => format!("sessions that could not be listed ({e})"),
+    }
+}
+
 impl EventsTable {
     /// Connects to `url` (`postgres://…`; `sslmode`, `sslrootcert`, `sslcert`, `sslkey` in the
     /// URL for CockroachDB client certificates).
@@ -113,30 +155,6 @@ impl EventsTable {
     pub fn with_lock_wait(mut self, lock_wait: Duration) -> Self {
         self.lock_wait = lock_wait;
         self
-    }
-
-    /// The sessions holding a lock on `event_records`, one phrase each, for the error of a
-    /// restore that could not lock it.
-    async fn lock_holders(&self) -> String {
-        let held: Result<Vec<String>, _> = sqlx::query_scalar(
-            r#"SELECT format('pid %s (%suser %s, from %s, %s%s, %s)', a.pid,
-                      CASE WHEN a.application_name <> '' THEN 'application ' || a.application_name || ', ' ELSE '' END,
-                      a.usename, coalesce(host(a.client_addr), 'a local socket'), a.state,
-                      coalesce(' in a transaction since ' || to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), ''),
-                      l.mode)
-               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-               WHERE l.relation = to_regclass('"event_records"') AND l.granted
-                 AND a.pid <> pg_backend_pid()
-               ORDER BY a.xact_start NULLS LAST, a.pid"#,
-        )
-        .fetch_all(&self.pool)
-        .await;
-        match held {
-            Ok(h) if h.is_empty() => "sessions that let go of it just after".into(),
-            Ok(h) if h.len() > 5 => format!("{}; and {} more", h[..5].join("; "), h.len() - 5),
-            Ok(h) => h.join("; "),
-            Err(e) => format!("sessions that could not be listed ({e})"),
-        }
     }
 
     /// The pool (for the table source and tests).
@@ -198,21 +216,21 @@ impl EventsTable {
             .execute(&mut *tx)
             .await
         {
-            let lock_not_available = e
-                .as_database_error()
-                .and_then(|d| d.code())
-                .is_some_and(|c| c == "55P03");
-            if !lock_not_available {
+            if !is_lock_timeout(&e) {
                 return Err(anyhow::Error::new(e)
                     .context("locking event_records")
                     .into());
             }
             drop(tx);
-            return Err(SinkError::InUse(format!(
-                "event_records is in use: the restore waited {} to lock it and wrote nothing; held by {}; end those sessions (or raise --lock-wait-timeout) and restore again",
-                humantime::format_duration(self.lock_wait),
-                self.lock_holders().await
-            )));
+            return Err(SinkError::InUse(
+                in_use(
+                    &self.pool,
+                    self.lock_wait,
+                    "the restore wrote nothing; it",
+                    "restore again",
+                )
+                .await,
+            ));
         }
         sqlx::query("SET LOCAL lock_timeout = 0")
             .execute(&mut *tx)

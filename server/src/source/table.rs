@@ -12,6 +12,7 @@ use crate::engine::watermark::{Aggregate, AggregateId, AggregateKeys};
 use futures::TryStreamExt;
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// The columns of a record, in the order [`CopyDecoder`] reads them.
@@ -38,14 +39,35 @@ pub fn stream(rx: Batches) -> impl futures::Stream<Item = anyhow::Result<Batch>>
 
 /// Streams every event of one snapshot into a bounded channel (`buffer` batches); the reader
 /// stops when the receiver is dropped. `mode`: how to read (`None`: what the server supports).
-pub fn snapshot(pool: PgPool, buffer: usize, mode: Option<ReadMode>) -> Batches {
+/// `lock_wait`: how long to wait for sessions holding the table exclusively (a restore, a
+/// `VACUUM FULL`) before failing with their names (zero: no limit).
+pub fn snapshot(
+    pool: PgPool,
+    buffer: usize,
+    mode: Option<ReadMode>,
+    lock_wait: Duration,
+) -> Batches {
     let (tx, rx) = mpsc::channel(buffer);
     tokio::spawn(async move {
-        if let Err(e) = stream_into(&pool, mode, &tx).await {
-            let _ = tx.send(Err(e)).await;
+        if let Err(e) = stream_into(&pool, mode, lock_wait, &tx).await {
+            let _ = tx.send(Err(explain(&pool, lock_wait, e).await)).await;
         }
     });
     rx
+}
+
+/// A read that gave up waiting for the table's lock, said with the sessions holding it.
+async fn explain(pool: &PgPool, lock_wait: Duration, e: anyhow::Error) -> anyhow::Error {
+    let timed_out = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+        .any(crate::sink::table::is_lock_timeout);
+    if !timed_out {
+        return e;
+    }
+    anyhow::anyhow!(
+        crate::sink::table::in_use(pool, lock_wait, "the backup", "back up again").await
+    )
 }
 
 /// The signature that opens PostgreSQL's binary COPY format, followed by flags and the header
@@ -262,8 +284,13 @@ struct Snapshot {
     cockroach: bool,
 }
 
-/// Begins a [`Snapshot`], read the `mode` way (`None`: what the server supports).
-async fn begin_snapshot(pool: &PgPool, mode: Option<ReadMode>) -> anyhow::Result<Snapshot> {
+/// Begins a [`Snapshot`], read the `mode` way (`None`: what the server supports), whose
+/// statements wait at most `lock_wait` for the table's lock (zero: no limit).
+async fn begin_snapshot(
+    pool: &PgPool,
+    mode: Option<ReadMode>,
+    lock_wait: Duration,
+) -> anyhow::Result<Snapshot> {
     let mut conn = pool.acquire().await?;
     sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *conn)
@@ -273,6 +300,15 @@ async fn begin_snapshot(pool: &PgPool, mode: Option<ReadMode>) -> anyhow::Result
             .fetch_one(&mut *conn)
             .await?;
     let cockroach = version.contains("CockroachDB");
+    if !cockroach {
+        // The first read of the table takes its (shared) lock for the whole transaction.
+        sqlx::query(&format!(
+            "SET LOCAL lock_timeout = {}",
+            lock_wait.as_millis().min(i32::MAX as u128)
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(Snapshot {
         conn,
         exists: exists.is_some(),
@@ -356,6 +392,7 @@ async fn forward(
 async fn stream_into(
     pool: &PgPool,
     mode: Option<ReadMode>,
+    lock_wait: Duration,
     tx: &mpsc::Sender<anyhow::Result<Batch>>,
 ) -> anyhow::Result<()> {
     let Snapshot {
@@ -363,7 +400,7 @@ async fn stream_into(
         exists,
         mode,
         ..
-    } = begin_snapshot(pool, mode).await?;
+    } = begin_snapshot(pool, mode, lock_wait).await?;
     if exists {
         let query = format!(r#"SELECT {COLUMNS} FROM "event_records" e {ORDER}"#);
         forward(&mut conn, mode, &query, None, tx).await?;
@@ -391,15 +428,16 @@ pub fn incremental(
     parent: std::sync::Arc<crate::engine::watermark::Watermark>,
     buffer: usize,
     mode: Option<ReadMode>,
+    lock_wait: Duration,
 ) -> Batches {
     let (tx, rx) = mpsc::channel(buffer);
     tokio::spawn(async move {
-        let result = incremental_into(&pool, &parent, mode, &tx).await;
+        let result = incremental_into(&pool, &parent, mode, lock_wait, &tx).await;
         // Let go of the watermark before the stream ends: the backup then raises it in place
         // instead of copying it.
         drop(parent);
         if let Err(e) = result {
-            let _ = tx.send(Err(e)).await;
+            let _ = tx.send(Err(explain(&pool, lock_wait, e).await)).await;
         }
     });
     rx
@@ -409,6 +447,7 @@ async fn incremental_into(
     pool: &PgPool,
     parent: &crate::engine::watermark::Watermark,
     mode: Option<ReadMode>,
+    lock_wait: Duration,
     tx: &mpsc::Sender<anyhow::Result<Batch>>,
 ) -> anyhow::Result<()> {
     use super::ChainMismatch;
@@ -417,7 +456,7 @@ async fn incremental_into(
         exists,
         mode,
         cockroach,
-    } = begin_snapshot(pool, mode).await?;
+    } = begin_snapshot(pool, mode, lock_wait).await?;
     if !exists {
         return Err(ChainMismatch("the store has no events table any more".into()).into());
     }
