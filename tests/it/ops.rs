@@ -543,36 +543,39 @@ fn peers_that_cannot_be_reached_fail_in_one_line_that_says_why() {
         )
     });
 
-    let line = error_line(&store, "backup-server: error: backup ");
-    assert!(
-        line.contains(&format!("EventStore {closed} Retrieve: Unavailable: "))
-            && line.ends_with("Connection refused (os error 111)"),
-        "{line}"
-    );
-    let line = error_line(&catalog_db, "backup-server: error: ");
-    assert!(
-        line.contains("cannot connect to the catalog database: ")
-            && line.ends_with("Connection refused (os error 111)"),
-        "{line}"
-    );
-    let line = error_line(&events_db, "backup-server: error: backup ");
-    assert!(
-        line.contains("cannot connect to the events database: ")
-            && line.ends_with("Connection refused (os error 111)"),
-        "{line}"
-    );
-    let line = error_line(&s3, "backup-server: error: ");
-    assert!(
-        line.contains("destination unavailable: list s3://b/p: ")
-            && line.ends_with("Connection refused (os error 111)"),
-        "{line}"
-    );
-    let line = error_line(&server, "backupctl: error: ");
-    assert!(
-        line.contains(&format!("cannot connect to http://{closed}: "))
-            && line.ends_with("Connection refused (os error 111)"),
-        "{line}"
-    );
+    for (out, prefix, says) in [
+        (
+            &store,
+            "backup-server: error: backup ",
+            format!("EventStore {closed} Retrieve: Unavailable: "),
+        ),
+        (
+            &catalog_db,
+            "backup-server: error: ",
+            "cannot connect to the catalog database: ".into(),
+        ),
+        (
+            &events_db,
+            "backup-server: error: backup ",
+            "cannot connect to the events database: ".into(),
+        ),
+        (
+            &s3,
+            "backup-server: error: ",
+            "destination unavailable: list s3://b/p: ".into(),
+        ),
+        (
+            &server,
+            "backupctl: error: ",
+            format!("cannot connect to http://{closed}: "),
+        ),
+    ] {
+        let line = error_line(out, prefix);
+        assert!(
+            line.contains(&says) && line.ends_with("Connection refused (os error 111)"),
+            "{line}"
+        );
+    }
     // Nothing was written: no archive, watermark or manifest (a staged file neither).
     let written: Vec<_> = std::fs::read_dir(dest.join("backups"))
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())

@@ -377,39 +377,39 @@ async fn a_corrupted_last_chunk_leaves_the_table_exactly_as_before() {
     );
 }
 
+/// A backup of `events` sample events, and a fresh events table that holds another backup's
+/// `others`: the backup's id, the table's URL and its rows.
+async fn backup_and_other_table(
+    f: &Fixture,
+    pg: &str,
+    events: u64,
+    others: u64,
+) -> (String, String, Vec<(String, Event)>) {
+    let src = Devstore::start(&[]);
+    store(&src, sample(events)).await;
+    let id = f.backup(&src);
+    let db = fresh_db(pg).await;
+    let other = Devstore::start(&[]);
+    store(&other, sample(others)).await;
+    let other_id = f.backup(&other);
+    assert_eq!(f.restore(&[&other_id, "--events-db", &db]).code, Some(0));
+    let before = table_events(&db).await;
+    (id, db, before)
+}
+
 #[tokio::test]
 async fn sigkill_during_a_table_restore_leaves_the_table_as_before() {
     let Some(pg) = service_env("TEST_PG_URL") else {
         return;
     };
     let f = Fixture::new();
-    let src = Devstore::start(&[]);
-    store(&src, sample(60_000)).await;
-    let id = f.backup(&src);
-    let db = fresh_db(&pg).await;
-    // The table holds other events before.
-    let other = Devstore::start(&[]);
-    store(&other, sample(50)).await;
-    let other_id = f.backup(&other);
-    assert_eq!(f.restore(&[&other_id, "--events-db", &db]).code, Some(0));
-    let before = table_events(&db).await;
-    let mut cmd = std::process::Command::new(monoskope_backup_tests::bin("backup-server"));
-    cmd.args([
-        "restore",
-        &id,
-        "--drop-existing",
-        "--events-db",
-        &db,
-        "--destination",
-        &f.dest,
-        "--key-file",
-        &f.key,
-        "--catalog",
-        &f.catalog(),
-    ])
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
-    let mut child = cmd.spawn().expect("spawn");
+    let (id, db, before) = backup_and_other_table(&f, &pg, 60_000, 50).await;
+    let mut child = f
+        .restore_command(&[&id, "--drop-existing", "--events-db", &db])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
     let admin = sqlx::PgPool::connect(&db).await.expect("pg");
     let mut seen = false;
     for _ in 0..3000 {
@@ -450,15 +450,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
         return;
     };
     let f = Fixture::new();
-    let src = Devstore::start(&[]);
-    store(&src, sample(300)).await;
-    let id = f.backup(&src);
-    let db = fresh_db(&pg).await;
-    let other = Devstore::start(&[]);
-    store(&other, sample(20)).await;
-    let other_id = f.backup(&other);
-    assert_eq!(f.restore(&[&other_id, "--events-db", &db]).code, Some(0));
-    let before = table_events(&db).await;
+    let (id, db, before) = backup_and_other_table(&f, &pg, 300, 20).await;
 
     // A session reading the table in an open transaction, as pg_dump does.
     let hold = |db: String| async move {
@@ -549,7 +541,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
         .await
         .expect("lock");
     let catalog = f.catalog();
-    let args = [
+    let backup_args = [
         "backup",
         "--events-db",
         &db,
@@ -565,7 +557,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
         &catalog,
     ];
     let out = tokio::task::spawn_blocking({
-        let cmd = monoskope_backup_tests::command("backup-server", &args);
+        let cmd = monoskope_backup_tests::command("backup-server", &backup_args);
         move || monoskope_backup_tests::output(cmd)
     })
     .await
@@ -579,7 +571,22 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
         "{line}"
     );
     assert_eq!(files(), kept, "nothing new at the destination");
+    // So does a restore's first look at the table (is it empty?).
+    let out = tokio::task::spawn_blocking({
+        let cmd = f.restore_command(&args);
+        move || monoskope_backup_tests::output(cmd)
+    })
+    .await
+    .expect("join");
+    let line = out.stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        out.code == Some(1)
+            && line.contains("event_records is in use: the restore wrote nothing; it waited 1s to lock it; held by pid ")
+            && line.contains("AccessExclusiveLock"),
+        "{line}"
+    );
     holder.close().await.expect("close");
+    assert_eq!(table_events(&db).await, restored, "the table is as it was");
 }
 
 #[tokio::test]

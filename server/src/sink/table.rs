@@ -89,6 +89,15 @@ pub struct EventsTable {
     lock_wait: Duration,
 }
 
+/// The statement that makes the transaction's statements wait at most `wait` for a lock (zero:
+/// no limit).
+pub fn set_lock_timeout(wait: Duration) -> String {
+    format!(
+        "SET LOCAL lock_timeout = {}",
+        wait.as_millis().min(i32::MAX as u128)
+    )
+}
+
 /// Whether `e` is PostgreSQL's "lock timeout" (`lock_not_available`): another session held the
 /// table longer than `lock_timeout`.
 pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
@@ -150,6 +159,19 @@ impl EventsTable {
         })
     }
 
+    /// A restore that gave up waiting for the table's lock, with the sessions holding it.
+    async fn in_use(&self) -> SinkError {
+        SinkError::InUse(
+            in_use(
+                &self.pool,
+                self.lock_wait,
+                "the restore wrote nothing; it",
+                "restore again",
+            )
+            .await,
+        )
+    }
+
     /// How long a restore waits for other sessions to let go of the table (zero: as long as
     /// the restore may run).
     pub fn with_lock_wait(mut self, lock_wait: Duration) -> Self {
@@ -172,11 +194,27 @@ impl EventsTable {
         if exists.is_none() {
             return Ok(0);
         }
-        let n: i64 = sqlx::query_scalar(r#"SELECT COUNT(*) FROM "event_records""#)
-            .fetch_one(&self.pool)
+        // Waits for a session holding the table exclusively only as long as the restore would.
+        let mut tx = self
+            .pool
+            .begin()
             .await
             .map_err(|e| SinkError::Unavailable(e.to_string()))?;
-        Ok(n as u64)
+        sqlx::query(&set_lock_timeout(self.lock_wait))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| SinkError::Unavailable(e.to_string()))?;
+        match sqlx::query_scalar::<_, i64>(r#"SELECT COUNT(*) FROM "event_records""#)
+            .fetch_one(&mut *tx)
+            .await
+        {
+            Ok(n) => Ok(n as u64),
+            Err(e) if is_lock_timeout(&e) => {
+                drop(tx);
+                Err(self.in_use().await)
+            }
+            Err(e) => Err(SinkError::Unavailable(e.to_string())),
+        }
     }
 
     /// Writes every record received from `records` (in batches) in one transaction.
@@ -199,13 +237,10 @@ impl EventsTable {
             .map_err(|e| SinkError::Unavailable(e.to_string()))?;
         // A session that holds the table (a pg_dump, a transaction left open) would keep the
         // restore waiting silently: it waits `lock_wait`, then gives up naming them.
-        sqlx::query(&format!(
-            "SET LOCAL lock_timeout = {}",
-            self.lock_wait.as_millis().min(i32::MAX as u128)
-        ))
-        .execute(&mut *tx)
-        .await
-        .context("setting lock_timeout")?;
+        sqlx::query(&set_lock_timeout(self.lock_wait))
+            .execute(&mut *tx)
+            .await
+            .context("setting lock_timeout")?;
         sqlx::query(CREATE_TABLE)
             .execute(&mut *tx)
             .await
@@ -222,15 +257,7 @@ impl EventsTable {
                     .into());
             }
             drop(tx);
-            return Err(SinkError::InUse(
-                in_use(
-                    &self.pool,
-                    self.lock_wait,
-                    "the restore wrote nothing; it",
-                    "restore again",
-                )
-                .await,
-            ));
+            return Err(self.in_use().await);
         }
         sqlx::query("SET LOCAL lock_timeout = 0")
             .execute(&mut *tx)

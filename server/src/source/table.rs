@@ -302,12 +302,9 @@ async fn begin_snapshot(
     let cockroach = version.contains("CockroachDB");
     if !cockroach {
         // The first read of the table takes its (shared) lock for the whole transaction.
-        sqlx::query(&format!(
-            "SET LOCAL lock_timeout = {}",
-            lock_wait.as_millis().min(i32::MAX as u128)
-        ))
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(&crate::sink::table::set_lock_timeout(lock_wait))
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(Snapshot {
         conn,
