@@ -417,6 +417,58 @@ async fn a_timeout_fails_the_backup_cleanly() {
     assert_eq!(listed.stdout.trim(), "[]");
 }
 
+/// An EventStore that takes connections and never answers (a hung process, a stuck database
+/// behind it): the backup fails at its timeout, and the next one is not refused as busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_store_that_never_answers_fails_the_backup_at_its_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path());
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hung_addr = hung.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = hung.accept().await {
+            held.push(c);
+        }
+    });
+    let dest_dir = dir.path().join("dest");
+    let dest = format!("file://{}", dest_dir.display());
+    let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
+    let s = Server::start(
+        &[
+            "--event-store",
+            &hung_addr,
+            "--timeout",
+            "2s",
+            "--destination",
+            &dest,
+            "--catalog",
+            &catalog,
+            "--key-file",
+            &key,
+        ],
+        &[],
+    );
+    let mut c = client(&s).await;
+    for attempt in 0..2 {
+        let b = tokio::time::timeout(Duration::from_secs(60), c.create_backup(true, false))
+            .await
+            .expect("CreateBackup{wait} returns")
+            .expect("a backup record, not a refusal");
+        assert_eq!(b.state, pb::OperationState::Failed as i32, "{attempt}");
+        assert_eq!(
+            b.error, "timed out after 2s (the EventStore did not answer Retrieve)",
+            "{attempt}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(dest_dir.join("backups"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "nothing staged is left: {left:?}");
+}
+
 #[tokio::test]
 async fn verify_finds_a_damaged_archive() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -52,7 +52,9 @@ pub struct CommonArgs {
     /// Complete backups kept after each backup; 0 keeps all (negative values are refused).
     #[arg(long, env = "BACKUP_RETENTION_COUNT", allow_negative_numbers = true)]
     pub retention_count: Option<i64>,
-    /// Longest a backup may run (e.g. 90s, 1h); it then fails cleanly.
+    /// Longest a backup may run (e.g. 90s, 1h): from starting its upload, through opening its
+    /// source (a store that takes the connection and never answers), to the end of the read;
+    /// it then fails and leaves nothing at the destination.
     #[arg(long, env = "BACKUP_TIMEOUT")]
     pub timeout: Option<String>,
     /// The EventStore's events table on PostgreSQL: backups read one snapshot of it (keeping

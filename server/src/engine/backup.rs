@@ -123,11 +123,22 @@ pub(super) async fn run(
         "no encryption key: give --key-file, BACKUP_ENCRYPTION_KEY or BACKUP_PASSPHRASE (or --no-encryption to write unencrypted archives)",
     )?;
     let parent_id = parent.as_ref().map(|p| p.manifest.id.clone());
+    // The timeout covers starting the upload, opening the source and reading it: a store or
+    // database that takes the connection and never answers fails the backup (and frees the
+    // operation slot) like a slow read does. What follows the read (completing the upload,
+    // watermark, manifest) has the destination's own timeouts.
+    let deadline = tokio::time::Instant::now() + cfg.backup_timeout;
+    let timed_out = |waiting: &str| {
+        anyhow!(
+            "timed out after {}{waiting}",
+            humantime::format_duration(cfg.backup_timeout)
+        )
+    };
     let dest = cfg.destination.clone();
     let archive_key = layout::archive_key(&running.id);
-    let upload = dest
-        .upload(&archive_key)
+    let upload = tokio::time::timeout_at(deadline, dest.upload(&archive_key))
         .await
+        .map_err(|_| timed_out(" (the destination did not answer)"))?
         .context("cannot start the upload")?;
     // The parent's watermark goes to the reader alone: an incremental raises it in place into
     // the new one once the read is done (one entry per aggregate, held once).
@@ -137,8 +148,8 @@ pub(super) async fn run(
     // before the store's stream is opened, which Monoskope's store needs read to its end) and
     // before the writer runs (a source that cannot be reached aborts the upload, so nothing is
     // left staged).
-    let opened: anyhow::Result<BatchStream> = async {
-        Ok(match custom {
+    let opened = async {
+        anyhow::Ok::<BatchStream>(match custom {
             Some(s) => batches(s),
             None => match (&cfg.events_db, &before) {
                 (Some(url), None) => Box::pin(crate::source::table::stream(
@@ -163,8 +174,16 @@ pub(super) async fn run(
                 (None, _) => batches(cfg.event_store.retrieve_all().await?),
             },
         })
-    }
-    .await;
+    };
+    let opened = tokio::time::timeout_at(deadline, opened)
+        .await
+        .unwrap_or_else(|_| {
+            Err(timed_out(if from_table {
+                " (the events database did not answer)"
+            } else {
+                " (the EventStore did not answer Retrieve)"
+            }))
+        });
     let mut stream = match opened {
         Ok(s) => s,
         Err(e) => {
@@ -302,12 +321,9 @@ pub(super) async fn run(
         }
         anyhow::Ok(wm)
     };
-    let read_result = match tokio::time::timeout(cfg.backup_timeout, reader).await {
+    let read_result = match tokio::time::timeout_at(deadline, reader).await {
         Ok(r) => r,
-        Err(_) => Err(anyhow!(
-            "timed out after {}",
-            humantime::format_duration(cfg.backup_timeout)
-        )),
+        Err(_) => Err(timed_out("")),
     };
     if read_result.is_err() {
         cancelled.store(true, Ordering::SeqCst);
