@@ -589,6 +589,50 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
     assert_eq!(table_events(&db).await, restored, "the table is as it was");
 }
 
+/// An EventStore that takes connections and never answers: a restore through its API fails
+/// at the restore's timeout (here in the check that the store is empty) instead of hanging.
+#[tokio::test]
+async fn a_restore_into_a_store_that_never_answers_fails_at_its_timeout() {
+    let f = Fixture::new();
+    let src = Devstore::start(&[]);
+    store(&src, sample(10)).await;
+    let id = f.backup(&src);
+    let hung = monoskope_backup_tests::silent_peer();
+    let mut child = f
+        .restore_command(&[
+            &id,
+            "--via-api",
+            "--event-store",
+            &hung,
+            "--restore-timeout",
+            "2s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut ended = None;
+    for _ in 0..600 {
+        ended = child.try_wait().expect("wait");
+        if ended.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if ended.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.trim().lines().last().unwrap_or_default().ends_with(
+            "timed out after 2s checking the backup and the store before the restore (nothing was written): the destination, the EventStore or the events database did not answer"
+        ),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn refusals_have_precise_statuses_and_messages() {
     let Some(pg) = service_env("TEST_PG_URL") else {

@@ -423,16 +423,7 @@ async fn a_timeout_fails_the_backup_cleanly() {
 async fn an_event_store_that_never_answers_fails_the_backup_at_its_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = keygen(dir.path());
-    let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let hung_addr = hung.local_addr().expect("addr").to_string();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((c, _)) = hung.accept().await {
-            held.push(c);
-        }
-    });
+    let hung_addr = monoskope_backup_tests::silent_peer();
     let dest_dir = dir.path().join("dest");
     let dest = format!("file://{}", dest_dir.display());
     let catalog = format!("sqlite://{}", dir.path().join("c.db").display());

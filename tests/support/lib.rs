@@ -224,6 +224,17 @@ pub fn output(mut cmd: Command) -> Out {
     }
 }
 
+/// A loopback address that takes connections and never answers (a hung peer).
+pub fn silent_peer() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        let held: Vec<_> = l.incoming().collect();
+        drop(held);
+    });
+    addr
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -294,7 +294,20 @@ impl Engine {
                 id: r.id.clone(),
             });
         }
-        let (sink, chain) = restore::prepare(&self.cfg, &req).await?;
+        // The checks read the store (the API sink counts its events): a store that never
+        // answers fails them at the restore's timeout.
+        let (sink, chain) =
+            match tokio::time::timeout(self.cfg.restore_timeout, restore::prepare(&self.cfg, &req))
+                .await
+            {
+                Ok(checked) => checked?,
+                Err(_) => {
+                    return Err(EngineError::Unavailable(format!(
+                        "timed out after {} checking the backup and the store before the restore (nothing was written): the destination, the EventStore or the events database did not answer",
+                        humantime::format_duration(self.cfg.restore_timeout)
+                    )))
+                }
+            };
         let manifest = chain
             .last()
             .cloned()
