@@ -144,6 +144,14 @@ pub(super) async fn run(
     // the new one once the read is done (one entry per aggregate, held once).
     let before = parent.map(|p| p.watermark);
     let from_table = cfg.events_db.is_some();
+    let (source, silent) = match (&custom, from_table) {
+        (Some(_), _) => ("the backup being imported", ""),
+        (None, true) => ("the events table", " (the events database did not answer)"),
+        (None, false) => (
+            "the EventStore",
+            " (the EventStore did not answer Retrieve)",
+        ),
+    };
     // The source opens after the upload started (a destination that cannot be reached fails
     // before the store's stream is opened, which Monoskope's store needs read to its end) and
     // before the writer runs (a source that cannot be reached aborts the upload, so nothing is
@@ -177,13 +185,7 @@ pub(super) async fn run(
     };
     let opened = tokio::time::timeout_at(deadline, opened)
         .await
-        .unwrap_or_else(|_| {
-            Err(timed_out(if from_table {
-                " (the events database did not answer)"
-            } else {
-                " (the EventStore did not answer Retrieve)"
-            }))
-        });
+        .unwrap_or_else(|_| Err(timed_out(silent)));
     let mut stream = match opened {
         Ok(s) => s,
         Err(e) => {
@@ -349,11 +351,7 @@ pub(super) async fn run(
         .map_err(|e| anyhow!("uploader panicked: {e}"))?;
     // The first real cause wins: a failed read or upload explains a cancelled or stopped writer.
     let outcome = read_result
-        .context(if from_table {
-            "reading the events table failed"
-        } else {
-            "reading from the EventStore failed"
-        })
+        .with_context(|| format!("reading {source} failed"))
         .and_then(|wm| {
             up_result.context("uploading the archive failed")?;
             Ok((enc_result.context("writing the archive failed")?, wm))

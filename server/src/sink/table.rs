@@ -78,8 +78,8 @@ impl CopyRows {
     }
 }
 
-/// How long a restore waits, by default, for other sessions to let go of `event_records`
-/// (`--lock-wait-timeout`) before it gives up and names them.
+/// How long a backup or restore waits, by default, for other sessions to let go of
+/// `event_records` (`--lock-wait-timeout`) before it gives up and names them.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// The events table sink.
@@ -108,13 +108,14 @@ pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
 
 /// Why an operation that waited `waited` for `event_records` gave up: the sessions holding the
 /// table (pid, application, user, client, state, since when, lock mode) and what to do.
-/// `doing`: "the restore … and wrote nothing", "the backup …"; `again`: "restore again".
+/// `doing`: who waited ("the backup", "the restore wrote nothing; it"); `again`: what to do
+/// then ("back up again").
 pub async fn in_use(pool: &PgPool, waited: Duration, doing: &str, again: &str) -> String {
+    let waited = humantime::format_duration(waited);
+    let holders = lock_holders(pool).await;
     format!(
-    "event_records is in use: {doing} waited {} to lock it; held by {}; end those sessions (or raise --lock-wait-timeout) and {again}",
-    humantime::format_duration(waited),
-    lock_holders(pool).await
-)
+        "event_records is in use: {doing} waited {waited} to lock it; held by {holders}; end those sessions (or raise --lock-wait-timeout) and {again}"
+    )
 }
 
 /// The sessions holding a lock on `event_records`, one phrase each.
