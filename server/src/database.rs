@@ -19,22 +19,41 @@ pub async fn open<DB: Database>(
 ) -> Result<Pool<DB>, String> {
     match options.connect_with(connect.clone()).await {
         Ok(pool) => Ok(pool),
-        Err(sqlx::Error::PoolTimedOut) => Err(
-            match tokio::time::timeout(PROBE_TIMEOUT, connect.connect()).await {
-                Ok(Err(e)) => monoskope_backup_client::error_line(&e),
-                Ok(Ok(c)) => {
-                    let _ = c.close().await;
-                    "no connection within the pool's timeout (a direct connection succeeded \
-                     just after: the database may have been starting)"
-                        .to_string()
-                }
-                Err(_) => format!(
-                    "no answer: the pool's connections timed out, and a direct connection got \
-                     no answer within {} s",
-                    PROBE_TIMEOUT.as_secs()
-                ),
-            },
-        ),
+        Err(sqlx::Error::PoolTimedOut) => Err(why_not(&connect).await),
         Err(e) => Err(monoskope_backup_client::error_line(&e)),
+    }
+}
+
+/// `e`, from a query on `pool`, in one line; when it is the pool's timeout, why no connection
+/// could be opened (as [`open`] says it).
+pub async fn explain<DB: Database>(pool: &Pool<DB>, e: &anyhow::Error) -> String {
+    let timed_out = e
+        .chain()
+        .any(|c| matches!(c.downcast_ref(), Some(sqlx::Error::PoolTimedOut)));
+    if timed_out {
+        why_not(&*pool.connect_options()).await
+    } else {
+        monoskope_backup_client::error_line(e.as_ref())
+    }
+}
+
+/// Why a connection to `connect` cannot be opened, found with one direct connection.
+async fn why_not<O: ConnectOptions>(connect: &O) -> String
+where
+    O::Connection: Sized,
+{
+    match tokio::time::timeout(PROBE_TIMEOUT, connect.connect()).await {
+        Ok(Err(e)) => monoskope_backup_client::error_line(&e),
+        Ok(Ok(c)) => {
+            let _ = c.close().await;
+            "no connection within the pool's timeout (a direct connection succeeded just after: \
+             the database may have been starting)"
+                .to_string()
+        }
+        Err(_) => format!(
+            "no answer: the pool's connections timed out, and a direct connection got no answer \
+             within {} s",
+            PROBE_TIMEOUT.as_secs()
+        ),
     }
 }

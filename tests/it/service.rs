@@ -622,6 +622,64 @@ async fn s3_backup_multipart_and_resync_of_a_lost_catalog_on_postgres() {
     assert_eq!(v.code, Some(0), "{}{}", v.stdout, v.stderr);
 }
 
+/// The catalog's PostgreSQL goes away while the service runs: calls that need it fail with
+/// UNAVAILABLE and the reason ("Connection refused"), not only "pool timed out".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_database_gone_while_serving_is_named_with_its_reason() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path());
+    let ds = devstore_with(10).await;
+    let catalog = monoskope_backup_tests::fresh_db(&pg, "catalog").await;
+    // postgres://USER@HOST:PORT/DB, through a proxy that can go away.
+    let (user, rest) = catalog.split_once('@').expect("user@");
+    let (host_port, db) = rest.split_once('/').expect("/db");
+    let (proxy, gone) = dying_proxy(host_port.to_string(), u64::MAX).await;
+    let proxied = format!("{user}@{}/{db}", proxy.trim_start_matches("http://"));
+    let dest = format!("file://{}", dir.path().join("dest").display());
+    let s = Server::start(
+        &[
+            "--event-store",
+            &ds.addr,
+            "--destination",
+            &dest,
+            "--catalog",
+            &proxied,
+            "--key-file",
+            &key,
+        ],
+        &[],
+    );
+    let mut c = client(&s).await;
+    c.get_status()
+        .await
+        .expect("status while the catalog is there");
+    gone.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // (The generated client: BackupClient retries GetStatus on UNAVAILABLE.)
+    let mut raw = pb::backup_service_client::BackupServiceClient::connect(s.url())
+        .await
+        .expect("connect");
+    match raw.get_status(pb::GetStatusRequest {}).await {
+        Err(st) if st.code() == tonic::Code::Unavailable => assert!(
+            st.message().starts_with("catalog: ")
+                && st.message().ends_with("Connection refused (os error 111)"),
+            "{}",
+            st.message()
+        ),
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+    match c.create_backup(true, false).await {
+        Err(ClientError::Unavailable(m)) => assert!(
+            m.starts_with("catalog: ") && m.ends_with("Connection refused (os error 111)"),
+            "{m}"
+        ),
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+}
+
 /// A loopback TCP proxy in front of an S3 server that dies (closes every connection and stops
 /// listening) once `limit` request bytes have passed: the S3 endpoint disappearing mid-upload.
 async fn dying_proxy(target: String, limit: u64) -> (String, Arc<AtomicBool>) {

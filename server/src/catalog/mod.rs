@@ -309,6 +309,12 @@ impl Catalog {
         })
     }
 
+    /// `e`, from this catalog, in one line; when no connection could be had, why (the
+    /// database refuses connections, its name does not resolve, …).
+    pub async fn unreachable(&self, e: &anyhow::Error) -> String {
+        crate::database::explain(&self.pool, e).await
+    }
+
     /// "sqlite" or "postgres".
     pub fn kind(&self) -> &'static str {
         self.url_kind

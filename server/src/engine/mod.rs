@@ -254,7 +254,7 @@ impl Engine {
             Err(e) => {
                 return Err(EngineError::Unavailable(format!(
                     "catalog: {}",
-                    monoskope_backup_client::error_line(e.as_ref())
+                    self.cfg.catalog.unreachable(&e).await
                 )))
             }
         }
@@ -337,7 +337,7 @@ impl Engine {
             self.release().await;
             return Err(EngineError::Unavailable(format!(
                 "catalog: {}",
-                monoskope_backup_client::error_line(e.as_ref())
+                self.cfg.catalog.unreachable(&e).await
             )));
         }
         let (tx, rx) = watch::channel(None);
@@ -476,7 +476,7 @@ impl Engine {
             self.release().await;
             return Err(EngineError::Unavailable(format!(
                 "catalog: {}",
-                monoskope_backup_client::error_line(e.as_ref())
+                self.cfg.catalog.unreachable(&e).await
             )));
         }
         let (tx, rx) = watch::channel(None);

@@ -207,13 +207,16 @@ impl BackupService for Service {
             .config()
             .catalog
             .list_backups(size, token, req.include_incomplete)
-            .await
-            .map_err(|e| {
-                Status::unavailable(format!(
+            .await;
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(Status::unavailable(format!(
                     "catalog: {}",
-                    monoskope_backup_client::error_line(e.as_ref())
-                ))
-            })?;
+                    self.engine.config().catalog.unreachable(&e).await
+                )))
+            }
+        };
         let running = self.engine.running().await;
         let backups = page
             .backups
@@ -309,70 +312,73 @@ impl BackupService for Service {
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let cfg = self.engine.config();
         let catalog = &cfg.catalog;
-        let unavailable = |e: anyhow::Error| {
-            Status::unavailable(format!(
-                "catalog: {}",
-                monoskope_backup_client::error_line(e.as_ref())
-            ))
-        };
         // The running operation first: an operation writes its final record before it frees the
         // slot, so records read after this are never older than what `running` says.
         let running = self.engine.running().await;
         let base = cfg.destination.url();
-        let last_success = catalog
-            .newest_in_state(State::Succeeded)
-            .await
-            .map_err(unavailable)?;
-        let last_failure = catalog
-            .newest_in_state(State::Failed)
-            .await
-            .map_err(unavailable)?;
-        let last_restore = catalog.last_restore().await.map_err(unavailable)?;
-        let count = catalog.count_complete().await.map_err(unavailable)?;
-        let mut running_backup = None;
-        let mut running_restore = None;
-        if let Some(op) = running.as_ref().filter(|op| op.kind == "restore") {
-            if let Some(r) = catalog
-                .last_restore()
-                .await
-                .map_err(unavailable)?
-                .filter(|r| r.id == op.id)
-            {
-                let mut p = restore_pb(&r);
-                p.progress = Some(progress(op));
-                running_restore = Some(p);
-            }
-        }
-        if let Some(op) = running.as_ref().filter(|op| op.kind == "backup") {
-            if let Some(r) = catalog.get_backup(&op.id).await.map_err(unavailable)? {
-                let mut b = backup_pb(&r, &base);
-                b.progress = Some(progress(op));
-                running_backup = Some(b);
-            }
-        }
-        if running.is_none() {
-            // What another process sharing the catalog runs (a one-shot command): its record,
-            // without progress, which only that process knows.
-            if let Some(h) = catalog.live_lease().await.map_err(unavailable)? {
-                match h.kind.as_str() {
-                    "backup" => {
-                        running_backup = catalog
-                            .get_backup(&h.operation_id)
-                            .await
-                            .map_err(unavailable)?
-                            .filter(|r| r.state == State::Running)
-                            .map(|r| backup_pb(&r, &base));
-                    }
-                    "restore" => {
-                        running_restore = last_restore
-                            .as_ref()
-                            .filter(|r| r.id == h.operation_id && r.state == State::Running)
-                            .map(restore_pb);
-                    }
-                    _ => {}
+        let records = async {
+            let last_success = catalog.newest_in_state(State::Succeeded).await?;
+            let last_failure = catalog.newest_in_state(State::Failed).await?;
+            let last_restore = catalog.last_restore().await?;
+            let count = catalog.count_complete().await?;
+            let mut running_backup = None;
+            let mut running_restore = None;
+            if let Some(op) = running.as_ref().filter(|op| op.kind == "restore") {
+                if let Some(r) = catalog.last_restore().await?.filter(|r| r.id == op.id) {
+                    let mut p = restore_pb(&r);
+                    p.progress = Some(progress(op));
+                    running_restore = Some(p);
                 }
             }
+            if let Some(op) = running.as_ref().filter(|op| op.kind == "backup") {
+                if let Some(r) = catalog.get_backup(&op.id).await? {
+                    let mut b = backup_pb(&r, &base);
+                    b.progress = Some(progress(op));
+                    running_backup = Some(b);
+                }
+            }
+            if running.is_none() {
+                // What another process sharing the catalog runs (a one-shot command): its record,
+                // without progress, which only that process knows.
+                if let Some(h) = catalog.live_lease().await? {
+                    match h.kind.as_str() {
+                        "backup" => {
+                            running_backup = catalog
+                                .get_backup(&h.operation_id)
+                                .await?
+                                .filter(|r| r.state == State::Running)
+                                .map(|r| backup_pb(&r, &base));
+                        }
+                        "restore" => {
+                            running_restore = last_restore
+                                .as_ref()
+                                .filter(|r| r.id == h.operation_id && r.state == State::Running)
+                                .map(restore_pb);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            anyhow::Ok((
+                last_success,
+                last_failure,
+                last_restore,
+                count,
+                running_backup,
+                running_restore,
+            ))
         }
+        .await;
+        let (last_success, last_failure, last_restore, count, running_backup, running_restore) =
+            match records {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err(Status::unavailable(format!(
+                        "catalog: {}",
+                        catalog.unreachable(&e).await
+                    )))
+                }
+            };
         let es = cfg.event_store.clone();
         let dest = cfg.destination.clone();
         let (event_store, destination) = tokio::join!(
