@@ -377,6 +377,21 @@ async fn a_corrupted_last_chunk_leaves_the_table_exactly_as_before() {
     );
 }
 
+/// Whether `count` (a `SELECT COUNT(*)`) comes above zero within 30 s, asked every 10 ms.
+async fn counted(admin: &sqlx::PgPool, count: &str) -> bool {
+    for _ in 0..3000 {
+        let n: i64 = sqlx::query_scalar(count)
+            .fetch_one(admin)
+            .await
+            .expect("count");
+        if n > 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 /// A backup of `events` sample events, and a fresh events table that holds another backup's
 /// `others`: the backup's id, the table's URL and its rows.
 async fn backup_and_other_table(
@@ -411,19 +426,14 @@ async fn sigkill_during_a_table_restore_leaves_the_table_as_before() {
         .spawn()
         .expect("spawn");
     let admin = sqlx::PgPool::connect(&db).await.expect("pg");
-    let mut seen = false;
-    for _ in 0..3000 {
-        let copying: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'COPY \"event_records\"%' AND state = 'active'")
-            .fetch_one(&admin)
-            .await
-            .expect("activity");
-        if copying > 0 {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(seen, "the restore reached its COPY");
+    assert!(
+        counted(
+            &admin,
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'COPY \"event_records\"%' AND state = 'active'",
+        )
+        .await,
+        "the restore reached its COPY"
+    );
     child.kill().expect("SIGKILL");
     child.wait().expect("wait");
     // PostgreSQL rolls the transaction back when the connection drops.
@@ -499,21 +509,14 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
         .spawn()
         .expect("spawn");
     let admin = sqlx::PgPool::connect(&db).await.expect("pg");
-    let mut waiting = false;
-    for _ in 0..1000 {
-        let n: i64 = sqlx::query_scalar(
+    assert!(
+        counted(
+            &admin,
             "SELECT COUNT(*) FROM pg_locks WHERE relation = 'event_records'::regclass AND NOT granted",
         )
-        .fetch_one(&admin)
-        .await
-        .expect("pg_locks");
-        if n > 0 {
-            waiting = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(waiting, "the restore waits for the lock");
+        .await,
+        "the restore waits for the lock"
+    );
     holder.close().await.expect("close");
     let status = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
         .await

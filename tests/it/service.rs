@@ -53,6 +53,23 @@ async fn devstore_with(n: u64) -> Devstore {
     ds
 }
 
+/// `backup-server serve` on the EventStore `es`, destination, catalog and key file, with `extra`
+/// flags.
+fn serve(es: &str, dest: &str, catalog: &str, key: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--event-store",
+        es,
+        "--destination",
+        dest,
+        "--catalog",
+        catalog,
+        "--key-file",
+        key,
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args, &[])
+}
+
 async fn client(s: &Server) -> BackupClient {
     BackupClient::connect(&ClientOptions::new(s.url()))
         .await
@@ -84,21 +101,7 @@ async fn serve_backupctl_and_reflection_on_a_directory() {
     let ds = devstore_with(3000).await;
     let dest = format!("file://{}", dir.path().join("dest").display());
     let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
-    let s = Server::start(
-        &[
-            "--event-store",
-            &ds.addr,
-            "--destination",
-            &dest,
-            "--catalog",
-            &catalog,
-            "--key-file",
-            &key,
-            "--retention-count",
-            "2",
-        ],
-        &[],
-    );
+    let s = serve(&ds.addr, &dest, &catalog, &key, &["--retention-count", "2"]);
 
     // Reflection lists the service (what `grpcurl -plaintext HOST:PORT list` shows).
     let services = reflection_services(&s.url()).await;
@@ -240,19 +243,7 @@ async fn two_create_backup_at_once_one_runs_one_is_refused() {
     let ds = devstore_with(20_000).await;
     let dest = format!("file://{}", dir.path().join("dest").display());
     let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
-    let s = Server::start(
-        &[
-            "--event-store",
-            &ds.addr,
-            "--destination",
-            &dest,
-            "--catalog",
-            &catalog,
-            "--key-file",
-            &key,
-        ],
-        &[],
-    );
+    let s = serve(&ds.addr, &dest, &catalog, &key, &[]);
     let mut a = client(&s).await;
     let mut b = client(&s).await;
     let (ra, rb) = tokio::join!(a.create_backup(false, false), b.create_backup(false, false));
@@ -427,21 +418,7 @@ async fn an_event_store_that_never_answers_fails_the_backup_at_its_timeout() {
     let dest_dir = dir.path().join("dest");
     let dest = format!("file://{}", dest_dir.display());
     let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
-    let s = Server::start(
-        &[
-            "--event-store",
-            &hung_addr,
-            "--timeout",
-            "2s",
-            "--destination",
-            &dest,
-            "--catalog",
-            &catalog,
-            "--key-file",
-            &key,
-        ],
-        &[],
-    );
+    let s = serve(&hung_addr, &dest, &catalog, &key, &["--timeout", "2s"]);
     let mut c = client(&s).await;
     for attempt in 0..2 {
         let b = tokio::time::timeout(Duration::from_secs(60), c.create_backup(true, false))
@@ -639,19 +616,7 @@ async fn a_catalog_database_gone_while_serving_is_named_with_its_reason() {
     let (proxy, gone) = dying_proxy(host_port.to_string(), u64::MAX).await;
     let proxied = format!("{user}@{}/{db}", proxy.trim_start_matches("http://"));
     let dest = format!("file://{}", dir.path().join("dest").display());
-    let s = Server::start(
-        &[
-            "--event-store",
-            &ds.addr,
-            "--destination",
-            &dest,
-            "--catalog",
-            &proxied,
-            "--key-file",
-            &key,
-        ],
-        &[],
-    );
+    let s = serve(&ds.addr, &dest, &proxied, &key, &[]);
     let mut c = client(&s).await;
     c.get_status()
         .await
@@ -880,22 +845,12 @@ async fn serve_with_tls_and_backupctl_with_a_ca_file() {
     let ds = devstore_with(100).await;
     let dest = format!("file://{}", dir.path().join("dest").display());
     let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
-    let s = Server::start(
-        &[
-            "--event-store",
-            &ds.addr,
-            "--destination",
-            &dest,
-            "--catalog",
-            &catalog,
-            "--key-file",
-            &key,
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &tls_key,
-        ],
-        &[],
+    let s = serve(
+        &ds.addr,
+        &dest,
+        &catalog,
+        &key,
+        &["--tls-cert", &cert, "--tls-key", &tls_key],
     );
     let url = format!(
         "https://localhost:{}",
@@ -956,19 +911,7 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
     let slow = super::ops::slow_proxy(ds.addr.clone(), Duration::from_secs(3)).await;
     let dest = format!("file://{}", dir.path().join("dest").display());
     let catalog = monoskope_backup_tests::fresh_db(&pg, "catalog").await;
-    let s = Server::start(
-        &[
-            "--event-store",
-            &slow,
-            "--destination",
-            &dest,
-            "--catalog",
-            &catalog,
-            "--key-file",
-            &key,
-        ],
-        &[],
-    );
+    let s = serve(&slow, &dest, &catalog, &key, &[]);
     let running = client(&s)
         .await
         .create_backup(false, false)
