@@ -1,6 +1,7 @@
 //! Connection pools for the catalog and the events database, with the reason when a database
 //! cannot be reached.
 
+use monoskope_backup_client::error_line;
 use std::time::Duration;
 
 use sqlx::pool::{Pool, PoolOptions};
@@ -20,7 +21,7 @@ pub async fn open<DB: Database>(
     match options.connect_with(connect.clone()).await {
         Ok(pool) => Ok(pool),
         Err(sqlx::Error::PoolTimedOut) => Err(why_not(&connect).await),
-        Err(e) => Err(monoskope_backup_client::error_line(&e)),
+        Err(e) => Err(error_line(&e)),
     }
 }
 
@@ -33,7 +34,7 @@ pub async fn explain<DB: Database>(pool: &Pool<DB>, e: &anyhow::Error) -> String
     if timed_out {
         why_not(&*pool.connect_options()).await
     } else {
-        monoskope_backup_client::error_line(e.as_ref())
+        error_line(e.as_ref())
     }
 }
 
@@ -43,7 +44,7 @@ where
     O::Connection: Sized,
 {
     match tokio::time::timeout(PROBE_TIMEOUT, connect.connect()).await {
-        Ok(Err(e)) => monoskope_backup_client::error_line(&e),
+        Ok(Err(e)) => error_line(&e),
         Ok(Ok(c)) => {
             let _ = c.close().await;
             "no connection within the pool's timeout (a direct connection succeeded just after: \

@@ -3,6 +3,7 @@
 //! signature, the issuer, `exp` (required), `nbf` and `iat` with 60 s leeway, and the `m8api`
 //! audience (cluster tokens, audience `k8sauth`, are refused).
 
+use monoskope_backup_client::error_line;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -105,7 +106,7 @@ impl JwtVerifier {
             }
             KeySource::Jwks(url) => {
                 if let Err(e) = v.refresh_jwks().await {
-                    tracing::warn!(url, error = %monoskope_backup_client::error_line(e.as_ref()), "cannot fetch the gateway's JWKS yet; calls fail with UNAVAILABLE until it answers");
+                    tracing::warn!(url, error = %error_line(e.as_ref()), "cannot fetch the gateway's JWKS yet; calls fail with UNAVAILABLE until it answers");
                 }
             }
         }
@@ -138,7 +139,7 @@ impl JwtVerifier {
             match keys::from_jwk(k) {
                 Ok(key) => found.push(key),
                 Err(e) => {
-                    tracing::warn!(url, error = %monoskope_backup_client::error_line(e.as_ref()), "JWKS key skipped")
+                    tracing::warn!(url, error = %error_line(e.as_ref()), "JWKS key skipped")
                 }
             }
         }
@@ -162,7 +163,7 @@ impl JwtVerifier {
             loop {
                 tokio::time::sleep(every).await;
                 if let Err(e) = me.refresh_jwks().await {
-                    tracing::warn!(error = %monoskope_backup_client::error_line(e.as_ref()), "JWKS refresh failed; keeping the keys already loaded");
+                    tracing::warn!(error = %error_line(e.as_ref()), "JWKS refresh failed; keeping the keys already loaded");
                 }
             }
         });
@@ -182,7 +183,7 @@ impl JwtVerifier {
                     }
                     // A file being rewritten may be half there: keep the old key, look again.
                     Err(e) => {
-                        tracing::warn!(file = %p.display(), error = %monoskope_backup_client::error_line(e.as_ref()), "cannot reload the gateway public key; keeping the previous one")
+                        tracing::warn!(file = %p.display(), error = %error_line(e.as_ref()), "cannot reload the gateway public key; keeping the previous one")
                     }
                 }
             }
@@ -225,10 +226,10 @@ impl JwtVerifier {
                         if have.is_empty() {
                             return Err(AuthError::Unavailable(format!(
                                 "the gateway's JWKS is unavailable: {}",
-                                monoskope_backup_client::error_line(e.as_ref())
+                                error_line(e.as_ref())
                             )));
                         }
-                        tracing::warn!(error = %monoskope_backup_client::error_line(e.as_ref()), "JWKS refresh failed");
+                        tracing::warn!(error = %error_line(e.as_ref()), "JWKS refresh failed");
                     }
                     let g = self.jwks.read().await;
                     if let Some(k) = pick(&g.0) {

@@ -1,6 +1,7 @@
 //! `backup-server import monoskope SOURCE`: restore (or `--convert`) a backup written by
 //! Monoskope's own EventStore.
 
+use monoskope_backup_client::error_line;
 use std::io::Read;
 
 use anyhow::{bail, Context};
@@ -156,9 +157,7 @@ pub(super) async fn run(a: ImportArgs) -> anyhow::Result<()> {
             let r = reading.await;
             if let Err(e) = &r {
                 let _ = err_tx
-                    .send(Err(anyhow::anyhow!(monoskope_backup_client::error_line(
-                        e.as_ref()
-                    ))))
+                    .send(Err(anyhow::anyhow!(error_line(e.as_ref()))))
                     .await;
             }
             r
@@ -237,12 +236,7 @@ pub(super) async fn run(a: ImportArgs) -> anyhow::Result<()> {
     let (summary, written) = tokio::join!(reading, writing);
     // When the table gave up first, its error is the cause.
     let summary = match (summary, &written) {
-        (Err(e), Err(_))
-            if monoskope_backup_client::error_line(e.as_ref())
-                .contains("stopped taking events") =>
-        {
-            None
-        }
+        (Err(e), Err(_)) if error_line(e.as_ref()).contains("stopped taking events") => None,
         (s, _) => Some(s?),
     };
     let written =
@@ -268,11 +262,7 @@ async fn pass_end(
             Ok(s)
         }
         Err(e) => {
-            let _ = tx
-                .send(Err(anyhow::anyhow!(monoskope_backup_client::error_line(
-                    e.as_ref()
-                ))))
-                .await;
+            let _ = tx.send(Err(anyhow::anyhow!(error_line(e.as_ref())))).await;
             Err(e)
         }
     }

@@ -8,12 +8,12 @@
 //! (sum of per-event SHA-256 modulo 2^256), because `Retrieve` orders by timestamp only and
 //! events with equal timestamps may come back in any order. Memory stays flat.
 
+use monoskope_backup_client::{error_line, status_line};
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
 use monoskope_backup_api::eventsourcing::{Event, EventFilter};
-use monoskope_backup_client::status_line;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -173,7 +173,7 @@ pub(super) async fn run(
         let restored = super::restore::run(&scratch_cfg, &req, &Sink::Api, chain, progress).await?;
         let archive = archive_digest(cfg, chain)
             .await
-            .map_err(|e| EngineError::Corrupt(monoskope_backup_client::error_line(e.as_ref())))?;
+            .map_err(|e| EngineError::Corrupt(error_line(e.as_ref())))?;
         let scratch = store_digest(&scratch_es, None).await.map_err(internal)?;
         let until = manifest
             .last_event_time
@@ -189,10 +189,7 @@ pub(super) async fn run(
             None => Ok(SetDigest::default()),
         }
         .map_err(|e| {
-            EngineError::Unavailable(format!(
-                "live EventStore: {}",
-                monoskope_backup_client::error_line(e.as_ref())
-            ))
+            EngineError::Unavailable(format!("live EventStore: {}", error_line(e.as_ref())))
         })?;
         Ok::<_, EngineError>((restored, archive, scratch, live))
     }

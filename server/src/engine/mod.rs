@@ -8,6 +8,7 @@ pub mod retention;
 pub mod verify;
 pub mod watermark;
 
+use monoskope_backup_client::error_line;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,7 +62,7 @@ pub enum EngineError {
     #[error("{0}")]
     Unavailable(String),
     /// Anything else.
-    #[error("{}", monoskope_backup_client::error_line(.0.as_ref()))]
+    #[error("{}", error_line(.0.as_ref()))]
     Internal(#[from] anyhow::Error),
 }
 
@@ -111,7 +112,7 @@ async fn renew_lease(catalog: Catalog, holder: Arc<str>) {
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %monoskope_backup_client::error_line(e.as_ref()), "could not renew the catalog's operation lease; retrying")
+                tracing::warn!(error = %error_line(e.as_ref()), "could not renew the catalog's operation lease; retrying")
             }
         }
     }
@@ -278,7 +279,7 @@ impl Engine {
         r.renewing.abort();
         if let Err(e) = self.cfg.catalog.release_lease(&self.holder).await {
             // It expires by itself after the lease's time to live.
-            tracing::warn!(operation_id = %r.id, error = %monoskope_backup_client::error_line(e.as_ref()), "could not give the catalog's operation lease back");
+            tracing::warn!(operation_id = %r.id, error = %error_line(e.as_ref()), "could not give the catalog's operation lease back");
         }
     }
 
@@ -380,7 +381,7 @@ impl Engine {
                 }
             }
             if let Err(e) = engine.cfg.catalog.upsert_restore(&rec).await {
-                tracing::error!(restore_id = %rec.id, error = %monoskope_backup_client::error_line(e.as_ref()), "could not record the restore in the catalog");
+                tracing::error!(restore_id = %rec.id, error = %error_line(e.as_ref()), "could not record the restore in the catalog");
             }
             let ok = rec.state == State::Succeeded;
             metrics::get().finished(
@@ -554,12 +555,12 @@ impl Engine {
                 record.state = crate::catalog::State::Failed;
                 record.completed_at =
                     Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-                record.error = Some(monoskope_backup_client::error_line(e.as_ref()));
-                tracing::error!(backup_id = %record.id, error = %monoskope_backup_client::error_line(e.as_ref()), "backup failed");
+                record.error = Some(error_line(e.as_ref()));
+                tracing::error!(backup_id = %record.id, error = %error_line(e.as_ref()), "backup failed");
             }
         }
         if let Err(e) = self.cfg.catalog.upsert_backup(&record).await {
-            tracing::error!(backup_id = %record.id, error = %monoskope_backup_client::error_line(e.as_ref()), "could not record the backup in the catalog; `catalog resync` restores it from the destination");
+            tracing::error!(backup_id = %record.id, error = %error_line(e.as_ref()), "could not record the backup in the catalog; `catalog resync` restores it from the destination");
         }
         let ok = record.state == crate::catalog::State::Succeeded;
         metrics::get().finished(
@@ -602,7 +603,7 @@ impl Engine {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %monoskope_backup_client::error_line(e.as_ref()), "retention failed; it runs again after the next backup")
+                    tracing::warn!(error = %error_line(e.as_ref()), "retention failed; it runs again after the next backup")
                 }
             }
         }
@@ -675,12 +676,7 @@ async fn choose_parent(cfg: &EngineConfig) -> Result<backup::Parent, String> {
     let dest = cfg.destination.as_ref();
     let all = crate::destination::manifest::list_complete(dest)
         .await
-        .map_err(|e| {
-            format!(
-                "cannot list the destination: {}",
-                monoskope_backup_client::error_line(e.as_ref())
-            )
-        })?;
+        .map_err(|e| format!("cannot list the destination: {}", error_line(e.as_ref())))?;
     let newest = all
         .first()
         .cloned()
@@ -706,7 +702,7 @@ async fn choose_parent(cfg: &EngineConfig) -> Result<backup::Parent, String> {
             format!(
                 "cannot read the watermark of {}: {}",
                 newest.id,
-                monoskope_backup_client::error_line(e.as_ref())
+                error_line(e.as_ref())
             )
         })?;
     Ok(backup::Parent {

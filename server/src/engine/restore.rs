@@ -3,6 +3,7 @@
 //! transaction committed only after the archive authenticated to its footer; through the API the
 //! archive is verified completely first, because `Store` cannot be rolled back.
 
+use monoskope_backup_client::error_line;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -103,7 +104,7 @@ pub async fn resolve_chain(
     let dest = cfg.destination.as_ref();
     let mut all = crate::destination::manifest::list_complete(dest)
         .await
-        .map_err(|e| EngineError::Unavailable(monoskope_backup_client::error_line(e.as_ref())))?;
+        .map_err(|e| EngineError::Unavailable(error_line(e.as_ref())))?;
     let target = match (backup_id, until) {
         ("latest", Some(u)) => {
             let u = crate::cli::rfc3339(Some(u)).unwrap_or_default();
@@ -431,7 +432,7 @@ pub(super) async fn run(
                 {
                     EngineError::Corrupt(format!(
                         "{}; nothing was written (rolled back)",
-                        monoskope_backup_client::error_line(e.as_ref())
+                        error_line(e.as_ref())
                     ))
                 }
                 other => sink_err(other),
@@ -450,7 +451,7 @@ pub(super) async fn run(
                         reader.abort();
                         return Err(EngineError::Corrupt(format!(
                             "{}; nothing was written",
-                            monoskope_backup_client::error_line(e.as_ref())
+                            error_line(e.as_ref())
                         )));
                     }
                     None => {

@@ -1,6 +1,7 @@
 //! The BackupService over gRPC: request validation, engine calls, and the one table that maps
 //! engine errors to gRPC status codes.
 
+use monoskope_backup_client::error_line;
 use std::time::Duration;
 
 use monoskope_backup_api::backup::v1 as pb;
@@ -35,9 +36,7 @@ pub fn status_of(e: EngineError) -> Status {
         EngineError::NotFound(m) => Status::not_found(m),
         EngineError::Invalid(m) => Status::invalid_argument(m),
         EngineError::Unavailable(m) => Status::unavailable(m),
-        EngineError::Internal(e) => {
-            Status::internal(monoskope_backup_client::error_line(e.as_ref()))
-        }
+        EngineError::Internal(e) => Status::internal(error_line(e.as_ref())),
     }
 }
 
@@ -150,7 +149,7 @@ async fn probe<F: std::future::Future<Output = anyhow::Result<()>>>(
         Ok(Err(e)) => pb::Reachability {
             reachable: false,
             address,
-            error: monoskope_backup_client::error_line(e.as_ref()),
+            error: error_line(e.as_ref()),
         },
         Err(_) => pb::Reachability {
             reachable: false,

@@ -4,6 +4,7 @@
 //! and the store must be empty: the API cannot delete events.
 
 use monoskope_backup_api::archive::v1::Record;
+use monoskope_backup_client::{error_line, status_line};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
@@ -15,13 +16,14 @@ pub const NEEDS_VIA_API: &str = "restoring through the EventStore API needs via_
 
 /// Whether the store holds any event (reads the stream to its end, as Monoskope's store needs).
 pub async fn count(addr: &EventStoreAddr) -> Result<u64, SinkError> {
-    let mut s =
-        Box::pin(addr.retrieve_all().await.map_err(|e| {
-            SinkError::Unavailable(monoskope_backup_client::error_line(e.as_ref()))
-        })?);
+    let mut s = Box::pin(
+        addr.retrieve_all()
+            .await
+            .map_err(|e| SinkError::Unavailable(error_line(e.as_ref())))?,
+    );
     let mut n = 0;
     while let Some(r) = s.next().await {
-        r.map_err(|e| SinkError::Unavailable(monoskope_backup_client::error_line(e.as_ref())))?;
+        r.map_err(|e| SinkError::Unavailable(error_line(e.as_ref())))?;
         n += 1;
     }
     Ok(n)
@@ -34,7 +36,7 @@ pub async fn restore(
 ) -> Result<u64, SinkError> {
     let mut client = addr
         .client()
-        .map_err(|e| SinkError::Unavailable(monoskope_backup_client::error_line(e.as_ref())))?;
+        .map_err(|e| SinkError::Unavailable(error_line(e.as_ref())))?;
     let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let c = count.clone();
     let stream = tokio_stream::wrappers::ReceiverStream::new(records).map(move |r| {
@@ -45,7 +47,7 @@ pub async fn restore(
         SinkError::Other(anyhow::anyhow!(
             "the EventStore refused an event after {} were stored: {} (those events stay stored: the Store API is not transactional)",
             count.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1),
-            monoskope_backup_client::status_line(&s)
+            status_line(&s)
         ))
     })?;
     Ok(count.load(std::sync::atomic::Ordering::Relaxed))

@@ -50,14 +50,16 @@ pub fn snapshot(
     let (tx, rx) = mpsc::channel(buffer);
     tokio::spawn(async move {
         if let Err(e) = stream_into(&pool, mode, lock_wait, &tx).await {
-            let _ = tx.send(Err(explain(&pool, lock_wait, e).await)).await;
+            let _ = tx
+                .send(Err(lock_wait_error(&pool, lock_wait, e).await))
+                .await;
         }
     });
     rx
 }
 
 /// A read that gave up waiting for the table's lock, said with the sessions holding it.
-async fn explain(pool: &PgPool, lock_wait: Duration, e: anyhow::Error) -> anyhow::Error {
+async fn lock_wait_error(pool: &PgPool, lock_wait: Duration, e: anyhow::Error) -> anyhow::Error {
     let timed_out = e
         .chain()
         .filter_map(|c| c.downcast_ref::<sqlx::Error>())
@@ -434,7 +436,9 @@ pub fn incremental(
         // instead of copying it.
         drop(parent);
         if let Err(e) = result {
-            let _ = tx.send(Err(explain(&pool, lock_wait, e).await)).await;
+            let _ = tx
+                .send(Err(lock_wait_error(&pool, lock_wait, e).await))
+                .await;
         }
     });
     rx
