@@ -377,6 +377,12 @@ async fn a_corrupted_last_chunk_leaves_the_table_exactly_as_before() {
     );
 }
 
+/// `cmd` run to its end, or killed after a minute (exit code `None`): a test of something that
+/// must not wait without end fails instead of hanging.
+fn within_a_minute(cmd: std::process::Command) -> monoskope_backup_tests::Out {
+    monoskope_backup_tests::output_within(cmd, Duration::from_secs(60))
+}
+
 /// Whether `count` (a `SELECT COUNT(*)`) comes above zero within 30 s, asked every 10 ms.
 async fn counted(admin: &sqlx::PgPool, count: &str) -> bool {
     for _ in 0..3000 {
@@ -485,7 +491,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
     args.extend(["--lock-wait-timeout", "1s", "--restore-timeout", "20s"]);
     let out = tokio::task::spawn_blocking({
         let cmd = f.restore_command(&args);
-        move || monoskope_backup_tests::output(cmd)
+        move || within_a_minute(cmd)
     })
     .await
     .expect("join");
@@ -561,7 +567,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
     ];
     let out = tokio::task::spawn_blocking({
         let cmd = monoskope_backup_tests::command("backup-server", &backup_args);
-        move || monoskope_backup_tests::output(cmd)
+        move || within_a_minute(cmd)
     })
     .await
     .expect("join");
@@ -577,7 +583,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
     // So does a restore's first look at the table (is it empty?).
     let out = tokio::task::spawn_blocking({
         let cmd = f.restore_command(&args);
-        move || monoskope_backup_tests::output(cmd)
+        move || within_a_minute(cmd)
     })
     .await
     .expect("join");
@@ -601,33 +607,19 @@ async fn a_restore_into_a_store_that_never_answers_fails_at_its_timeout() {
     store(&src, sample(10)).await;
     let id = f.backup(&src);
     let hung = monoskope_backup_tests::silent_peer();
-    let mut child = f
-        .restore_command(&[
-            &id,
-            "--via-api",
-            "--event-store",
-            &hung,
-            "--restore-timeout",
-            "2s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut ended = None;
-    for _ in 0..600 {
-        ended = child.try_wait().expect("wait");
-        if ended.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if ended.is_none() {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().expect("output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let cmd = f.restore_command(&[
+        &id,
+        "--via-api",
+        "--event-store",
+        &hung,
+        "--restore-timeout",
+        "2s",
+    ]);
+    let out = tokio::task::spawn_blocking(move || within_a_minute(cmd))
+        .await
+        .expect("join");
+    let stderr = out.stderr;
+    assert_eq!(out.code, Some(1), "{stderr}");
     assert!(
         stderr.trim().lines().last().unwrap_or_default().ends_with(
             "timed out after 2s checking the backup and the store before the restore (nothing was written): the destination, the EventStore or the events database did not answer"

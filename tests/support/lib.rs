@@ -224,6 +224,37 @@ pub fn output(mut cmd: Command) -> Out {
     }
 }
 
+/// Runs `cmd` to completion, or kills it after `limit` (its code is then `None`): for a command
+/// that must end by itself, so that a test of it fails instead of hanging.
+pub fn output_within(mut cmd: Command, limit: Duration) -> Out {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let ended = wait_for(limit, || child.try_wait().expect("wait"));
+    if ended.is_none() {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait");
+    Out {
+        code: ended.and(status.code()),
+        stdout: stdout.join().expect("stdout"),
+        stderr: stderr.join().expect("stderr"),
+    }
+}
+
 /// A loopback address that takes connections and never answers (a hung peer).
 pub fn silent_peer() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
