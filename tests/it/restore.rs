@@ -383,19 +383,30 @@ fn within_a_minute(cmd: std::process::Command) -> monoskope_backup_tests::Out {
     monoskope_backup_tests::output_within(cmd, Duration::from_secs(60))
 }
 
-/// Whether `count` (a `SELECT COUNT(*)`) comes above zero within 30 s, asked every 10 ms.
-async fn counted(admin: &sqlx::PgPool, count: &str) -> bool {
+/// A one-shot restore with `args`, its output discarded, once `count` (a `SELECT COUNT(*)` on
+/// `db`, asked every 10 ms) comes above zero: the restore has reached that point. Fails the test
+/// after 30 s.
+async fn restore_until(f: &Fixture, args: &[&str], db: &str, count: &str) -> std::process::Child {
+    let mut child = f
+        .restore_command(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let admin = sqlx::PgPool::connect(db).await.expect("pg");
     for _ in 0..3000 {
         let n: i64 = sqlx::query_scalar(count)
-            .fetch_one(admin)
+            .fetch_one(&admin)
             .await
             .expect("count");
         if n > 0 {
-            return true;
+            return child;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    false
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the restore never reached `{count}`");
 }
 
 /// A backup of `events` sample events, and a fresh events table that holds another backup's
@@ -425,24 +436,17 @@ async fn sigkill_during_a_table_restore_leaves_the_table_as_before() {
     };
     let f = Fixture::new();
     let (id, db, before) = backup_and_other_table(&f, &pg, 60_000, 50).await;
-    let mut child = f
-        .restore_command(&[&id, "--drop-existing", "--events-db", &db])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let admin = sqlx::PgPool::connect(&db).await.expect("pg");
-    assert!(
-        counted(
-            &admin,
-            "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'COPY \"event_records\"%' AND state = 'active'",
-        )
-        .await,
-        "the restore reached its COPY"
-    );
+    let mut child = restore_until(
+        &f,
+        &[&id, "--drop-existing", "--events-db", &db],
+        &db,
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'COPY \"event_records\"%' AND state = 'active'",
+    )
+    .await;
     child.kill().expect("SIGKILL");
     child.wait().expect("wait");
     // PostgreSQL rolls the transaction back when the connection drops.
+    let admin = sqlx::PgPool::connect(&db).await.expect("pg");
     for _ in 0..200 {
         let busy: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'COPY%' AND state <> 'idle' AND pid <> pg_backend_pid()")
             .fetch_one(&admin)
@@ -508,21 +512,13 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
     assert_eq!(table_events(&db).await, before, "the table is as it was");
 
     // By default it waits (30 s) and goes on once the session lets go.
-    let mut child = f
-        .restore_command(&restore)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let admin = sqlx::PgPool::connect(&db).await.expect("pg");
-    assert!(
-        counted(
-            &admin,
-            "SELECT COUNT(*) FROM pg_locks WHERE relation = 'event_records'::regclass AND NOT granted",
-        )
-        .await,
-        "the restore waits for the lock"
-    );
+    let mut child = restore_until(
+        &f,
+        &restore,
+        &db,
+        "SELECT COUNT(*) FROM pg_locks WHERE relation = 'event_records'::regclass AND NOT granted",
+    )
+    .await;
     holder.close().await.expect("close");
     let status = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
         .await
