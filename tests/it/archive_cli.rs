@@ -131,9 +131,17 @@ fn the_quickstart_demo_backs_up_lists_verifies_and_prints_commands_that_work() {
             "--events",
             "800",
         ],
-        &[],
+        // Its log lines too: written to a pipe, as in a file or `kubectl logs`, they carry no
+        // terminal colour codes.
+        &[("RUST_LOG", "info")],
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(" INFO ") && out.stderr.contains("backup complete"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains('\u{1b}'), "{:?}", out.stderr);
     for step in [
         "3. CreateBackup{wait: true} -> backup ",
         ": 800 events, ",

@@ -1,5 +1,7 @@
 //! Structured logs to stderr with `tracing-subscriber`, as text or JSON lines.
 
+use std::io::IsTerminal;
+
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
@@ -17,15 +19,19 @@ pub enum LogFormat {
 /// sqlx's per-statement lines stay quiet below errors: its "slow statement" warning fires on
 /// every bulk load and index build of a restore, which are slow by nature, not a problem; and
 /// PostgreSQL's notices below warnings ("relation \"event_records\" already exists, skipping"
-/// on every restore into an existing table).
+/// on every restore into an existing table). Text lines are coloured only on a terminal (and
+/// never with `NO_COLOR` set): in a file, a pipe or `kubectl logs` escape codes are noise.
 pub fn init(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
             "{default_level},sqlx::query=error,sqlx::postgres::notice=warn"
         ))
     });
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
