@@ -45,9 +45,12 @@ pub enum ClientError {
     /// The token is valid but lacks the right for this call.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
-    /// Another backup or restore is running.
-    #[error("busy: {0}")]
-    Busy(String),
+    /// The server refused the request as things stand (`FAILED_PRECONDITION`): another backup
+    /// or restore is running, the store holds events and `drop_existing` was not given, the
+    /// restore needs `via_api`, the service's keys do not open the backup… The message says
+    /// which and what to do; nothing was written.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The backup does not exist.
     #[error("not found: {0}")]
     NotFound(String),
@@ -115,7 +118,7 @@ impl From<Status> for ClientError {
         match s.code() {
             Code::Unauthenticated => ClientError::Unauthenticated(m),
             Code::PermissionDenied => ClientError::PermissionDenied(m),
-            Code::FailedPrecondition => ClientError::Busy(m),
+            Code::FailedPrecondition => ClientError::Refused(m),
             Code::NotFound => ClientError::NotFound(m),
             Code::InvalidArgument => ClientError::InvalidArgument(m),
             Code::Unavailable => ClientError::Unavailable(m),

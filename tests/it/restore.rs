@@ -663,21 +663,54 @@ async fn refusals_have_precise_statuses_and_messages() {
         ..Default::default()
     };
     match c.restore(req(&id)).await {
-        Err(ClientError::Busy(m)) => assert!(
+        Err(ClientError::Refused(m)) => assert!(
             m.starts_with("restoring through the EventStore API needs via_api")
                 && m.contains("republished to the message bus"),
             "{m}"
         ),
         other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
     }
+    // backupctl says it is a refusal (not "busy": nothing else runs) in one line.
+    let cli = run(
+        "backupctl",
+        &["--server", &no_table.url(), "restore", &id, "--yes"],
+        &[],
+    );
+    assert_eq!(cli.code, Some(1), "{cli:?}");
+    assert!(
+        cli.stderr
+            .starts_with("backupctl: error: refused: restoring through the EventStore API needs via_api (--via-api)")
+            && cli.stderr.lines().count() == 1,
+        "{cli:?}"
+    );
     // The API sink into a non-empty store without drop_existing.
     match c.restore(pb::RestoreRequest { via_api: true, ..req(&id) }).await {
-        Err(ClientError::Busy(m)) => assert_eq!(m, "the event store is not empty (the EventStore holds 30000 events); pass drop_existing (--drop-existing) to replace its events"),
+        Err(ClientError::Refused(m)) => assert_eq!(m, "the event store is not empty (the EventStore holds 30000 events); pass drop_existing (--drop-existing) to replace its events"),
         other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
     }
+    // A mistyped id is named first (this service would refuse the restore for want of
+    // via_api too); an unknown one after the refusals of the request's form.
     match c.restore(req("nope")).await {
-        Err(ClientError::Busy(_)) | Err(ClientError::InvalidArgument(_)) => {}
-        other => panic!("expected a refusal of a malformed id, got {other:?}"),
+        Err(ClientError::InvalidArgument(m)) => assert_eq!(
+            m,
+            r#""nope" is not a backup id (expected e.g. 20261124T101500123Z-1a2b3c4d, or "latest")"#
+        ),
+        other => panic!("expected INVALID_ARGUMENT for a malformed id, got {other:?}"),
+    }
+    let unknown = "20200101T000000000Z-00000000";
+    match c
+        .restore(pb::RestoreRequest {
+            via_api: true,
+            drop_existing: false,
+            ..req(unknown)
+        })
+        .await
+    {
+        Err(ClientError::NotFound(m)) => assert!(
+            m.starts_with(&format!("backup {unknown} not found (no manifest at ")),
+            "{m}"
+        ),
+        other => panic!("expected NOT_FOUND for an unknown id, got {other:?}"),
     }
     drop(no_table);
     // With the events table: a wrong key is refused before anything is written.
@@ -710,7 +743,7 @@ async fn refusals_have_precise_statuses_and_messages() {
         .await
         .expect("connect");
     match c.restore(req("latest")).await {
-        Err(ClientError::Busy(m)) => assert!(m.starts_with("wrong key (archive key id "), "{m}"),
+        Err(ClientError::Refused(m)) => assert!(m.starts_with("wrong key (archive key id "), "{m}"),
         other => panic!("expected FAILED_PRECONDITION for a wrong key, got {other:?}"),
     }
     drop(wrong);
@@ -745,7 +778,7 @@ async fn refusals_have_precise_statuses_and_messages() {
         })
         .await
     {
-        Err(ClientError::Busy(m)) => assert_eq!(
+        Err(ClientError::Refused(m)) => assert_eq!(
             m,
             format!("another operation is running: restore {}", first.id)
         ),
@@ -774,7 +807,7 @@ async fn refusals_have_precise_statuses_and_messages() {
     );
     // Now the table is not empty.
     match c.restore(req("latest")).await {
-        Err(ClientError::Busy(m)) => assert_eq!(m, "the event store is not empty (event_records holds 30000 events); pass drop_existing (--drop-existing) to replace its events"),
+        Err(ClientError::Refused(m)) => assert_eq!(m, "the event store is not empty (event_records holds 30000 events); pass drop_existing (--drop-existing) to replace its events"),
         other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
     }
 }

@@ -253,7 +253,7 @@ async fn two_create_backup_at_once_one_runs_one_is_refused() {
     };
     assert_eq!(ok.state, pb::OperationState::Running as i32);
     match refused {
-        ClientError::Busy(m) => {
+        ClientError::Refused(m) => {
             assert_eq!(m, format!("another operation is running: backup {}", ok.id))
         }
         other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
@@ -995,7 +995,7 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
         .expect("join")
         .expect("one-shot ends");
     match refused {
-        Err(ClientError::Busy(m)) => {
+        Err(ClientError::Refused(m)) => {
             assert!(m.contains(&format!("backup {} (process ", seen.id)), "{m}")
         }
         other => panic!("expected FAILED_PRECONDITION, got {other:?}; the one-shot: {out:?}"),

@@ -149,6 +149,8 @@ pub(super) async fn prepare(
     cfg: &EngineConfig,
     req: &RestoreRequest,
 ) -> Result<(Sink, Vec<Manifest>), EngineError> {
+    // A mistyped id is the first thing to tell, before how the restore would write.
+    super::verify::check_id(&req.backup_id)?;
     let sink = if req.via_api {
         if req.drop_existing {
             return Err(EngineError::Refused("drop_existing is not possible through the EventStore API (it cannot delete events); restore into the events table (--events-db) to replace a store's events".into()));

@@ -25,8 +25,19 @@ pub struct VerifyReport {
     pub bytes: u64,
 }
 
+/// Refuses a name that is neither a backup id nor `latest`, before anything is looked up.
+pub fn check_id(id: &str) -> Result<(), super::EngineError> {
+    if id == "latest" || layout::valid_id(id) {
+        return Ok(());
+    }
+    Err(super::EngineError::Invalid(format!(
+        "{id:?} is not a backup id (expected e.g. 20261124T101500123Z-1a2b3c4d, or \"latest\")"
+    )))
+}
+
 /// The manifest of `id`, or of the newest complete backup for `latest`.
 pub async fn resolve(dest: &dyn Destination, id: &str) -> Result<Manifest, super::EngineError> {
+    check_id(id)?;
     if id == "latest" {
         return crate::destination::manifest::list_complete(dest)
             .await
@@ -38,11 +49,6 @@ pub async fn resolve(dest: &dyn Destination, id: &str) -> Result<Manifest, super
             .ok_or_else(|| {
                 super::EngineError::NotFound(format!("no complete backup at {}", dest.url()))
             });
-    }
-    if !layout::valid_id(id) {
-        return Err(super::EngineError::Invalid(format!(
-            "{id:?} is not a backup id (expected e.g. 20261124T101500123Z-1a2b3c4d, or \"latest\")"
-        )));
     }
     let bytes = match dest.get_bytes(&layout::manifest_key(id)).await {
         Ok(b) => b,
