@@ -87,6 +87,16 @@ pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
+/// A restore's sink (`Restore.sink`: `events-table` or `eventstore-api`) in words, for a
+/// sentence such as "restored backup … into the events table".
+pub fn sink_words(sink: &str) -> &str {
+    match sink {
+        "events-table" => "events table",
+        "eventstore-api" => "EventStore through its API",
+        other => other,
+    }
+}
+
 /// A gRPC status in one line: its code, its message and, for a call that never reached the
 /// server, the transport's causes (`Unavailable: tcp connect error: Connection refused (os error
 /// 111)`), where the status's own `Display` prints debug structures.

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use monoskope_backup_client::{pb, BackupClient, ClientError, ClientOptions};
+use monoskope_backup_client::{pb, sink_words, BackupClient, ClientError, ClientOptions};
 
 /// Talk to monoskope-backup's BackupService.
 ///
@@ -83,7 +83,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the last success and failure, the running operation and the health of peers.
+    /// Show the last backup success and failure, the running backup or restore (with progress), the last restore and the health of peers.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
@@ -159,6 +159,31 @@ fn backup_json(b: &pb::Backup) -> serde_json::Value {
         "error": b.error,
         "note": b.note,
     })
+}
+
+fn restore_json(r: &pb::Restore) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": r.id,
+        "backup_id": r.backup_id,
+        "state": match pb::OperationState::try_from(r.state) {
+            Ok(pb::OperationState::Succeeded) => "succeeded",
+            _ => state_name(r.state),
+        },
+        "started_at": time(r.started_at.as_ref()),
+        "completed_at": time(r.completed_at.as_ref()),
+        "event_count": r.event_count,
+        "bytes": r.bytes,
+        "until": r.until.as_ref().map(|u| time(Some(u))),
+        "drop_existing": r.drop_existing,
+        "sink": r.sink,
+        "created_by": r.created_by,
+        "error": r.error,
+        "chain": r.chain,
+    });
+    if let Some(p) = &r.progress {
+        v["progress"] = serde_json::json!({"events": p.events, "bytes": p.bytes});
+    }
+    v
 }
 
 fn human_bytes(n: u64) -> String {
@@ -302,7 +327,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 _ => {
                     println!(
                         "restored backup {} into the {}: {} events",
-                        r.backup_id, r.sink, r.event_count
+                        r.backup_id,
+                        sink_words(&r.sink),
+                        r.event_count
                     );
                     for step in &r.next_steps {
                         println!("next: {step}");
@@ -356,6 +383,8 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                         if let Some(p) = &b.progress { v["progress"] = serde_json::json!({"events": p.events, "bytes": p.bytes}); }
                         v
                     }),
+                    "running_restore": s.running_restore.as_ref().map(restore_json),
+                    "last_restore": s.last_restore.as_ref().map(restore_json),
                     "event_store": reach(&s.event_store),
                     "destination": reach(&s.destination),
                     "catalog_backups": s.catalog_backups,
@@ -418,8 +447,8 @@ fn print_status(s: &pb::GetStatusResponse) {
         ),
         None => println!("last failure      none"),
     }
-    match &s.running_backup {
-        Some(b) => match b.progress {
+    if let Some(b) = &s.running_backup {
+        match b.progress {
             Some(p) => println!(
                 "running           backup {} ({} events, {} so far)",
                 b.id,
@@ -430,8 +459,56 @@ fn print_status(s: &pb::GetStatusResponse) {
                 "running           backup {} (by {}, in another process sharing the catalog)",
                 b.id, b.created_by
             ),
+        }
+    }
+    if let Some(r) = &s.running_restore {
+        match r.progress {
+            Some(p) => println!(
+                "running           restore {} of backup {} into the {} ({} events, {} of archive read so far)",
+                r.id,
+                r.backup_id,
+                sink_words(&r.sink),
+                p.events,
+                human_bytes(p.bytes)
+            ),
+            None => println!(
+                "running           restore {} of backup {} (by {}, in another process sharing the catalog)",
+                r.id, r.backup_id, r.created_by
+            ),
+        }
+    }
+    if s.running_backup.is_none() && s.running_restore.is_none() {
+        println!("running           nothing");
+    }
+    match &s.last_restore {
+        Some(r) => match pb::OperationState::try_from(r.state) {
+            Ok(pb::OperationState::Succeeded) => println!(
+                "last restore      {} of backup {} at {}: {} events into the {}{}",
+                r.id,
+                r.backup_id,
+                time(r.completed_at.as_ref()),
+                r.event_count,
+                sink_words(&r.sink),
+                r.until
+                    .as_ref()
+                    .map(|u| format!(", up to {}", time(Some(u))))
+                    .unwrap_or_default()
+            ),
+            Ok(pb::OperationState::Failed) => println!(
+                "last restore      {} of backup {} FAILED at {}: {}",
+                r.id,
+                r.backup_id,
+                time(r.completed_at.as_ref()),
+                r.error
+            ),
+            _ => println!(
+                "last restore      {} of backup {}: running since {}",
+                r.id,
+                r.backup_id,
+                time(r.started_at.as_ref())
+            ),
         },
-        None => println!("running           nothing"),
+        None => println!("last restore      none"),
     }
     for (name, r) in [
         ("event store", &s.event_store),

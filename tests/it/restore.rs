@@ -222,7 +222,7 @@ async fn cross_store_devstore_backup_into_the_postgres_events_table() {
     let out = f.restore(&[&id, "--events-db", &db]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
-        out.stdout.contains("into the events-table: 2000 events"),
+        out.stdout.contains("into the events table: 2000 events"),
         "{}",
         out.stdout
     );
@@ -429,6 +429,168 @@ async fn backup_and_other_table(
     (id, db, before)
 }
 
+/// A session reading `event_records` in an open transaction, as pg_dump does: a restore waits
+/// for it to end.
+async fn hold(db: &str) -> sqlx::postgres::PgConnection {
+    let mut c = sqlx::postgres::PgConnection::connect_with(
+        &db.parse::<sqlx::postgres::PgConnectOptions>()
+            .expect("url")
+            .application_name("nightly-pg_dump"),
+    )
+    .await
+    .expect("pg");
+    sqlx::query("BEGIN").execute(&mut c).await.expect("begin");
+    sqlx::query("LOCK TABLE event_records IN ACCESS SHARE MODE")
+        .execute(&mut c)
+        .await
+        .expect("lock");
+    c
+}
+
+/// `backupctl status` follows a restore the service runs (what `backupctl restore` without
+/// `--wait` tells the operator to do): while it runs, as running with its progress; once it
+/// ended, as the last restore with its events and where they went; `--json` carries both.
+#[tokio::test]
+async fn backupctl_status_follows_a_restore_while_it_runs_and_after() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let f = Fixture::new();
+    let (id, db, _) = backup_and_other_table(&f, &pg, 300, 20).await;
+    let es = Devstore::start(&[]);
+    let catalog = f.catalog();
+    let s = Server::start(
+        &[
+            "--event-store",
+            &es.addr,
+            "--destination",
+            &f.dest,
+            "--key-file",
+            &f.key,
+            "--events-db",
+            &db,
+            "--catalog",
+            &catalog,
+        ],
+        &[],
+    );
+    let url = s.url();
+    let status = |args: &'static [&'static str]| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = run(
+                "backupctl",
+                &[&["--server", &url, "status"], args].concat(),
+                &[],
+            );
+            assert_eq!(out.code, Some(0), "{out:?}");
+            out.stdout
+        })
+    };
+    let line = |text: &str, label: &str| {
+        text.lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} line in {text}"))
+            .to_string()
+    };
+    assert_eq!(
+        line(&status(&[]).await.expect("join"), "last restore"),
+        "last restore      none"
+    );
+
+    // The restore waits for a session holding the table: it is running while we look.
+    let holder = hold(&db).await;
+    let mut c = BackupClient::connect(&ClientOptions::new(s.url()))
+        .await
+        .expect("connect");
+    let started = c
+        .restore(pb::RestoreRequest {
+            backup_id: id.clone(),
+            drop_existing: true,
+            ..Default::default()
+        })
+        .await
+        .expect("restore starts");
+    let admin = sqlx::PgPool::connect(&db).await.expect("pg");
+    let mut waiting = 0;
+    for _ in 0..3000 {
+        waiting = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM pg_locks WHERE relation = 'event_records'::regclass AND NOT granted",
+        )
+        .fetch_one(&admin)
+        .await
+        .expect("locks");
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(waiting > 0, "the restore waits for the table");
+    let running = status(&[]).await.expect("join");
+    // Its progress: events read from the archive and handed on (its reader may have read all
+    // 300 while the table waits, or none yet).
+    let now = line(&running, "running");
+    let progress = now
+        .strip_prefix(&format!(
+            "running           restore {} of backup {id} into the events table (",
+            started.id
+        ))
+        .and_then(|p| p.strip_suffix(" of archive read so far)"))
+        .and_then(|p| p.split_once(" events, "))
+        .unwrap_or_else(|| panic!("{running}"));
+    let read: u64 = progress.0.parse().expect("events");
+    assert!(read <= 300, "{running}");
+    assert!(
+        progress.1.ends_with(" B") || progress.1.ends_with(" KiB"),
+        "{running}"
+    );
+    assert!(
+        line(&running, "last restore").starts_with(&format!(
+            "last restore      {} of backup {id}: running since ",
+            started.id
+        )),
+        "{running}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&status(&["--json"]).await.expect("join")).expect("json");
+    assert_eq!(json["running_restore"]["id"], started.id.as_str());
+    assert_eq!(json["running_restore"]["state"], "running");
+    assert_eq!(json["running_restore"]["sink"], "events-table");
+
+    holder.close().await.expect("close");
+    let mut ended = false;
+    for _ in 0..600 {
+        if c.get_status()
+            .await
+            .expect("status")
+            .running_restore
+            .is_none()
+        {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ended, "the restore ended once the session let go");
+    let after = status(&[]).await.expect("join");
+    assert_eq!(line(&after, "running"), "running           nothing");
+    let last = line(&after, "last restore");
+    assert!(
+        last.starts_with(&format!(
+            "last restore      {} of backup {id} at ",
+            started.id
+        )) && last.ends_with(": 300 events into the events table"),
+        "{after}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&status(&["--json"]).await.expect("join")).expect("json");
+    assert!(json["running_restore"].is_null(), "{json}");
+    assert_eq!(json["last_restore"]["id"], started.id.as_str());
+    assert_eq!(json["last_restore"]["state"], "succeeded");
+    assert_eq!(json["last_restore"]["event_count"], 300);
+    assert_eq!(json["last_restore"]["chain"], serde_json::json!([id]));
+}
+
 #[tokio::test]
 async fn sigkill_during_a_table_restore_leaves_the_table_as_before() {
     let Some(pg) = service_env("TEST_PG_URL") else {
@@ -472,23 +634,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
     let f = Fixture::new();
     let (id, db, before) = backup_and_other_table(&f, &pg, 300, 20).await;
 
-    // A session reading the table in an open transaction, as pg_dump does.
-    let hold = |db: String| async move {
-        let mut c = sqlx::postgres::PgConnection::connect_with(
-            &db.parse::<sqlx::postgres::PgConnectOptions>()
-                .expect("url")
-                .application_name("nightly-pg_dump"),
-        )
-        .await
-        .expect("pg");
-        sqlx::query("BEGIN").execute(&mut c).await.expect("begin");
-        sqlx::query("LOCK TABLE event_records IN ACCESS SHARE MODE")
-            .execute(&mut c)
-            .await
-            .expect("lock");
-        c
-    };
-    let holder = hold(db.clone()).await;
+    let holder = hold(&db).await;
     let restore = [id.as_str(), "--drop-existing", "--events-db", &db];
     let mut args = restore.to_vec();
     // (A restore that did not give up would run into its own timeout instead.)
@@ -540,7 +686,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
         v
     };
     let kept = files();
-    let mut holder = hold(db.clone()).await;
+    let mut holder = hold(&db).await;
     sqlx::query("LOCK TABLE event_records IN ACCESS EXCLUSIVE MODE")
         .execute(&mut holder)
         .await

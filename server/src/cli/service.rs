@@ -546,7 +546,9 @@ pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
     }
     println!(
         "restored backup {} into the {}: {} events",
-        done.backup_id, done.sink, done.event_count
+        done.backup_id,
+        monoskope_backup_client::sink_words(&done.sink),
+        done.event_count
     );
     for step in crate::engine::restore::next_steps(&done.sink) {
         println!("next: {step}");
