@@ -37,7 +37,7 @@ struct Cli {
 enum Command {
     /// Start a backup of the EventStore; with --wait, wait for it and exit 1 if it failed.
     Create {
-        /// Wait until the backup has ended (progress on a terminal).
+        /// Wait until the backup has ended, showing its progress (a spinner on a terminal, a line on stderr every 10 s otherwise).
         #[arg(long)]
         wait: bool,
         /// Back up only what the newest backup chain does not hold.
@@ -66,7 +66,7 @@ enum Command {
         /// Write through the EventStore API (republishes every event on a real Monoskope bus).
         #[arg(long)]
         via_api: bool,
-        /// Wait until the restore has ended and print what to do next.
+        /// Wait until the restore has ended, showing its progress (a spinner on a terminal, a line on stderr every 10 s otherwise), and print what to do next.
         #[arg(long)]
         wait: bool,
         /// Do not ask for confirmation.
@@ -308,7 +308,11 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 via_api,
                 wait,
             };
-            let r = client.restore(req).await?;
+            let r = if wait {
+                restore_and_watch(&mut client, req).await?
+            } else {
+                client.restore(req).await?
+            };
             match pb::OperationState::try_from(r.state) {
                 Ok(pb::OperationState::Failed) => {
                     eprintln!(
@@ -525,14 +529,56 @@ fn print_status(s: &pb::GetStatusResponse) {
     println!("catalog           {} complete backups", s.catalog_backups);
 }
 
-/// Runs CreateBackup{wait} while showing progress from GetStatus (a bar on a terminal, a line
-/// every 10 s otherwise).
+/// Runs CreateBackup{wait} while showing its progress.
 async fn create_and_watch(
     client: &mut BackupClient,
     incremental: bool,
 ) -> Result<pb::Backup, ClientError> {
     let mut creator = client.clone();
     let call = tokio::spawn(async move { creator.create_backup(true, incremental).await });
+    watch(client, call, "backup", |s| {
+        s.running_backup.as_ref().map(|b| {
+            let p = b.progress.unwrap_or_default();
+            format!(
+                "backup {}: {} events, {} written",
+                b.id,
+                p.events,
+                human_bytes(p.bytes)
+            )
+        })
+    })
+    .await
+}
+
+/// Runs Restore{wait} while showing its progress.
+async fn restore_and_watch(
+    client: &mut BackupClient,
+    req: pb::RestoreRequest,
+) -> Result<pb::Restore, ClientError> {
+    let mut restorer = client.clone();
+    let call = tokio::spawn(async move { restorer.restore(req).await });
+    watch(client, call, "restore", |s| {
+        s.running_restore.as_ref().map(|r| {
+            let p = r.progress.unwrap_or_default();
+            format!(
+                "restore of backup {}: {} events, {} of archive read",
+                r.backup_id,
+                p.events,
+                human_bytes(p.bytes)
+            )
+        })
+    })
+    .await
+}
+
+/// Waits for `call` while showing what `progress` makes of GetStatus: a spinner on a terminal, a
+/// line every 10 s otherwise.
+async fn watch<T: Send + 'static>(
+    client: &mut BackupClient,
+    call: tokio::task::JoinHandle<Result<T, ClientError>>,
+    what: &str,
+    progress: impl Fn(&pb::GetStatusResponse) -> Option<String>,
+) -> Result<T, ClientError> {
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new_spinner();
@@ -550,20 +596,11 @@ async fn create_and_watch(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         ticks += 1;
-        if let Ok(s) = client.get_status().await {
-            if let Some(b) = s.running_backup {
-                let p = b.progress.unwrap_or_default();
-                let msg = format!(
-                    "backup {}: {} events, {} written",
-                    b.id,
-                    p.events,
-                    human_bytes(p.bytes)
-                );
-                match &bar {
-                    Some(bar) => bar.set_message(msg),
-                    None if ticks % 20 == 0 => eprintln!("{msg}"),
-                    None => {}
-                }
+        if let Some(msg) = client.get_status().await.ok().as_ref().and_then(&progress) {
+            match &bar {
+                Some(bar) => bar.set_message(msg),
+                None if ticks % 20 == 0 => eprintln!("{msg}"),
+                None => {}
             }
         }
     }
@@ -571,5 +608,5 @@ async fn create_and_watch(
         b.finish_and_clear();
     }
     call.await
-        .map_err(|e| ClientError::Local(format!("backup call failed: {e}")))?
+        .map_err(|e| ClientError::Local(format!("{what} call failed: {e}")))?
 }

@@ -447,11 +447,12 @@ async fn hold(db: &str) -> sqlx::postgres::PgConnection {
     c
 }
 
-/// `backupctl status` follows a restore the service runs (what `backupctl restore` without
-/// `--wait` tells the operator to do): while it runs, as running with its progress; once it
-/// ended, as the last restore with its events and where they went; `--json` carries both.
+/// `backupctl` follows a restore the service runs: `status` (what `backupctl restore` without
+/// `--wait` tells the operator to use) shows it while it runs, with its progress, and once it
+/// ended as the last restore with its events and where they went, `--json` both; `restore
+/// --wait` writes its progress to stderr every 10 s while it waits.
 #[tokio::test]
-async fn backupctl_status_follows_a_restore_while_it_runs_and_after() {
+async fn backupctl_follows_a_restore_while_it_runs_and_after() {
     let Some(pg) = service_env("TEST_PG_URL") else {
         return;
     };
@@ -503,14 +504,24 @@ async fn backupctl_status_follows_a_restore_while_it_runs_and_after() {
     let mut c = BackupClient::connect(&ClientOptions::new(s.url()))
         .await
         .expect("connect");
-    let started = c
-        .restore(pb::RestoreRequest {
-            backup_id: id.clone(),
-            drop_existing: true,
-            ..Default::default()
-        })
-        .await
-        .expect("restore starts");
+    let waited = tokio::task::spawn_blocking({
+        let (url, id) = (s.url(), id.clone());
+        move || {
+            run(
+                "backupctl",
+                &[
+                    "--server",
+                    &url,
+                    "restore",
+                    &id,
+                    "--drop-existing",
+                    "--yes",
+                    "--wait",
+                ],
+                &[],
+            )
+        }
+    });
     let admin = sqlx::PgPool::connect(&db).await.expect("pg");
     let mut waiting = 0;
     for _ in 0..3000 {
@@ -526,6 +537,12 @@ async fn backupctl_status_follows_a_restore_while_it_runs_and_after() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(waiting > 0, "the restore waits for the table");
+    let started = c
+        .get_status()
+        .await
+        .expect("status")
+        .running_restore
+        .expect("a restore runs");
     let running = status(&[]).await.expect("join");
     // Its progress: events read from the archive and handed on (its reader may have read all
     // 300 while the table waits, or none yet).
@@ -557,21 +574,25 @@ async fn backupctl_status_follows_a_restore_while_it_runs_and_after() {
     assert_eq!(json["running_restore"]["state"], "running");
     assert_eq!(json["running_restore"]["sink"], "events-table");
 
+    // Long enough for `restore --wait` to report its progress once.
+    tokio::time::sleep(Duration::from_secs(11)).await;
     holder.close().await.expect("close");
-    let mut ended = false;
-    for _ in 0..600 {
-        if c.get_status()
-            .await
-            .expect("status")
-            .running_restore
-            .is_none()
-        {
-            ended = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ended, "the restore ended once the session let go");
+    let waited = waited.await.expect("join");
+    assert_eq!(waited.code, Some(0), "{waited:?}");
+    assert!(
+        waited.stdout.starts_with(&format!(
+            "restored backup {id} into the events table: 300 events\nnext: "
+        )),
+        "{waited:?}"
+    );
+    assert!(
+        waited
+            .stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("restore of backup {id}: "))
+                && l.ends_with(" of archive read")),
+        "{waited:?}"
+    );
     let after = status(&[]).await.expect("join");
     assert_eq!(line(&after, "running"), "running           nothing");
     let last = line(&after, "last restore");
