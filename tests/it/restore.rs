@@ -977,6 +977,38 @@ async fn refusals_have_precise_statuses_and_messages() {
         Err(ClientError::Refused(m)) => assert_eq!(m, "the event store is not empty (event_records holds 30000 events); pass drop_existing (--drop-existing) to replace its events"),
         other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
     }
+    // A point in time before the backup's first event (a mistyped year) would replace the
+    // store's events with none: refused, the table untouched.
+    let before = table_events(&db).await;
+    let first = first_time(&all_events(src.url()).await);
+    let too_early = pb::RestoreRequest {
+        until: Some(prost_types::Timestamp {
+            seconds: 946_684_800, // 2000-01-01T00:00:00Z
+            nanos: 0,
+        }),
+        drop_existing: true,
+        ..req("latest")
+    };
+    match c.restore(too_early).await {
+        Err(ClientError::InvalidArgument(m)) => assert_eq!(
+            m,
+            format!("until 2000-01-01T00:00:00Z is before the first event of backup {id} ({first}): the restore would write no event; give a later time or another backup")
+        ),
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    assert_eq!(table_events(&db).await, before);
+}
+
+/// The earliest of `events`' timestamps, RFC 3339 in UTC with the shortest exact fraction.
+fn first_time(events: &[Event]) -> String {
+    let t = events
+        .iter()
+        .filter_map(|e| e.timestamp)
+        .min_by_key(|t| (t.seconds, t.nanos))
+        .expect("an event");
+    chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32)
+        .expect("time")
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 #[tokio::test]

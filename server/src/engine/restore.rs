@@ -142,6 +142,34 @@ pub async fn resolve_chain(
     })
 }
 
+/// Refuses an `until` before every event of the chain: such a restore would write no event
+/// (and with `drop_existing` empty the store), which is a mistyped time, not a wish.
+fn refuse_until_before_first_event(
+    chain: &[Manifest],
+    until: Option<&prost_types::Timestamp>,
+) -> Result<(), EngineError> {
+    let (Some(until), Some(target)) = (until, chain.last()) else {
+        return Ok(());
+    };
+    let Some(u) = chrono::DateTime::from_timestamp(until.seconds, until.nanos.max(0) as u32) else {
+        return Ok(());
+    };
+    let first = chain
+        .iter()
+        .filter_map(|m| m.first_event_time.as_deref())
+        .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .min();
+    match first {
+        Some(first) if u < first => Err(EngineError::Invalid(format!(
+            "until {} is before the first event of backup {} ({}): the restore would write no event; give a later time or another backup",
+            u.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            target.id,
+            first.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Checks what can be checked before the restore starts: the sink, the store's emptiness, the
 /// backup's chain, and that every link's archive opens with our keys. Returns the sink and the
 /// chain (full backup first).
@@ -168,6 +196,7 @@ pub(super) async fn prepare(
         }
     };
     let chain = resolve_chain(cfg, &req.backup_id, req.until.as_ref()).await?;
+    refuse_until_before_first_event(&chain, req.until.as_ref())?;
     let existing = match &sink {
         Sink::Table(t) => t.count().await.map_err(sink_err)?,
         Sink::Api => sink::api::count(&cfg.event_store).await.map_err(sink_err)?,
