@@ -1066,3 +1066,70 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
         .expect("count");
     assert_eq!(leases, 0, "every process gave its lease back");
 }
+
+/// ListBackups pages newest first: every backup exactly once for any page size, an empty token
+/// after the last page; a failed backup only with include_incomplete; a token that is not one
+/// is INVALID_ARGUMENT.
+#[tokio::test]
+async fn list_backups_pages_through_every_backup_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path());
+    let ds = devstore_with(50).await;
+    let dest = format!("file://{}", dir.path().join("dest").display());
+    let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let s = serve(&ds.addr, &dest, &catalog, &key, &[]);
+    let mut c = client(&s).await;
+    let mut made = Vec::new();
+    for _ in 0..5 {
+        let b = c.create_backup(true, false).await.expect("backup");
+        assert_eq!(b.state, pb::OperationState::Succeeded as i32, "{b:?}");
+        made.push(b.id);
+    }
+    // The EventStore goes away: the next backup fails and is recorded so.
+    drop(ds);
+    let failed = c
+        .create_backup(true, false)
+        .await
+        .expect("the failed record");
+    assert_eq!(
+        failed.state,
+        pb::OperationState::Failed as i32,
+        "{failed:?}"
+    );
+    made.reverse();
+
+    for size in [1u32, 2, 3, 5, 6] {
+        let (mut seen, mut token, mut pages) = (Vec::new(), String::new(), 0);
+        loop {
+            let page = c.list_backups(size, &token, false).await.expect("page");
+            assert!(page.backups.len() <= size as usize, "page size {size}");
+            seen.extend(page.backups.into_iter().map(|b| b.id));
+            pages += 1;
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            assert!(pages < 10, "page size {size}: no end");
+            token = page.next_page_token;
+        }
+        assert_eq!(seen, made, "page size {size}");
+        assert_eq!(
+            pages,
+            made.len().div_ceil(size as usize),
+            "page size {size}"
+        );
+    }
+    let all = c.list_backups(0, "", true).await.expect("all");
+    let ids: Vec<&str> = all.backups.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(ids[0], failed.id, "the failed backup is the newest");
+    assert_eq!(
+        &ids[1..],
+        made.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(all.next_page_token.is_empty());
+    match c.list_backups(2, "not-a-token", false).await {
+        Err(ClientError::InvalidArgument(m)) => {
+            assert_eq!(m, "page_token is not a token from a previous ListBackups")
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+}
