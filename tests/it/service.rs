@@ -979,6 +979,22 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("one-shot backup");
+    // backupctl shows it too (asked at once, beside the loop below: each status call takes the
+    // 3 s proxy's time, and the one-shot runs for 8 s).
+    for _ in 0..100 {
+        let leased: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM operation_lease")
+            .fetch_one(&db)
+            .await
+            .expect("lease");
+        if leased > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shown = tokio::task::spawn_blocking({
+        let url = s.url();
+        move || run("backupctl", &["--server", &url, "status"], &[])
+    });
     let mut c = client(&s).await;
     let mut seen = None;
     while seen.is_none() && child.try_wait().expect("one-shot").is_none() {
@@ -988,6 +1004,15 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
     let seen = seen.expect("GetStatus reports the one-shot backup while it runs");
     assert_eq!(seen.state, pb::OperationState::Running as i32);
     assert!(seen.progress.is_none());
+    let shown = shown.await.expect("join");
+    assert!(
+        shown.stdout.lines().any(|l| l
+            == format!(
+                "running           backup {} (by {}, in another process sharing the catalog)",
+                seen.id, seen.created_by
+            )),
+        "{shown:?}"
+    );
     let refused = c.create_backup(false, false).await;
     // Waited for off the runtime's thread, which the proxies run on.
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
