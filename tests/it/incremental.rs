@@ -443,10 +443,44 @@ async fn a_missing_or_damaged_middle_link_fails_before_touching_the_store() {
         &[],
     );
     assert_eq!(out.code, Some(1));
+    let cannot = format!(
+        "FAILED  {}: it cannot be restored: link {} of its chain failed verification",
+        ids[2], ids[1]
+    );
+    // (Newest first; the other store's backup, newest of all, is whole.)
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(lines[0].starts_with(&format!("ok      {other_id} (")));
+    assert_eq!(lines[1], cannot, "{}", out.stdout);
     assert!(
-        out.stdout.contains(&format!("FAILED  {}", ids[1])),
+        lines[2].starts_with(&format!("FAILED  {}: chunk ", ids[1])),
         "{}",
         out.stdout
+    );
+    assert!(
+        lines[3].starts_with(&format!("ok      {} (", ids[0])),
+        "{}",
+        out.stdout
+    );
+    // verify of the newest backup alone reads its whole chain, full backup first: what a
+    // restore of it would read.
+    a[1] = ids[2].clone();
+    let out = run(
+        "backup-server",
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    );
+    assert_eq!(out.code, Some(1));
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    assert!(lines[0].starts_with(&format!("ok      {} (", ids[0])));
+    assert!(lines[1].starts_with(&format!("FAILED  {}: chunk ", ids[1])));
+    assert_eq!(lines[2], cannot);
+    assert_eq!(
+        out.stderr.trim().lines().last(),
+        Some("backup-server: error: 2 of 3 backups failed verification"),
+        "{}",
+        out.stderr
     );
 }
 

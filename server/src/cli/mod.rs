@@ -47,7 +47,7 @@ pub enum Command {
     Backup(service::BackupArgs),
     /// List the complete backups straight from the destination's manifests (no catalog needed).
     List(service::ListArgs),
-    /// Read every byte of backups at the destination and check chunks, footer and manifest; exit 1 on any problem.
+    /// Read every byte of backups at the destination and check chunks, footer and manifest (for an incremental, every link of its chain); exit 1 on any problem.
     Verify(service::VerifyArgs),
     /// Restore a backup into the events table (--events-db) or, with --via-api, through the EventStore API.
     Restore(service::RestoreArgs),

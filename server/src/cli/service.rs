@@ -110,10 +110,10 @@ pub struct VerifyArgs {
     /// Shared options.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Backup id, or `latest`.
+    /// Backup id, or `latest`; an incremental is verified with every link of its chain.
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     pub id: Option<String>,
-    /// Verify every complete backup, and that every incremental's chain is whole.
+    /// Verify every complete backup, and that every incremental's chain is whole and none of its links failed.
     #[arg(long)]
     pub all: bool,
     /// Print JSON reports.
@@ -436,30 +436,57 @@ pub(super) async fn list(a: ListArgs) -> anyhow::Result<()> {
 pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let settings = a.common.resolve()?;
     let dest = settings.destination().await?;
+    let all = crate::destination::manifest::list_complete(dest.as_ref()).await?;
+    // Every complete backup, newest first; or the one asked for with, for an incremental, every
+    // link of its chain (full backup first): what a restore of it reads.
     let targets = if a.all {
-        crate::destination::manifest::list_complete(dest.as_ref()).await?
+        all.clone()
     } else {
-        vec![verify::resolve(dest.as_ref(), a.id.as_deref().unwrap_or("latest")).await?]
+        let m = verify::resolve(dest.as_ref(), a.id.as_deref().unwrap_or("latest")).await?;
+        crate::engine::chain_of(&all, &m).unwrap_or_else(|_| vec![m])
     };
     if targets.is_empty() {
         bail!("no complete backup at {}", dest.url());
     }
-    let all = crate::destination::manifest::list_complete(dest.as_ref()).await?;
-    let mut failed = 0;
+    let mut reports = Vec::with_capacity(targets.len());
     for m in &targets {
         let mut r = verify::verify(dest.as_ref(), &settings.keys, m).await?;
-        // An incremental is only as good as its chain.
-        if let Err(e) = crate::engine::chain_of(&all, m) {
-            r.ok = false;
-            r.problems.push(format!("its chain is broken: {e}"));
-        }
         if m.kind == "incremental" && m.watermark_key.is_none() {
             r.ok = false;
             r.problems
                 .push("an incremental backup without a watermark".into());
         }
+        reports.push(r);
+    }
+    // An incremental is only as good as its chain: every link present, and none that failed.
+    let failed_here: std::collections::HashSet<String> = reports
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.id.clone())
+        .collect();
+    for (m, r) in targets.iter().zip(reports.iter_mut()) {
+        match crate::engine::chain_of(&all, m) {
+            Err(e) => {
+                r.ok = false;
+                r.problems.push(format!("its chain is broken: {e}"));
+            }
+            Ok(chain) => {
+                for link in chain.iter().filter(|l| l.id != m.id) {
+                    if failed_here.contains(&link.id) {
+                        r.ok = false;
+                        r.problems.push(format!(
+                            "it cannot be restored: link {} of its chain failed verification",
+                            link.id
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let mut failed = 0;
+    for r in &reports {
         if a.json {
-            println!("{}", serde_json::to_string(&r)?);
+            println!("{}", serde_json::to_string(r)?);
         } else if r.ok {
             println!("ok      {} ({} events, {} bytes)", r.id, r.events, r.bytes);
         } else {
