@@ -383,14 +383,14 @@ fn within_a_minute(cmd: std::process::Command) -> monoskope_backup_tests::Out {
     monoskope_backup_tests::output_within(cmd, Duration::from_secs(60))
 }
 
-/// A one-shot restore with `args`, its output discarded, once `count` (a `SELECT COUNT(*)` on
-/// `db`, asked every 10 ms) comes above zero: the restore has reached that point. Fails the test
-/// after 30 s.
+/// A one-shot restore with `args` (its output piped: a few lines), once `count` (a `SELECT
+/// COUNT(*)` on `db`, asked every 10 ms) comes above zero: the restore has reached that point.
+/// Fails the test after 30 s.
 async fn restore_until(f: &Fixture, args: &[&str], db: &str, count: &str) -> std::process::Child {
     let mut child = f
         .restore_command(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
     let admin = sqlx::PgPool::connect(db).await.expect("pg");
@@ -612,38 +612,79 @@ async fn backupctl_follows_a_restore_while_it_runs_and_after() {
     assert_eq!(json["last_restore"]["chain"], serde_json::json!([id]));
 }
 
+/// A restore into the events table stopped during its COPY leaves the table exactly as it was:
+/// killed (SIGKILL: PostgreSQL rolls back when the connection drops), or interrupted (Ctrl-C,
+/// SIGTERM: the restore fails at once, "interrupted by SIGINT; nothing was written (rolled
+/// back)", recorded so in the catalog).
 #[tokio::test]
-async fn sigkill_during_a_table_restore_leaves_the_table_as_before() {
+async fn a_table_restore_killed_or_interrupted_leaves_the_table_as_before() {
     let Some(pg) = service_env("TEST_PG_URL") else {
         return;
     };
     let f = Fixture::new();
     let (id, db, before) = backup_and_other_table(&f, &pg, 60_000, 50).await;
-    let mut child = restore_until(
-        &f,
-        &[&id, "--drop-existing", "--events-db", &db],
-        &db,
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'COPY \"event_records\"%' AND state = 'active'",
-    )
-    .await;
-    child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
-    // PostgreSQL rolls the transaction back when the connection drops.
     let admin = sqlx::PgPool::connect(&db).await.expect("pg");
-    for _ in 0..200 {
-        let busy: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'COPY%' AND state <> 'idle' AND pid <> pg_backend_pid()")
-            .fetch_one(&admin)
-            .await
-            .expect("activity");
-        if busy == 0 {
-            break;
+    for sig in ["INT", "KILL"] {
+        let child = restore_until(
+            &f,
+            &[&id, "--drop-existing", "--events-db", &db],
+            &db,
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'COPY \"event_records\"%' AND state = 'active'",
+        )
+        .await;
+        assert!(std::process::Command::new("kill")
+            .args([format!("-{sig}"), child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success());
+        let out = tokio::task::spawn_blocking(move || {
+            monoskope_backup_tests::output_within_child(child, Duration::from_secs(60))
+        })
+        .await
+        .expect("join");
+        if sig == "INT" {
+            assert_eq!(out.code, Some(1), "{out:?}");
+            assert_eq!(
+                out.stderr.trim().lines().last(),
+                Some(
+                    format!("backup-server: error: restore of backup {id} failed: interrupted by SIGINT; nothing was written (rolled back)")
+                        .as_str()
+                ),
+                "{out:?}"
+            );
+        } else {
+            assert_eq!(out.code, None, "killed: {out:?}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // PostgreSQL rolls the transaction back when the connection drops.
+        for _ in 0..200 {
+            let busy: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'COPY%' AND state <> 'idle' AND pid <> pg_backend_pid()")
+                .fetch_one(&admin)
+                .await
+                .expect("activity");
+            if busy == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            table_events(&db).await,
+            before,
+            "SIG{sig}: the store holds exactly its old events"
+        );
     }
+    let catalog =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", f.dir.path().join("r.db").display()))
+            .await
+            .expect("catalog");
+    let interrupted: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM restores WHERE state = 'failed' AND error = 'interrupted by SIGINT; nothing was written (rolled back)'",
+    )
+    .fetch_one(&catalog)
+    .await
+    .expect("restores");
     assert_eq!(
-        table_events(&db).await,
-        before,
-        "the store holds exactly its old events"
+        interrupted, 1,
+        "the interrupted restore is recorded with why"
     );
 }
 

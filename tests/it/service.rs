@@ -1158,3 +1158,145 @@ async fn list_backups_pages_through_every_backup_once() {
         other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
     }
 }
+
+/// Sends `signal` ("TERM", "INT") to `pid`.
+fn signal(pid: u32, signal: &str) {
+    assert!(std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+}
+
+/// The entries of `dir` once it has one (within 30 s): a backup has started its upload.
+async fn staged(dir: &Path) -> Vec<std::ffi::OsString> {
+    for _ in 0..600 {
+        let entries: Vec<_> = std::fs::read_dir(dir)
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        if !entries.is_empty() {
+            return entries;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing staged in {} within 30 s", dir.display());
+}
+
+/// SIGTERM (a pod stopped) or Ctrl-C during a backup interrupts it cleanly: the upload is
+/// aborted (nothing staged is left), the catalog records it FAILED with the signal, the lease
+/// is given back, and the one-shot command ends with one line and exit 1; a service ends the
+/// waiting CreateBackup call with the FAILED record and exits 0.
+#[tokio::test]
+async fn sigterm_or_ctrl_c_during_a_backup_leaves_nothing_and_records_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path());
+    // A store that takes the connection and never answers: the backup waits on it.
+    let hung = monoskope_backup_tests::silent_peer();
+    for sig in ["TERM", "INT"] {
+        let dest_dir = dir.path().join(format!("dest-{sig}"));
+        let catalog = format!(
+            "sqlite://{}",
+            dir.path().join(format!("{sig}.db")).display()
+        );
+        let child = command(
+            "backup-server",
+            &[
+                "backup",
+                "--event-store",
+                &hung,
+                "--destination",
+                &format!("file://{}", dest_dir.display()),
+                "--catalog",
+                &catalog,
+                "--key-file",
+                &key,
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("backup");
+        let backups = dest_dir.join("backups");
+        let seen = staged(&backups).await;
+        assert!(
+            seen.iter()
+                .all(|n| n.to_string_lossy().starts_with(".upload-")),
+            "{seen:?}"
+        );
+        signal(child.id(), sig);
+        let out = tokio::task::spawn_blocking(move || {
+            monoskope_backup_tests::output_within_child(child, Duration::from_secs(30))
+        })
+        .await
+        .expect("join");
+        assert_eq!(out.code, Some(1), "SIG{sig}: {out:?}");
+        let last = out.stderr.trim().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("backup-server: error: backup ")
+                && last.ends_with(&format!(" failed: interrupted by SIG{sig}")),
+            "{last}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&backups)
+            .expect("dest")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "SIG{sig}: left {left:?}");
+        let db = sqlx::SqlitePool::connect(&catalog).await.expect("catalog");
+        let rows: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT state, error FROM backups")
+                .fetch_all(&db)
+                .await
+                .expect("records");
+        assert_eq!(
+            rows,
+            vec![(
+                "failed".to_string(),
+                Some(format!("interrupted by SIG{sig}"))
+            )]
+        );
+        let leases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM operation_lease")
+            .fetch_one(&db)
+            .await
+            .expect("leases");
+        assert_eq!(leases, 0, "SIG{sig}: the lease was given back");
+    }
+
+    // The service: SIGTERM while a CreateBackup{wait} waits for its backup.
+    let dest_dir = dir.path().join("dest-serve");
+    let catalog = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let mut s = serve(
+        &hung,
+        &format!("file://{}", dest_dir.display()),
+        &catalog,
+        &key,
+        &[],
+    );
+    let mut c = client(&s).await;
+    let call = tokio::spawn(async move { c.create_backup(true, false).await });
+    staged(&dest_dir.join("backups")).await;
+    signal(s.proc.child.id(), "TERM");
+    let b = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("CreateBackup{wait} returns")
+        .expect("join")
+        .expect("the backup's record");
+    assert_eq!(b.state, pb::OperationState::Failed as i32, "{b:?}");
+    assert_eq!(b.error, "interrupted by SIGTERM");
+    let mut exited = None;
+    for _ in 0..600 {
+        exited = s.proc.child.try_wait().expect("wait");
+        if exited.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exited = exited.expect("serve exits within 30 s of SIGTERM");
+    assert!(exited.success(), "{exited:?}");
+    let left: Vec<_> = std::fs::read_dir(dest_dir.join("backups"))
+        .expect("dest")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left {left:?}");
+}

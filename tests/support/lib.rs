@@ -227,11 +227,17 @@ pub fn output(mut cmd: Command) -> Out {
 /// Runs `cmd` to completion, or kills it after `limit` (its code is then `None`): for a command
 /// that must end by itself, so that a test of it fails instead of hanging.
 pub fn output_within(mut cmd: Command, limit: Duration) -> Out {
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    output_within_child(child, limit)
+}
+
+/// The output of `child` (spawned with piped stdout and stderr) once it ends, or once it was
+/// killed after `limit` (its code is then `None`).
+pub fn output_within_child(mut child: Child, limit: Duration) -> Out {
     let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
             let mut text = String::new();

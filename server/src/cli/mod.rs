@@ -200,6 +200,12 @@ pub(crate) fn cli_identity() -> crate::auth::Identity {
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
+    signal().await;
+    tracing::info!("shutting down");
+}
+
+/// The next SIGTERM or SIGINT (Ctrl-C): its name.
+pub async fn signal() -> &'static str {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -215,8 +221,49 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        () = ctrl_c => "SIGINT",
+        () = term => "SIGTERM",
     }
-    tracing::info!("shutting down");
+}
+
+/// How long a stopping process waits for its interrupted operation to record its end.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Stops `engine`'s operation on SIGTERM or SIGINT and waits (up to [`STOP_GRACE`]) for it to
+/// end: the backup's upload aborted, the restore rolled back, the record FAILED ("interrupted by
+/// SIGTERM"), the lease given back. A second signal exits at once.
+pub async fn stop_on_signal(engine: &crate::engine::Engine) {
+    let why = signal().await;
+    tracing::warn!(
+        signal = why,
+        "stopping: the running backup or restore, if any, is interrupted (a second signal exits at once)"
+    );
+    tokio::select! {
+        ended = engine.interrupt(why, STOP_GRACE) => if !ended {
+            tracing::error!(grace = %humantime::format_duration(STOP_GRACE), "the interrupted operation did not end in time; exiting anyway");
+        },
+        again = signal() => {
+            eprintln!("backup-server: error: second {again}: exiting without waiting for the interrupted operation");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Runs a one-shot command's `work` on `engine`; on SIGTERM or SIGINT its operation is
+/// interrupted and `work` ends with the failure it reports.
+pub async fn interruptible<F: std::future::Future>(
+    engine: &crate::engine::Engine,
+    work: F,
+) -> F::Output {
+    tokio::pin!(work);
+    tokio::select! {
+        out = &mut work => out,
+        () = stop_on_signal(engine) => tokio::select! {
+            out = &mut work => out,
+            again = signal() => {
+                eprintln!("backup-server: error: second {again}: exiting without recording the interrupted operation's end");
+                std::process::exit(1);
+            }
+        },
+    }
 }

@@ -332,12 +332,15 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(%addr, destination = %engine.config().destination.url(), event_store = %engine.config().event_store.addr, catalog = engine.config().catalog.kind(), tls = tls.is_some(), auth = auth.mode.name(), "BackupService listening");
     println!("backup-server listening on {addr}");
+    // On SIGTERM the running operation is interrupted first, so calls waiting for it return
+    // and the server drains.
+    let stopping = engine.clone();
     let res = crate::grpc::serve(
         engine,
         listener,
         tls,
         crate::auth::AuthLayer::new(auth),
-        super::shutdown_signal(),
+        async move { super::stop_on_signal(&stopping).await },
     )
     .await;
     let _ = stop_tx.send(true);
@@ -369,7 +372,7 @@ pub(super) async fn backup(a: BackupArgs) -> anyhow::Result<()> {
     let settings = a.common.resolve()?;
     let engine = settings.engine().await?;
     let who = super::cli_identity();
-    let r = engine.backup(&who, a.incremental).await?;
+    let r = super::interruptible(&engine, engine.backup(&who, a.incremental)).await?;
     if a.json {
         println!(
             "{}",
@@ -555,19 +558,22 @@ pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         .context("--until")?;
     let engine = settings.engine().await?;
     let who = super::cli_identity();
-    let (rec, _) = engine
-        .start_restore(crate::engine::restore::RestoreRequest {
-            backup_id: a.id,
-            until,
-            drop_existing: a.drop_existing,
-            via_api: a.via_api,
-            caller: who,
-        })
-        .await?;
-    let done = engine
-        .wait_restore(&rec.id)
-        .await
-        .context("the restore task ended without a result")?;
+    let restore = async {
+        let (rec, _) = engine
+            .start_restore(crate::engine::restore::RestoreRequest {
+                backup_id: a.id,
+                until,
+                drop_existing: a.drop_existing,
+                via_api: a.via_api,
+                caller: who,
+            })
+            .await?;
+        engine
+            .wait_restore(&rec.id)
+            .await
+            .context("the restore task ended without a result")
+    };
+    let done = super::interruptible(&engine, restore).await?;
     if let Some(e) = &done.error {
         bail!("restore of backup {} failed: {e}", done.backup_id);
     }

@@ -118,6 +118,7 @@ pub(super) async fn run(
     progress: Arc<Progress>,
     parent: Option<Parent>,
     custom: Option<RecordStream>,
+    stop: &super::Interrupt,
 ) -> anyhow::Result<BackupRecord> {
     let protection = cfg.protection.clone().context(
         "no encryption key: give --key-file, BACKUP_ENCRYPTION_KEY or BACKUP_PASSPHRASE (or --no-encryption to write unencrypted archives)",
@@ -126,7 +127,8 @@ pub(super) async fn run(
     // The timeout covers starting the upload, opening the source and reading it: a store or
     // database that takes the connection and never answers fails the backup (and frees the
     // operation slot) like a slow read does. What follows the read (completing the upload,
-    // watermark, manifest) has the destination's own timeouts.
+    // watermark, manifest) has the destination's own timeouts. An interrupt (SIGTERM) stops
+    // the same steps the same way.
     let deadline = tokio::time::Instant::now() + cfg.backup_timeout;
     let timed_out = |waiting: &str| {
         anyhow!(
@@ -136,10 +138,17 @@ pub(super) async fn run(
     };
     let dest = cfg.destination.clone();
     let archive_key = layout::archive_key(&running.id);
-    let upload = tokio::time::timeout_at(deadline, dest.upload(&archive_key))
-        .await
-        .map_err(|_| timed_out(" (the destination did not answer)"))?
-        .context("cannot start the upload")?;
+    let upload = stop
+        .bounded(
+            deadline,
+            async {
+                dest.upload(&archive_key)
+                    .await
+                    .context("cannot start the upload")
+            },
+            || timed_out(" (the destination did not answer)"),
+        )
+        .await?;
     // The parent's watermark goes to the reader alone: an incremental raises it in place into
     // the new one once the read is done (one entry per aggregate, held once).
     let before = parent.map(|p| p.watermark);
@@ -183,9 +192,7 @@ pub(super) async fn run(
             },
         })
     };
-    let opened = tokio::time::timeout_at(deadline, opened)
-        .await
-        .unwrap_or_else(|_| Err(timed_out(silent)));
+    let opened = stop.bounded(deadline, opened, || timed_out(silent)).await;
     let mut stream = match opened {
         Ok(s) => s,
         Err(e) => {
@@ -323,10 +330,7 @@ pub(super) async fn run(
         }
         anyhow::Ok(wm)
     };
-    let read_result = match tokio::time::timeout_at(deadline, reader).await {
-        Ok(r) => r,
-        Err(_) => Err(timed_out("")),
-    };
+    let read_result = stop.bounded(deadline, reader, || timed_out("")).await;
     if read_result.is_err() {
         cancelled.store(true, Ordering::SeqCst);
     }

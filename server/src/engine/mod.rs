@@ -118,6 +118,65 @@ async fn renew_lease(catalog: Catalog, holder: Arc<str>) {
     }
 }
 
+/// A stop asked for from outside (SIGTERM, Ctrl-C): the running backup or restore fails at once
+/// the way a timeout fails it — the upload aborted, the restore's transaction rolled back, the
+/// record FAILED with the reason, the lease given back — and no new operation starts. Cheap to
+/// clone; once fired it stays fired.
+#[derive(Debug, Clone)]
+pub struct Interrupt(Arc<watch::Sender<Option<String>>>);
+
+impl Default for Interrupt {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(None).0))
+    }
+}
+
+impl Interrupt {
+    /// Fires with `why` (e.g. "SIGTERM"); later calls keep the first reason.
+    pub fn fire(&self, why: &str) {
+        self.0.send_if_modified(|v| {
+            if v.is_some() {
+                return false;
+            }
+            *v = Some(why.to_string());
+            true
+        });
+    }
+
+    /// The reason, once fired.
+    pub fn reason(&self) -> Option<String> {
+        self.0.borrow().clone()
+    }
+
+    /// Resolves with the reason once fired.
+    pub async fn fired(&self) -> String {
+        let mut rx = self.0.subscribe();
+        let why = rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|v| v.clone().unwrap_or_default());
+        match why {
+            Ok(why) => why,
+            // The sender lives in `self`: never closed while this runs.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Runs `fut` until `deadline`: its output, or what stopped it — `timed_out` past the
+    /// deadline, "interrupted by …" when fired.
+    pub async fn bounded<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        fut: impl std::future::Future<Output = anyhow::Result<T>>,
+        timed_out: impl FnOnce() -> anyhow::Error,
+    ) -> anyhow::Result<T> {
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, fut) => r.unwrap_or_else(|_| Err(timed_out())),
+            why = self.fired() => Err(anyhow::anyhow!("interrupted by {why}")),
+        }
+    }
+}
+
 /// Live progress of the running operation.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -193,6 +252,7 @@ pub struct Engine {
     holder: Arc<str>,
     done: Arc<Mutex<std::collections::HashMap<String, watch::Receiver<Option<BackupRecord>>>>>,
     restores: Arc<Mutex<std::collections::HashMap<String, watch::Receiver<Option<RestoreRecord>>>>>,
+    interrupt: Interrupt,
 }
 
 impl std::fmt::Debug for Engine {
@@ -212,6 +272,25 @@ impl Engine {
             holder: crate::catalog::lease_holder_name().into(),
             done: Arc::new(Mutex::new(std::collections::HashMap::new())),
             restores: Arc::new(Mutex::new(std::collections::HashMap::new())),
+            interrupt: Interrupt::default(),
+        }
+    }
+
+    /// Stops the running backup or restore (it fails with "interrupted by `why`", leaving the
+    /// destination and the store as a timeout would) and refuses new operations; then waits up
+    /// to `grace` for the operation to record its end and give the lease back. Returns whether
+    /// nothing runs any more.
+    pub async fn interrupt(&self, why: &str, grace: Duration) -> bool {
+        self.interrupt.fire(why);
+        let until = Instant::now() + grace;
+        loop {
+            if self.running.lock().await.is_none() {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -234,6 +313,11 @@ impl Engine {
     /// Takes the single operation slot — in this process, then the catalog's operation lease
     /// that every process sharing the catalog takes — or says who holds it.
     async fn claim(&self, kind: &'static str, id: &str) -> Result<Arc<Progress>, EngineError> {
+        if let Some(why) = self.interrupt.reason() {
+            return Err(EngineError::Unavailable(format!(
+                "the service is stopping ({why}): no new {kind} starts"
+            )));
+        }
         let mut slot = self.running.lock().await;
         if let Some(r) = slot.as_ref() {
             return Err(EngineError::Busy {
@@ -349,21 +433,26 @@ impl Engine {
             let started = Instant::now();
             metrics::get().started(Op::Restore);
             tracing::warn!(restore_id = %rec.id, backup_id = %rec.backup_id, sink = %rec.sink, drop_existing = rec.drop_existing, until = ?rec.until, created_by = %rec.created_by, "restore started");
-            let res = match tokio::time::timeout(
-                engine.cfg.restore_timeout,
-                restore::run(&engine.cfg, &req, &sink, &chain, progress),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(EngineError::Internal(anyhow::anyhow!(
-                    "timed out after {}; {}",
-                    humantime::format_duration(engine.cfg.restore_timeout),
-                    if sink.name() == "events-table" {
-                        "nothing was written (rolled back)"
-                    } else {
-                        "events stored through the API so far stay stored"
-                    }
+            // A timeout or an interrupt drops the restore where it is: the table sink's
+            // transaction rolls back with its connection.
+            let left = if sink.name() == "events-table" {
+                "nothing was written (rolled back)"
+            } else {
+                "events stored through the API so far stay stored"
+            };
+            let res = tokio::select! {
+                r = tokio::time::timeout(
+                    engine.cfg.restore_timeout,
+                    restore::run(&engine.cfg, &req, &sink, &chain, progress),
+                ) => match r {
+                    Ok(r) => r,
+                    Err(_) => Err(EngineError::Internal(anyhow::anyhow!(
+                        "timed out after {}; {left}",
+                        humantime::format_duration(engine.cfg.restore_timeout)
+                    ))),
+                },
+                why = engine.interrupt.fired() => Err(EngineError::Internal(anyhow::anyhow!(
+                    "interrupted by {why}; {left}"
                 ))),
             };
             rec.completed_at =
@@ -531,7 +620,9 @@ impl Engine {
                 }
             }
         }
-        let mut result = backup::run(&self.cfg, &record, progress.clone(), parent, custom).await;
+        let stop = &self.interrupt;
+        let mut result =
+            backup::run(&self.cfg, &record, progress.clone(), parent, custom, stop).await;
         if let Some(m) = result
             .as_ref()
             .err()
@@ -544,7 +635,7 @@ impl Engine {
             record.note = Some(format!("full instead of incremental: {why}"));
             progress.events.store(0, Ordering::Relaxed);
             progress.bytes.store(0, Ordering::Relaxed);
-            result = backup::run(&self.cfg, &record, progress, None, None).await;
+            result = backup::run(&self.cfg, &record, progress, None, None, stop).await;
         }
         match result {
             Ok(done) => {
