@@ -830,6 +830,45 @@ async fn a_restore_into_a_store_that_never_answers_fails_at_its_timeout() {
         ),
         "{stderr}"
     );
+
+    // Without a short timeout, SIGTERM ends the wait (a restore timeout is an hour by default),
+    // sent once the restore has connected to the store (its signal handling is set up by then).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent = listener.local_addr().expect("addr").to_string();
+    let (connected, reached) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c);
+            let _ = connected.send(());
+        }
+    });
+    let child = f
+        .restore_command(&[&id, "--via-api", "--event-store", &silent])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    tokio::task::spawn_blocking(move || reached.recv_timeout(Duration::from_secs(30)))
+        .await
+        .expect("join")
+        .expect("the restore connects to the store");
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    let out = tokio::task::spawn_blocking(move || {
+        monoskope_backup_tests::output_within_child(child, Duration::from_secs(60))
+    })
+    .await
+    .expect("join");
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(
+        out.stderr.trim().lines().last(),
+        Some("backup-server: error: interrupted by SIGTERM while checking the backup and the store (nothing was written)"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test]

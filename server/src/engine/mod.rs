@@ -381,10 +381,10 @@ impl Engine {
         }
         // The checks read the store (the API sink counts its events): a store that never
         // answers fails them at the restore's timeout.
-        let (sink, chain) =
-            match tokio::time::timeout(self.cfg.restore_timeout, restore::prepare(&self.cfg, &req))
-                .await
-            {
+        let checks =
+            tokio::time::timeout(self.cfg.restore_timeout, restore::prepare(&self.cfg, &req));
+        let (sink, chain) = tokio::select! {
+            checked = checks => match checked {
                 Ok(checked) => checked?,
                 Err(_) => {
                     return Err(EngineError::Unavailable(format!(
@@ -392,7 +392,13 @@ impl Engine {
                         humantime::format_duration(self.cfg.restore_timeout)
                     )))
                 }
-            };
+            },
+            why = self.interrupt.fired() => {
+                return Err(EngineError::Unavailable(format!(
+                    "interrupted by {why} while checking the backup and the store (nothing was written)"
+                )))
+            }
+        };
         let manifest = chain
             .last()
             .cloned()
