@@ -91,6 +91,25 @@ enum Command {
     },
 }
 
+/// The next SIGINT (Ctrl-C) or SIGTERM: its name.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        () = term => "SIGTERM",
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A check for deployment manifests (the Helm chart's tests): the arguments parse, nothing runs.
@@ -572,7 +591,8 @@ async fn restore_and_watch(
 }
 
 /// Waits for `call` while showing what `progress` makes of GetStatus: a spinner on a terminal, a
-/// line every 10 s otherwise.
+/// line every 10 s otherwise. Ctrl-C (or SIGTERM) stops waiting, not the operation: the service
+/// runs it on, and the error line says so.
 async fn watch<T: Send + 'static>(
     client: &mut BackupClient,
     call: tokio::task::JoinHandle<Result<T, ClientError>>,
@@ -590,11 +610,23 @@ async fn watch<T: Send + 'static>(
         b
     });
     let mut ticks = 0u64;
+    let stop = stop_signal();
+    tokio::pin!(stop);
     loop {
         if call.is_finished() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            sig = &mut stop => {
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
+                return Err(ClientError::Local(format!(
+                    "{sig}: stopped waiting; the {what} goes on in the service (`backupctl status` follows it)"
+                )));
+            }
+        }
         ticks += 1;
         if let Some(msg) = client.get_status().await.ok().as_ref().and_then(&progress) {
             match &bar {

@@ -1300,3 +1300,40 @@ async fn sigterm_or_ctrl_c_during_a_backup_leaves_nothing_and_records_why() {
         .collect();
     assert!(left.is_empty(), "left {left:?}");
 }
+
+/// Ctrl-C on `backupctl create --wait` stops the waiting, not the backup: one line says the
+/// backup goes on in the service, which completes it.
+#[tokio::test]
+async fn ctrl_c_on_backupctl_create_wait_leaves_the_backup_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path());
+    let ds = devstore_with(100).await;
+    // Each connection to the store waits 3 s: the backup runs long enough to be interrupted.
+    let slow = super::ops::slow_proxy(ds.addr.clone(), Duration::from_secs(3)).await;
+    let dest = format!("file://{}", dir.path().join("dest").display());
+    let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
+    let s = serve(&slow, &dest, &catalog, &key, &[]);
+    let child = command("backupctl", &["--server", &s.url(), "create", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("backupctl");
+    // The backup has started its upload (and backupctl waits for it).
+    staged(&dir.path().join("dest/backups")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(child.id(), "INT");
+    let out = tokio::task::spawn_blocking(move || {
+        monoskope_backup_tests::output_within_child(child, Duration::from_secs(30))
+    })
+    .await
+    .expect("join");
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(
+        out.stderr.trim(),
+        "backupctl: error: SIGINT: stopped waiting; the backup goes on in the service (`backupctl status` follows it)"
+    );
+    let done = status_after_backup(&s).await;
+    let b = done.last_success.expect("the backup completed");
+    assert_eq!(b.event_count, 100, "{b:?}");
+    assert!(done.last_failure.is_none(), "{:?}", done.last_failure);
+}
