@@ -87,6 +87,22 @@ pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
+/// A size in bytes for people: `512 B`, `29.8 KiB`, `1.2 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
 /// A restore's sink (`Restore.sink`: `events-table` or `eventstore-api`) in words, for a
 /// sentence such as "restored backup … into the events table".
 pub fn sink_words(sink: &str) -> &str {

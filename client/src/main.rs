@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use monoskope_backup_client::{pb, sink_words, BackupClient, ClientError, ClientOptions};
+use monoskope_backup_client::{
+    human_bytes, pb, sink_words, BackupClient, ClientError, ClientOptions,
+};
 
 /// Talk to monoskope-backup's BackupService.
 ///
@@ -203,21 +205,6 @@ fn restore_json(r: &pb::Restore) -> serde_json::Value {
         v["progress"] = serde_json::json!({"events": p.events, "bytes": p.bytes});
     }
     v
-}
-
-fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, ClientError> {

@@ -719,19 +719,29 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
     );
     assert_eq!(table_events(&db).await, before, "the table is as it was");
 
-    // By default it waits (30 s) and goes on once the session lets go.
-    let mut child = restore_until(
+    // By default it waits (30 s) and goes on once the session lets go; meanwhile it is not
+    // silent: a progress line on stderr every 10 s (a spinner on a terminal).
+    let child = restore_until(
         &f,
         &restore,
         &db,
         "SELECT COUNT(*) FROM pg_locks WHERE relation = 'event_records'::regclass AND NOT granted",
     )
     .await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
     holder.close().await.expect("close");
-    let status = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
-        .await
-        .expect("join");
-    assert!(status.success(), "{status:?}");
+    let out = tokio::task::spawn_blocking(move || {
+        monoskope_backup_tests::output_within_child(child, Duration::from_secs(60))
+    })
+    .await
+    .expect("join");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stderr.lines().any(|l| l.starts_with("restore restore-")
+            && l.contains(": ")
+            && l.ends_with(" of archive read")),
+        "{out:?}"
+    );
     let restored = table_events(&db).await;
     assert_eq!(restored.len(), 300);
     assert_ne!(restored, before);

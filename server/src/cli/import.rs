@@ -165,10 +165,9 @@ pub(super) async fn run(a: ImportArgs) -> anyhow::Result<()> {
         let stream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
         let label = format!("monoskope-tar:{}", a.source);
         let who = super::cli_identity();
-        let (summary, rec) = super::interruptible(&engine, async {
-            tokio::join!(reading, engine.backup_from(&who, &label, stream))
-        })
-        .await;
+        let converting = async { tokio::join!(reading, engine.backup_from(&who, &label, stream)) };
+        let (summary, rec) =
+            super::interruptible(&engine, super::with_progress(&engine, converting)).await;
         let rec = rec?;
         if let Some(e) = &rec.error {
             bail!("converting {} failed: {e}", a.source);

@@ -249,6 +249,57 @@ pub async fn stop_on_signal(engine: &crate::engine::Engine) {
     }
 }
 
+/// Shows the progress of `engine`'s operation on stderr while `work` runs: a spinner on a
+/// terminal, a line every 10 s otherwise (a one-shot restore in a disaster is not silent).
+pub async fn with_progress<F: std::future::Future>(
+    engine: &crate::engine::Engine,
+    work: F,
+) -> F::Output {
+    use std::io::IsTerminal;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b.enable_steady_tick(std::time::Duration::from_millis(120));
+        b
+    });
+    tokio::pin!(work);
+    let mut ticks = 0u64;
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+        ticks += 1;
+        let Some(op) = engine.running().await else {
+            continue;
+        };
+        let msg = format!(
+            "{} {}: {} events, {} {}",
+            op.kind,
+            op.id,
+            op.events,
+            monoskope_backup_client::human_bytes(op.bytes),
+            if op.kind == "backup" {
+                "written"
+            } else {
+                "of archive read"
+            }
+        );
+        match &bar {
+            Some(b) => b.set_message(msg),
+            None if ticks % 20 == 0 => eprintln!("{msg}"),
+            None => {}
+        }
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    out
+}
+
 /// Runs a one-shot command's `work` on `engine`; on SIGTERM or SIGINT its operation is
 /// interrupted and `work` ends with the failure it reports.
 pub async fn interruptible<F: std::future::Future>(

@@ -372,7 +372,11 @@ pub(super) async fn backup(a: BackupArgs) -> anyhow::Result<()> {
     let settings = a.common.resolve()?;
     let engine = settings.engine().await?;
     let who = super::cli_identity();
-    let r = super::interruptible(&engine, engine.backup(&who, a.incremental)).await?;
+    let r = super::interruptible(
+        &engine,
+        super::with_progress(&engine, engine.backup(&who, a.incremental)),
+    )
+    .await?;
     if a.json {
         println!(
             "{}",
@@ -573,7 +577,7 @@ pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
             .await
             .context("the restore task ended without a result")
     };
-    let done = super::interruptible(&engine, restore).await?;
+    let done = super::interruptible(&engine, super::with_progress(&engine, restore)).await?;
     if let Some(e) = &done.error {
         bail!("restore of backup {} failed: {e}", done.backup_id);
     }
