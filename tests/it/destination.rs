@@ -84,6 +84,82 @@ async fn directory_destination_passes_the_suite() {
     suite(d).await;
 }
 
+/// A 64 KiB tmpfs, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A directory on a disk that fills up: an upload that does not fit fails with the system's
+/// reason and leaves no staged file filling the disk for the next backup (writes are buffered,
+/// so the failure can show first when the upload completes). Needs root to mount a tmpfs, as
+/// the test command runs.
+#[tokio::test]
+async fn a_full_disk_fails_an_upload_and_leaves_the_disk_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mount = dir.path().join("small");
+    std::fs::create_dir(&mount).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    let _disk = SmallDisk(mount.clone());
+    let d = destination::open(
+        &format!("file://{}", mount.join("dest").display()),
+        &S3Options::default(),
+    )
+    .await
+    .expect("open");
+    let files = || {
+        let mut found = Vec::new();
+        let mut stack = vec![mount.clone()];
+        while let Some(p) = stack.pop() {
+            for e in std::fs::read_dir(&p).expect("read_dir").flatten() {
+                if e.file_type().expect("type").is_dir() {
+                    stack.push(e.path());
+                } else {
+                    found.push(e.path());
+                }
+            }
+        }
+        found
+    };
+    let mut up = d.upload("backups/big.mbk").await.expect("upload");
+    let failed = match up.write_part(vec![7; 256 * 1024]).await {
+        Err(e) => {
+            up.abort().await;
+            e
+        }
+        Ok(()) => up
+            .complete()
+            .await
+            .expect_err("256 KiB do not fit in 64 KiB"),
+    };
+    assert!(
+        failed.to_string().contains("No space left on device"),
+        "{failed}"
+    );
+    assert_eq!(files(), Vec::<std::path::PathBuf>::new(), "nothing is left");
+    let failed = d
+        .put("backups/big.manifest.json", vec![b' '; 256 * 1024])
+        .await
+        .expect_err("does not fit");
+    assert!(
+        failed.to_string().contains("No space left on device"),
+        "{failed}"
+    );
+    assert_eq!(files(), Vec::<std::path::PathBuf>::new(), "nothing is left");
+    // What fits still goes.
+    d.put("backups/small.json", b"{}".to_vec())
+        .await
+        .expect("a small object fits");
+}
+
 fn s3_opts(endpoint: &str) -> S3Options {
     S3Options {
         endpoint: Some(endpoint.to_string()),

@@ -73,11 +73,18 @@ impl Upload for LocalUpload {
 
     async fn complete(mut self: Box<Self>) -> Result<(), DestinationError> {
         let what = self.target.display().to_string();
-        self.file.flush().await.map_err(|e| io_err(&what, e))?;
-        self.file.sync_all().await.map_err(|e| io_err(&what, e))?;
-        tokio::fs::rename(&self.staging, &self.target)
-            .await
-            .map_err(|e| io_err(&what, e))?;
+        // Writes are buffered: a full disk shows here first. The staged file goes then, or it
+        // would keep the disk full for the next backup.
+        let written = async {
+            self.file.flush().await?;
+            self.file.sync_all().await?;
+            tokio::fs::rename(&self.staging, &self.target).await
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&self.staging).await;
+            return Err(io_err(&what, e));
+        }
         if let Some(dir) = self.target.parent() {
             if let Ok(d) = tokio::fs::File::open(dir).await {
                 let _ = d.sync_all().await;
