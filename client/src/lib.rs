@@ -17,6 +17,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod term;
+
 pub use monoskope_backup_api::backup::v1 as pb;
 use pb::backup_service_client::BackupServiceClient;
 use tonic::metadata::MetadataValue;

@@ -4,11 +4,10 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use monoskope_backup_client::{
-    human_bytes, pb, sink_words, BackupClient, ClientError, ClientOptions,
+    human_bytes, pb, sink_words, term, BackupClient, ClientError, ClientOptions,
 };
 
 /// Talk to monoskope-backup's BackupService.
@@ -91,25 +90,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// The next SIGINT (Ctrl-C) or SIGTERM: its name.
-async fn stop_signal() -> &'static str {
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        () = term => "SIGTERM",
-    }
 }
 
 fn main() -> ExitCode {
@@ -586,46 +566,22 @@ async fn watch<T: Send + 'static>(
     what: &str,
     progress: impl Fn(&pb::GetStatusResponse) -> Option<String>,
 ) -> Result<T, ClientError> {
-    let tty = std::io::stderr().is_terminal();
-    let bar = tty.then(|| {
-        let b = indicatif::ProgressBar::new_spinner();
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        b.enable_steady_tick(Duration::from_millis(120));
-        b
-    });
-    let mut ticks = 0u64;
-    let stop = stop_signal();
+    let mut shown = term::Progress::new();
+    let stop = term::stop_signal();
     tokio::pin!(stop);
-    loop {
-        if call.is_finished() {
-            break;
-        }
+    while !call.is_finished() {
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = tokio::time::sleep(term::TICK) => {}
             sig = &mut stop => {
-                if let Some(b) = bar {
-                    b.finish_and_clear();
-                }
+                shown.finish();
                 return Err(ClientError::Local(format!(
                     "{sig}: stopped waiting; the {what} goes on in the service (`backupctl status` follows it)"
                 )));
             }
         }
-        ticks += 1;
-        if let Some(msg) = client.get_status().await.ok().as_ref().and_then(&progress) {
-            match &bar {
-                Some(bar) => bar.set_message(msg),
-                None if ticks % 20 == 0 => eprintln!("{msg}"),
-                None => {}
-            }
-        }
+        shown.tick(client.get_status().await.ok().as_ref().and_then(&progress));
     }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    shown.finish();
     call.await
         .map_err(|e| ClientError::Local(format!("{what} call failed: {e}")))?
 }

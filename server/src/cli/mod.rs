@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use monoskope_backup_client::term::{stop_signal as signal, Progress};
 
 use crate::ops::logging::{self, LogFormat};
 use crate::ops::secrets;
@@ -204,28 +205,6 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// The next SIGTERM or SIGINT (Ctrl-C): its name.
-pub async fn signal() -> &'static str {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => "SIGINT",
-        () = term => "SIGTERM",
-    }
-}
-
 /// How long a stopping process waits for its interrupted operation to record its end.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 
@@ -255,48 +234,29 @@ pub async fn with_progress<F: std::future::Future>(
     engine: &crate::engine::Engine,
     work: F,
 ) -> F::Output {
-    use std::io::IsTerminal;
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new_spinner();
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        b.enable_steady_tick(std::time::Duration::from_millis(120));
-        b
-    });
+    let mut shown = Progress::new();
     tokio::pin!(work);
-    let mut ticks = 0u64;
     let out = loop {
         tokio::select! {
             out = &mut work => break out,
-            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            () = tokio::time::sleep(monoskope_backup_client::term::TICK) => {}
         }
-        ticks += 1;
-        let Some(op) = engine.running().await else {
-            continue;
-        };
-        let msg = format!(
-            "{} {}: {} events, {} {}",
-            op.kind,
-            op.id,
-            op.events,
-            monoskope_backup_client::human_bytes(op.bytes),
-            if op.kind == "backup" {
-                "written"
-            } else {
-                "of archive read"
-            }
-        );
-        match &bar {
-            Some(b) => b.set_message(msg),
-            None if ticks % 20 == 0 => eprintln!("{msg}"),
-            None => {}
-        }
+        shown.tick(engine.running().await.map(|op| {
+            format!(
+                "{} {}: {} events, {} {}",
+                op.kind,
+                op.id,
+                op.events,
+                monoskope_backup_client::human_bytes(op.bytes),
+                if op.kind == "backup" {
+                    "written"
+                } else {
+                    "of archive read"
+                }
+            )
+        }));
     };
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    shown.finish();
     out
 }
 

@@ -1,0 +1,77 @@
+//! What `backupctl` and `backup-server`'s one-shot commands share at the terminal: the signal
+//! that stops a wait, and progress while an operation runs.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+/// How often [`Progress::tick`] is to be called.
+pub const TICK: Duration = Duration::from_millis(500);
+
+/// The next SIGINT (Ctrl-C) or SIGTERM: its name.
+pub async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        () = term => "SIGTERM",
+    }
+}
+
+/// Progress of a running operation on stderr: a spinner on a terminal, a line every 10 s
+/// otherwise (a log file, a CronJob's pod).
+#[derive(Debug)]
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    ticks: u64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress {
+    /// Starts showing progress (the spinner, on a terminal).
+    pub fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        });
+        Self { bar, ticks: 0 }
+    }
+
+    /// One [`TICK`] passed; `msg` is where the operation is, if known.
+    pub fn tick(&mut self, msg: Option<String>) {
+        self.ticks += 1;
+        let Some(msg) = msg else {
+            return;
+        };
+        match &self.bar {
+            Some(b) => b.set_message(msg),
+            None if self.ticks % 20 == 0 => eprintln!("{msg}"),
+            None => {}
+        }
+    }
+
+    /// Clears the spinner.
+    pub fn finish(self) {
+        if let Some(b) = self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
