@@ -286,12 +286,7 @@ async fn in_process_schedule_runs_without_overlap_and_stops_on_sigterm() {
         200
     );
 
-    let pid = proc.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    monoskope_backup_tests::signal(proc.child.id(), "TERM");
     let mut status = None;
     for _ in 0..200 {
         if let Some(s) = proc.child.try_wait().expect("wait") {

@@ -632,16 +632,8 @@ async fn a_table_restore_killed_or_interrupted_leaves_the_table_as_before() {
             "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'COPY \"event_records\"%' AND state = 'active'",
         )
         .await;
-        assert!(std::process::Command::new("kill")
-            .args([format!("-{sig}"), child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success());
-        let out = tokio::task::spawn_blocking(move || {
-            monoskope_backup_tests::output_within_child(child, Duration::from_secs(60))
-        })
-        .await
-        .expect("join");
+        monoskope_backup_tests::signal(child.id(), sig);
+        let out = monoskope_backup_tests::output_of(child, Duration::from_secs(60)).await;
         if sig == "INT" {
             assert_eq!(out.code, Some(1), "{out:?}");
             assert_eq!(
@@ -730,11 +722,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
     .await;
     tokio::time::sleep(Duration::from_secs(11)).await;
     holder.close().await.expect("close");
-    let out = tokio::task::spawn_blocking(move || {
-        monoskope_backup_tests::output_within_child(child, Duration::from_secs(60))
-    })
-    .await
-    .expect("join");
+    let out = monoskope_backup_tests::output_of(child, Duration::from_secs(60)).await;
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(
         out.stderr.lines().any(|l| l.starts_with("restore restore-")
@@ -863,16 +851,8 @@ async fn a_restore_into_a_store_that_never_answers_fails_at_its_timeout() {
         .await
         .expect("join")
         .expect("the restore connects to the store");
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill")
-        .success());
-    let out = tokio::task::spawn_blocking(move || {
-        monoskope_backup_tests::output_within_child(child, Duration::from_secs(60))
-    })
-    .await
-    .expect("join");
+    monoskope_backup_tests::signal(child.id(), "TERM");
+    let out = monoskope_backup_tests::output_of(child, Duration::from_secs(60)).await;
     assert_eq!(out.code, Some(1), "{out:?}");
     assert_eq!(
         out.stderr.trim().lines().last(),

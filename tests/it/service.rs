@@ -1159,15 +1159,6 @@ async fn list_backups_pages_through_every_backup_once() {
     }
 }
 
-/// Sends `signal` ("TERM", "INT") to `pid`.
-fn signal(pid: u32, signal: &str) {
-    assert!(std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .expect("kill")
-        .success());
-}
-
 /// The entries of `dir` once it has one (within 30 s): a backup has started its upload.
 async fn staged(dir: &Path) -> Vec<std::ffi::OsString> {
     for _ in 0..600 {
@@ -1223,12 +1214,8 @@ async fn sigterm_or_ctrl_c_during_a_backup_leaves_nothing_and_records_why() {
                 .all(|n| n.to_string_lossy().starts_with(".upload-")),
             "{seen:?}"
         );
-        signal(child.id(), sig);
-        let out = tokio::task::spawn_blocking(move || {
-            monoskope_backup_tests::output_within_child(child, Duration::from_secs(30))
-        })
-        .await
-        .expect("join");
+        monoskope_backup_tests::signal(child.id(), sig);
+        let out = monoskope_backup_tests::output_of(child, Duration::from_secs(30)).await;
         assert_eq!(out.code, Some(1), "SIG{sig}: {out:?}");
         let last = out.stderr.trim().lines().last().unwrap_or_default();
         assert!(
@@ -1275,7 +1262,7 @@ async fn sigterm_or_ctrl_c_during_a_backup_leaves_nothing_and_records_why() {
     let mut c = client(&s).await;
     let call = tokio::spawn(async move { c.create_backup(true, false).await });
     staged(&dest_dir.join("backups")).await;
-    signal(s.proc.child.id(), "TERM");
+    monoskope_backup_tests::signal(s.proc.child.id(), "TERM");
     let b = tokio::time::timeout(Duration::from_secs(30), call)
         .await
         .expect("CreateBackup{wait} returns")
@@ -1321,12 +1308,8 @@ async fn ctrl_c_on_backupctl_create_wait_leaves_the_backup_running() {
     // The backup has started its upload (and backupctl waits for it).
     staged(&dir.path().join("dest/backups")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    signal(child.id(), "INT");
-    let out = tokio::task::spawn_blocking(move || {
-        monoskope_backup_tests::output_within_child(child, Duration::from_secs(30))
-    })
-    .await
-    .expect("join");
+    monoskope_backup_tests::signal(child.id(), "INT");
+    let out = monoskope_backup_tests::output_of(child, Duration::from_secs(30)).await;
     assert_eq!(out.code, Some(1), "{out:?}");
     assert_eq!(
         out.stderr.trim(),

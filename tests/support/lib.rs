@@ -261,6 +261,23 @@ pub fn output_within_child(mut child: Child, limit: Duration) -> Out {
     }
 }
 
+/// The output of `child` once it ends (or is killed after `limit`), waited for off the async
+/// runtime's thread.
+pub async fn output_of(child: Child, limit: Duration) -> Out {
+    tokio::task::spawn_blocking(move || output_within_child(child, limit))
+        .await
+        .expect("join")
+}
+
+/// Sends signal `sig` ("TERM", "INT", "KILL") to process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+}
+
 /// A loopback address that takes connections and never answers (a hung peer).
 pub fn silent_peer() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
