@@ -221,11 +221,14 @@ pub async fn stop_on_signal(engine: &crate::engine::Engine) {
         ended = engine.interrupt(why, STOP_GRACE) => if !ended {
             tracing::error!(grace = %humantime::format_duration(STOP_GRACE), "the interrupted operation did not end in time; exiting anyway");
         },
-        again = signal() => {
-            eprintln!("backup-server: error: second {again}: exiting without waiting for the interrupted operation");
-            std::process::exit(1);
-        }
+        again = signal() => exit_on_second(again),
     }
+}
+
+/// A second signal while an interrupted operation ends: exit at once, as without a handler.
+fn exit_on_second(sig: &str) -> ! {
+    eprintln!("backup-server: error: second {sig}: exiting at once; the interrupted operation's record may stay RUNNING until the next start marks it FAILED");
+    std::process::exit(1);
 }
 
 /// Shows the progress of `engine`'s operation on stderr while `work` runs: a spinner on a
@@ -271,10 +274,7 @@ pub async fn interruptible<F: std::future::Future>(
         out = &mut work => out,
         () = stop_on_signal(engine) => tokio::select! {
             out = &mut work => out,
-            again = signal() => {
-                eprintln!("backup-server: error: second {again}: exiting without recording the interrupted operation's end");
-                std::process::exit(1);
-            }
+            again = signal() => exit_on_second(again),
         },
     }
 }
