@@ -54,7 +54,7 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Restore a backup into the EventStore (admins only). Asks for the backup id on a terminal unless --yes.
+    /// Restore a backup into the EventStore (admins only). Shows which backup (`latest` resolved) and asks for its id on a terminal unless --yes.
     Restore {
         /// Backup id, or `latest`.
         id: String,
@@ -284,9 +284,11 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                 }
                 None => None,
             };
-            if !yes {
-                confirm(&id, drop_existing)?;
-            }
+            let id = if yes {
+                id
+            } else {
+                confirm(&mut client, id, until.as_ref(), drop_existing).await?
+            };
             let req = pb::RestoreRequest {
                 backup_id: id,
                 until,
@@ -388,32 +390,84 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
     }
 }
 
-/// Asks the operator to type the backup id; refuses without a terminal.
-fn confirm(id: &str, drop_existing: bool) -> Result<(), ClientError> {
+/// Asks on the terminal for the backup's id before a restore, after saying which backup it is
+/// and what happens to the store. `latest` (without `until`) is resolved first, and the restore
+/// then asks for exactly that backup, whatever completes meanwhile. Returns the id to restore.
+async fn confirm(
+    client: &mut BackupClient,
+    id: String,
+    until: Option<&prost_types::Timestamp>,
+    drop_existing: bool,
+) -> Result<String, ClientError> {
     if !std::io::stdin().is_terminal() {
         return Err(ClientError::Local(
             "refusing to restore without confirmation: run on a terminal or pass --yes".into(),
         ));
     }
+    let backups = client.list_all(false).await?;
+    let target = match (id.as_str(), until) {
+        ("latest", None) => Some(
+            backups
+                .first()
+                .cloned()
+                .ok_or_else(|| ClientError::NotFound("no complete backup to restore".into()))?,
+        ),
+        ("latest", Some(_)) => None,
+        (id, _) => backups.iter().find(|b| b.id == id).cloned(),
+    };
+    let what = match &target {
+        Some(b) => {
+            // An incremental restores its whole chain: say what that holds.
+            let chain: Vec<&pb::Backup> = std::iter::successors(Some(b), |x| {
+                backups
+                    .iter()
+                    .find(|p| !x.parent_id.is_empty() && p.id == x.parent_id)
+            })
+            .take(backups.len())
+            .collect();
+            let events: u64 = chain.iter().map(|l| l.event_count).sum();
+            let last = chain
+                .iter()
+                .filter_map(|l| l.last_event_time.as_ref())
+                .max_by_key(|t| (t.seconds, t.nanos));
+            format!(
+                "backup {} ({}{}: {events} events, last event {})",
+                b.id,
+                kind_name(b.kind),
+                if chain.len() > 1 {
+                    format!(", with the {} backups of its chain", chain.len())
+                } else {
+                    String::new()
+                },
+                time(last)
+            )
+        }
+        None if id == "latest" => "the backup the service picks for that time (latest)".into(),
+        None => format!("backup {id}"),
+    };
     eprintln!(
-        "Restoring backup {id} into the EventStore{}.",
+        "Restoring {what} into the EventStore{}{}.",
+        until
+            .map(|u| format!(", the events up to {}", time(Some(u))))
+            .unwrap_or_default(),
         if drop_existing {
             ", REPLACING every event it holds now"
         } else {
             " (it must be empty)"
         }
     );
-    eprint!("Type the backup id to confirm: ");
+    let expected = target.map(|b| b.id).unwrap_or(id);
+    eprint!("Type {expected} to confirm: ");
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
         .map_err(|e| ClientError::Local(e.to_string()))?;
-    if line.trim() != id {
+    if line.trim() != expected {
         return Err(ClientError::Local(
             "confirmation did not match the backup id; nothing was restored".into(),
         ));
     }
-    Ok(())
+    Ok(expected)
 }
 
 fn print_status(s: &pb::GetStatusResponse) {

@@ -680,6 +680,108 @@ async fn a_table_restore_killed_or_interrupted_leaves_the_table_as_before() {
     );
 }
 
+/// `backupctl restore` without `--yes` asks on a terminal for the id of the backup it names —
+/// `latest` resolved, with its events — and restores exactly that one; a wrong answer or no
+/// terminal restores nothing.
+#[tokio::test]
+async fn backupctl_restore_asks_for_the_resolved_backup_id_on_a_terminal() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let f = Fixture::new();
+    let (id, db, before) = backup_and_other_table(&f, &pg, 300, 20).await;
+    let es = Devstore::start(&[]);
+    let catalog = f.catalog();
+    let s = Server::start(
+        &[
+            "--event-store",
+            &es.addr,
+            "--destination",
+            &f.dest,
+            "--key-file",
+            &f.key,
+            "--events-db",
+            &db,
+            "--catalog",
+            &catalog,
+        ],
+        &[],
+    );
+    let newest = BackupClient::connect(&ClientOptions::new(s.url()))
+        .await
+        .expect("connect")
+        .list_backups(1, "", false)
+        .await
+        .expect("list")
+        .backups
+        .remove(0);
+    assert_ne!(newest.id, id);
+    let restore = format!(
+        "{} --server {} restore latest --drop-existing --wait",
+        monoskope_backup_tests::bin("backupctl").display(),
+        s.url()
+    );
+    // `script` gives the command a terminal and types `answer` into it.
+    let on_a_terminal = |answer: &str| {
+        let mut cmd = std::process::Command::new("script");
+        cmd.args(["-q", "-e", "-c", &restore, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("script");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{answer}\n").as_bytes())
+            .expect("answer");
+        monoskope_backup_tests::output_of(child, Duration::from_secs(60))
+    };
+
+    let no_terminal = tokio::task::spawn_blocking({
+        let url = s.url();
+        move || run("backupctl", &["--server", &url, "restore", "latest"], &[])
+    })
+    .await
+    .expect("join");
+    assert_eq!(no_terminal.code, Some(1), "{no_terminal:?}");
+    assert_eq!(
+        no_terminal.stderr.trim(),
+        "backupctl: error: refusing to restore without confirmation: run on a terminal or pass --yes"
+    );
+    let prompt = format!(
+        "Restoring backup {} (full: 20 events, last event {}) into the EventStore, REPLACING every event it holds now.",
+        newest.id,
+        newest
+            .last_event_time
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32))
+            .expect("last event time")
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let wrong = on_a_terminal("latest").await;
+    assert_eq!(wrong.code, Some(1), "{wrong:?}");
+    assert!(wrong.stdout.contains(&prompt), "{wrong:?}");
+    assert!(
+        wrong.stdout.contains(&format!(
+            "Type {} to confirm: backupctl: error: confirmation did not match the backup id; nothing was restored",
+            newest.id
+        )),
+        "{wrong:?}"
+    );
+    assert_eq!(table_events(&db).await, before, "nothing was restored");
+
+    let right = on_a_terminal(&newest.id).await;
+    assert_eq!(right.code, Some(0), "{right:?}");
+    assert!(
+        right.stdout.contains(&format!(
+            "restored backup {} into the events table: 20 events",
+            newest.id
+        )),
+        "{right:?}"
+    );
+}
+
 #[tokio::test]
 async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them() {
     let Some(pg) = service_env("TEST_PG_URL") else {
