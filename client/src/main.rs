@@ -392,7 +392,8 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
 
 /// Asks on the terminal for the backup's id before a restore, after saying which backup it is
 /// and what happens to the store. `latest` (without `until`) is resolved first, and the restore
-/// then asks for exactly that backup, whatever completes meanwhile. Returns the id to restore.
+/// then asks for exactly that backup, whatever completes meanwhile. Returns the id to restore;
+/// refuses without a terminal.
 async fn confirm(
     client: &mut BackupClient,
     id: String,
