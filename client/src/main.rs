@@ -45,7 +45,7 @@ enum Command {
         #[arg(long)]
         incremental: bool,
     },
-    /// List backups, newest first.
+    /// List backups, newest first (a failed backup's error and a backup's note under its row).
     List {
         /// Print JSON (one array) instead of a table.
         #[arg(long)]
@@ -258,6 +258,13 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
                         time(b.created_at.as_ref()),
                         time(b.last_event_time.as_ref())
                     );
+                    // Why a backup failed, or is not what was asked for, under its row.
+                    if !b.error.is_empty() {
+                        println!("    error: {}", b.error);
+                    }
+                    if !b.note.is_empty() {
+                        println!("    note: {}", b.note);
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

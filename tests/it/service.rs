@@ -1151,6 +1151,25 @@ async fn list_backups_pages_through_every_backup_once() {
         made.iter().map(String::as_str).collect::<Vec<_>>()
     );
     assert!(all.next_page_token.is_empty());
+    // backupctl says why the failed one failed, under its row.
+    let listed = tokio::task::spawn_blocking({
+        let url = s.url();
+        move || run("backupctl", &["--server", &url, "list", "--all"], &[])
+    })
+    .await
+    .expect("join");
+    let lines: Vec<&str> = listed.stdout.lines().collect();
+    assert!(
+        lines[1].starts_with(&format!("{} ", failed.id)),
+        "{listed:?}"
+    );
+    assert_eq!(
+        lines[2],
+        format!("    error: {}", failed.error),
+        "{listed:?}"
+    );
+    assert!(failed.error.starts_with("EventStore "), "{}", failed.error);
+    assert_eq!(lines.len(), 3 + made.len(), "{listed:?}");
     match c.list_backups(2, "not-a-token", false).await {
         Err(ClientError::InvalidArgument(m)) => {
             assert_eq!(m, "page_token is not a token from a previous ListBackups")
