@@ -95,6 +95,26 @@ impl Fixture {
         monoskope_backup_tests::output(self.restore_command(extra))
     }
 
+    /// The service on `es`, this fixture's destination, key and catalog, restoring into `db`.
+    fn serve(&self, es: &Devstore, db: &str) -> Server {
+        let catalog = self.catalog();
+        Server::start(
+            &[
+                "--event-store",
+                &es.addr,
+                "--destination",
+                &self.dest,
+                "--key-file",
+                &self.key,
+                "--events-db",
+                db,
+                "--catalog",
+                &catalog,
+            ],
+            &[],
+        )
+    }
+
     /// The one-shot restore command with `extra` arguments (its own catalog).
     fn restore_command(&self, extra: &[&str]) -> std::process::Command {
         let catalog = format!("sqlite://{}", self.dir.path().join("r.db").display());
@@ -459,22 +479,7 @@ async fn backupctl_follows_a_restore_while_it_runs_and_after() {
     let f = Fixture::new();
     let (id, db, _) = backup_and_other_table(&f, &pg, 300, 20).await;
     let es = Devstore::start(&[]);
-    let catalog = f.catalog();
-    let s = Server::start(
-        &[
-            "--event-store",
-            &es.addr,
-            "--destination",
-            &f.dest,
-            "--key-file",
-            &f.key,
-            "--events-db",
-            &db,
-            "--catalog",
-            &catalog,
-        ],
-        &[],
-    );
+    let s = f.serve(&es, &db);
     let url = s.url();
     let status = |args: &'static [&'static str]| {
         let url = url.clone();
@@ -691,22 +696,7 @@ async fn backupctl_restore_asks_for_the_resolved_backup_id_on_a_terminal() {
     let f = Fixture::new();
     let (id, db, before) = backup_and_other_table(&f, &pg, 300, 20).await;
     let es = Devstore::start(&[]);
-    let catalog = f.catalog();
-    let s = Server::start(
-        &[
-            "--event-store",
-            &es.addr,
-            "--destination",
-            &f.dest,
-            "--key-file",
-            &f.key,
-            "--events-db",
-            &db,
-            "--catalog",
-            &catalog,
-        ],
-        &[],
-    );
+    let s = f.serve(&es, &db);
     let newest = BackupClient::connect(&ClientOptions::new(s.url()))
         .await
         .expect("connect")
