@@ -838,3 +838,73 @@ async fn keys_passwords_and_credentials_never_reach_the_output() {
         }
     }
 }
+
+/// SIGTERM during a drill ends it like a backup or a restore: here the drill waits for a live
+/// store that never answers; the Drill call fails with "drill interrupted by SIGTERM" (it ran on
+/// until the service's grace ran out) and the service exits.
+#[tokio::test]
+async fn sigterm_interrupts_a_drill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path());
+    let es = Devstore::start(&[]);
+    store_sample(&es, 50).await;
+    let dest = format!("file://{}", dir.path().join("backups").display());
+    let catalog_path = dir.path().join("c.db");
+    let catalog = format!("sqlite://{}", catalog_path.display());
+    let common = [
+        "--destination",
+        &dest,
+        "--catalog",
+        &catalog,
+        "--key-file",
+        &key,
+    ];
+    let made = run(
+        "backup-server",
+        &[&["backup", "--event-store", &es.addr][..], &common].concat(),
+        &[],
+    );
+    assert_eq!(made.code, Some(0), "{made:?}");
+    let hung = monoskope_backup_tests::silent_peer();
+    let mut s = Server::start(&[&["--event-store", &hung][..], &common].concat(), &[]);
+    let mut c = BackupClient::connect(&ClientOptions::new(s.url()))
+        .await
+        .expect("connect");
+    let call = tokio::spawn(async move { c.drill("latest").await });
+    let db = sqlx::SqlitePool::connect(&catalog).await.expect("catalog");
+    let mut drilling = 0;
+    for _ in 0..600 {
+        drilling = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM operation_lease WHERE kind = 'drill'",
+        )
+        .fetch_one(&db)
+        .await
+        .expect("lease");
+        if drilling > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(drilling, 1, "the drill runs");
+    monoskope_backup_tests::signal(s.proc.child.id(), "TERM");
+    let answer = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the Drill call returns")
+        .expect("join");
+    match answer {
+        Err(e) => assert!(
+            e.to_string().contains("drill interrupted by SIGTERM"),
+            "{e}"
+        ),
+        Ok(r) => panic!("expected the drill to be interrupted, got {r:?}"),
+    }
+    let mut exited = None;
+    for _ in 0..600 {
+        exited = s.proc.child.try_wait().expect("wait");
+        if exited.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(exited.expect("serve exits").success());
+}

@@ -729,16 +729,19 @@ impl Engine {
         let who = caller.label();
         let task = tokio::spawn(async move {
             tracing::info!(drill_id = %id, backup_id = %manifest.id, created_by = %who, "restore drill started");
-            let res = match tokio::time::timeout(
-                engine.cfg.restore_timeout,
-                drill::run(&engine.cfg, &chain, progress),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(EngineError::Internal(anyhow::anyhow!(
-                    "drill timed out after {}",
-                    humantime::format_duration(engine.cfg.restore_timeout)
+            let res = tokio::select! {
+                r = tokio::time::timeout(
+                    engine.cfg.restore_timeout,
+                    drill::run(&engine.cfg, &chain, progress),
+                ) => match r {
+                    Ok(r) => r,
+                    Err(_) => Err(EngineError::Internal(anyhow::anyhow!(
+                        "drill timed out after {}",
+                        humantime::format_duration(engine.cfg.restore_timeout)
+                    ))),
+                },
+                why = engine.interrupt.fired() => Err(EngineError::Internal(anyhow::anyhow!(
+                    "drill interrupted by {why}"
                 ))),
             };
             match &res {
