@@ -118,8 +118,8 @@ async fn renew_lease(catalog: Catalog, holder: Arc<str>) {
     }
 }
 
-/// A stop asked for from outside (SIGTERM, Ctrl-C): the running backup or restore fails at once
-/// the way a timeout fails it — the upload aborted, the restore's transaction rolled back, the
+/// A stop asked for from outside (SIGTERM, Ctrl-C): the running backup, restore or drill fails at
+/// once the way a timeout fails it — the upload aborted, the restore's transaction rolled back, the
 /// record FAILED with the reason, the lease given back — and no new operation starts. Cheap to
 /// clone; once fired it stays fired.
 #[derive(Debug, Clone)]
@@ -276,7 +276,7 @@ impl Engine {
         }
     }
 
-    /// Stops the running backup or restore (it fails with "interrupted by `why`", leaving the
+    /// Stops the running backup, restore or drill (it fails with "interrupted by `why`", leaving the
     /// destination and the store as a timeout would) and refuses new operations; then waits up
     /// to `grace` for the operation to record its end and give the lease back. Returns whether
     /// nothing runs any more.
