@@ -170,9 +170,24 @@ impl Interrupt {
         fut: impl std::future::Future<Output = anyhow::Result<T>>,
         timed_out: impl FnOnce() -> anyhow::Error,
     ) -> anyhow::Result<T> {
+        self.bounded_with(deadline, fut, timed_out, |why| {
+            anyhow::anyhow!("interrupted by {why}")
+        })
+        .await
+    }
+
+    /// [`Interrupt::bounded`] with the caller's own errors: `timed_out()` past the deadline,
+    /// `interrupted(reason)` when fired.
+    pub async fn bounded_with<T, E>(
+        &self,
+        deadline: tokio::time::Instant,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+        timed_out: impl FnOnce() -> E,
+        interrupted: impl FnOnce(String) -> E,
+    ) -> Result<T, E> {
         tokio::select! {
             r = tokio::time::timeout_at(deadline, fut) => r.unwrap_or_else(|_| Err(timed_out())),
-            why = self.fired() => Err(anyhow::anyhow!("interrupted by {why}")),
+            why = self.fired() => Err(interrupted(why)),
         }
     }
 }
@@ -381,24 +396,20 @@ impl Engine {
         }
         // The checks read the store (the API sink counts its events): a store that never
         // answers fails them at the restore's timeout.
-        let checks =
-            tokio::time::timeout(self.cfg.restore_timeout, restore::prepare(&self.cfg, &req));
-        let (sink, chain) = tokio::select! {
-            checked = checks => match checked {
-                Ok(checked) => checked?,
-                Err(_) => {
-                    return Err(EngineError::Unavailable(format!(
-                        "timed out after {} checking the backup and the store before the restore (nothing was written): the destination, the EventStore or the events database did not answer",
-                        humantime::format_duration(self.cfg.restore_timeout)
-                    )))
-                }
-            },
-            why = self.interrupt.fired() => {
-                return Err(EngineError::Unavailable(format!(
+        let (sink, chain) = self
+            .interrupt
+            .bounded_with(
+                tokio::time::Instant::now() + self.cfg.restore_timeout,
+                restore::prepare(&self.cfg, &req),
+                || EngineError::Unavailable(format!(
+                    "timed out after {} checking the backup and the store before the restore (nothing was written): the destination, the EventStore or the events database did not answer",
+                    humantime::format_duration(self.cfg.restore_timeout)
+                )),
+                |why| EngineError::Unavailable(format!(
                     "interrupted by {why} while checking the backup and the store (nothing was written)"
-                )))
-            }
-        };
+                )),
+            )
+            .await?;
         let manifest = chain
             .last()
             .cloned()
@@ -446,21 +457,20 @@ impl Engine {
             } else {
                 "events stored through the API so far stay stored"
             };
-            let res = tokio::select! {
-                r = tokio::time::timeout(
-                    engine.cfg.restore_timeout,
+            let res = engine
+                .interrupt
+                .bounded_with(
+                    tokio::time::Instant::now() + engine.cfg.restore_timeout,
                     restore::run(&engine.cfg, &req, &sink, &chain, progress),
-                ) => match r {
-                    Ok(r) => r,
-                    Err(_) => Err(EngineError::Internal(anyhow::anyhow!(
-                        "timed out after {}; {left}",
-                        humantime::format_duration(engine.cfg.restore_timeout)
-                    ))),
-                },
-                why = engine.interrupt.fired() => Err(EngineError::Internal(anyhow::anyhow!(
-                    "interrupted by {why}; {left}"
-                ))),
-            };
+                    || {
+                        EngineError::Internal(anyhow::anyhow!(
+                            "timed out after {}; {left}",
+                            humantime::format_duration(engine.cfg.restore_timeout)
+                        ))
+                    },
+                    |why| EngineError::Internal(anyhow::anyhow!("interrupted by {why}; {left}")),
+                )
+                .await;
             rec.completed_at =
                 Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
             match res {
@@ -729,21 +739,20 @@ impl Engine {
         let who = caller.label();
         let task = tokio::spawn(async move {
             tracing::info!(drill_id = %id, backup_id = %manifest.id, created_by = %who, "restore drill started");
-            let res = tokio::select! {
-                r = tokio::time::timeout(
-                    engine.cfg.restore_timeout,
+            let res = engine
+                .interrupt
+                .bounded_with(
+                    tokio::time::Instant::now() + engine.cfg.restore_timeout,
                     drill::run(&engine.cfg, &chain, progress),
-                ) => match r {
-                    Ok(r) => r,
-                    Err(_) => Err(EngineError::Internal(anyhow::anyhow!(
-                        "drill timed out after {}",
-                        humantime::format_duration(engine.cfg.restore_timeout)
-                    ))),
-                },
-                why = engine.interrupt.fired() => Err(EngineError::Internal(anyhow::anyhow!(
-                    "drill interrupted by {why}"
-                ))),
-            };
+                    || {
+                        EngineError::Internal(anyhow::anyhow!(
+                            "drill timed out after {}",
+                            humantime::format_duration(engine.cfg.restore_timeout)
+                        ))
+                    },
+                    |why| EngineError::Internal(anyhow::anyhow!("drill interrupted by {why}")),
+                )
+                .await;
             match &res {
                 Ok(r) if r.ok => {
                     metrics::get().drill_succeeded();
