@@ -738,7 +738,7 @@ async fn read_all(mut rx: monoskope_backup::source::table::Batches) -> Vec<u8> {
 async fn the_table_reads_the_same_records_by_copy_and_by_query() {
     use monoskope_backup::archive::Record;
     use monoskope_backup::sink::table::DEFAULT_LOCK_WAIT;
-    use monoskope_backup::source::table::{incremental, snapshot, ReadMode};
+    use monoskope_backup::source::table::{incremental, snapshot, Order, ReadMode};
     use prost::Message;
     let Some(pg) = service_env("TEST_PG_URL") else {
         return;
@@ -756,20 +756,23 @@ async fn the_table_reads_the_same_records_by_copy_and_by_query() {
     .execute(&pool)
     .await
     .expect("insert");
-    let by_copy = read_all(snapshot(
-        pool.clone(),
-        4,
-        Some(ReadMode::Copy),
-        DEFAULT_LOCK_WAIT,
-    ))
-    .await;
-    let by_query = read_all(snapshot(
-        pool.clone(),
-        4,
-        Some(ReadMode::Rows),
-        DEFAULT_LOCK_WAIT,
-    ))
-    .await;
+    let read = |mode, order| {
+        read_all(snapshot(
+            pool.clone(),
+            4,
+            Some(mode),
+            order,
+            DEFAULT_LOCK_WAIT,
+        ))
+    };
+    let by_copy = read(ReadMode::Copy, Order::Sorted).await;
+    let by_query = read(ReadMode::Rows, Order::Sorted).await;
+    // In physical order (the table's is its insertion order), put into store order.
+    let physical = read(ReadMode::Copy, Order::Physical).await;
+    assert!(
+        by_copy == physical,
+        "the sorted and the physical read differ"
+    );
     assert!(by_copy == by_query, "the two reads differ");
     let mut rest = &by_copy[..];
     let mut records = Vec::new();
@@ -830,4 +833,135 @@ async fn the_table_reads_the_same_records_by_copy_and_by_query() {
         newer += 1;
     }
     assert_eq!(newer, 70);
+}
+
+/// A full backup from PostgreSQL reads the table in its physical order (no sort of the whole
+/// table) and puts it into store order itself: the same 10,000 events stored in order, a few
+/// dozen places out of order, and in reverse give the same archive records in the same order;
+/// only the reversed table, beyond the window, is read again sorted by PostgreSQL — said in a
+/// warning, nothing of the first attempt left at the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backup_is_in_store_order_whatever_the_tables_physical_order() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let f = Fixture::new();
+    let mut digests = Vec::new();
+    for (name, order) in [
+        ("phys_in_order", "g"),
+        ("phys_shuffled", "g / 40, g DESC"),
+        ("phys_reversed", "g DESC"),
+    ] {
+        let (url, pool) = events_table(&pg, name).await;
+        // Three events to a millisecond; types whose order differs between collations; the
+        // same event ids in every table.
+        sqlx::query(&format!(
+            r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data)
+               SELECT md5('e' || g)::uuid, 'Created', md5('a' || (g % 37))::uuid,
+                      (ARRAY['User', 'user', 'Tenant', '_x'])[(g % 37) % 4 + 1], g / 37 + 1,
+                      '2024-01-01T00:00:00Z'::timestamptz + (g / 3) * interval '1 ms',
+                      '{{"x-auth-email": "a@b"}}', jsonb_build_object('n', g)
+               FROM generate_series(0, 9999) g ORDER BY {order}"#
+        ))
+        .execute(&pool)
+        .await
+        .expect("insert");
+        let mut args = vec![
+            "backup".to_string(),
+            "--json".into(),
+            "--events-db".into(),
+            url,
+        ];
+        args.extend(f.common());
+        let out = run(
+            "backup-server",
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[("RUST_LOG", "warn")],
+        );
+        assert_eq!(out.code, Some(0), "{name}: {}", out.stderr);
+        let b: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+        assert_eq!(b["event_count"], 10_000, "{name}");
+        let sorted_again = out
+            .stderr
+            .contains("the events table is not in store order");
+        assert_eq!(
+            sorted_again,
+            name == "phys_reversed",
+            "{name}: {}",
+            out.stderr
+        );
+        if sorted_again {
+            assert!(
+                out.stderr
+                    .contains("lies more than 2048 events after later ones in the table"),
+                "{}",
+                out.stderr
+            );
+        }
+        let backups = f.dir.path().join("dest").join("backups");
+        let id = b["id"].as_str().expect("id");
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(backups.join(format!("{id}.manifest.json"))).expect("manifest"),
+        )
+        .expect("json");
+        digests.push(
+            manifest["events_sha256"]
+                .as_str()
+                .expect("digest")
+                .to_string(),
+        );
+        // The records are in store order: timestamps never go back.
+        let archive = backups.join(format!("{id}.mbk"));
+        let out = run(
+            "backup-server",
+            &[
+                "inspect",
+                archive.to_str().expect("utf8"),
+                "--key-file",
+                &f.key,
+            ],
+            &[],
+        );
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let times: Vec<String> = out
+            .stdout
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+                v["timestamp"].as_str().expect("timestamp").to_string()
+            })
+            .collect();
+        assert_eq!(times.len(), 10_000);
+        assert!(
+            times.windows(2).all(|w| w[0] <= w[1]),
+            "{name}: out of order"
+        );
+    }
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+    // Three archives and their manifests and watermarks, nothing staged.
+    let staged: Vec<_> = walk(&f.dir.path().join("dest"))
+        .into_iter()
+        .filter(|p| p.contains(".upload-"))
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
+    let out = run(
+        "backup-server",
+        &["list", "--json", "--destination", &f.dest],
+        &[],
+    );
+    assert_eq!(out.stdout.matches("\"id\"").count(), 3, "{}", out.stdout);
+}
+
+/// Every file under `dir`, as paths.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
 }

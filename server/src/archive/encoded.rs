@@ -176,6 +176,14 @@ impl Batch {
         })
     }
 
+    /// The last record.
+    pub fn last(&self) -> Option<EncodedRef<'_>> {
+        self.items.last().map(|item| EncodedRef {
+            buf: &self.buf,
+            item,
+        })
+    }
+
     /// Appends a record given as a message.
     pub fn push_record(&mut self, r: &Record) {
         self.push(RecordParts {
@@ -250,23 +258,27 @@ impl Batch {
             return;
         }
         let old = std::mem::take(self);
-        for (item, kept) in old.items.iter().zip(verdicts) {
+        for (r, kept) in old.iter().zip(verdicts) {
             if kept {
-                let shift = |r: &Range<usize>, base: usize, at: usize| {
-                    r.start - base + at..r.end - base + at
-                };
-                let at = self.buf.len();
-                self.buf.extend_from_slice(&old.buf[item.bytes.clone()]);
-                let base = item.bytes.start;
-                self.items.push(Item {
-                    bytes: at..self.buf.len(),
-                    aggregate_type: shift(&item.aggregate_type, base, at),
-                    aggregate_id: shift(&item.aggregate_id, base, at),
-                    version: item.version,
-                    timestamp: item.timestamp,
-                });
+                self.push_copy(r);
             }
         }
+    }
+
+    /// Appends a copy of a record of another batch.
+    pub fn push_copy(&mut self, r: EncodedRef<'_>) {
+        let item = r.item;
+        let at = self.buf.len();
+        let base = item.bytes.start;
+        let shift = |r: &Range<usize>| r.start - base + at..r.end - base + at;
+        self.buf.extend_from_slice(&r.buf[item.bytes.clone()]);
+        self.items.push(Item {
+            bytes: at..self.buf.len(),
+            aggregate_type: shift(&item.aggregate_type),
+            aggregate_id: shift(&item.aggregate_id),
+            version: item.version,
+            timestamp: item.timestamp,
+        });
     }
 
     /// Decodes the records back into messages (tests and diagnostics).

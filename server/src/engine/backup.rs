@@ -112,12 +112,24 @@ fn batches(
     ))
 }
 
+/// One attempt at a backup: until when it may run (the backup's deadline: an attempt after a
+/// failed one has what is left) and how a full backup's read of the events table comes into
+/// store order.
+pub(super) struct Attempt {
+    pub deadline: tokio::time::Instant,
+    pub order: crate::source::table::Order,
+}
+
+/// One attempt. It fails with [`ChainMismatch`] when an incremental cannot continue its chain,
+/// and with [`crate::source::Unordered`] when a read in physical order found the table too far
+/// out of store order; either way nothing is left at the destination.
 pub(super) async fn run(
     cfg: &EngineConfig,
     running: &BackupRecord,
     progress: Arc<Progress>,
     parent: Option<Parent>,
     custom: Option<RecordStream>,
+    attempt: Attempt,
     stop: &super::Interrupt,
 ) -> anyhow::Result<BackupRecord> {
     let protection = cfg.protection.clone().context(
@@ -129,7 +141,7 @@ pub(super) async fn run(
     // operation slot) like a slow read does. What follows the read (completing the upload,
     // watermark, manifest) has the destination's own timeouts. An interrupt (SIGTERM) stops
     // the same steps the same way.
-    let deadline = tokio::time::Instant::now() + cfg.backup_timeout;
+    let deadline = attempt.deadline;
     let timed_out = |waiting: &str| {
         anyhow!(
             "timed out after {}{waiting}",
@@ -174,6 +186,7 @@ pub(super) async fn run(
                         crate::source::table::connect(url).await?,
                         4,
                         None,
+                        attempt.order,
                         cfg.lock_wait_timeout,
                     ),
                 )),
@@ -334,17 +347,18 @@ pub(super) async fn run(
     if read_result.is_err() {
         cancelled.store(true, Ordering::SeqCst);
     }
-    // A chain mismatch is not a failure of this backup: the engine takes a full one instead.
+    // A chain mismatch is not a failure of this backup: the engine takes a full one instead;
+    // nor is a table out of order: the engine reads it sorted.
     if let Err(e) = &read_result {
-        if e.downcast_ref::<ChainMismatch>().is_some() {
+        if e.downcast_ref::<ChainMismatch>().is_some()
+            || e.downcast_ref::<crate::source::Unordered>().is_some()
+        {
             let _ = encoder.await;
             let (upload, _) = uploader
                 .await
                 .map_err(|e| anyhow!("uploader panicked: {e}"))?;
             upload.abort().await;
-            return Err(read_result
-                .err()
-                .unwrap_or_else(|| anyhow!("chain mismatch")));
+            return Err(read_result.err().unwrap_or_else(|| anyhow!("read again")));
         }
     }
     let enc_result = encoder

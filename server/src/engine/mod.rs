@@ -268,6 +268,9 @@ pub struct Engine {
     done: Arc<Mutex<std::collections::HashMap<String, watch::Receiver<Option<BackupRecord>>>>>,
     restores: Arc<Mutex<std::collections::HashMap<String, watch::Receiver<Option<RestoreRecord>>>>>,
     interrupt: Interrupt,
+    /// A full backup read the events table in physical order and found it too far from store
+    /// order: this process's later backups read it sorted.
+    read_sorted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -288,6 +291,7 @@ impl Engine {
             done: Arc::new(Mutex::new(std::collections::HashMap::new())),
             restores: Arc::new(Mutex::new(std::collections::HashMap::new())),
             interrupt: Interrupt::default(),
+            read_sorted: Arc::default(),
         }
     }
 
@@ -637,21 +641,61 @@ impl Engine {
             }
         }
         let stop = &self.interrupt;
-        let mut result =
-            backup::run(&self.cfg, &record, progress.clone(), parent, custom, stop).await;
-        if let Some(m) = result
-            .as_ref()
-            .err()
-            .and_then(|e| e.downcast_ref::<crate::source::ChainMismatch>())
-        {
-            let why = m.0.clone();
-            tracing::warn!(backup_id = %record.id, reason = %why, "taking a full backup instead of an incremental one");
-            record.kind = "full".into();
-            record.parent_id = None;
-            record.note = Some(format!("full instead of incremental: {why}"));
+        // The timeout bounds the backup, however many attempts it takes.
+        let deadline = tokio::time::Instant::now() + self.cfg.backup_timeout;
+        let order = || {
+            if self.read_sorted.load(Ordering::Relaxed) {
+                crate::source::table::Order::Sorted
+            } else {
+                crate::source::table::Order::Physical
+            }
+        };
+        let attempt = backup::Attempt {
+            deadline,
+            order: order(),
+        };
+        let mut result = backup::run(
+            &self.cfg,
+            &record,
+            progress.clone(),
+            parent,
+            custom,
+            attempt,
+            stop,
+        )
+        .await;
+        // At most two more attempts: an incremental that cannot continue its chain becomes a
+        // full backup, whose read in physical order may find the table out of order.
+        for _ in 0..2 {
+            let Err(e) = &result else { break };
+            if let Some(m) = e.downcast_ref::<crate::source::ChainMismatch>() {
+                let why = m.0.clone();
+                tracing::warn!(backup_id = %record.id, reason = %why, "taking a full backup instead of an incremental one");
+                record.kind = "full".into();
+                record.parent_id = None;
+                record.note = Some(format!("full instead of incremental: {why}"));
+            } else if let Some(u) = e.downcast_ref::<crate::source::Unordered>() {
+                tracing::warn!(backup_id = %record.id, reason = %u, "the events table is not in store order: reading it again, sorted by the database (and so for this process's later backups)");
+                self.read_sorted.store(true, Ordering::Relaxed);
+            } else {
+                break;
+            }
             progress.events.store(0, Ordering::Relaxed);
             progress.bytes.store(0, Ordering::Relaxed);
-            result = backup::run(&self.cfg, &record, progress, None, None, stop).await;
+            let attempt = backup::Attempt {
+                deadline,
+                order: order(),
+            };
+            result = backup::run(
+                &self.cfg,
+                &record,
+                progress.clone(),
+                None,
+                None,
+                attempt,
+                stop,
+            )
+            .await;
         }
         match result {
             Ok(done) => {

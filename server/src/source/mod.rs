@@ -3,6 +3,7 @@
 //! snapshot read straight from PostgreSQL, keeping event ids.
 
 mod metadata;
+pub mod reorder;
 pub mod table;
 
 /// Records per hand-off between the stages of a backup or restore (source, engine, archive
@@ -35,6 +36,8 @@ pub struct EventStoreAddr {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ChainMismatch(pub String);
+
+pub use reorder::Unordered;
 
 /// Largest event accepted from the store (Monoskope's clients: 4 MiB; we allow more).
 const MAX_EVENT: usize = 64 * 1024 * 1024;
