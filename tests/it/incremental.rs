@@ -833,6 +833,20 @@ async fn the_table_reads_the_same_records_by_copy_and_by_query() {
         newer += 1;
     }
     assert_eq!(newer, 70);
+    // Metadata and data are selected without a cast when both are jsonb (Monoskope's table),
+    // as text otherwise: with a json column the records are the same, both ways.
+    sqlx::query("ALTER TABLE event_records ALTER COLUMN data TYPE json")
+        .execute(&pool)
+        .await
+        .expect("alter");
+    assert!(
+        read(ReadMode::Copy, Order::Sorted).await == by_copy,
+        "a json column reads differently"
+    );
+    assert!(
+        read(ReadMode::Copy, Order::Physical).await == by_copy,
+        "a json column reads differently in physical order"
+    );
 }
 
 /// A full backup from PostgreSQL reads the table in its physical order (no sort of the whole
@@ -893,7 +907,7 @@ async fn a_full_backup_is_in_store_order_whatever_the_tables_physical_order() {
         if sorted_again {
             assert!(
                 out.stderr
-                    .contains("lies more than 2048 events after later ones in the table"),
+                    .contains("lies further from its place than the 2048 events (at most 16 MiB) held back to sort them"),
                 "{}",
                 out.stderr
             );

@@ -19,6 +19,10 @@ use crate::archive::{Batch, EncodedRef};
 /// clock skew between replicas and the time from setting a timestamp to inserting displace.
 pub const WINDOW: usize = 2048;
 
+/// At most this many bytes of events are held back, whatever their number (large events make
+/// the window shorter, never the memory larger).
+pub const WINDOW_BYTES: usize = 16 << 20;
+
 /// The table's physical order is further from store order than [`WINDOW`] events (or a row has
 /// no aggregate type, id or version, whose place PostgreSQL's sort decides): the read must be
 /// sorted. The text says which event.
@@ -82,9 +86,12 @@ impl OwnedKey {
 /// See the module's documentation.
 #[derive(Debug)]
 pub struct Reorder {
+    /// Records and bytes held back at most.
     window: usize,
+    window_bytes: usize,
     held: VecDeque<Batch>,
     held_records: usize,
+    held_bytes: usize,
     /// The held records are in store order.
     in_order: bool,
     /// The greatest key held (the last held record's when `in_order`).
@@ -95,17 +102,19 @@ pub struct Reorder {
 
 impl Default for Reorder {
     fn default() -> Self {
-        Self::with_window(WINDOW)
+        Self::with_window(WINDOW, WINDOW_BYTES)
     }
 }
 
 impl Reorder {
-    /// Holding `window` records back.
-    pub fn with_window(window: usize) -> Self {
+    /// Holding `window` records, at most `window_bytes` bytes, back.
+    pub fn with_window(window: usize, window_bytes: usize) -> Self {
         Self {
             window,
+            window_bytes,
             held: VecDeque::new(),
             held_records: 0,
+            held_bytes: 0,
             in_order: true,
             last: None,
             floor: None,
@@ -124,12 +133,13 @@ impl Reorder {
             let k = key(&r);
             if floor.is_some_and(|f| k < f) {
                 return Err(Unordered(format!(
-                    "event {} {} version {} of {} lies more than {} events after later ones in the table",
+                    "event {} {} version {} of {} lies further from its place than the {} events (at most {} MiB) held back to sort them",
                     k.aggregate_type,
                     k.aggregate_id,
                     k.version,
                     crate::cli::rfc3339(r.timestamp()).unwrap_or_else(|| "no time".into()),
-                    self.window
+                    self.window,
+                    self.window_bytes >> 20
                 )));
             }
             match greatest {
@@ -139,9 +149,12 @@ impl Reorder {
         }
         self.last = greatest.map(OwnedKey::of);
         self.held_records += batch.len();
+        self.held_bytes += batch.bytes().len();
         self.held.push_back(batch);
         while let Some(front) = self.held.front() {
-            if self.held_records - front.len() < self.window {
+            if self.held_records - front.len() < self.window
+                && self.held_bytes - front.bytes().len() < self.window_bytes
+            {
                 break;
             }
             if !self.in_order {
@@ -149,6 +162,7 @@ impl Reorder {
             }
             let b = self.held.pop_front().expect("a front batch");
             self.held_records -= b.len();
+            self.held_bytes -= b.bytes().len();
             self.floor = b.last().map(|r| OwnedKey::of(key(&r)));
             out.push(b);
         }
@@ -223,9 +237,18 @@ mod tests {
             .collect()
     }
 
-    /// Runs the records through a reorder of `window`, in batches of `size`.
+    /// Runs the records through a reorder of `window` records (and 1 GiB), in batches of `size`.
     fn reorder(records: &[Record], size: usize, window: usize) -> Result<Vec<Record>, Unordered> {
-        let mut r = Reorder::with_window(window);
+        reorder_bytes(records, size, window, 1 << 30)
+    }
+
+    fn reorder_bytes(
+        records: &[Record],
+        size: usize,
+        window: usize,
+        bytes: usize,
+    ) -> Result<Vec<Record>, Unordered> {
+        let mut r = Reorder::with_window(window, bytes);
         let mut out = Vec::new();
         for b in batches(records, size) {
             r.push(b, &mut out)?;
@@ -346,7 +369,23 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.0.ends_with("lies more than 200 events after later ones in the table"),
+            e.0.ends_with(
+                "lies further from its place than the 200 events (at most 1024 MiB) held back to sort them"
+            ),
+            "{e}"
+        );
+        // Large events make the window shorter: 100 events of 40 KiB out of place fit the 200
+        // events but not 2 MiB.
+        let mut large = records.clone();
+        for r in &mut large {
+            r.data = vec![b'x'; 40 << 10];
+        }
+        let r = large.remove(100);
+        large.insert(200, r);
+        assert!(reorder_bytes(&large, 16, 200, 8 << 20).is_ok());
+        let e = reorder_bytes(&large, 16, 200, 2 << 20).expect_err("2 MiB");
+        assert!(
+            e.0.ends_with("(at most 2 MiB) held back to sort them"),
             "{e}"
         );
         // With a wider window it comes out in order.

@@ -16,8 +16,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// The columns of a record, in the order [`CopyDecoder`] reads them.
+/// The columns of a record, in the order [`CopyDecoder`] reads them, `metadata` and `data` as
+/// text.
 const COLUMNS: &str = r#"e.event_id, e.event_type, e.aggregate_id, e.aggregate_type, e.aggregate_version, e."timestamp", e.metadata::text, e.data::text"#;
+/// The same with `metadata` and `data` as they are when both are `jsonb` (Monoskope's table):
+/// in binary, a version byte and the same text. Without the cast, PostgreSQL's `COPY` of the
+/// table takes 5–10% less time.
+const COLUMNS_JSONB: &str = r#"e.event_id, e.event_type, e.aggregate_id, e.aggregate_type, e.aggregate_version, e."timestamp", e.metadata, e.data"#;
+
+/// The columns to select: [`COLUMNS_JSONB`] when `jsonb`, else [`COLUMNS`].
+fn columns(jsonb: bool) -> &'static str {
+    if jsonb {
+        COLUMNS_JSONB
+    } else {
+        COLUMNS
+    }
+}
 /// Store order: as `Retrieve` returns events (by timestamp), ties by aggregate type (bytewise,
 /// as CockroachDB compares strings), id and version: the order [`Reorder`] restores.
 fn order_by(cockroach: bool) -> &'static str {
@@ -101,11 +115,14 @@ const COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// Decodes PostgreSQL's binary COPY output of [`COLUMNS`] into encoded records (the archive's
-/// encoding written straight from the tuple's fields), whatever way the bytes are cut into
-/// messages: a tuple may span messages, a message may hold several.
+/// Decodes PostgreSQL's binary COPY output of [`COLUMNS`] (or [`COLUMNS_JSONB`] when `jsonb`)
+/// into encoded records (the archive's encoding written straight from the tuple's fields),
+/// whatever way the bytes are cut into messages: a tuple may span messages, a message may hold
+/// several.
 #[derive(Default)]
 struct CopyDecoder {
+    /// `metadata` and `data` come as binary jsonb.
+    jsonb: bool,
     /// Bytes received and not yet decoded (a partial tuple).
     pending: Vec<u8>,
     header_done: bool,
@@ -166,7 +183,7 @@ impl CopyDecoder {
             if self.ended {
                 return Err(malformed("data after the trailer"));
             }
-            match decode_tuple(&buf[at..], out)? {
+            match decode_tuple(&buf[at..], self.jsonb, out)? {
                 Tuple::Incomplete => break,
                 Tuple::Trailer => {
                     self.ended = true;
@@ -220,7 +237,7 @@ fn split_fields(buf: &[u8]) -> anyhow::Result<Option<(Fields<'_>, usize)>> {
 }
 
 /// Decodes the tuple at the start of `buf` into `out`.
-fn decode_tuple(buf: &[u8], out: &mut Batch) -> anyhow::Result<Tuple> {
+fn decode_tuple(buf: &[u8], jsonb: bool, out: &mut Batch) -> anyhow::Result<Tuple> {
     let Some(count) = buf.get(..2) else {
         return Ok(Tuple::Incomplete);
     };
@@ -233,14 +250,20 @@ fn decode_tuple(buf: &[u8], out: &mut Batch) -> anyhow::Result<Tuple> {
         return Ok(Tuple::Incomplete);
     };
     let key_null = fields[2].is_none() || fields[3].is_none() || fields[4].is_none();
-    push_fields(fields, out)?;
+    push_fields(fields, jsonb, out)?;
     Ok(Tuple::Row { len, key_null })
 }
 
 /// Writes the record of one row's fields, each in PostgreSQL's binary format (as binary COPY
-/// and binary query results carry them).
-fn push_fields(fields: Fields<'_>, out: &mut Batch) -> anyhow::Result<()> {
+/// and binary query results carry them); `metadata` and `data` as binary jsonb when `jsonb`,
+/// else as text.
+fn push_fields(fields: Fields<'_>, jsonb: bool, out: &mut Batch) -> anyhow::Result<()> {
     let [event_id, event_type, aggregate_id, aggregate_type, version, ts, md, data] = fields;
+    let (md, data) = if jsonb {
+        (jsonb_text(md, "metadata")?, jsonb_text(data, "data")?)
+    } else {
+        (md, data)
+    };
     let mut event_id_text = [0u8; 36];
     let mut aggregate_id_text = [0u8; 36];
     let metadata = match md {
@@ -266,6 +289,17 @@ fn push_fields(fields: Fields<'_>, out: &mut Batch) -> anyhow::Result<()> {
         )?,
     });
     Ok(())
+}
+
+/// The text of a binary jsonb value: version 1, the only one PostgreSQL has, then the text.
+fn jsonb_text<'a>(b: Option<&'a [u8]>, column: &str) -> anyhow::Result<Option<&'a [u8]>> {
+    match b.map(<[u8]>::split_first) {
+        None => Ok(None),
+        Some(Some((1, text))) => Ok(Some(text)),
+        Some(_) => Err(malformed(&format!(
+            "{column}: jsonb of an unknown binary version"
+        ))),
+    }
 }
 
 /// A binary uuid in the text form PostgreSQL prints (lowercase, hyphenated), written into `out`.
@@ -314,6 +348,8 @@ struct Snapshot {
     mode: ReadMode,
     /// The server is CockroachDB (not PostgreSQL).
     cockroach: bool,
+    /// `metadata` and `data` are both `jsonb` (PostgreSQL only: selected without a cast).
+    jsonb: bool,
 }
 
 /// Begins a [`Snapshot`], read the `mode` way (`None`: what the server supports), whose
@@ -332,14 +368,21 @@ async fn begin_snapshot(
             .fetch_one(&mut *conn)
             .await?;
     let cockroach = version.contains("CockroachDB");
+    let mut jsonb = false;
     if !cockroach {
         // The first read of the table takes its (shared) lock for the whole transaction.
         sqlx::query(&crate::sink::table::set_lock_timeout(lock_wait))
             .execute(&mut *conn)
             .await?;
+        jsonb = sqlx::query_scalar(
+            "SELECT count(*) = 2 FROM pg_attribute WHERE attrelid = to_regclass('event_records') AND attname IN ('metadata', 'data') AND atttypid = 'jsonb'::regtype AND NOT attisdropped",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
     }
     Ok(Snapshot {
         conn,
+        jsonb,
         exists: exists.is_some(),
         mode: mode.unwrap_or(if cockroach {
             ReadMode::Rows
@@ -378,15 +421,16 @@ async fn hand_on(
     Ok(true)
 }
 
-/// Reads `query` (which selects [`COLUMNS`]) on `conn` the `mode` way and sends its rows as
-/// batches of records until they end or the receiver is gone, through `reorder` if given (the
-/// query then reads in physical order). `grown` binds `$1..$3` in [`ReadMode::Rows`]. The
-/// connection is closed when dropped, not returned to the pool: it may be left in the middle
-/// of a result.
+/// Reads `query` (which selects [`columns`]`(jsonb)`) on `conn` the `mode` way and sends its
+/// rows as batches of records until they end or the receiver is gone, through `reorder` if
+/// given (the query then reads in physical order). `grown` binds `$1..$3` in
+/// [`ReadMode::Rows`]. The connection is closed when dropped, not returned to the pool: it may
+/// be left in the middle of a result.
 async fn forward(
     conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
     mode: ReadMode,
     query: &str,
+    jsonb: bool,
     grown: Option<&Grown>,
     mut reorder: Option<Reorder>,
     tx: &mpsc::Sender<anyhow::Result<Batch>>,
@@ -395,7 +439,10 @@ async fn forward(
     let mut batch = Batch::new();
     match mode {
         ReadMode::Copy => {
-            let mut decoder = CopyDecoder::default();
+            let mut decoder = CopyDecoder {
+                jsonb,
+                ..CopyDecoder::default()
+            };
             let mut data = conn
                 .copy_out_raw(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
                 .await?;
@@ -431,7 +478,7 @@ async fn forward(
                         *field = Some(value.as_bytes().map_err(|e| malformed(&e.to_string()))?);
                     }
                 }
-                push_fields(fields, &mut batch)?;
+                push_fields(fields, jsonb, &mut batch)?;
                 if !hand_on(&mut batch, false, &mut reorder, tx).await? {
                     return Ok(());
                 }
@@ -465,7 +512,9 @@ async fn stream_into(
         exists,
         mode,
         cockroach,
+        jsonb,
     } = begin_snapshot(pool, mode, lock_wait).await?;
+    let columns = columns(jsonb);
     if exists {
         let physical = order == Order::Physical && mode == ReadMode::Copy && !cockroach;
         let query = if physical {
@@ -477,10 +526,10 @@ async fn stream_into(
             ] {
                 sqlx::query(set).execute(&mut *conn).await?;
             }
-            format!(r#"SELECT {COLUMNS} FROM "event_records" e"#)
+            format!(r#"SELECT {columns} FROM "event_records" e"#)
         } else {
             format!(
-                r#"SELECT {COLUMNS} FROM "event_records" e {}"#,
+                r#"SELECT {columns} FROM "event_records" e {}"#,
                 order_by(cockroach)
             )
         };
@@ -488,6 +537,7 @@ async fn stream_into(
             &mut conn,
             mode,
             &query,
+            jsonb,
             None,
             physical.then(Reorder::default),
             tx,
@@ -547,7 +597,9 @@ async fn incremental_into(
         exists,
         mode,
         cockroach,
+        jsonb,
     } = begin_snapshot(pool, mode, lock_wait).await?;
+    let columns = columns(jsonb);
     if !exists {
         return Err(ChainMismatch("the store has no events table any more".into()).into());
     }
@@ -634,7 +686,7 @@ async fn incremental_into(
         // the whole table: 1.4 s instead of 0.2 s for 10,000 aggregates of 1M events).
         let lookup = |grown: &str| {
             format!(
-                r#"SELECT {COLUMNS} FROM unnest({grown}) AS w(t, i, v) CROSS JOIN LATERAL (SELECT * FROM "event_records" r WHERE r.aggregate_id = w.i AND r.aggregate_type = w.t AND r.aggregate_version > w.v OFFSET 0) e {}"#,
+                r#"SELECT {columns} FROM unnest({grown}) AS w(t, i, v) CROSS JOIN LATERAL (SELECT * FROM "event_records" r WHERE r.aggregate_id = w.i AND r.aggregate_type = w.t AND r.aggregate_version > w.v OFFSET 0) e {}"#,
                 order_by(cockroach)
             )
         };
@@ -654,11 +706,11 @@ async fn incremental_into(
                 // The transaction holds them now: not kept while the new events stream.
                 drop(grown);
                 let query = lookup("current_setting('monoskope_backup.types')::text[], current_setting('monoskope_backup.ids')::uuid[], current_setting('monoskope_backup.held')::bigint[]");
-                forward(&mut conn, mode, &query, None, None, tx).await?;
+                forward(&mut conn, mode, &query, jsonb, None, None, tx).await?;
             }
             ReadMode::Rows => {
                 let query = lookup("$1::text[], $2::uuid[], $3::bigint[]");
-                forward(&mut conn, mode, &query, Some(&grown), None, tx).await?;
+                forward(&mut conn, mode, &query, jsonb, Some(&grown), None, tx).await?;
             }
         }
     }
@@ -697,7 +749,15 @@ mod tests {
     }
 
     /// What `COPY … TO STDOUT (FORMAT binary)` sends for `rows` (PostgreSQL's documented layout).
-    fn copy_bytes(rows: &[Row]) -> Vec<u8> {
+    /// The binary COPY of `rows`; `metadata` and `data` as binary jsonb when `jsonb`.
+    fn copy_bytes(rows: &[Row], jsonb: bool) -> Vec<u8> {
+        let json = |t: Option<String>| {
+            t.map(|t| {
+                let mut b = if jsonb { vec![1u8] } else { Vec::new() };
+                b.extend_from_slice(t.as_bytes());
+                b
+            })
+        };
         let mut out = COPY_SIGNATURE.to_vec();
         out.extend_from_slice(&0u32.to_be_bytes());
         out.extend_from_slice(&0u32.to_be_bytes());
@@ -715,12 +775,13 @@ mod tests {
                 &mut out,
                 r.micros.map(i64::to_be_bytes).as_ref().map(|v| &v[..]),
             );
-            let md = r
-                .metadata
-                .as_ref()
-                .map(|m| serde_json::to_string_pretty(m).expect("json"));
-            field(&mut out, md.as_deref().map(str::as_bytes));
-            field(&mut out, r.data.as_deref().map(str::as_bytes));
+            let md = json(
+                r.metadata
+                    .as_ref()
+                    .map(|m| serde_json::to_string_pretty(m).expect("json")),
+            );
+            field(&mut out, md.as_deref());
+            field(&mut out, json(r.data.clone()).as_deref());
         }
         out.extend_from_slice(&(-1i16).to_be_bytes());
         out
@@ -792,7 +853,7 @@ mod tests {
         /// However the stream is cut into messages, the records are the rows, field for field.
         #[test]
         fn decodes_rows_in_any_pieces(rows in proptest::collection::vec(row(), 0..12), cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6)) {
-            let bytes = copy_bytes(&rows);
+            let bytes = copy_bytes(&rows, false);
             let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
             at.push(0);
             at.push(bytes.len());
@@ -804,6 +865,12 @@ mod tests {
             }
             decoder.finish().expect("complete");
             let want: Vec<Record> = rows.iter().map(expected).collect();
+            prop_assert_eq!(batch.to_records().expect("decodes"), want.clone());
+            // The same rows with metadata and data as binary jsonb, in one piece.
+            let mut decoder = CopyDecoder { jsonb: true, ..CopyDecoder::default() };
+            let mut batch = Batch::new();
+            decoder.feed(&copy_bytes(&rows, true), &mut batch).expect("valid stream");
+            decoder.finish().expect("complete");
             prop_assert_eq!(batch.to_records().expect("decodes"), want);
         }
     }
@@ -820,7 +887,7 @@ mod tests {
             metadata: Some(BTreeMap::from([("x-auth-id".into(), "a".into())])),
             data: Some("{}".into()),
         }];
-        let bytes = copy_bytes(&rows);
+        let bytes = copy_bytes(&rows, false);
         let decode = |b: &[u8]| -> anyhow::Result<Batch> {
             let mut d = CopyDecoder::default();
             let mut batch = Batch::new();
@@ -856,13 +923,13 @@ mod tests {
             .expect_err("columns")
             .to_string()
             .contains("7 columns"));
-        let mut null_id = copy_bytes(&rows);
+        let mut null_id = copy_bytes(&rows, false);
         null_id[21..25].copy_from_slice(&(-1i32).to_be_bytes());
         assert!(decode(&null_id).is_err());
         let bad_meta = {
             let mut r = rows.clone();
             r[0].metadata = None;
-            let mut b = copy_bytes(&r);
+            let mut b = copy_bytes(&r, false);
             // Replace the NULL metadata with a JSON number.
             let null = (-1i32).to_be_bytes();
             let pos = b.windows(4).rposition(|w| w == null).expect("the NULL");
@@ -873,5 +940,20 @@ mod tests {
             .expect_err("metadata")
             .to_string()
             .contains("metadata"));
+        // Binary jsonb of a version PostgreSQL never wrote.
+        let mut jsonb = copy_bytes(&rows, true);
+        let at = jsonb.len() - 2 - 2 - 1;
+        assert_eq!(&jsonb[at..at + 3], b"\x01{}");
+        jsonb[at] = 2;
+        let mut d = CopyDecoder {
+            jsonb: true,
+            ..CopyDecoder::default()
+        };
+        let e = d.feed(&jsonb, &mut Batch::new()).expect_err("version 2");
+        assert!(
+            e.to_string()
+                .contains("data: jsonb of an unknown binary version"),
+            "{e}"
+        );
     }
 }
