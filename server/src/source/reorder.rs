@@ -4,12 +4,17 @@
 //! sequential scan returns events in the order they were stored — their timestamp order, up to
 //! the clock skew between the CommandHandler replicas that set the timestamps. Reading that way
 //! spares PostgreSQL a sort of the whole table (parallel workers and temporary files as large as
-//! the table). [`Reorder`] holds the last [`WINDOW`] events back, puts them into store order
-//! when some arrived out of it, and hands on only events that no later one can precede: an event
-//! that arrives after a later one was handed on ends the read with [`Unordered`] (the backup is
-//! then read again, sorted by PostgreSQL). What it hands on is therefore exactly the sorted
-//! query's result, or nothing is claimed.
+//! the table). [`Reorder`] holds the last [`WINDOW`] events back in store order — a batch that
+//! follows them is appended, one that does not is merged into the events it precedes, so the
+//! work grows with how far events are out of place, not with the window — and hands on only
+//! events that no later one can precede: an event that arrives after a later one was handed on
+//! ends the read with [`Unordered`] (the backup is then read again, sorted by PostgreSQL). What
+//! it hands on is therefore exactly the sorted query's result, or nothing is claimed. Writers
+//! interleaving their pages put events a few places out of order; a writer that inserts into an
+//! old page with room left puts a newer event among older ones, which waits at the window's end
+//! for its place.
 
+use std::cmp::Ordering;
 use std::collections::VecDeque;
 
 use crate::archive::{Batch, EncodedRef};
@@ -54,6 +59,17 @@ fn key<'a>(r: &EncodedRef<'a>) -> Key<'a> {
     }
 }
 
+/// A record's time as it sorts: NULL after every time.
+fn time(r: &EncodedRef<'_>) -> (bool, i64, i32) {
+    r.timestamp()
+        .map_or((true, 0, 0), |t| (false, t.seconds, t.nanos))
+}
+
+/// Compares two records in store order, reading their strings only when their times are equal.
+fn order(a: &EncodedRef<'_>, b: &EncodedRef<'_>) -> Ordering {
+    time(a).cmp(&time(b)).then_with(|| key(a).cmp(&key(b)))
+}
+
 /// A [`Key`] kept beyond its batch.
 #[derive(Debug, Clone)]
 struct OwnedKey {
@@ -89,15 +105,14 @@ pub struct Reorder {
     /// Records and bytes held back at most.
     window: usize,
     window_bytes: usize,
+    /// The records held back, always in store order.
     held: VecDeque<Batch>,
     held_records: usize,
     held_bytes: usize,
-    /// The held records are in store order.
-    in_order: bool,
-    /// The greatest key held (the last held record's when `in_order`).
-    last: Option<OwnedKey>,
     /// The key of the last record handed on: nothing may arrive below it.
     floor: Option<OwnedKey>,
+    /// Records copied to put them into order (a table in order copies none).
+    copied: usize,
 }
 
 impl Default for Reorder {
@@ -115,9 +130,8 @@ impl Reorder {
             held: VecDeque::new(),
             held_records: 0,
             held_bytes: 0,
-            in_order: true,
-            last: None,
             floor: None,
+            copied: 0,
         }
     }
 
@@ -127,11 +141,14 @@ impl Reorder {
         if batch.is_empty() {
             return Ok(());
         }
-        let floor = self.floor.as_ref().map(OwnedKey::key);
-        let mut greatest = self.last.as_ref().map(OwnedKey::key);
-        for r in batch.iter() {
-            let k = key(&r);
-            if floor.is_some_and(|f| k < f) {
+        if let Some(f) = &self.floor {
+            let f = f.key();
+            let below = |r: &EncodedRef<'_>| match time(r).cmp(&f.ts) {
+                Ordering::Equal => key(r) < f,
+                o => o == Ordering::Less,
+            };
+            if let Some(r) = batch.iter().find(below) {
+                let k = key(&r);
                 return Err(Unordered(format!(
                     "event {} {} version {} of {} lies further from its place than the {} events (at most {} MiB) held back to sort them",
                     k.aggregate_type,
@@ -142,23 +159,16 @@ impl Reorder {
                     self.window_bytes >> 20
                 )));
             }
-            match greatest {
-                Some(g) if k < g => self.in_order = false,
-                _ => greatest = Some(k),
-            }
         }
-        self.last = greatest.map(OwnedKey::of);
+        let batch = self.sorted(batch);
         self.held_records += batch.len();
         self.held_bytes += batch.bytes().len();
-        self.held.push_back(batch);
+        self.insert(batch);
         while let Some(front) = self.held.front() {
             if self.held_records - front.len() < self.window
                 && self.held_bytes - front.bytes().len() < self.window_bytes
             {
                 break;
-            }
-            if !self.in_order {
-                self.sort();
             }
             let b = self.held.pop_front().expect("a front batch");
             self.held_records -= b.len();
@@ -170,37 +180,92 @@ impl Reorder {
     }
 
     /// The read ended: the rest, in store order.
-    pub fn finish(mut self, out: &mut Vec<Batch>) {
-        if !self.in_order {
-            self.sort();
-        }
+    pub fn finish(self, out: &mut Vec<Batch>) {
         out.extend(self.held);
     }
 
-    /// Puts the held records into store order (in batches of the size they came in).
-    fn sort(&mut self) {
-        let size = self.held.front().map_or(1, Batch::len).max(1);
-        let held = std::mem::take(&mut self.held);
-        let mut records: Vec<EncodedRef<'_>> = held.iter().flat_map(Batch::iter).collect();
-        records.sort_by(|a, b| key(a).cmp(&key(b)));
-        let mut batch = Batch::new();
+    /// The batch in store order (itself when it is).
+    fn sorted(&mut self, batch: Batch) -> Batch {
+        let in_order = batch
+            .iter()
+            .zip(batch.iter().skip(1))
+            .all(|(a, b)| order(&a, &b) != Ordering::Greater);
+        if in_order {
+            return batch;
+        }
+        let mut records: Vec<EncodedRef<'_>> = batch.iter().collect();
+        records.sort_by(order);
+        let mut out = Batch::with_capacity(records.len(), batch.bytes().len());
         for r in records {
-            batch.push_copy(r);
-            if batch.len() == size {
-                self.held.push_back(std::mem::take(&mut batch));
+            out.push_copy(r);
+        }
+        self.copied += out.len();
+        out
+    }
+
+    /// Adds a batch in store order to the held records: appended when it follows them (a table
+    /// in order), else merged with the held records it precedes — as many as it lies out of
+    /// place, so the work is the disorder's, not the window's.
+    fn insert(&mut self, batch: Batch) {
+        let first = batch.iter().next().expect("not empty");
+        let after_first = |r: &EncodedRef<'_>| order(r, &first) == Ordering::Greater;
+        let follows = self
+            .held
+            .back()
+            .and_then(Batch::last)
+            .is_none_or(|last| !after_first(&last));
+        if follows {
+            self.held.push_back(batch);
+            return;
+        }
+        // The first held batch with a record after `first`, and that record.
+        let mut at = self.held.len() - 1;
+        while at > 0 && self.held[at].iter().next().is_some_and(|r| after_first(&r)) {
+            at -= 1;
+        }
+        let from = self.held[at].iter().take_while(|r| !after_first(r)).count();
+        let size = super::RECORD_BATCH;
+        let mut merged = Vec::new();
+        {
+            let mut tail = self
+                .held
+                .iter()
+                .skip(at)
+                .flat_map(Batch::iter)
+                .skip(from)
+                .peekable();
+            let mut new = batch.iter().peekable();
+            let mut out = Batch::new();
+            for r in self.held[at].iter().take(from) {
+                out.push_copy(r);
+            }
+            loop {
+                let next = match (tail.peek(), new.peek()) {
+                    (Some(t), Some(n)) if order(n, t) == Ordering::Less => new.next(),
+                    (Some(_), _) => tail.next(),
+                    (None, Some(_)) => new.next(),
+                    (None, None) => break,
+                };
+                out.push_copy(next.expect("peeked"));
+                self.copied += 1;
+                if out.len() == size {
+                    merged.push(std::mem::take(&mut out));
+                }
+            }
+            self.copied += from;
+            if !out.is_empty() {
+                merged.push(out);
             }
         }
-        if !batch.is_empty() {
-            self.held.push_back(batch);
-        }
-        self.in_order = true;
+        self.held.truncate(at);
+        self.held.extend(merged);
     }
 }
 
 /// Compares two records in store order (tests).
 #[cfg(test)]
-fn cmp(a: &EncodedRef<'_>, b: &EncodedRef<'_>) -> std::cmp::Ordering {
-    key(a).cmp(&key(b))
+fn cmp(a: &EncodedRef<'_>, b: &EncodedRef<'_>) -> Ordering {
+    order(a, b)
 }
 
 #[cfg(test)]
@@ -355,6 +420,48 @@ mod tests {
                 "batches of {size}, window {window}"
             );
         }
+    }
+
+    /// Runs the records through the default window in batches of 256; the records it handed
+    /// on and how many it copied.
+    fn reorder_counting(records: &[Record]) -> (Vec<Record>, usize) {
+        let mut r = Reorder::default();
+        let mut out = Vec::new();
+        for b in batches(records, 256) {
+            r.push(b, &mut out).expect("within the window");
+        }
+        let copied = r.copied;
+        r.finish(&mut out);
+        let records = out
+            .iter()
+            .flat_map(|b| b.to_records().expect("records"))
+            .collect();
+        (records, copied)
+    }
+
+    #[test]
+    fn the_work_is_the_disorders_not_the_windows() {
+        let records = in_store_order(20_000);
+        // In order: nothing copied.
+        let (out, copied) = reorder_counting(&records);
+        assert_eq!(ids(&out), ids(&records));
+        assert_eq!(copied, 0);
+        // Writers interleaving their pages: every few records out of place by a few.
+        let mut local = records.clone();
+        for c in local.chunks_mut(7) {
+            c.reverse();
+        }
+        let (out, copied) = reorder_counting(&local);
+        assert_eq!(ids(&out), ids(&records));
+        assert!(copied <= 3 * records.len(), "{copied} copies");
+        // A newer event stored early (a writer's old page with room left): held to its place
+        // at the end, each batch merged before it.
+        let mut early = records.clone();
+        let newest = early.pop().expect("one");
+        early.insert(10, newest);
+        let (out, copied) = reorder_counting(&early);
+        assert_eq!(ids(&out), ids(&records));
+        assert!(copied <= 3 * records.len(), "{copied} copies");
     }
 
     #[test]

@@ -32,6 +32,7 @@ fn columns(jsonb: bool) -> &'static str {
         COLUMNS
     }
 }
+
 /// Store order: as `Retrieve` returns events (by timestamp), ties by aggregate type (bytewise,
 /// as CockroachDB compares strings), id and version: the order [`Reorder`] restores.
 fn order_by(cockroach: bool) -> &'static str {
