@@ -866,20 +866,7 @@ async fn a_full_backup_is_in_store_order_whatever_the_tables_physical_order() {
         ("phys_shuffled", "g / 40, g DESC"),
         ("phys_reversed", "g DESC"),
     ] {
-        let (url, pool) = events_table(&pg, name).await;
-        // Three events to a millisecond; types whose order differs between collations; the
-        // same event ids in every table.
-        sqlx::query(&format!(
-            r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data)
-               SELECT md5('e' || g)::uuid, 'Created', md5('a' || (g % 37))::uuid,
-                      (ARRAY['User', 'user', 'Tenant', '_x'])[(g % 37) % 4 + 1], g / 37 + 1,
-                      '2024-01-01T00:00:00Z'::timestamptz + (g / 3) * interval '1 ms',
-                      '{{"x-auth-email": "a@b"}}', jsonb_build_object('n', g)
-               FROM generate_series(0, 9999) g ORDER BY {order}"#
-        ))
-        .execute(&pool)
-        .await
-        .expect("insert");
+        let url = table_stored_in(&pg, name, order).await;
         let mut args = vec![
             "backup".to_string(),
             "--json".into(),
@@ -964,6 +951,60 @@ async fn a_full_backup_is_in_store_order_whatever_the_tables_physical_order() {
         &[],
     );
     assert_eq!(out.stdout.matches("\"id\"").count(), 3, "{}", out.stdout);
+}
+
+/// A fresh events table holding the same 10,000 events, stored in `order` of their number `g`
+/// (three events to a millisecond, types whose order differs between collations, the same
+/// event ids in every table); its URL.
+async fn table_stored_in(pg: &str, name: &str, order: &str) -> String {
+    let (url, pool) = events_table(pg, name).await;
+    sqlx::query(&format!(
+        r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data)
+           SELECT md5('e' || g)::uuid, 'Created', md5('a' || (g % 37))::uuid,
+                  (ARRAY['User', 'user', 'Tenant', '_x'])[(g % 37) % 4 + 1], g / 37 + 1,
+                  '2024-01-01T00:00:00Z'::timestamptz + (g / 3) * interval '1 ms',
+                  '{{"x-auth-email": "a@b"}}', jsonb_build_object('n', g)
+           FROM generate_series(0, 9999) g ORDER BY {order}"#
+    ))
+    .execute(&pool)
+    .await
+    .expect("insert");
+    url
+}
+
+/// The service reads a table found out of order sorted from then on: its first backup warns
+/// and reads again, the next one reads sorted at once; both hold every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_reads_a_table_out_of_order_sorted_from_then_on() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let f = Fixture::new();
+    let url = table_stored_in(&pg, "phys_service", "g DESC").await;
+    let log = f.dir.path().join("serve.log");
+    let mut cmd = std::process::Command::new(monoskope_backup_tests::bin("backup-server"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--events-db", &url])
+        .args(f.common())
+        .env("BACKUP_EMIT_EVENTS", "false")
+        .env("RUST_LOG", "warn");
+    let (_serve, line) = monoskope_backup_tests::spawn_until_line_with(
+        cmd,
+        "backup-server listening on ",
+        std::process::Stdio::from(std::fs::File::create(&log).expect("log")),
+    );
+    let server = format!(
+        "http://{}",
+        line.trim_start_matches("backup-server listening on ")
+            .trim()
+    );
+    let warning = "the events table is not in store order";
+    for expected in [1, 1] {
+        let out = run("backupctl", &["--server", &server, "create", "--wait"], &[]);
+        assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains("10000 events"), "{}", out.stdout);
+        let logged = std::fs::read_to_string(&log).expect("log");
+        assert_eq!(logged.matches(warning).count(), expected, "{logged}");
+    }
 }
 
 /// Every file under `dir`, as paths.
