@@ -49,9 +49,7 @@ struct Key<'a> {
 
 fn key<'a>(r: &EncodedRef<'a>) -> Key<'a> {
     Key {
-        ts: r
-            .timestamp()
-            .map_or((true, 0, 0), |t| (false, t.seconds, t.nanos)),
+        ts: time(r),
         aggregate_type: r.aggregate_type(),
         aggregate_id: r.aggregate_id(),
         // The table's bigint, as the source stored it.
@@ -143,9 +141,8 @@ impl Reorder {
         }
         if let Some(f) = &self.floor {
             let f = f.key();
-            let below = |r: &EncodedRef<'_>| match time(r).cmp(&f.ts) {
-                Ordering::Equal => key(r) < f,
-                o => o == Ordering::Less,
+            let below = |r: &EncodedRef<'_>| {
+                time(r).cmp(&f.ts).then_with(|| key(r).cmp(&f)) == Ordering::Less
             };
             if let Some(r) = batch.iter().find(below) {
                 let k = key(&r);
@@ -262,12 +259,6 @@ impl Reorder {
     }
 }
 
-/// Compares two records in store order (tests).
-#[cfg(test)]
-fn cmp(a: &EncodedRef<'_>, b: &EncodedRef<'_>) -> Ordering {
-    order(a, b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,7 +320,7 @@ mod tests {
         let mut b = batches(records, records.len().max(1));
         let b = b.pop().unwrap_or_default();
         let mut refs: Vec<_> = b.iter().collect();
-        refs.sort_by(cmp);
+        refs.sort_by(order);
         refs.iter()
             .map(|r| {
                 <Record as prost::Message>::decode_length_delimited(r.bytes()).expect("record")
