@@ -871,21 +871,17 @@ async fn sigterm_interrupts_a_drill() {
         .await
         .expect("connect");
     let call = tokio::spawn(async move { c.drill("latest").await });
-    let db = sqlx::SqlitePool::connect(&catalog).await.expect("catalog");
-    let mut drilling = 0;
-    for _ in 0..600 {
-        drilling = sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM operation_lease WHERE kind = 'drill'",
-        )
-        .fetch_one(&db)
-        .await
-        .expect("lease");
-        if drilling > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(drilling, 1, "the drill runs");
+    let db = &sqlx::SqlitePool::connect(&catalog).await.expect("catalog");
+    let drilling = monoskope_backup_tests::wait_for_async(Duration::from_secs(30), || async move {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM operation_lease WHERE kind = 'drill'")
+                .fetch_one(db)
+                .await
+                .expect("lease");
+        (n > 0).then_some(n)
+    })
+    .await;
+    assert_eq!(drilling, Some(1), "the drill runs");
     monoskope_backup_tests::signal(s.proc.child.id(), "TERM");
     let answer = tokio::time::timeout(Duration::from_secs(30), call)
         .await

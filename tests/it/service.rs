@@ -981,16 +981,15 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
         .expect("one-shot backup");
     // backupctl shows it too (asked at once, beside the loop below: each status call takes the
     // 3 s proxy's time, and the one-shot runs for 8 s).
-    for _ in 0..100 {
+    let db_ref = &db;
+    monoskope_backup_tests::wait_for_async(Duration::from_secs(2), || async move {
         let leased: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM operation_lease")
-            .fetch_one(&db)
+            .fetch_one(db_ref)
             .await
             .expect("lease");
-        if leased > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (leased > 0).then_some(())
+    })
+    .await;
     let shown = tokio::task::spawn_blocking({
         let url = s.url();
         move || run("backupctl", &["--server", &url, "status"], &[])

@@ -147,6 +147,23 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// [`wait_for`] for a check that awaits (a query), sleeping on the runtime between tries.
+pub async fn wait_for_async<T, F>(timeout: Duration, mut f: impl FnMut() -> F) -> Option<T>
+where
+    F: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A BackupService started from the `backup-server serve` binary.
 #[derive(Debug)]
 pub struct Server {
