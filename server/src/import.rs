@@ -10,14 +10,14 @@
 //! JSON, and a backup cut short by a failed Monoskope run is a well-formed, shorter archive.
 //! Neither can be detected; the README says so.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
 use base64::Engine as _;
 use cfb_mode::cipher::KeyIvInit;
 
 use crate::archive::Record;
-use crate::engine::watermark::{AggregateKeys, AggregateMap};
+use crate::engine::watermark::{Aggregate, AggregateKeys};
 
 /// The key of an encrypted Monoskope backup.
 #[derive(Clone)]
@@ -216,7 +216,7 @@ pub fn read(
         encrypted: key.is_some(),
         ..Default::default()
     };
-    let mut versions: AggregateMap<VersionSet> = AggregateMap::default();
+    let mut versions: HashMap<Aggregate, VersionSet> = HashMap::new();
     let mut keys = AggregateKeys::default();
     let mut first: Option<prost_types::Timestamp> = None;
     let mut last: Option<prost_types::Timestamp> = None;

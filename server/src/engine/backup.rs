@@ -15,9 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
-use super::watermark::{
-    check_continuity, span_add_version, AggregateKeys, AggregateMap, Watermark,
-};
+use super::watermark::{check_continuity, span_add_version, AggregateKeys, Watermark};
 use super::{EngineConfig, Progress};
 use crate::archive::{ArchiveWriter, Batch, Record, WriterOptions};
 use crate::catalog::{BackupRecord, State};
@@ -262,8 +260,8 @@ pub(super) async fn run(
         // parent's raised by the spans of the new versions, made once the read is done, so the
         // read holds one watermark, not two.
         let mut wm = Watermark::default();
-        let mut spans = AggregateMap::default();
-        let mut store_max: AggregateMap<u64> = AggregateMap::default();
+        let mut spans = std::collections::HashMap::new();
+        let mut store_max: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
         let mut keys = AggregateKeys::default();
         while let Some(batch) = stream.next().await {
             let mut batch = batch?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use super::watermark::{check_continuity, span_add_parts, AggregateKeys, AggregateMap, Watermark};
+use super::watermark::{check_continuity, span_add_parts, AggregateKeys, Watermark};
 use super::{EngineConfig, EngineError, Progress};
 use crate::archive::{ArchiveError, ArchiveReader, Record, RecordView};
 use crate::destination::manifest::Manifest;
@@ -348,7 +348,7 @@ fn spawn_reader<F: Fill>(
                     1 << 20,
                     tokio_util::io::SyncIoBridge::new(reader),
                 );
-                let mut spans = AggregateMap::default();
+                let mut spans = std::collections::HashMap::new();
                 let mut keys = AggregateKeys::default();
                 let mut r = ArchiveReader::open(bridge, &keys2)?;
                 let mut batch = F::empty();

@@ -95,21 +95,10 @@ impl std::fmt::Display for Aggregate {
     }
 }
 
-/// A map keyed by aggregate (one entry per aggregate of the store). Hashed with foldhash —
-/// hashbrown's own default, seeded per process — rather than SipHash, which cost a full
-/// backup about as much CPU for its watermark as PostgreSQL's `COPY` costs it per event
-/// batch; the keys are the store's aggregate ids, not input an attacker chooses per request.
-pub type AggregateMap<V> = HashMap<Aggregate, V, foldhash::fast::RandomState>;
-
-/// Aggregate types [`AggregateKeys`] looks for in a list before its set: a control plane has
-/// a handful, and comparing a few short strings costs less than hashing one.
-const FEW_KINDS: usize = 16;
-
 /// Makes [`Aggregate`] keys, holding each aggregate type once for all of them.
 #[derive(Debug, Default)]
 pub struct AggregateKeys {
-    few: Vec<Arc<str>>,
-    more: HashSet<Arc<str>>,
+    kinds: HashSet<Arc<str>>,
 }
 
 impl AggregateKeys {
@@ -123,18 +112,11 @@ impl AggregateKeys {
 
     /// The shared aggregate type `kind`.
     pub fn kind(&mut self, kind: &str) -> Arc<str> {
-        if let Some(k) = self.few.iter().find(|k| ***k == *kind) {
-            return k.clone();
-        }
-        if let Some(k) = self.more.get(kind) {
+        if let Some(k) = self.kinds.get(kind) {
             return k.clone();
         }
         let k: Arc<str> = kind.into();
-        if self.few.len() < FEW_KINDS {
-            self.few.push(k.clone());
-        } else {
-            self.more.insert(k.clone());
-        }
+        self.kinds.insert(k.clone());
         k
     }
 }
@@ -148,7 +130,7 @@ pub fn aggregate(aggregate_type: &str, aggregate_id: &str) -> Aggregate {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Watermark {
     /// The map.
-    pub map: AggregateMap<u64>,
+    pub map: HashMap<Aggregate, u64>,
 }
 
 impl Watermark {
@@ -180,7 +162,7 @@ impl Watermark {
 
     /// Raises each aggregate to the highest version of its span: the watermark after a chain
     /// link whose new versions `spans` summarises.
-    pub fn raise(&mut self, spans: AggregateMap<Span>) {
+    pub fn raise(&mut self, spans: HashMap<Aggregate, Span>) {
         for (a, s) in spans {
             let v = self.map.entry(a).or_insert(0);
             *v = (*v).max(s.max);
@@ -289,7 +271,10 @@ pub struct Span {
 /// Checks that the events of one link, summarised by `spans`, continue `before` exactly: each
 /// aggregate's versions are `before + 1 ..= max` with none missing or repeated. Returns the first
 /// problem in words.
-pub fn check_continuity(before: &Watermark, spans: &AggregateMap<Span>) -> Result<(), String> {
+pub fn check_continuity(
+    before: &Watermark,
+    spans: &HashMap<Aggregate, Span>,
+) -> Result<(), String> {
     let mut problems: Vec<String> = spans
         .iter()
         .filter_map(|(a, s)| {
@@ -318,7 +303,7 @@ pub fn check_continuity(before: &Watermark, spans: &AggregateMap<Span>) -> Resul
 
 /// Adds version `v` of the aggregate of type `t` and id `id` to `spans`, its key made by `keys`.
 pub fn span_add_parts(
-    spans: &mut AggregateMap<Span>,
+    spans: &mut HashMap<Aggregate, Span>,
     t: &str,
     id: &str,
     v: u64,
@@ -328,7 +313,7 @@ pub fn span_add_parts(
 }
 
 /// Adds version `v` of aggregate `a` to `spans`.
-pub fn span_add_version(spans: &mut AggregateMap<Span>, a: Aggregate, v: u64) {
+pub fn span_add_version(spans: &mut HashMap<Aggregate, Span>, a: Aggregate, v: u64) {
     spans
         .entry(a)
         .and_modify(|s| {
@@ -386,7 +371,7 @@ mod tests {
         let mut before = Watermark::default();
         before.observe(&rec("User", "a", 2));
         let spans_of = |recs: &[Record]| {
-            let (mut s, mut key) = (AggregateMap::default(), AggregateKeys::default());
+            let (mut s, mut key) = (HashMap::new(), AggregateKeys::default());
             for r in recs {
                 span_add_parts(
                     &mut s,
