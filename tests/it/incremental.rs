@@ -973,7 +973,9 @@ async fn table_stored_in(pg: &str, name: &str, order: &str) -> String {
 }
 
 /// The service reads a table found out of order sorted from then on: its first backup warns
-/// and reads again, the next one reads sorted at once; both hold every event.
+/// and reads again, the next one reads sorted at once; both hold every event. Until it
+/// restores the store, which writes the table in store order: the next backup reads in
+/// physical order again (and, the table put out of order once more, warns again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_reads_a_table_out_of_order_sorted_from_then_on() {
     let Some(pg) = service_env("TEST_PG_URL") else {
@@ -1005,6 +1007,45 @@ async fn the_service_reads_a_table_out_of_order_sorted_from_then_on() {
         let logged = std::fs::read_to_string(&log).expect("log");
         assert_eq!(logged.matches(warning).count(), expected, "{logged}");
     }
+    let out = run(
+        "backupctl",
+        &[
+            "--server",
+            &server,
+            "restore",
+            "latest",
+            "--drop-existing",
+            "--yes",
+            "--wait",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let restored: Vec<i64> =
+        sqlx::query_scalar(r#"SELECT aggregate_version FROM event_records ORDER BY ctid LIMIT 2"#)
+            .fetch_all(&pool)
+            .await
+            .expect("read");
+    assert_eq!(
+        restored,
+        [1, 1],
+        "the restore wrote the oldest events first"
+    );
+    let mut tx = pool.begin().await.expect("begin");
+    for sql in [
+        "CREATE TEMP TABLE held ON COMMIT DROP AS SELECT * FROM event_records",
+        "TRUNCATE event_records",
+        r#"INSERT INTO event_records SELECT * FROM held ORDER BY "timestamp" DESC"#,
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.expect(sql);
+    }
+    tx.commit().await.expect("commit");
+    let out = run("backupctl", &["--server", &server, "create", "--wait"], &[]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("10000 events"), "{}", out.stdout);
+    let logged = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(logged.matches(warning).count(), 2, "{logged}");
 }
 
 /// Every file under `dir`, as paths.

@@ -269,7 +269,8 @@ pub struct Engine {
     restores: Arc<Mutex<std::collections::HashMap<String, watch::Receiver<Option<RestoreRecord>>>>>,
     interrupt: Interrupt,
     /// A full backup read the events table in physical order and found it too far from store
-    /// order: this process's later backups read it sorted.
+    /// order: this process's later backups read it sorted, until a restore writes the table
+    /// anew (in store order).
     read_sorted: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -481,6 +482,9 @@ impl Engine {
                 Ok(n) => {
                     rec.state = State::Succeeded;
                     rec.event_count = n;
+                    // The store's events were just written in store order: the next full
+                    // backup reads them in physical order again.
+                    engine.read_sorted.store(false, Ordering::Relaxed);
                     tracing::warn!(restore_id = %rec.id, backup_id = %rec.backup_id, events = n, seconds = started.elapsed().as_secs_f64(), "restore complete; restart the QueryHandler, the Gateway and reactors");
                 }
                 Err(e) => {
@@ -675,7 +679,7 @@ impl Engine {
                 record.parent_id = None;
                 record.note = Some(format!("full instead of incremental: {why}"));
             } else if let Some(u) = e.downcast_ref::<crate::source::Unordered>() {
-                tracing::warn!(backup_id = %record.id, reason = %u, "the events table is not in store order: reading it again, sorted by the database (and so for this process's later backups)");
+                tracing::warn!(backup_id = %record.id, reason = %u, "the events table is not in store order: reading it again, sorted by the database (and so for this process's later backups, until a restore)");
                 self.read_sorted.store(true, Ordering::Relaxed);
             } else {
                 break;
