@@ -1035,7 +1035,8 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
         .is_none());
 
     // A one-shot backup killed (SIGKILL) while it runs: the next one on this host starts at
-    // once (the dead process's lease is not waited out) and marks its record FAILED.
+    // once (the dead process's lease is not waited out) and marks its record FAILED. Killed
+    // once its record is written (it takes the lease first, then writes the record).
     let mut killed = command("backup-server", &slow_shot)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -1043,16 +1044,18 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
         .expect("one-shot backup");
     let mut held = None;
     for _ in 0..100 {
-        held = sqlx::query_scalar::<_, String>("SELECT operation_id FROM operation_lease")
-            .fetch_optional(&db)
-            .await
-            .expect("lease");
+        held = sqlx::query_scalar::<_, String>(
+            "SELECT l.operation_id FROM operation_lease l JOIN backups b ON b.id = l.operation_id",
+        )
+        .fetch_optional(&db)
+        .await
+        .expect("lease");
         if held.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let held = held.expect("the one-shot took the lease");
+    let held = held.expect("the one-shot took the lease and wrote its record");
     killed.kill().expect("SIGKILL");
     killed.wait().expect("reaped");
     let after = run("backup-server", &one_shot, &[]);
