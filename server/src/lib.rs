@@ -20,5 +20,7 @@ pub mod engine;
 pub mod grpc;
 pub mod import;
 pub mod ops;
+pub mod redact;
 pub mod sink;
 pub mod source;
+pub mod time;

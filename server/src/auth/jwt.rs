@@ -106,7 +106,7 @@ impl JwtVerifier {
             }
             KeySource::Jwks(url) => {
                 if let Err(e) = v.refresh_jwks().await {
-                    tracing::warn!(url, error = %error_line(e.as_ref()), "cannot fetch the gateway's JWKS yet; calls fail with UNAVAILABLE until it answers");
+                    tracing::warn!(url = %crate::redact::url(url), error = %error_line(e.as_ref()), "cannot fetch the gateway's JWKS yet; calls fail with UNAVAILABLE until it answers");
                 }
             }
         }
@@ -124,32 +124,32 @@ impl JwtVerifier {
         let a = http
             .send(http::Method::GET, url, None, Vec::new())
             .await
-            .with_context(|| format!("GET {url}"))?;
+            .with_context(|| format!("GET {}", crate::redact::url(url)))?;
         if !a.status.is_success() {
-            anyhow::bail!("GET {url}: HTTP {}", a.status);
+            anyhow::bail!("GET {}: HTTP {}", crate::redact::url(url), a.status);
         }
-        let set: serde_json::Value =
-            serde_json::from_slice(&a.body).with_context(|| format!("{url}: not JSON"))?;
+        let set: serde_json::Value = serde_json::from_slice(&a.body)
+            .with_context(|| format!("{}: not JSON", crate::redact::url(url)))?;
         let mut found = Vec::new();
         for k in set
             .get("keys")
             .and_then(|k| k.as_array())
-            .with_context(|| format!("{url}: no \"keys\" array"))?
+            .with_context(|| format!("{}: no \"keys\" array", crate::redact::url(url)))?
         {
             match keys::from_jwk(k) {
                 Ok(key) => found.push(key),
                 Err(e) => {
-                    tracing::warn!(url, error = %error_line(e.as_ref()), "JWKS key skipped")
+                    tracing::warn!(url = %crate::redact::url(url), error = %error_line(e.as_ref()), "JWKS key skipped")
                 }
             }
         }
         if found.is_empty() {
-            anyhow::bail!("{url}: no RSA key in the key set");
+            anyhow::bail!("{}: no RSA key in the key set", crate::redact::url(url));
         }
         let n = found.len();
         let kids: Vec<String> = found.iter().map(|k| k.kid.clone()).collect();
         self.jwks.write().await.0 = found;
-        tracing::info!(url, ?kids, "gateway JWKS loaded");
+        tracing::info!(url = %crate::redact::url(url), ?kids, "gateway JWKS loaded");
         Ok(n)
     }
 

@@ -24,12 +24,7 @@ pub struct InspectArgs {
     pub keys: KeyArgs,
 }
 
-/// RFC 3339, UTC, nine fractional digits.
-pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> Option<String> {
-    let ts = ts?;
-    chrono::DateTime::from_timestamp(ts.seconds, ts.nanos.clamp(0, 999_999_999) as u32)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
-}
+pub use crate::time::rfc3339;
 
 /// One event as a JSON object (the `inspect` line format, documented in the README).
 pub fn record_json(r: &Record) -> serde_json::Value {
@@ -71,6 +66,14 @@ pub fn summary_json(h: &Header, key_id: &str, f: &Footer, bytes: u64) -> serde_j
 }
 
 pub(super) fn run(a: InspectArgs) -> anyhow::Result<()> {
+    secrets::check_sources(
+        a.keys
+            .key_file
+            .is_some()
+            .then_some("--key-file (BACKUP_KEY_FILE)"),
+        None,
+    )
+    .map_err(super::usage)?;
     let keys = secrets::load_keys(a.keys.key_file.as_deref())?;
     let file = std::fs::File::open(&a.path)
         .with_context(|| format!("cannot open {}", a.path.display()))?;

@@ -120,6 +120,7 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     logging::init(cli.log_format, "info");
+    warn_of_passwords_in_arguments();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -133,11 +134,47 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Warns of every URL with a password given on the command line: `ps` shows it to every user
+/// of the machine (and Kubernetes shows a container's arguments to whoever may read the pod).
+fn warn_of_passwords_in_arguments() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for (i, arg) in args.iter().enumerate() {
+        if !crate::redact::has_password(arg) {
+            continue;
+        }
+        let flag = match arg.split_once('=') {
+            Some((f, _)) if f.starts_with("--") => f.to_string(),
+            _ => match i.checked_sub(1).map(|p| &args[p]) {
+                Some(p) if p.starts_with("--") => p.clone(),
+                _ => format!("argument {}", i + 1),
+            },
+        };
+        tracing::warn!(
+            flag = %flag,
+            "a password is given inside a URL on the command line, where `ps` shows it to every user: give the URL through the flag's environment variable (from a Secret) or the config file instead"
+        );
+    }
+}
+
+/// A usage error: a flag, environment variable or config value that is malformed, out of
+/// range, or in conflict with another. The command exits 2 (not 1) with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A [`UsageError`] as an `anyhow::Error`.
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
 fn fail(e: &anyhow::Error) -> ExitCode {
     eprintln!(
         "backup-server: error: {}",
-        monoskope_backup_client::error_line(e.as_ref())
+        crate::redact::text(&monoskope_backup_client::error_line(e.as_ref()))
     );
+    if e.chain().any(|c| c.is::<UsageError>()) {
+        return ExitCode::from(2);
+    }
     ExitCode::from(1)
 }
 

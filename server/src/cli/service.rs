@@ -203,8 +203,8 @@ async fn authenticator(
             if policy.admins.is_empty() {
                 bail!("--auth jwt needs at least one --admin (a subject or e-mail): nobody could restore");
             }
-            let refresh =
-                crate::ops::config::parse_duration(&a.jwks_refresh).context("--jwks-refresh")?;
+            let refresh = crate::ops::config::parse_duration(&a.jwks_refresh)
+                .map_err(|e| super::usage(format!("--jwks-refresh: {e}")))?;
             let v = std::sync::Arc::new(jwt::JwtVerifier::new(source, issuer).await?);
             v.spawn_refresh(refresh);
             Mode::Jwt(v)
@@ -330,7 +330,7 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             s,
         )));
     }
-    tracing::info!(%addr, destination = %engine.config().destination.url(), event_store = %engine.config().event_store.addr, catalog = engine.config().catalog.kind(), tls = tls.is_some(), auth = auth.mode.name(), "BackupService listening");
+    tracing::info!(%addr, destination = %engine.config().destination.url(), event_store = %crate::redact::url(&engine.config().event_store.addr), catalog = engine.config().catalog.kind(), tls = tls.is_some(), auth = auth.mode.name(), "BackupService listening");
     println!("backup-server listening on {addr}");
     // On SIGTERM the running operation is interrupted first, so calls waiting for it return
     // and the server drains.
@@ -530,9 +530,10 @@ pub struct RestoreArgs {
     pub common: CommonArgs,
     /// Backup id, or `latest`.
     pub id: String,
-    /// Restore exactly the events with timestamps up to and including this time (RFC 3339).
-    #[arg(long)]
-    pub until: Option<String>,
+    /// Restore exactly the events with timestamps up to and including this time (RFC 3339,
+    /// years 1 to 9999; anything else is a usage error, exit 2).
+    #[arg(long, value_parser = crate::time::parse_time)]
+    pub until: Option<prost_types::Timestamp>,
     /// Replace the events already in the store (in the same transaction through the events table).
     #[arg(long)]
     pub drop_existing: bool,
@@ -542,24 +543,9 @@ pub struct RestoreArgs {
     pub via_api: bool,
 }
 
-/// Parses an RFC 3339 time into a protobuf timestamp.
-pub fn parse_time(s: &str) -> anyhow::Result<prost_types::Timestamp> {
-    let t = chrono::DateTime::parse_from_rfc3339(s.trim())
-        .with_context(|| format!("{s:?} is not an RFC 3339 time (e.g. 2026-11-24T10:15:00Z)"))?;
-    Ok(prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    })
-}
-
 pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
     let settings = a.common.resolve()?;
-    let until = a
-        .until
-        .as_deref()
-        .map(parse_time)
-        .transpose()
-        .context("--until")?;
+    let until = a.until;
     let engine = settings.engine().await?;
     let who = super::cli_identity();
     let restore = async {

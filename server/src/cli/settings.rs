@@ -133,7 +133,8 @@ impl CommonArgs {
     /// Resolves flags, environment and file.
     pub fn resolve(&self) -> anyhow::Result<Settings> {
         let file = match &self.config {
-            Some(p) => FileConfig::load(p)?,
+            Some(p) => FileConfig::load(p)
+                .map_err(|e| super::usage(monoskope_backup_client::error_line(e.as_ref())))?,
             None => FileConfig::default(),
         };
         let b = file.backup.clone().unwrap_or_default();
@@ -158,12 +159,23 @@ impl CommonArgs {
             ca_file: self.event_store_ca.clone().or(es.ca_file.clone()),
         };
         let enc = file.encryption.clone().unwrap_or_default();
-        let key_file = self.keys.key_file.clone().or(enc.key_file);
-        let keys = secrets::load_keys(key_file.as_deref())?;
-        let no_enc = self.no_encryption || enc.no_encryption.unwrap_or(false);
+        let key_file = match (&self.keys.key_file, enc.key_file) {
+            (Some(f), _) => Some((f.clone(), "--key-file (BACKUP_KEY_FILE)")),
+            (None, Some(f)) => Some((f, "encryption.keyFile")),
+            (None, None) => None,
+        };
+        let no_enc = match (self.no_encryption, enc.no_encryption) {
+            (true, _) => Some("--no-encryption (BACKUP_NO_ENCRYPTION)"),
+            (false, Some(true)) => Some("encryption.noEncryption"),
+            _ => None,
+        };
+        secrets::check_sources(key_file.as_ref().map(|(_, name)| *name), no_enc)
+            .map_err(super::usage)?;
+        let keys = secrets::load_keys(key_file.as_ref().map(|(f, _)| f.as_path()))?;
+        let no_enc = no_enc.is_some();
         let protection = secrets::protection(&keys, no_enc).ok();
         let timeout = match self.timeout.clone().or(b.timeout) {
-            Some(t) => parse_duration(&t).context("--timeout")?,
+            Some(t) => parse_duration(&t).map_err(|e| super::usage(format!("--timeout: {e}")))?,
             None => Duration::from_secs(3600),
         };
         let restore_timeout = match self
@@ -171,7 +183,9 @@ impl CommonArgs {
             .clone()
             .or(b.restore.as_ref().and_then(|r| r.timeout.clone()))
         {
-            Some(t) => parse_duration(&t).context("--restore-timeout")?,
+            Some(t) => {
+                parse_duration(&t).map_err(|e| super::usage(format!("--restore-timeout: {e}")))?
+            }
             None => Duration::from_secs(3600),
         };
         let lock_wait_timeout = match self
@@ -179,11 +193,15 @@ impl CommonArgs {
             .clone()
             .or(b.lock_wait_timeout.clone())
         {
-            Some(t) => parse_duration(&t).context("--lock-wait-timeout")?,
+            Some(t) => {
+                parse_duration(&t).map_err(|e| super::usage(format!("--lock-wait-timeout: {e}")))?
+            }
             None => crate::sink::table::DEFAULT_LOCK_WAIT,
         };
         if let Some(r) = self.retention_count.filter(|r| *r < 0) {
-            anyhow::bail!("--retention-count: {r} is negative; use 0 to keep every backup");
+            return Err(super::usage(format!(
+                "--retention-count: {r} is negative; use 0 to keep every backup"
+            )));
         }
         Ok(Settings {
             events_db: self

@@ -66,21 +66,8 @@ pub enum EngineError {
     Internal(#[from] anyhow::Error),
 }
 
-/// A database URL without its password, for records and logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}@{}", &url[..s + 3], &url[at + 1..])
-                .split('?')
-                .next()
-                .unwrap_or("")
-                .to_string()
-        }
-        _ => url.split('?').next().unwrap_or("").to_string(),
-    }
-}
+/// A URL without its password or query, for records and logs.
+pub use crate::redact::url as redact_url;
 
 /// The final value an operation's task sends; `None` if the task ended without one.
 async fn final_value<T: Clone>(mut rx: watch::Receiver<Option<T>>) -> Option<T> {

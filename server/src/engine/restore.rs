@@ -83,9 +83,10 @@ fn ts_le(a: &prost_types::Timestamp, b: &prost_types::Timestamp) -> bool {
 /// Maps a sink refusal to the engine's errors.
 fn sink_err(e: SinkError) -> EngineError {
     match e {
-        SinkError::StoreNotEmpty(_) | SinkError::Unsupported(_) | SinkError::InUse(_) => {
-            EngineError::Refused(e.to_string())
-        }
+        SinkError::StoreNotEmpty(_)
+        | SinkError::Unsupported(_)
+        | SinkError::InUse(_)
+        | SinkError::WouldEmpty(_) => EngineError::Refused(e.to_string()),
         SinkError::Unavailable(m) => EngineError::Unavailable(m),
         SinkError::Other(e) => EngineError::Internal(e),
     }
@@ -107,7 +108,9 @@ pub async fn resolve_chain(
         .map_err(|e| EngineError::Unavailable(error_line(e.as_ref())))?;
     let target = match (backup_id, until) {
         ("latest", Some(u)) => {
-            let u = crate::cli::rfc3339(Some(u)).unwrap_or_default();
+            let u = crate::time::rfc3339(Some(u)).ok_or_else(|| {
+                EngineError::Invalid("until: out of range (years 1 to 9999)".into())
+            })?;
             let mut best: Option<(usize, Manifest)> = None;
             for m in all.iter().filter(|m| rfc3339_ge(&m.created_at, &u)) {
                 if let Ok(c) = super::chain_of(&all, m) {
@@ -151,9 +154,7 @@ fn refuse_until_before_first_event(
     let (Some(until), Some(target)) = (until, chain.last()) else {
         return Ok(());
     };
-    let Some(u) = chrono::DateTime::from_timestamp(until.seconds, until.nanos.max(0) as u32) else {
-        return Ok(());
-    };
+    let u = crate::time::check_timestamp("until", until).map_err(EngineError::Invalid)?;
     let first = chain
         .iter()
         .filter_map(|m| m.first_event_time.as_deref())
@@ -177,8 +178,12 @@ pub(super) async fn prepare(
     cfg: &EngineConfig,
     req: &RestoreRequest,
 ) -> Result<(Sink, Vec<Manifest>), EngineError> {
-    // A mistyped id is the first thing to tell, before how the restore would write.
+    // A mistyped id is the first thing to tell, before how the restore would write; an `until`
+    // out of range is refused, never read as "no until".
     super::verify::check_id(&req.backup_id)?;
+    if let Some(u) = &req.until {
+        crate::time::check_timestamp("until", u).map_err(EngineError::Invalid)?;
+    }
     let sink = if req.via_api {
         if req.drop_existing {
             return Err(EngineError::Refused("drop_existing is not possible through the EventStore API (it cannot delete events); restore into the events table (--events-db) to replace a store's events".into()));

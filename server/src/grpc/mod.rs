@@ -35,8 +35,8 @@ pub fn status_of(e: EngineError) -> Status {
         EngineError::Corrupt(m) => Status::data_loss(m),
         EngineError::NotFound(m) => Status::not_found(m),
         EngineError::Invalid(m) => Status::invalid_argument(m),
-        EngineError::Unavailable(m) => Status::unavailable(m),
-        EngineError::Internal(e) => Status::internal(error_line(e.as_ref())),
+        EngineError::Unavailable(m) => Status::unavailable(crate::redact::text(&m)),
+        EngineError::Internal(e) => Status::internal(crate::redact::text(&error_line(e.as_ref()))),
     }
 }
 
@@ -246,11 +246,7 @@ impl BackupService for Service {
             ));
         }
         if let Some(u) = &req.until {
-            if !(0..1_000_000_000).contains(&u.nanos) {
-                return Err(Status::invalid_argument(
-                    "until: nanos must be within 0..999999999",
-                ));
-            }
+            crate::time::check_timestamp("until", u).map_err(Status::invalid_argument)?;
         }
         let (record, _) = self
             .engine
@@ -381,8 +377,11 @@ impl BackupService for Service {
         let es = cfg.event_store.clone();
         let dest = cfg.destination.clone();
         let (event_store, destination) = tokio::join!(
-            probe(es.addr.clone(), async move { es.probe().await }),
-            probe(base.clone(), async move {
+            probe(
+                crate::redact::url(&es.addr),
+                async move { es.probe().await }
+            ),
+            probe(crate::redact::url(&base), async move {
                 dest.probe().await.map_err(anyhow::Error::new)
             })
         );

@@ -5,7 +5,6 @@
 //! the key's path.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -312,13 +311,7 @@ impl FileConfig {
     }
 }
 
-/// Parses durations like `1h`, `90s`, `1h30m` (humantime); zero is refused.
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| anyhow::anyhow!("{s:?} is not a duration ({e}); use e.g. 90s, 15m, 1h"))?;
-    anyhow::ensure!(!d.is_zero(), "{s:?}: a timeout must be longer than zero");
-    Ok(d)
-}
+pub use crate::time::parse_duration;
 
 #[cfg(test)]
 mod tests {

@@ -80,12 +80,14 @@ pub async fn emit(store: &EventStoreAddr, event: Event) {
         anyhow::Ok(())
     };
     match tokio::time::timeout(std::time::Duration::from_secs(10), res).await {
-        Ok(Ok(())) => tracing::info!(event = kind, event_store = %store.addr, "event stored"),
+        Ok(Ok(())) => {
+            tracing::info!(event = kind, event_store = %crate::redact::url(&store.addr), "event stored")
+        }
         Ok(Err(e)) => {
-            tracing::warn!(event = kind, event_store = %store.addr, error = %monoskope_backup_client::error_line(e.as_ref()), "could not store the event")
+            tracing::warn!(event = kind, event_store = %crate::redact::url(&store.addr), error = %monoskope_backup_client::error_line(e.as_ref()), "could not store the event")
         }
         Err(_) => {
-            tracing::warn!(event = kind, event_store = %store.addr, "could not store the event: no answer within 10 s")
+            tracing::warn!(event = kind, event_store = %crate::redact::url(&store.addr), "could not store the event: no answer within 10 s")
         }
     }
 }

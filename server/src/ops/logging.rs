@@ -21,6 +21,7 @@ pub enum LogFormat {
 /// PostgreSQL's notices below warnings ("relation \"event_records\" already exists, skipping"
 /// on every restore into an existing table). Text lines are coloured only on a terminal (and
 /// never with `NO_COLOR` set): in a file, a pipe or `kubectl logs` escape codes are noise.
+/// Every line passes [`crate::redact::text`]: no password inside a URL reaches the log.
 pub fn init(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
@@ -32,7 +33,7 @@ pub fn init(format: LogFormat, default_level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr);
+        .with_writer(|| crate::redact::Writer(std::io::stderr()));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

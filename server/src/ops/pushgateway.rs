@@ -71,6 +71,7 @@ impl Pushgateway {
             return false;
         }
         let url = self.group_url();
+        let shown = crate::redact::url(&url);
         match self
             .client
             .send(
@@ -82,15 +83,15 @@ impl Pushgateway {
             .await
         {
             Ok(a) if a.status.is_success() => {
-                tracing::info!(url, "metrics pushed to the Pushgateway");
+                tracing::info!(url = %shown, "metrics pushed to the Pushgateway");
                 true
             }
             Ok(a) => {
-                tracing::warn!(url, status = %a.status, answer = %String::from_utf8_lossy(&a.body).trim(), "the Pushgateway refused the metrics");
+                tracing::warn!(url = %shown, status = %a.status, answer = %String::from_utf8_lossy(&a.body).trim(), "the Pushgateway refused the metrics");
                 false
             }
             Err(e) => {
-                tracing::warn!(url, error = %monoskope_backup_client::error_line(e.as_ref()), "cannot push metrics to the Pushgateway");
+                tracing::warn!(url = %shown, error = %monoskope_backup_client::error_line(e.as_ref()), "cannot push metrics to the Pushgateway");
                 false
             }
         }

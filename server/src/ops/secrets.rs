@@ -15,6 +15,34 @@ pub const ENV_KEY: &str = "BACKUP_ENCRYPTION_KEY";
 /// Environment variable holding a passphrase.
 pub const ENV_PASSPHRASE: &str = "BACKUP_PASSPHRASE";
 
+/// Refuses combinations of key sources that would silently weaken or pick: two places a key
+/// comes from (a key file and `BACKUP_ENCRYPTION_KEY`, a key and `BACKUP_PASSPHRASE`), or a key
+/// together with the request for unencrypted archives. `key_file` and `no_encryption` name
+/// where each was set; the environment is read here. Returns the message naming both sources.
+pub fn check_sources(key_file: Option<&str>, no_encryption: Option<&str>) -> Result<(), String> {
+    let env_key = std::env::var_os(ENV_KEY).is_some();
+    let env_pass = std::env::var_os(ENV_PASSPHRASE).is_some();
+    let mut keys: Vec<&str> = Vec::new();
+    keys.extend(key_file);
+    if env_key {
+        keys.push(ENV_KEY);
+    }
+    if env_pass {
+        keys.push(ENV_PASSPHRASE);
+    }
+    if let [a, b, ..] = keys[..] {
+        return Err(format!(
+            "{a} and {b} are both set: give exactly one source of the encryption key"
+        ));
+    }
+    if let (Some(k), Some(n)) = (keys.first(), no_encryption) {
+        return Err(format!(
+            "{k} and {n} are both set: a key with unencrypted archives is a contradiction; unset one"
+        ));
+    }
+    Ok(())
+}
+
 /// Loads the keys for reading archives; an empty [`Keys`] when none is configured.
 pub fn load_keys(key_file: Option<&Path>) -> anyhow::Result<Keys> {
     if let Some(path) = key_file {

@@ -18,6 +18,10 @@ pub enum SinkError {
     /// The store cannot be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// The restore would write no event over a store that holds some: refused whatever the
+    /// cause (a time before every event, an empty archive), so nothing is emptied by mistake.
+    #[error("the restore would write no event over the {0} events the store holds; refusing to empty it (nothing was written)")]
+    WouldEmpty(i64),
     /// Other sessions hold the store (the table's lock) longer than the restore waits.
     #[error("{0}")]
     InUse(String),

@@ -323,6 +323,10 @@ impl EventsTable {
                         buf.reserve(ROW_BATCH_BYTES);
                     }
                 }
+                Some(Ok(None)) if n == 0 && existing > 0 => {
+                    let _ = copy.abort("the restore would empty the store").await;
+                    return Err(SinkError::WouldEmpty(existing));
+                }
                 Some(Ok(None)) => break,
                 Some(Err(e)) => {
                     let _ = copy.abort("archive failed verification").await;
