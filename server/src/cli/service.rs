@@ -443,19 +443,24 @@ pub(super) async fn list(a: ListArgs) -> anyhow::Result<()> {
 pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let settings = a.common.resolve()?;
     let dest = settings.destination().await?;
-    let all = crate::destination::manifest::list_complete(dest.as_ref()).await?;
+    let scan = crate::destination::manifest::scan(dest.as_ref()).await?;
+    let all = scan.complete.clone();
     // Every complete backup, newest first; or the one asked for with, for an incremental, every
-    // link of its chain (full backup first): what a restore of it reads.
-    let targets = if a.all {
-        all.clone()
+    // link of its chain (full backup first): what a restore of it reads. With --all, a backup
+    // whose manifest cannot be trusted fails verification (it is never left out silently).
+    let (targets, broken) = if a.all {
+        (all.clone(), scan.broken.clone())
     } else {
         let m = verify::resolve(dest.as_ref(), a.id.as_deref().unwrap_or("latest")).await?;
-        crate::engine::chain_of(&all, &m).unwrap_or_else(|_| vec![m])
+        (
+            crate::engine::chain_of(&all, &m).unwrap_or_else(|_| vec![m]),
+            Vec::new(),
+        )
     };
-    if targets.is_empty() {
+    if targets.is_empty() && broken.is_empty() {
         bail!("no complete backup at {}", dest.url());
     }
-    let mut reports = Vec::with_capacity(targets.len());
+    let mut reports = Vec::with_capacity(targets.len() + broken.len());
     for m in &targets {
         let mut r = verify::verify(dest.as_ref(), &settings.keys, m).await?;
         if m.kind == "incremental" && m.watermark_key.is_none() {
@@ -490,6 +495,18 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
             }
         }
     }
+    for b in broken {
+        reports.push(verify::VerifyReport {
+            id: b.id,
+            ok: false,
+            problems: vec![b.problem],
+            events: 0,
+            bytes: 0,
+        });
+    }
+    if a.all {
+        reports.sort_by(|a, b| b.id.cmp(&a.id));
+    }
     let mut failed = 0;
     for r in &reports {
         if a.json {
@@ -504,7 +521,7 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         }
     }
     if failed > 0 {
-        bail!("{failed} of {} backups failed verification", targets.len());
+        bail!("{failed} of {} backups failed verification", reports.len());
     }
     Ok(())
 }

@@ -21,6 +21,44 @@ impl LocalDir {
         Self { root }
     }
 
+    /// Refuses to read a root that is missing, not a folder, or a folder that holds other
+    /// things but no backup layout (a mistyped path, `file:///`): such a destination would list
+    /// as "no backups" and hide the mistake. An empty folder is a new destination.
+    async fn check_root(&self) -> Result<(), DestinationError> {
+        let shown = self.root.display();
+        match tokio::fs::metadata(&self.root).await {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(DestinationError::Missing(format!(
+                    "{shown} is not a directory"
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DestinationError::Missing(format!(
+                    "the destination directory {shown} does not exist"
+                )))
+            }
+            Err(e) => return Err(io_err(&shown.to_string(), e)),
+        }
+        let layout = self
+            .root
+            .join(super::layout::BACKUPS_DIR.trim_end_matches('/'));
+        if tokio::fs::metadata(&layout).await.is_ok_and(|m| m.is_dir()) {
+            return Ok(());
+        }
+        let mut rd = tokio::fs::read_dir(&self.root)
+            .await
+            .map_err(|e| io_err(&shown.to_string(), e))?;
+        match rd.next_entry().await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err(DestinationError::Missing(format!(
+                "{shown} is not a backup destination: it holds other files but no {} folder",
+                super::layout::BACKUPS_DIR
+            ))),
+            Err(e) => Err(io_err(&shown.to_string(), e)),
+        }
+    }
+
     fn path(&self, key: &str) -> Result<PathBuf, DestinationError> {
         if key.is_empty()
             || key
@@ -141,8 +179,15 @@ impl Destination for LocalDir {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, DestinationError> {
+        self.check_root().await?;
         let mut out = Vec::new();
-        let mut stack = vec![self.root.clone()];
+        // Only the folder the prefix names is walked (`backups/` for the backup layout), never
+        // the whole root: `file:///` lists one folder, not the filesystem.
+        let start = match prefix.rfind('/') {
+            Some(i) => self.path(&prefix[..i])?,
+            None => self.root.clone(),
+        };
+        let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
             let mut rd = match tokio::fs::read_dir(&dir).await {
                 Ok(rd) => rd,
@@ -159,14 +204,18 @@ impl Destination for LocalDir {
                     .await
                     .map_err(|e| io_err(&entry.path().display().to_string(), e))?;
                 let path = entry.path();
-                if meta.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
                 let Ok(rel) = path.strip_prefix(&self.root) else {
                     continue;
                 };
                 let key = rel.to_string_lossy().replace('\\', "/");
+                if meta.is_dir() {
+                    // Only folders that can hold keys under the prefix.
+                    let folder = format!("{key}/");
+                    if folder.starts_with(prefix) || prefix.starts_with(&folder) {
+                        stack.push(path);
+                    }
+                    continue;
+                }
                 if key
                     .rsplit('/')
                     .next()
@@ -218,7 +267,10 @@ impl Destination for LocalDir {
     async fn cleanup_stale_uploads(&self, max_age_secs: i64) -> Result<u64, DestinationError> {
         let now = chrono::Utc::now().timestamp();
         let mut removed = 0;
-        let mut stack = vec![self.root.clone()];
+        // Uploads are staged beside their object: only the backup layout is walked.
+        let mut stack = vec![self
+            .root
+            .join(super::layout::BACKUPS_DIR.trim_end_matches('/'))];
         while let Some(dir) = stack.pop() {
             let Ok(mut rd) = tokio::fs::read_dir(&dir).await else {
                 continue;

@@ -70,6 +70,55 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Parses a manifest read from `id`'s manifest key and checks that it describes that
+    /// backup in that place: its id is `id`, its archive and watermark keys are `id`'s, its
+    /// kind and parent agree, and its times are RFC 3339. A manifest swapped with another
+    /// backup's, or edited into nonsense, fails here; what it says of the archive is checked
+    /// against the archive's authenticated header and footer by verify and restore.
+    pub fn parse_at(id: &str, bytes: &[u8]) -> anyhow::Result<Self> {
+        let m = Self::parse(bytes)?;
+        anyhow::ensure!(
+            m.id == id,
+            "the manifest at {} names backup {}",
+            super::layout::manifest_key(id),
+            m.id
+        );
+        anyhow::ensure!(
+            m.archive_key == super::layout::archive_key(id),
+            "the manifest names archive {}, not {}",
+            m.archive_key,
+            super::layout::archive_key(id)
+        );
+        if let Some(w) = &m.watermark_key {
+            anyhow::ensure!(
+                *w == super::layout::watermark_key(id),
+                "the manifest names watermark {w}, not {}",
+                super::layout::watermark_key(id)
+            );
+        }
+        match (m.kind.as_str(), &m.parent_id) {
+            ("full", None) => {}
+            ("incremental", Some(p)) if super::layout::valid_id(p) && p.as_str() < id => {}
+            (kind, parent) => {
+                anyhow::bail!("the manifest's kind {kind:?} and parent {parent:?} do not agree")
+            }
+        }
+        for (name, t) in [
+            ("created_at", Some(&m.created_at)),
+            ("completed_at", Some(&m.completed_at)),
+            ("first_event_time", m.first_event_time.as_ref()),
+            ("last_event_time", m.last_event_time.as_ref()),
+        ] {
+            if let Some(t) = t {
+                anyhow::ensure!(
+                    chrono::DateTime::parse_from_rfc3339(t).is_ok(),
+                    "the manifest's {name} {t:?} is not an RFC 3339 time"
+                );
+            }
+        }
+        Ok(m)
+    }
+
     /// The manifest as pretty JSON.
     pub fn to_json(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
@@ -78,21 +127,60 @@ impl Manifest {
     }
 }
 
-/// Every complete backup's manifest at `dest`, newest first; an unreadable manifest is
-/// skipped with a warning (its backup is then not complete for us).
-pub async fn list_complete(dest: &dyn super::Destination) -> anyhow::Result<Vec<Manifest>> {
-    let mut out = Vec::new();
+/// A backup whose manifest is at the destination but cannot be read or does not describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Broken {
+    /// The backup id its key names.
+    pub id: String,
+    /// Why it cannot be trusted.
+    pub problem: String,
+}
+
+/// Every manifest at a destination: the complete backups (newest first) and the backups whose
+/// manifest cannot be read or is inconsistent (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    /// Complete backups, newest first.
+    pub complete: Vec<Manifest>,
+    /// Unreadable or inconsistent manifests, newest first.
+    pub broken: Vec<Broken>,
+}
+
+impl Scan {
+    /// The broken backups newer than `id`: a choice of `id` as the newest would silently skip
+    /// them.
+    pub fn broken_newer_than(&self, id: &str) -> Vec<&Broken> {
+        self.broken.iter().filter(|b| b.id.as_str() > id).collect()
+    }
+}
+
+/// Reads every manifest at `dest` (only the backup layout is listed).
+pub async fn scan(dest: &dyn super::Destination) -> anyhow::Result<Scan> {
+    let mut out = Scan::default();
     for o in dest.list(super::layout::BACKUPS_DIR).await? {
-        if let Some((_, true)) = super::layout::parse_key(&o.key) {
+        if let Some((id, true)) = super::layout::parse_key(&o.key) {
             let bytes = dest.get_bytes(&o.key).await?;
-            match Manifest::parse(&bytes) {
-                Ok(m) => out.push(m),
-                Err(e) => {
-                    tracing::warn!(key = %o.key, error = %e, "ignoring an unreadable manifest")
-                }
+            match Manifest::parse_at(id, &bytes) {
+                Ok(m) => out.complete.push(m),
+                Err(e) => out.broken.push(Broken {
+                    id: id.to_string(),
+                    problem: format!("its manifest cannot be trusted: {e:#}"),
+                }),
             }
         }
     }
-    out.sort_by(|a, b| b.id.cmp(&a.id));
+    out.complete.sort_by(|a, b| b.id.cmp(&a.id));
+    out.broken.sort_by(|a, b| b.id.cmp(&a.id));
     Ok(out)
+}
+
+/// Every complete backup's manifest at `dest`, newest first; an unreadable or inconsistent
+/// manifest is left out with a warning (its backup is then not complete for us). Choices of
+/// "the newest" go through [`scan`], which refuses to skip one silently.
+pub async fn list_complete(dest: &dyn super::Destination) -> anyhow::Result<Vec<Manifest>> {
+    let scan = scan(dest).await?;
+    for b in &scan.broken {
+        tracing::warn!(backup_id = %b.id, problem = %b.problem, "ignoring a backup whose manifest cannot be trusted");
+    }
+    Ok(scan.complete)
 }

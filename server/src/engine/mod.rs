@@ -66,6 +66,40 @@ pub enum EngineError {
     Internal(#[from] anyhow::Error),
 }
 
+/// What kind of failure ended an operation, kept beside its record (whose error is text) so a
+/// caller that waited gets the status the failure deserves (a damaged backup: `DATA_LOSS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// [`EngineError::Refused`] (and busy).
+    Refused,
+    /// [`EngineError::Corrupt`].
+    Corrupt,
+    /// [`EngineError::NotFound`].
+    NotFound,
+    /// [`EngineError::Invalid`].
+    Invalid,
+    /// [`EngineError::Unavailable`].
+    Unavailable,
+    /// [`EngineError::Internal`] (timeouts and interrupts too).
+    Internal,
+}
+
+impl EngineError {
+    /// The kind of this failure.
+    pub fn failure(&self) -> Failure {
+        match self {
+            EngineError::Busy { .. }
+            | EngineError::BusyElsewhere { .. }
+            | EngineError::Refused(_) => Failure::Refused,
+            EngineError::Corrupt(_) => Failure::Corrupt,
+            EngineError::NotFound(_) => Failure::NotFound,
+            EngineError::Invalid(_) => Failure::Invalid,
+            EngineError::Unavailable(_) => Failure::Unavailable,
+            EngineError::Internal(_) => Failure::Internal,
+        }
+    }
+}
+
 /// A URL without its password or query, for records and logs.
 pub use crate::redact::url as redact_url;
 
@@ -254,6 +288,8 @@ pub struct Engine {
     holder: Arc<str>,
     done: Arc<Mutex<std::collections::HashMap<String, watch::Receiver<Option<BackupRecord>>>>>,
     restores: Arc<Mutex<std::collections::HashMap<String, watch::Receiver<Option<RestoreRecord>>>>>,
+    /// The kind of failure of each restore of this process that failed.
+    restore_failures: Arc<Mutex<std::collections::HashMap<String, Failure>>>,
     interrupt: Interrupt,
     /// A full backup read the events table in physical order and found it too far from store
     /// order: this process's later backups read it sorted, until a restore writes the table
@@ -278,6 +314,7 @@ impl Engine {
             holder: crate::catalog::lease_holder_name().into(),
             done: Arc::new(Mutex::new(std::collections::HashMap::new())),
             restores: Arc::new(Mutex::new(std::collections::HashMap::new())),
+            restore_failures: Arc::default(),
             interrupt: Interrupt::default(),
             read_sorted: Arc::default(),
         }
@@ -477,6 +514,11 @@ impl Engine {
                 Err(e) => {
                     rec.state = State::Failed;
                     rec.error = Some(e.to_string());
+                    engine
+                        .restore_failures
+                        .lock()
+                        .await
+                        .insert(rec.id.clone(), e.failure());
                     tracing::error!(restore_id = %rec.id, backup_id = %rec.backup_id, error = %e, "restore failed");
                 }
             }
@@ -515,6 +557,11 @@ impl Engine {
             let _ = tx.send(Some(rec));
         });
         Ok((record, rx))
+    }
+
+    /// The kind of failure of the restore `id` of this process, once it failed.
+    pub async fn restore_failure(&self, id: &str) -> Option<Failure> {
+        self.restore_failures.lock().await.get(id).copied()
     }
 
     /// Waits for the restore `id` started by this process to end.

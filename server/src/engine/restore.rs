@@ -103,9 +103,17 @@ pub async fn resolve_chain(
     until: Option<&prost_types::Timestamp>,
 ) -> Result<Vec<Manifest>, EngineError> {
     let dest = cfg.destination.as_ref();
-    let mut all = crate::destination::manifest::list_complete(dest)
+    let scan = crate::destination::manifest::scan(dest)
         .await
         .map_err(|e| EngineError::Unavailable(error_line(e.as_ref())))?;
+    if backup_id == "latest" {
+        if let Some(b) = scan.broken.first() {
+            if scan.complete.first().is_none_or(|m| b.id > m.id) {
+                return Err(super::verify::refuse_newer_broken(b));
+            }
+        }
+    }
+    let mut all = scan.complete;
     let target = match (backup_id, until) {
         ("latest", Some(u)) => {
             let u = crate::time::rfc3339(Some(u)).ok_or_else(|| {
@@ -223,15 +231,31 @@ pub(super) async fn prepare(
             .await
             .map_err(|e| EngineError::Unavailable(format!("backup {}: {e}", m.id)))?;
         let keys = cfg.keys.clone();
-        tokio::task::spawn_blocking(move || {
-            ArchiveReader::open(tokio_util::io::SyncIoBridge::new(reader), &keys).map(|_| ())
+        let (header, key_id) = tokio::task::spawn_blocking(move || {
+            ArchiveReader::open(tokio_util::io::SyncIoBridge::new(reader), &keys)
+                .map(|r| (r.header().clone(), r.key_id().to_string()))
         })
         .await
         .map_err(|e| EngineError::Internal(anyhow::anyhow!("{e}")))?
         .map_err(archive_err)?;
+        // The manifest chose this backup; its archive's authenticated header must agree.
+        let problems = super::verify::header_problems(m, &header, &key_id);
+        if !problems.is_empty() {
+            return Err(EngineError::Corrupt(format!(
+                "backup {} cannot be trusted, nothing was written: {}",
+                m.id,
+                problems.join("; ")
+            )));
+        }
     }
     Ok((sink, chain))
 }
+
+/// A backup that does not hold what its manifest and chain say (a swapped or edited manifest,
+/// a link that does not continue its chain): like a damaged archive, nothing of it is written.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Damaged(String);
 
 /// Archive errors that mean "this backup cannot be restored with this configuration".
 fn archive_err(e: ArchiveError) -> EngineError {
@@ -349,20 +373,20 @@ fn spawn_reader<F: Fill>(
                 (m.clone(), keys.clone(), tx.clone(), progress.clone());
             let track = n > 1;
             let result = tokio::task::spawn_blocking(move || {
-                let bridge = std::io::BufReader::with_capacity(
+                let mut hashed = super::verify::HashingReader::new(std::io::BufReader::with_capacity(
                     1 << 20,
                     tokio_util::io::SyncIoBridge::new(reader),
-                );
+                ));
                 let mut spans = std::collections::HashMap::new();
                 let mut keys = AggregateKeys::default();
-                let mut r = ArchiveReader::open(bridge, &keys2)?;
+                let mut r = ArchiveReader::open(&mut hashed, &keys2)?;
                 let mut batch = F::empty();
                 let h = r.header().clone();
                 if h.backup_id != m2.id || h.parent_id != parent {
-                    anyhow::bail!(
+                    return Err(Damaged(format!(
                         "the archive is backup {} with parent {:?}, the chain expects {} with parent {:?}",
                         h.backup_id, h.parent_id, m2.id, parent
-                    );
+                    )).into());
                 }
                 while let Some(rec) = r.next_view()? {
                     if track {
@@ -404,15 +428,23 @@ fn spawn_reader<F: Fill>(
                 if batch.count() > 0 && tx2.blocking_send(Ok(Some(batch))).is_err() {
                     anyhow::bail!("the restore stopped");
                 }
+                // Everything the manifest says of the archive, checked before the sink commits
+                // (the table's transaction) or stores anything (the API's first pass).
                 let footer = r.footer().cloned().unwrap_or_default();
-                if footer.event_count != m2.event_count {
-                    anyhow::bail!(
-                        "archive holds {} events, its manifest says {}",
-                        footer.event_count,
-                        m2.event_count
-                    );
+                let read = r.bytes_read();
+                drop(r);
+                let mut problems = super::verify::footer_problems(&m2, &footer);
+                let (sha, size) = hashed.finish();
+                if size != m2.archive_bytes {
+                    problems.push(format!("archive is {size} bytes, manifest says {}", m2.archive_bytes));
                 }
-                Ok((spans, r.bytes_read()))
+                if sha != m2.archive_sha256 {
+                    problems.push("archive SHA-256 differs from the manifest".into());
+                }
+                if !problems.is_empty() {
+                    return Err(Damaged(format!("the archive does not match its manifest: {}", problems.join("; "))).into());
+                }
+                Ok((spans, read))
             })
             .await;
             let (spans, read) = match result {
@@ -433,9 +465,9 @@ fn spawn_reader<F: Fill>(
                 if i > 0 {
                     if let Err(p) = check_continuity(&held, &spans) {
                         let _ = tx
-                            .send(Err(anyhow::anyhow!(
+                            .send(Err(anyhow::Error::new(Damaged(format!(
                                 "{link} does not continue the chain: {p}"
-                            )))
+                            )))))
                             .await;
                         return;
                     }
@@ -464,7 +496,7 @@ pub(super) async fn run(
             res.map_err(|e| match e {
                 SinkError::Other(e)
                     if e.chain()
-                        .any(|c| c.downcast_ref::<ArchiveError>().is_some()) =>
+                        .any(|c| c.is::<ArchiveError>() || c.is::<Damaged>()) =>
                 {
                     EngineError::Corrupt(format!(
                         "{}; nothing was written (rolled back)",

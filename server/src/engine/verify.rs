@@ -35,20 +35,29 @@ pub fn check_id(id: &str) -> Result<(), super::EngineError> {
     )))
 }
 
-/// The manifest of `id`, or of the newest complete backup for `latest`.
+/// The manifest of `id`, or of the newest complete backup for `latest`. The manifest must name
+/// `id` (a manifest swapped with another backup's is refused, not followed); `latest` refuses,
+/// naming it, when the newest backup's manifest cannot be trusted, rather than fall back to an
+/// older backup without a word.
 pub async fn resolve(dest: &dyn Destination, id: &str) -> Result<Manifest, super::EngineError> {
     check_id(id)?;
     if id == "latest" {
-        return crate::destination::manifest::list_complete(dest)
+        let scan = crate::destination::manifest::scan(dest)
             .await
             .map_err(|e| {
                 super::EngineError::Unavailable(monoskope_backup_client::error_line(e.as_ref()))
-            })?
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                super::EngineError::NotFound(format!("no complete backup at {}", dest.url()))
-            });
+            })?;
+        let newest = scan.complete.into_iter().next();
+        if let Some(b) = scan
+            .broken
+            .iter()
+            .find(|b| newest.as_ref().is_none_or(|m| b.id > m.id))
+        {
+            return Err(refuse_newer_broken(b));
+        }
+        return newest.ok_or_else(|| {
+            super::EngineError::NotFound(format!("no complete backup at {}", dest.url()))
+        });
     }
     let bytes = match dest.get_bytes(&layout::manifest_key(id)).await {
         Ok(b) => b,
@@ -60,14 +69,150 @@ pub async fn resolve(dest: &dyn Destination, id: &str) -> Result<Manifest, super
         }
         Err(e) => return Err(super::EngineError::Unavailable(e.to_string())),
     };
-    Manifest::parse(&bytes)
-        .map_err(|e| super::EngineError::Internal(e.context(format!("manifest of {id}"))))
+    Manifest::parse_at(id, &bytes)
+        .map_err(|e| super::EngineError::Corrupt(format!("backup {id} cannot be trusted: {e:#}")))
 }
 
-struct HashingReader<R> {
-    inner: R,
-    sha: Sha256,
-    bytes: u64,
+/// The refusal of `latest` when the newest backup `b` cannot be read.
+pub fn refuse_newer_broken(b: &crate::destination::manifest::Broken) -> super::EngineError {
+    super::EngineError::Corrupt(format!(
+        "the newest backup {} cannot be read ({}); refusing to fall back to an older backup silently: verify it, repair or delete it, or name an older backup by id",
+        b.id, b.problem
+    ))
+}
+
+/// What the manifest `m` says and the archive's authenticated header and key envelope
+/// contradict: id, parent, kind, key id, format version, and the creation time (the manifest's
+/// `created_at` is when the backup started, at or before the header's, which is at or before
+/// `completed_at`). Checked before anything is read further.
+pub fn header_problems(m: &Manifest, header: &crate::archive::Header, key_id: &str) -> Vec<String> {
+    let mut p = Vec::new();
+    if header.backup_id != m.id {
+        p.push(format!(
+            "archive header names backup {} but the manifest {}",
+            header.backup_id, m.id
+        ));
+    }
+    if header.parent_id != m.parent_id.clone().unwrap_or_default() {
+        p.push(format!(
+            "archive header names parent {:?} but the manifest {:?}",
+            header.parent_id,
+            m.parent_id.clone().unwrap_or_default()
+        ));
+    }
+    if header.kind != m.kind {
+        p.push(format!(
+            "archive header says {} but the manifest {}",
+            header.kind, m.kind
+        ));
+    }
+    if key_id != m.key_id {
+        p.push(format!(
+            "archive is sealed with key {key_id} but the manifest says {}",
+            m.key_id
+        ));
+    }
+    let version = format!("{}.{}", header.format_major, header.format_minor);
+    if version != m.format_version {
+        p.push(format!(
+            "archive is format {version} but the manifest says {}",
+            m.format_version
+        ));
+    }
+    let written = crate::time::rfc3339(header.created_at.as_ref());
+    let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+    match (
+        written.as_deref().and_then(t),
+        t(&m.created_at),
+        t(&m.completed_at),
+    ) {
+        // `completed_at` has milliseconds: a backup done within the millisecond its archive
+        // was begun compares at that precision.
+        (Some(w), Some(c), Some(done))
+            if c <= w
+                && w - chrono::Duration::nanoseconds(
+                    w.timestamp_subsec_nanos() as i64 % 1_000_000,
+                ) <= done => {}
+        _ => p.push(format!(
+            "archive was written at {} but the manifest says the backup ran from {} to {}",
+            written.as_deref().unwrap_or("(no time)"),
+            m.created_at,
+            m.completed_at
+        )),
+    }
+    p
+}
+
+/// What the manifest `m` says and the archive's authenticated footer contradict: the event
+/// count, the events digest and the time range (which `--until` chooses backups by).
+pub fn footer_problems(m: &Manifest, footer: &crate::archive::Footer) -> Vec<String> {
+    let mut p = Vec::new();
+    if footer.event_count != m.event_count {
+        p.push(format!(
+            "footer counts {} events, manifest {}",
+            footer.event_count, m.event_count
+        ));
+    }
+    let digest: String = footer
+        .events_sha256
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if digest != m.events_sha256 {
+        p.push("events digest in the footer differs from the manifest".into());
+    }
+    let same = |a: Option<&prost_types::Timestamp>, b: Option<&String>| match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            let a = crate::time::rfc3339(Some(a))
+                .and_then(|a| chrono::DateTime::parse_from_rfc3339(&a).ok());
+            a.is_some() && a == chrono::DateTime::parse_from_rfc3339(b).ok()
+        }
+        _ => false,
+    };
+    if !same(footer.first_timestamp.as_ref(), m.first_event_time.as_ref())
+        || !same(footer.last_timestamp.as_ref(), m.last_event_time.as_ref())
+    {
+        p.push(format!(
+            "footer's events run from {} to {}, the manifest says {} to {}",
+            crate::time::rfc3339(footer.first_timestamp.as_ref()).unwrap_or_else(|| "-".into()),
+            crate::time::rfc3339(footer.last_timestamp.as_ref()).unwrap_or_else(|| "-".into()),
+            m.first_event_time.as_deref().unwrap_or("-"),
+            m.last_event_time.as_deref().unwrap_or("-"),
+        ));
+    }
+    p
+}
+
+/// A reader that hashes and counts what passes: the archive's SHA-256 and size, checked
+/// against the manifest.
+pub(super) struct HashingReader<R> {
+    pub(super) inner: R,
+    pub(super) sha: Sha256,
+    pub(super) bytes: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Over `inner`.
+    pub(super) fn new(inner: R) -> Self {
+        Self {
+            inner,
+            sha: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Reads what is left, then the lowercase hex SHA-256 and the size of everything read.
+    pub(super) fn finish(mut self) -> (String, u64) {
+        let _ = std::io::copy(&mut self, &mut std::io::sink());
+        let sha = self
+            .sha
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        (sha, self.bytes)
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {
@@ -102,30 +247,12 @@ pub async fn verify(
         let mut events = 0;
         match ArchiveReader::open(&mut hr, &keys).and_then(|mut r| {
             let f = r.verify_to_end()?;
-            Ok((r.header().clone(), f))
+            Ok((r.header().clone(), r.key_id().to_string(), f))
         }) {
-            Ok((header, footer)) => {
+            Ok((header, key_id, footer)) => {
                 events = footer.event_count;
-                if header.backup_id != m.id {
-                    problems.push(format!(
-                        "archive header names backup {} but the manifest {}",
-                        header.backup_id, m.id
-                    ));
-                }
-                if footer.event_count != m.event_count {
-                    problems.push(format!(
-                        "footer counts {} events, manifest {}",
-                        footer.event_count, m.event_count
-                    ));
-                }
-                let digest: String = footer
-                    .events_sha256
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                if digest != m.events_sha256 {
-                    problems.push("events digest in the footer differs from the manifest".into());
-                }
+                problems.extend(header_problems(&m, &header, &key_id));
+                problems.extend(footer_problems(&m, &footer));
             }
             Err(e) => problems.push(e.to_string()),
         }

@@ -1,6 +1,8 @@
 //! The BackupService over gRPC: request validation, engine calls, and the one table that maps
 //! engine errors to gRPC status codes.
 
+mod malformed;
+
 use monoskope_backup_client::error_line;
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Identity;
 use crate::catalog::{BackupRecord, RestoreRecord, State};
-use crate::engine::{Engine, EngineError, RunningOp};
+use crate::engine::{Engine, EngineError, Failure, RunningOp};
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -27,16 +29,24 @@ impl Service {
 
 /// The one mapping of engine errors to gRPC statuses.
 pub fn status_of(e: EngineError) -> Status {
-    match e {
-        EngineError::Busy { .. } | EngineError::BusyElsewhere { .. } => {
-            Status::failed_precondition(e.to_string())
-        }
-        EngineError::Refused(m) => Status::failed_precondition(m),
-        EngineError::Corrupt(m) => Status::data_loss(m),
-        EngineError::NotFound(m) => Status::not_found(m),
-        EngineError::Invalid(m) => Status::invalid_argument(m),
-        EngineError::Unavailable(m) => Status::unavailable(crate::redact::text(&m)),
-        EngineError::Internal(e) => Status::internal(crate::redact::text(&error_line(e.as_ref()))),
+    let failure = e.failure();
+    let message = match e {
+        EngineError::Internal(e) => error_line(e.as_ref()),
+        other => other.to_string(),
+    };
+    status_for(failure, message)
+}
+
+/// The status of a failure of kind `f`, with `message` (passwords in URLs masked).
+pub fn status_for(f: Failure, message: String) -> Status {
+    let m = crate::redact::text(&message).into_owned();
+    match f {
+        Failure::Refused => Status::failed_precondition(m),
+        Failure::Corrupt => Status::data_loss(m),
+        Failure::NotFound => Status::not_found(m),
+        Failure::Invalid => Status::invalid_argument(m),
+        Failure::Unavailable => Status::unavailable(m),
+        Failure::Internal => Status::internal(m),
     }
 }
 
@@ -264,6 +274,18 @@ impl BackupService for Service {
         } else {
             record
         };
+        // A restore waited for that failed answers with its failure's status (a damaged
+        // backup: DATA_LOSS), its record's error and id in the message.
+        if record.state == State::Failed {
+            let failure = self.engine.restore_failure(&record.id).await;
+            let m = format!(
+                "restore {} of backup {} failed: {}",
+                record.id,
+                record.backup_id,
+                record.error.as_deref().unwrap_or("unknown error")
+            );
+            return Err(status_for(failure.unwrap_or(Failure::Internal), m));
+        }
         let mut r = restore_pb(&record);
         if record.state == State::Succeeded {
             r.next_steps = crate::engine::restore::next_steps(&record.sink);
@@ -428,6 +450,7 @@ pub async fn serve(
     }
     builder
         .layer(auth)
+        .layer(malformed::MalformedLayer)
         .add_service(health)
         .add_service(reflection)
         .add_service(
