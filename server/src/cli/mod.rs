@@ -256,7 +256,12 @@ pub async fn stop_on_signal(engine: &crate::engine::Engine) {
     );
     tokio::select! {
         ended = engine.interrupt(why, STOP_GRACE) => if !ended {
-            tracing::error!(grace = %humantime::format_duration(STOP_GRACE), "the interrupted operation did not end in time; exiting anyway");
+            // Exiting is what was asked for: the record stays RUNNING until the next start (or
+            // the lease's expiry) marks it FAILED, and an unfinished upload is removed by
+            // retention once it is a day old.
+            tracing::error!(grace = %humantime::format_duration(STOP_GRACE), "the interrupted operation did not end in time; exiting now");
+            eprintln!("backup-server: error: {why}: the interrupted operation did not end within {}; exiting (its record is marked FAILED at the next start)", humantime::format_duration(STOP_GRACE));
+            std::process::exit(1);
         },
         again = signal() => exit_on_second(again),
     }

@@ -340,7 +340,16 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         listener,
         tls,
         crate::auth::AuthLayer::new(auth),
-        async move { super::stop_on_signal(&stopping).await },
+        async move {
+            super::stop_on_signal(&stopping).await;
+            // The operation has ended; calls and connections get a moment to drain, then the
+            // process goes (a client that keeps a stream open must not hold the stop).
+            tokio::spawn(async {
+                tokio::time::sleep(DRAIN_WITHIN).await;
+                tracing::warn!(drain = %humantime::format_duration(DRAIN_WITHIN), "calls did not drain in time; exiting");
+                std::process::exit(0);
+            });
+        },
     )
     .await;
     let _ = stop_tx.send(true);
@@ -349,6 +358,9 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     res
 }
+
+/// How long `serve` lets calls drain after its operation ended on a stop signal.
+const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Seeds the last-run gauges from the catalog, so a restarted service does not report "never".
 async fn seed_metrics(engine: &crate::engine::Engine) {

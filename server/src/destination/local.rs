@@ -264,6 +264,34 @@ impl Destination for LocalDir {
         Ok(())
     }
 
+    async fn abort_uploads(&self, key: &str) -> Result<u64, DestinationError> {
+        let target = self.path(key)?;
+        let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+            return Ok(0);
+        };
+        let suffix = format!("-{}", name.to_string_lossy());
+        let mut rd = match tokio::fs::read_dir(dir).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err(&dir.display().to_string(), e)),
+        };
+        let mut removed = 0;
+        while let Some(entry) = rd
+            .next_entry()
+            .await
+            .map_err(|e| io_err(&dir.display().to_string(), e))?
+        {
+            let n = entry.file_name().to_string_lossy().into_owned();
+            if n.starts_with(STAGING_MARK) && n.ends_with(&suffix) {
+                tokio::fs::remove_file(entry.path())
+                    .await
+                    .map_err(|e| io_err(&n, e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     async fn cleanup_stale_uploads(&self, max_age_secs: i64) -> Result<u64, DestinationError> {
         let now = chrono::Utc::now().timestamp();
         let mut removed = 0;

@@ -94,6 +94,10 @@ pub trait Destination: Send + Sync + std::fmt::Debug {
     async fn delete(&self, key: &str) -> Result<(), DestinationError>;
     /// Checks that the destination answers and is usable.
     async fn probe(&self) -> Result<(), DestinationError>;
+    /// Removes every unfinished upload of `key` (its staged file, its S3 multipart uploads):
+    /// what a backup cut off by its timeout or a signal, whose upload could not be aborted the
+    /// ordinary way, leaves. Returns how many were removed.
+    async fn abort_uploads(&self, key: &str) -> Result<u64, DestinationError>;
     /// Removes unfinished uploads older than `max_age_secs` (staged files, S3 multipart uploads).
     async fn cleanup_stale_uploads(&self, max_age_secs: i64) -> Result<u64, DestinationError>;
 }

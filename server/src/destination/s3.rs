@@ -346,6 +346,36 @@ impl Destination for S3Destination {
         Ok(())
     }
 
+    async fn abort_uploads(&self, key: &str) -> Result<u64, DestinationError> {
+        let full = self.key(key);
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(&full)
+            .send()
+            .await
+            .map_err(|e| classify("list multipart uploads", &self.bucket, e))?;
+        let mut removed = 0;
+        for u in out.uploads() {
+            if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+                if k != full {
+                    continue;
+                }
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(k)
+                    .upload_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| classify("abort multipart upload", &self.bucket, e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     async fn cleanup_stale_uploads(&self, max_age_secs: i64) -> Result<u64, DestinationError> {
         let now = chrono::Utc::now().timestamp();
         let out = self

@@ -161,286 +161,353 @@ pub(super) async fn run(
             || timed_out(" (the destination did not answer)"),
         )
         .await?;
-    // The parent's watermark goes to the reader alone: an incremental raises it in place into
-    // the new one once the read is done (one entry per aggregate, held once).
-    let before = parent.map(|p| p.watermark);
-    let from_table = cfg.events_db.is_some();
-    let (source, silent) = match (&custom, from_table) {
-        (Some(_), _) => ("the backup being imported", ""),
-        (None, true) => ("the events table", " (the events database did not answer)"),
-        (None, false) => (
-            "the EventStore",
-            " (the EventStore did not answer Retrieve)",
-        ),
-    };
-    // The source opens after the upload started (a destination that cannot be reached fails
-    // before the store's stream is opened, which Monoskope's store needs read to its end) and
-    // before the writer runs (a source that cannot be reached aborts the upload, so nothing is
-    // left staged).
-    let opened = async {
-        anyhow::Ok::<BatchStream>(match custom {
-            Some(s) => batches(s),
-            None => match (&cfg.events_db, &before) {
-                (Some(url), None) => Box::pin(crate::source::table::stream(
-                    crate::source::table::snapshot(
-                        crate::source::table::connect(url).await?,
-                        4,
-                        None,
-                        attempt.order,
-                        cfg.lock_wait_timeout,
-                    ),
-                )),
-                (Some(url), Some(w)) => Box::pin(crate::source::table::stream(
-                    crate::source::table::incremental(
-                        crate::source::table::connect(url).await?,
-                        w.clone(),
-                        4,
-                        None,
-                        cfg.lock_wait_timeout,
-                    ),
-                )),
-                // The API has no per-aggregate maximum: an incremental reads every event and keeps
-                // the new ones.
-                (None, _) => batches(cfg.event_store.retrieve_all().await?),
-            },
-        })
-    };
-    let opened = stop.bounded(deadline, opened, || timed_out(silent)).await;
-    let mut stream = match opened {
-        Ok(s) => s,
-        Err(e) => {
-            upload.abort().await;
-            return Err(e);
-        }
-    };
-    let cancelled = Arc::new(AtomicBool::new(false));
-    // Records cross to the writer thread in batches: one wake-up per batch, not per event.
-    let (rec_tx, mut rec_rx) = mpsc::channel::<Batch>(8);
-    let (part_tx, mut part_rx) = mpsc::channel::<Vec<u8>>(2);
-
-    let mut opts = WriterOptions::new(&running.id, protection.clone());
-    opts.compression_level = cfg.compression_level;
-    opts.kind = running.kind.clone();
-    opts.parent_id = parent_id.clone();
-    let enc_cancel = cancelled.clone();
-    let enc_progress = progress.clone();
-    let encoder = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let out = PartWriter {
-            tx: part_tx,
-            buf: Vec::with_capacity(PART_SIZE),
-            sha: Sha256::new(),
-            bytes: 0,
-            progress: enc_progress,
+    // Everything from here — the read, the upload's parts and completion, the watermark and the
+    // manifest — runs within the deadline and stops at an interrupt. Cut off, the upload may be
+    // stuck in a part that is never answered: it is aborted by its key, and whatever became
+    // visible is deleted, each step bounded so that the backup ends within the grace period.
+    let cut = AtomicBool::new(false);
+    let cleaner = dest.clone();
+    let work = async move {
+        // The parent's watermark goes to the reader alone: an incremental raises it in place into
+        // the new one once the read is done (one entry per aggregate, held once).
+        let before = parent.map(|p| p.watermark);
+        let from_table = cfg.events_db.is_some();
+        let (source, silent) = match (&custom, from_table) {
+            (Some(_), _) => ("the backup being imported", ""),
+            (None, true) => ("the events table", " (the events database did not answer)"),
+            (None, false) => (
+                "the EventStore",
+                " (the EventStore did not answer Retrieve)",
+            ),
         };
-        let mut w = ArchiveWriter::new(out, opts)?;
-        while let Some(batch) = rec_rx.blocking_recv() {
-            w.append_batch(&batch)?;
-        }
-        // The record channel also closes when reading failed or timed out: never seal then.
-        if enc_cancel.load(Ordering::SeqCst) {
-            anyhow::bail!("cancelled");
-        }
-        let (out, footer) = w.finish()?;
-        let (sha, bytes) = out.finish()?;
-        Ok((footer, sha, bytes))
-    });
-    let uploader = tokio::spawn(async move {
-        let mut upload: Box<dyn Upload> = upload;
-        while let Some(part) = part_rx.recv().await {
-            if let Err(e) = upload.write_part(part).await {
-                return (upload, Err(anyhow::Error::new(e)));
+        // The source opens after the upload started (a destination that cannot be reached fails
+        // before the store's stream is opened, which Monoskope's store needs read to its end) and
+        // before the writer runs (a source that cannot be reached aborts the upload, so nothing is
+        // left staged).
+        let opened = async {
+            anyhow::Ok::<BatchStream>(match custom {
+                Some(s) => batches(s),
+                None => match (&cfg.events_db, &before) {
+                    (Some(url), None) => Box::pin(crate::source::table::stream(
+                        crate::source::table::snapshot(
+                            crate::source::table::connect(url).await?,
+                            4,
+                            None,
+                            attempt.order,
+                            cfg.lock_wait_timeout,
+                        ),
+                    )),
+                    (Some(url), Some(w)) => Box::pin(crate::source::table::stream(
+                        crate::source::table::incremental(
+                            crate::source::table::connect(url).await?,
+                            w.clone(),
+                            4,
+                            None,
+                            cfg.lock_wait_timeout,
+                        ),
+                    )),
+                    // The API has no per-aggregate maximum: an incremental reads every event and keeps
+                    // the new ones.
+                    (None, _) => batches(cfg.event_store.retrieve_all().await?),
+                },
+            })
+        };
+        let opened = stop.bounded(deadline, opened, || timed_out(silent)).await;
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                upload.abort().await;
+                return Err(e);
             }
-        }
-        (upload, Ok(()))
-    });
+        };
+        let cancelled = Arc::new(AtomicBool::new(false));
+        // Records cross to the writer thread in batches: one wake-up per batch, not per event.
+        let (rec_tx, mut rec_rx) = mpsc::channel::<Batch>(8);
+        let (part_tx, mut part_rx) = mpsc::channel::<Vec<u8>>(2);
 
-    let read_progress = progress.clone();
-    let reader = async move {
-        // A full backup's watermark is built from every event; an incremental's is the
-        // parent's raised by the spans of the new versions, made once the read is done, so the
-        // read holds one watermark, not two.
-        let mut wm = Watermark::default();
-        let mut spans = std::collections::HashMap::new();
-        let mut store_max: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
-        let mut keys = AggregateKeys::default();
-        while let Some(batch) = stream.next().await {
-            let mut batch = batch?;
-            if let Some(b) = &before {
-                let mut unversioned = None;
-                batch.retain(|rec| {
-                    let a = keys.key(rec.aggregate_type(), rec.aggregate_id());
-                    let version = rec.aggregate_version();
-                    if !from_table {
-                        let m = store_max.entry(a.clone()).or_insert(0);
-                        *m = (*m).max(version);
-                    }
-                    if version == 0 {
-                        unversioned.get_or_insert(a);
-                        return false;
-                    }
-                    if version <= b.get(&a) {
-                        return false; // the chain holds it
-                    }
-                    span_add_version(&mut spans, a, version);
-                    true
-                });
-                if let Some(a) = unversioned {
-                    return Err(ChainMismatch(format!(
+        let mut opts = WriterOptions::new(&running.id, protection.clone());
+        opts.compression_level = cfg.compression_level;
+        opts.kind = running.kind.clone();
+        opts.parent_id = parent_id.clone();
+        let enc_cancel = cancelled.clone();
+        let enc_progress = progress.clone();
+        let encoder = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let out = PartWriter {
+                tx: part_tx,
+                buf: Vec::with_capacity(PART_SIZE),
+                sha: Sha256::new(),
+                bytes: 0,
+                progress: enc_progress,
+            };
+            let mut w = ArchiveWriter::new(out, opts)?;
+            while let Some(batch) = rec_rx.blocking_recv() {
+                w.append_batch(&batch)?;
+            }
+            // The record channel also closes when reading failed or timed out: never seal then.
+            if enc_cancel.load(Ordering::SeqCst) {
+                anyhow::bail!("cancelled");
+            }
+            let (out, footer) = w.finish()?;
+            let (sha, bytes) = out.finish()?;
+            Ok((footer, sha, bytes))
+        });
+        let mut uploader = AbortOnDrop(tokio::spawn(async move {
+            let mut upload: Box<dyn Upload> = upload;
+            while let Some(part) = part_rx.recv().await {
+                if let Err(e) = upload.write_part(part).await {
+                    return (upload, Err(anyhow::Error::new(e)));
+                }
+            }
+            (upload, Ok(()))
+        }));
+
+        let read_progress = progress.clone();
+        let reader = async move {
+            // A full backup's watermark is built from every event; an incremental's is the
+            // parent's raised by the spans of the new versions, made once the read is done, so the
+            // read holds one watermark, not two.
+            let mut wm = Watermark::default();
+            let mut spans = std::collections::HashMap::new();
+            let mut store_max: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
+            let mut keys = AggregateKeys::default();
+            while let Some(batch) = stream.next().await {
+                let mut batch = batch?;
+                if let Some(b) = &before {
+                    let mut unversioned = None;
+                    batch.retain(|rec| {
+                        let a = keys.key(rec.aggregate_type(), rec.aggregate_id());
+                        let version = rec.aggregate_version();
+                        if !from_table {
+                            let m = store_max.entry(a.clone()).or_insert(0);
+                            *m = (*m).max(version);
+                        }
+                        if version == 0 {
+                            unversioned.get_or_insert(a);
+                            return false;
+                        }
+                        if version <= b.get(&a) {
+                            return false; // the chain holds it
+                        }
+                        span_add_version(&mut spans, a, version);
+                        true
+                    });
+                    if let Some(a) = unversioned {
+                        return Err(ChainMismatch(format!(
                         "the store holds events without a version (aggregate {a}), which only a full backup can hold"
                     ))
                     .into());
+                    }
+                }
+                if before.is_none() {
+                    for rec in batch.iter() {
+                        wm.observe_into(
+                            rec.aggregate_type(),
+                            rec.aggregate_id(),
+                            rec.aggregate_version(),
+                            &mut keys,
+                        );
+                    }
+                }
+                read_progress
+                    .events
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if !batch.is_empty() && rec_tx.send(batch).await.is_err() {
+                    // The encoder or the upload stopped; their error is reported below.
+                    return Ok(wm);
                 }
             }
-            if before.is_none() {
-                for rec in batch.iter() {
-                    wm.observe_into(
-                        rec.aggregate_type(),
-                        rec.aggregate_id(),
-                        rec.aggregate_version(),
-                        &mut keys,
-                    );
-                }
-            }
-            read_progress
-                .events
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            if !batch.is_empty() && rec_tx.send(batch).await.is_err() {
-                // The encoder or the upload stopped; their error is reported below.
-                return Ok(wm);
-            }
-        }
-        if let Some(b) = &before {
-            if !from_table {
-                let mut behind: Vec<String> = b
-                    .map
-                    .iter()
-                    .filter(|(a, h)| store_max.get(*a).copied().unwrap_or(0) < **h)
-                    .map(|(a, h)| {
-                        format!(
-                            "aggregate {a} is at version {} in the store, the chain holds {h}",
-                            store_max.get(a).copied().unwrap_or(0)
-                        )
-                    })
-                    .collect();
-                behind.sort();
-                if let Some(first) = behind.first() {
-                    return Err(ChainMismatch(format!(
+            if let Some(b) = &before {
+                if !from_table {
+                    let mut behind: Vec<String> = b
+                        .map
+                        .iter()
+                        .filter(|(a, h)| store_max.get(*a).copied().unwrap_or(0) < **h)
+                        .map(|(a, h)| {
+                            format!(
+                                "aggregate {a} is at version {} in the store, the chain holds {h}",
+                                store_max.get(a).copied().unwrap_or(0)
+                            )
+                        })
+                        .collect();
+                    behind.sort();
+                    if let Some(first) = behind.first() {
+                        return Err(ChainMismatch(format!(
                         "the store no longer matches the chain ({} aggregates behind it; {first}): restored from an older backup?",
                         behind.len()
                     ))
                     .into());
+                    }
                 }
+                check_continuity(b, &spans).map_err(|p| {
+                    ChainMismatch(format!("the store no longer matches the chain: {p}"))
+                })?;
             }
-            check_continuity(b, &spans).map_err(|p| {
-                ChainMismatch(format!("the store no longer matches the chain: {p}"))
-            })?;
+            if let Some(b) = before {
+                // The source has let go of the parent's watermark by now (its stream ended), so
+                // it is raised in place; a copy only if someone still holds it.
+                wm = Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone());
+                wm.raise(spans);
+            }
+            anyhow::Ok(wm)
+        };
+        let read_result = stop.bounded(deadline, reader, || timed_out("")).await;
+        if read_result.is_err() {
+            cancelled.store(true, Ordering::SeqCst);
         }
-        if let Some(b) = before {
-            // The source has let go of the parent's watermark by now (its stream ended), so
-            // it is raised in place; a copy only if someone still holds it.
-            wm = Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone());
-            wm.raise(spans);
+        // A chain mismatch is not a failure of this backup: the engine takes a full one instead;
+        // nor is a table out of order: the engine reads it sorted.
+        if let Err(e) = &read_result {
+            if e.downcast_ref::<ChainMismatch>().is_some()
+                || e.downcast_ref::<crate::source::Unordered>().is_some()
+            {
+                let _ = encoder.await;
+                let (upload, _) = (&mut uploader.0)
+                    .await
+                    .map_err(|e| anyhow!("uploader panicked: {e}"))?;
+                upload.abort().await;
+                return Err(read_result.err().unwrap_or_else(|| anyhow!("read again")));
+            }
         }
-        anyhow::Ok(wm)
-    };
-    let read_result = stop.bounded(deadline, reader, || timed_out("")).await;
-    if read_result.is_err() {
-        cancelled.store(true, Ordering::SeqCst);
-    }
-    // A chain mismatch is not a failure of this backup: the engine takes a full one instead;
-    // nor is a table out of order: the engine reads it sorted.
-    if let Err(e) = &read_result {
-        if e.downcast_ref::<ChainMismatch>().is_some()
-            || e.downcast_ref::<crate::source::Unordered>().is_some()
+        let enc_result = encoder
+            .await
+            .map_err(|e| anyhow!("archive writer panicked: {e}"))?;
+        let (upload, up_result) = (&mut uploader.0)
+            .await
+            .map_err(|e| anyhow!("uploader panicked: {e}"))?;
+        // The first real cause wins: a failed read or upload explains a cancelled or stopped writer.
+        let outcome = read_result
+            .with_context(|| format!("reading {source} failed"))
+            .and_then(|wm| {
+                up_result.context("uploading the archive failed")?;
+                Ok((enc_result.context("writing the archive failed")?, wm))
+            });
+        let ((footer, sha, bytes), watermark) = match outcome {
+            Ok(v) => v,
+            Err(e) => {
+                upload.abort().await;
+                return Err(e);
+            }
+        };
+        upload
+            .complete()
+            .await
+            .context("completing the archive upload failed")?;
+        let watermark_key = match watermark
+            .store(
+                dest.as_ref(),
+                &running.id,
+                protection.clone(),
+                cfg.compression_level,
+            )
+            .await
         {
-            let _ = encoder.await;
-            let (upload, _) = uploader
-                .await
-                .map_err(|e| anyhow!("uploader panicked: {e}"))?;
-            upload.abort().await;
-            return Err(read_result.err().unwrap_or_else(|| anyhow!("read again")));
-        }
-    }
-    let enc_result = encoder
-        .await
-        .map_err(|e| anyhow!("archive writer panicked: {e}"))?;
-    let (upload, up_result) = uploader
-        .await
-        .map_err(|e| anyhow!("uploader panicked: {e}"))?;
-    // The first real cause wins: a failed read or upload explains a cancelled or stopped writer.
-    let outcome = read_result
-        .with_context(|| format!("reading {source} failed"))
-        .and_then(|wm| {
-            up_result.context("uploading the archive failed")?;
-            Ok((enc_result.context("writing the archive failed")?, wm))
-        });
-    let ((footer, sha, bytes), watermark) = match outcome {
-        Ok(v) => v,
-        Err(e) => {
-            upload.abort().await;
-            return Err(e);
-        }
-    };
-    upload
-        .complete()
-        .await
-        .context("completing the archive upload failed")?;
-    let watermark_key = match watermark
-        .store(
-            dest.as_ref(),
-            &running.id,
-            protection.clone(),
-            cfg.compression_level,
-        )
-        .await
-    {
-        Ok(k) => k,
-        Err(e) => {
-            let _ = dest.delete(&archive_key).await;
-            return Err(e.context("writing the watermark failed"));
-        }
-    };
+            Ok(k) => k,
+            Err(e) => {
+                let _ = dest.delete(&archive_key).await;
+                return Err(e.context("writing the watermark failed"));
+            }
+        };
 
-    let completed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let key_id = match &protection {
-        crate::archive::Protection::Key(k) => k.id().to_string(),
-        crate::archive::Protection::Passphrase(..) => "passphrase".into(),
-        crate::archive::Protection::Unencrypted => "none".into(),
+        let completed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let key_id = match &protection {
+            crate::archive::Protection::Key(k) => k.id().to_string(),
+            crate::archive::Protection::Passphrase(..) => "passphrase".into(),
+            crate::archive::Protection::Unencrypted => "none".into(),
+        };
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT.into(),
+            id: running.id.clone(),
+            kind: running.kind.clone(),
+            parent_id,
+            created_at: running.created_at.clone(),
+            completed_at,
+            created_by: running.created_by.clone(),
+            source: running.source.clone(),
+            event_count: footer.event_count,
+            archive_bytes: bytes,
+            archive_sha256: sha,
+            archive_key: archive_key.clone(),
+            first_event_time: rfc3339(footer.first_timestamp.as_ref()),
+            last_event_time: rfc3339(footer.last_timestamp.as_ref()),
+            events_sha256: footer
+                .events_sha256
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            key_id,
+            format_version: crate::archive::format_version(),
+            watermark_key: Some(watermark_key.clone()),
+            note: running.note.clone(),
+        };
+        if let Err(e) = dest
+            .put(&layout::manifest_key(&running.id), manifest.to_json())
+            .await
+        {
+            let _ = dest.delete(&archive_key).await;
+            let _ = dest.delete(&watermark_key).await;
+            return Err(anyhow::Error::new(e).context("writing the manifest failed"));
+        }
+        let mut record = BackupRecord::from_manifest(&manifest);
+        record.state = State::Succeeded;
+        anyhow::Ok(record)
     };
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT.into(),
-        id: running.id.clone(),
-        kind: running.kind.clone(),
-        parent_id,
-        created_at: running.created_at.clone(),
-        completed_at,
-        created_by: running.created_by.clone(),
-        source: running.source.clone(),
-        event_count: footer.event_count,
-        archive_bytes: bytes,
-        archive_sha256: sha,
-        archive_key: archive_key.clone(),
-        first_event_time: rfc3339(footer.first_timestamp.as_ref()),
-        last_event_time: rfc3339(footer.last_timestamp.as_ref()),
-        events_sha256: footer
-            .events_sha256
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        key_id,
-        format_version: crate::archive::format_version(),
-        watermark_key: Some(watermark_key.clone()),
-        note: running.note.clone(),
-    };
-    if let Err(e) = dest
-        .put(&layout::manifest_key(&running.id), manifest.to_json())
-        .await
-    {
-        let _ = dest.delete(&archive_key).await;
-        let _ = dest.delete(&watermark_key).await;
-        return Err(anyhow::Error::new(e).context("writing the manifest failed"));
+    let result = stop
+        .bounded_with(
+            deadline,
+            work,
+            || {
+                cut.store(true, Ordering::SeqCst);
+                timed_out(" (the destination did not answer)")
+            },
+            |why| {
+                cut.store(true, Ordering::SeqCst);
+                anyhow!("interrupted by {why}")
+            },
+        )
+        .await;
+    match result {
+        Err(e) if cut.load(Ordering::SeqCst) => {
+            Err(clean_up_after_cut(cleaner.as_ref(), &running.id, e).await)
+        }
+        other => other,
     }
-    let mut record = BackupRecord::from_manifest(&manifest);
-    record.state = State::Succeeded;
-    Ok(record)
+}
+
+/// How long the clean-up of a backup that was cut off may take.
+const CLEANUP_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// After a backup was cut off (timeout, interrupt): abort its unfinished upload and delete
+/// whatever of it became visible, within [`CLEANUP_WITHIN`]; the error says what is left.
+async fn clean_up_after_cut(
+    dest: &dyn crate::destination::Destination,
+    id: &str,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let cleanup = async {
+        // The manifest first: without it nothing of the backup is listed or restored.
+        dest.delete(&layout::manifest_key(id)).await?;
+        let n = dest.abort_uploads(&layout::archive_key(id)).await?;
+        dest.delete(&layout::watermark_key(id)).await?;
+        dest.delete(&layout::archive_key(id)).await?;
+        Ok::<_, crate::destination::DestinationError>(n)
+    };
+    match tokio::time::timeout(CLEANUP_WITHIN, cleanup).await {
+        Ok(Ok(_)) => e.context("the upload was aborted; nothing is left at the destination"),
+        Ok(Err(c)) => e.context(format!(
+            "the upload could not be aborted now ({c}); retention removes what is left once it is a day old"
+        )),
+        Err(_) => e.context(format!(
+            "the destination did not answer the upload's abort within {}; retention removes what is left once it is a day old",
+            humantime::format_duration(CLEANUP_WITHIN)
+        )),
+    }
+}
+
+/// Aborts a task when dropped (the uploader of a backup that was cut off).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -103,6 +103,16 @@ impl EngineError {
 /// A URL without its password or query, for records and logs.
 pub use crate::redact::url as redact_url;
 
+/// How long each report of an operation's end may take (the catalog record, the Pushgateway,
+/// the event, the lease given back): an operation cut off by a signal must end within the
+/// grace period even when these peers do not answer.
+pub const REPORT_WITHIN: Duration = Duration::from_secs(4);
+
+/// Runs a report of an operation's end within [`REPORT_WITHIN`]; `None` when it did not end.
+async fn report<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(REPORT_WITHIN, fut).await.ok()
+}
+
 /// The final value an operation's task sends; `None` if the task ended without one.
 async fn final_value<T: Clone>(mut rx: watch::Receiver<Option<T>>) -> Option<T> {
     loop {
@@ -405,9 +415,15 @@ impl Engine {
             return;
         };
         r.renewing.abort();
-        if let Err(e) = self.cfg.catalog.release_lease(&self.holder).await {
+        match report(self.cfg.catalog.release_lease(&self.holder)).await {
+            Some(Ok(_)) => {}
             // It expires by itself after the lease's time to live.
-            tracing::warn!(operation_id = %r.id, error = %error_line(e.as_ref()), "could not give the catalog's operation lease back");
+            Some(Err(e)) => {
+                tracing::warn!(operation_id = %r.id, error = %error_line(e.as_ref()), "could not give the catalog's operation lease back; it expires by itself")
+            }
+            None => {
+                tracing::warn!(operation_id = %r.id, "the catalog did not answer giving the operation lease back; it expires by itself")
+            }
         }
     }
 
@@ -522,8 +538,14 @@ impl Engine {
                     tracing::error!(restore_id = %rec.id, backup_id = %rec.backup_id, error = %e, "restore failed");
                 }
             }
-            if let Err(e) = engine.cfg.catalog.upsert_restore(&rec).await {
-                tracing::error!(restore_id = %rec.id, error = %error_line(e.as_ref()), "could not record the restore in the catalog");
+            match report(engine.cfg.catalog.upsert_restore(&rec)).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::error!(restore_id = %rec.id, error = %error_line(e.as_ref()), "could not record the restore in the catalog")
+                }
+                None => {
+                    tracing::error!(restore_id = %rec.id, "could not record the restore in the catalog: no answer within 4 s")
+                }
             }
             let ok = rec.state == State::Succeeded;
             metrics::get().finished(
@@ -534,7 +556,9 @@ impl Engine {
                 rec.event_count,
             );
             if let Some(p) = &engine.cfg.pushgateway {
-                p.push(Op::Restore, ok).await;
+                if report(p.push(Op::Restore, ok)).await.is_none() {
+                    tracing::warn!("cannot push metrics to the Pushgateway: no answer within 4 s");
+                }
             }
             // Only a successful restore adds an event: a failed one leaves the store as it was.
             if ok && engine.cfg.emit_events {
@@ -551,7 +575,7 @@ impl Engine {
                     &data,
                     &req.caller,
                 );
-                crate::ops::events::emit(&engine.cfg.event_store, ev).await;
+                report(crate::ops::events::emit(&engine.cfg.event_store, ev)).await;
             }
             engine.release().await;
             let _ = tx.send(Some(rec));
@@ -748,8 +772,14 @@ impl Engine {
                 tracing::error!(backup_id = %record.id, error = %error_line(e.as_ref()), "backup failed");
             }
         }
-        if let Err(e) = self.cfg.catalog.upsert_backup(&record).await {
-            tracing::error!(backup_id = %record.id, error = %error_line(e.as_ref()), "could not record the backup in the catalog; `catalog resync` restores it from the destination");
+        match report(self.cfg.catalog.upsert_backup(&record)).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::error!(backup_id = %record.id, error = %error_line(e.as_ref()), "could not record the backup in the catalog; `catalog resync` restores it from the destination")
+            }
+            None => {
+                tracing::error!(backup_id = %record.id, "could not record the backup in the catalog: no answer within 4 s; the next start marks it FAILED, `catalog resync` restores a complete one from the destination")
+            }
         }
         let ok = record.state == crate::catalog::State::Succeeded;
         metrics::get().finished(
@@ -760,7 +790,9 @@ impl Engine {
             record.event_count,
         );
         if let Some(p) = &self.cfg.pushgateway {
-            p.push(Op::Backup, ok).await;
+            if report(p.push(Op::Backup, ok)).await.is_none() {
+                tracing::warn!("cannot push metrics to the Pushgateway: no answer within 4 s");
+            }
         }
         if self.cfg.emit_events {
             let data = serde_json::json!({
@@ -783,10 +815,21 @@ impl Engine {
                 &data,
                 caller,
             );
-            crate::ops::events::emit(&self.cfg.event_store, ev).await;
+            if report(crate::ops::events::emit(&self.cfg.event_store, ev))
+                .await
+                .is_none()
+            {
+                tracing::warn!("could not store the event: no answer within 4 s");
+            }
         }
         if record.state == crate::catalog::State::Succeeded {
-            match retention::run(&self.cfg).await {
+            // Retention stops at an interrupt (each deletion stands alone: it runs again after
+            // the next backup).
+            let retention = tokio::select! {
+                r = retention::run(&self.cfg) => r,
+                why = self.interrupt.fired() => Err(anyhow::anyhow!("interrupted by {why}")),
+            };
+            match retention {
                 Ok(plan) if !plan.is_empty() => {
                     tracing::info!(deleted = ?plan.delete_backups, leftovers = ?plan.delete_leftovers, "retention applied")
                 }
