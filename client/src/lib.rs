@@ -56,6 +56,10 @@ pub enum ClientError {
     /// The backup does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The backup is damaged or does not match its manifest (`DATA_LOSS`); nothing of it was
+    /// written.
+    #[error("damaged backup: {0}")]
+    DataLoss(String),
     /// The request is malformed.
     #[error("invalid request: {0}")]
     InvalidArgument(String),
@@ -152,6 +156,7 @@ impl From<Status> for ClientError {
             Code::Unavailable => ClientError::Unavailable(m),
             Code::Unimplemented => ClientError::Unimplemented(m),
             Code::DeadlineExceeded => ClientError::DeadlineExceeded(m),
+            Code::DataLoss => ClientError::DataLoss(m),
             code => ClientError::Other { code, message: m },
         }
     }

@@ -279,11 +279,15 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         } => {
             let until = match until {
                 Some(u) => {
-                    let t = chrono::DateTime::parse_from_rfc3339(u.trim()).map_err(|_| {
-                        ClientError::Local(format!(
-                            "--until: {u:?} is not an RFC 3339 time (e.g. 2026-11-24T10:15:00Z)"
-                        ))
-                    })?;
+                    // Years 1 to 9999, as the service accepts: nothing else becomes "no until".
+                    let t = chrono::DateTime::parse_from_rfc3339(u.trim())
+                        .ok()
+                        .filter(|t| t.timestamp() >= -62_135_596_800)
+                        .ok_or_else(|| {
+                            ClientError::Local(format!(
+                                "--until: {u:?} is not an RFC 3339 time of years 1 to 9999 (e.g. 2026-11-24T10:15:00Z)"
+                            ))
+                        })?;
                     Some(prost_types::Timestamp {
                         seconds: t.timestamp(),
                         nanos: t.timestamp_subsec_nanos() as i32,

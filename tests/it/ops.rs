@@ -458,7 +458,8 @@ fn each_bad_configuration_key_names_its_path() {
             &["serve", "--config", f.to_str().expect("utf8")],
             &[],
         );
-        assert_eq!(out.code, Some(1), "{yaml}");
+        // A bad configuration is a usage error: exit 2.
+        assert_eq!(out.code, Some(2), "{yaml}");
         assert!(
             out.stderr.contains(&format!("{path}:")) || out.stderr.contains(&format!("{path} ")),
             "{yaml:?} -> {}",

@@ -1217,10 +1217,10 @@ async fn until_restores_exactly_the_events_up_to_that_time() {
         "--until",
         "yesterday",
     ]);
-    assert_eq!(bad.code, Some(1));
+    assert_eq!(bad.code, Some(2), "a usage error: {bad:?}");
     assert!(
-        bad.stderr
-            .contains("--until: \"yesterday\" is not an RFC 3339 time"),
+        bad.stderr.contains("--until")
+            && bad.stderr.contains("\"yesterday\" is not an RFC 3339 time"),
         "{}",
         bad.stderr
     );

@@ -427,7 +427,7 @@ async fn an_event_store_that_never_answers_fails_the_backup_at_its_timeout() {
             .expect("a backup record, not a refusal");
         assert_eq!(b.state, pb::OperationState::Failed as i32, "{attempt}");
         assert_eq!(
-            b.error, "timed out after 2s (the EventStore did not answer Retrieve)",
+            b.error, "timed out after 2s (the EventStore did not answer Retrieve); the upload was aborted and nothing is left at the destination",
             "{attempt}"
         );
     }
@@ -1241,7 +1241,7 @@ async fn sigterm_or_ctrl_c_during_a_backup_leaves_nothing_and_records_why() {
         let last = out.stderr.trim().lines().last().unwrap_or_default();
         assert!(
             last.starts_with("backup-server: error: backup ")
-                && last.ends_with(&format!(" failed: interrupted by SIG{sig}")),
+                && last.ends_with(&format!(" failed: interrupted by SIG{sig}; the upload was aborted and nothing is left at the destination")),
             "{last}"
         );
         let left: Vec<_> = std::fs::read_dir(&backups)

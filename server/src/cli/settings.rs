@@ -268,6 +268,9 @@ impl Settings {
                     tracing::info!(backups = found, destination = %dest.url(), "catalog was empty; rebuilt it from the destination")
                 }
                 Ok(_) => {}
+                Err(e) if crate::engine::is_not_created(&e) => {
+                    tracing::info!(destination = %dest.url(), "the destination is new: nothing to rebuild the catalog from")
+                }
                 Err(e) => {
                     tracing::warn!(error = %monoskope_backup_client::error_line(e.as_ref()), "could not rebuild the catalog from the destination")
                 }

@@ -34,7 +34,7 @@ impl LocalDir {
                 )))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(DestinationError::Missing(format!(
+                return Err(DestinationError::NotCreated(format!(
                     "the destination directory {shown} does not exist"
                 )))
             }

@@ -31,6 +31,11 @@ pub enum DestinationError {
     /// The bucket or directory does not exist (permanent).
     #[error("{0}")]
     Missing(String),
+    /// A directory destination whose directory does not exist yet: nothing was ever written
+    /// there. Reading it is an error (a mistyped path must not list as "no backups"); the first
+    /// backup creates it.
+    #[error("{0}")]
+    NotCreated(String),
     /// The destination could not be reached or failed transiently (retries exhausted).
     #[error("destination unavailable: {0}")]
     Unavailable(String),

@@ -138,20 +138,21 @@ pub(super) async fn run(
     let parent_id = parent.as_ref().map(|p| p.manifest.id.clone());
     // The timeout covers starting the upload, opening the source and reading it: a store or
     // database that takes the connection and never answers fails the backup (and frees the
-    // operation slot) like a slow read does. What follows the read (completing the upload,
-    // watermark, manifest) has the destination's own timeouts. An interrupt (SIGTERM) stops
-    // the same steps the same way.
+    // operation slot) like a slow read does; so does every step after it (below). An interrupt
+    // (SIGTERM) stops the same steps the same way. Either is a [`Cut`]: what the upload left is
+    // cleaned up by its key.
     let deadline = attempt.deadline;
     let timed_out = |waiting: &str| {
-        anyhow!(
+        anyhow::Error::new(Cut(format!(
             "timed out after {}{waiting}",
             humantime::format_duration(cfg.backup_timeout)
-        )
+        )))
     };
+    let interrupted = |why: String| anyhow::Error::new(Cut(format!("interrupted by {why}")));
     let dest = cfg.destination.clone();
     let archive_key = layout::archive_key(&running.id);
     let upload = stop
-        .bounded(
+        .bounded_with(
             deadline,
             async {
                 dest.upload(&archive_key)
@@ -159,13 +160,21 @@ pub(super) async fn run(
                     .context("cannot start the upload")
             },
             || timed_out(" (the destination did not answer)"),
+            interrupted,
         )
-        .await?;
+        .await;
+    // The upload may have started at the destination though its answer never came.
+    let upload = match upload {
+        Ok(u) => u,
+        Err(e) if e.is::<Cut>() => {
+            return Err(clean_up_after_cut(dest.as_ref(), &running.id, e).await)
+        }
+        Err(e) => return Err(e),
+    };
     // Everything from here — the read, the upload's parts and completion, the watermark and the
     // manifest — runs within the deadline and stops at an interrupt. Cut off, the upload may be
     // stuck in a part that is never answered: it is aborted by its key, and whatever became
     // visible is deleted, each step bounded so that the backup ends within the grace period.
-    let cut = AtomicBool::new(false);
     let cleaner = dest.clone();
     let work = async move {
         // The parent's watermark goes to the reader alone: an incremental raises it in place into
@@ -212,7 +221,9 @@ pub(super) async fn run(
                 },
             })
         };
-        let opened = stop.bounded(deadline, opened, || timed_out(silent)).await;
+        let opened = stop
+            .bounded_with(deadline, opened, || timed_out(silent), interrupted)
+            .await;
         let mut stream = match opened {
             Ok(s) => s,
             Err(e) => {
@@ -350,7 +361,9 @@ pub(super) async fn run(
             }
             anyhow::Ok(wm)
         };
-        let read_result = stop.bounded(deadline, reader, || timed_out("")).await;
+        let read_result = stop
+            .bounded_with(deadline, reader, || timed_out(""), interrupted)
+            .await;
         if read_result.is_err() {
             cancelled.store(true, Ordering::SeqCst);
         }
@@ -451,27 +464,31 @@ pub(super) async fn run(
         record.state = State::Succeeded;
         anyhow::Ok(record)
     };
+    // The steps bounded inside say what they waited for; this bound, a moment later, catches
+    // a step that does not end even then (an abort that is never answered).
     let result = stop
         .bounded_with(
-            deadline,
+            deadline + OUTER_GRACE,
             work,
-            || {
-                cut.store(true, Ordering::SeqCst);
-                timed_out(" (the destination did not answer)")
-            },
-            |why| {
-                cut.store(true, Ordering::SeqCst);
-                anyhow!("interrupted by {why}")
-            },
+            || timed_out(" (the destination did not answer)"),
+            interrupted,
         )
         .await;
     match result {
-        Err(e) if cut.load(Ordering::SeqCst) => {
+        Err(e) if e.chain().any(|c| c.is::<Cut>()) => {
             Err(clean_up_after_cut(cleaner.as_ref(), &running.id, e).await)
         }
         other => other,
     }
 }
+
+/// A backup stopped by its deadline or an interrupt, wherever it was.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Cut(String);
+
+/// How long past the deadline the outer bound waits for the inner ones to end the backup.
+const OUTER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long the clean-up of a backup that was cut off may take.
 const CLEANUP_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -491,16 +508,20 @@ async fn clean_up_after_cut(
         dest.delete(&layout::archive_key(id)).await?;
         Ok::<_, crate::destination::DestinationError>(n)
     };
-    match tokio::time::timeout(CLEANUP_WITHIN, cleanup).await {
-        Ok(Ok(_)) => e.context("the upload was aborted; nothing is left at the destination"),
-        Ok(Err(c)) => e.context(format!(
+    let note = match tokio::time::timeout(CLEANUP_WITHIN, cleanup).await {
+        Ok(Ok(_)) => "the upload was aborted and nothing is left at the destination".to_string(),
+        Ok(Err(c)) => format!(
             "the upload could not be aborted now ({c}); retention removes what is left once it is a day old"
-        )),
-        Err(_) => e.context(format!(
+        ),
+        Err(_) => format!(
             "the destination did not answer the upload's abort within {}; retention removes what is left once it is a day old",
             humantime::format_duration(CLEANUP_WITHIN)
-        )),
-    }
+        ),
+    };
+    anyhow!(
+        "{}; {note}",
+        monoskope_backup_client::error_line(e.as_ref())
+    )
 }
 
 /// Aborts a task when dropped (the uploader of a backup that was cut off).

@@ -908,9 +908,17 @@ impl Engine {
 /// its watermark readable; otherwise why an incremental backup cannot build on it.
 async fn choose_parent(cfg: &EngineConfig) -> Result<backup::Parent, String> {
     let dest = cfg.destination.as_ref();
-    let all = crate::destination::manifest::list_complete(dest)
-        .await
-        .map_err(|e| format!("cannot list the destination: {}", error_line(e.as_ref())))?;
+    let all = match crate::destination::manifest::list_complete(dest).await {
+        Ok(all) => all,
+        // A new directory destination: this is its first backup.
+        Err(e) if is_not_created(&e) => Vec::new(),
+        Err(e) => {
+            return Err(format!(
+                "cannot list the destination: {}",
+                error_line(e.as_ref())
+            ))
+        }
+    };
     let newest = all
         .first()
         .cloned()
@@ -942,6 +950,17 @@ async fn choose_parent(cfg: &EngineConfig) -> Result<backup::Parent, String> {
     Ok(backup::Parent {
         manifest: newest,
         watermark: Arc::new(watermark),
+    })
+}
+
+/// Whether `e` says the destination's directory does not exist yet (nothing was ever written
+/// there): for writers, an empty destination.
+pub fn is_not_created(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::destination::DestinationError>(),
+            Some(crate::destination::DestinationError::NotCreated(_))
+        )
     })
 }
 
