@@ -67,6 +67,14 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     Ok(d)
 }
 
+/// [`parse_duration`] that also takes zero (`0s`: "no limit of its own", for the lock wait).
+pub fn parse_duration_or_zero(s: &str) -> anyhow::Result<Duration> {
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if d.is_zero() => Ok(d),
+        _ => parse_duration(s),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -820,7 +820,7 @@ async fn a_timeout_or_a_signal_ends_a_backup_stuck_in_its_upload() {
         out.stderr.contains("timed out after 5s")
             && out
                 .stderr
-                .contains("the upload was aborted; nothing is left at the destination"),
+                .contains("the upload was aborted and nothing is left at the destination"),
         "{out:?}"
     );
     assert_eq!(uploads().await, 0, "the multipart upload was aborted");

@@ -193,9 +193,8 @@ impl CommonArgs {
             .clone()
             .or(b.lock_wait_timeout.clone())
         {
-            Some(t) => {
-                parse_duration(&t).map_err(|e| super::usage(format!("--lock-wait-timeout: {e}")))?
-            }
+            Some(t) => crate::time::parse_duration_or_zero(&t)
+                .map_err(|e| super::usage(format!("--lock-wait-timeout: {e}")))?,
             None => crate::sink::table::DEFAULT_LOCK_WAIT,
         };
         if let Some(r) = self.retention_count.filter(|r| *r < 0) {

@@ -262,7 +262,7 @@ impl FileConfig {
                 parse_duration(r).with_context(|| "backup.restore.timeout")?;
             }
             if let Some(t) = &b.lock_wait_timeout {
-                parse_duration(t).with_context(|| "backup.lockWaitTimeout")?;
+                crate::time::parse_duration_or_zero(t).with_context(|| "backup.lockWaitTimeout")?;
             }
             if let Some(a) = b.alerting.as_ref().and_then(|a| a.alert_after.as_ref()) {
                 parse_duration(a).with_context(|| "backup.alerting.alertAfter")?;
