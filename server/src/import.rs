@@ -17,7 +17,7 @@ use base64::Engine as _;
 use cfb_mode::cipher::KeyIvInit;
 
 use crate::archive::Record;
-use crate::engine::watermark::{Aggregate, AggregateKeys};
+use crate::watermark::{Aggregate, AggregateKeys};
 
 /// The key of an encrypted Monoskope backup.
 #[derive(Clone)]
@@ -285,8 +285,8 @@ pub fn read(
         each(rec)?;
     }
     s.aggregates = versions.len() as u64;
-    s.first_event_time = crate::cli::rfc3339(first.as_ref());
-    s.last_event_time = crate::cli::rfc3339(last.as_ref());
+    s.first_event_time = crate::time::rfc3339(first.as_ref());
+    s.last_event_time = crate::time::rfc3339(last.as_ref());
     if !allow_gaps {
         let mut problems: Vec<String> = Vec::new();
         for (a, vs) in &versions {

@@ -208,6 +208,10 @@ async fn seeded_faults_and_kills_never_lose_or_forge_anything() {
         let out = waiting.await.expect("join");
         s3_proxy.set(Fault::None);
         pg_proxy.set(Fault::None);
+        // The process is gone; so are its connections (a stalled one held by the proxy would
+        // keep PostgreSQL's side of a restore's transaction, and its lock, open).
+        s3_proxy.release_stalled();
+        pg_proxy.release_stalled();
         // Every command ends: by itself, at its timeout, or within the grace after SIGTERM.
         assert!(
             out.code.is_some() || matches!(sig, Sig::Kill(_)),

@@ -27,6 +27,8 @@ struct Shared {
     fault: Mutex<Fault>,
     closed: AtomicBool,
     tripped: AtomicU64,
+    /// Stalled connections are held while this is their generation.
+    generation: AtomicU64,
 }
 
 /// The proxy; stops (and releases held connections) when dropped.
@@ -45,6 +47,7 @@ impl FaultProxy {
             fault: Mutex::new(Fault::None),
             closed: AtomicBool::new(false),
             tripped: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         });
         let target = target.to_string();
         let s = shared.clone();
@@ -73,6 +76,12 @@ impl FaultProxy {
     /// Sets the fault for connections accepted from now on.
     pub fn set(&self, fault: Fault) {
         *self.shared.fault.lock().expect("fault") = fault;
+    }
+
+    /// Closes every stalled connection (the network came back, or the peer's kernel finally
+    /// said the other side is gone): a server still waiting on one then sees it end.
+    pub fn release_stalled(&self) {
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// How many connections a fault has hit so far.
@@ -148,9 +157,10 @@ fn relay(client: TcpStream, server: TcpStream, fault: Fault, s: Arc<Shared>) {
     let _ = back.join();
 }
 
-/// Holds a stalled connection until the proxy is dropped.
+/// Holds a stalled connection until the proxy is dropped or releases its stalled connections.
 fn hold(s: &Shared) {
-    while !s.closed.load(Ordering::SeqCst) {
+    let generation = s.generation.load(Ordering::SeqCst);
+    while !s.closed.load(Ordering::SeqCst) && s.generation.load(Ordering::SeqCst) == generation {
         std::thread::sleep(Duration::from_millis(50));
     }
 }

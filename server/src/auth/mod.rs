@@ -34,29 +34,11 @@ pub const BYPASS: &[&str] = &[
 /// Largest request body read for the gateway's `request` field (the service's own limit).
 const MAX_BUFFERED: usize = (1 << 20) + 5;
 
-/// Who is calling.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Identity {
-    /// Subject: Monoskope user id (UUID), or an API token's user name.
-    pub id: String,
-    /// Display name.
-    pub name: String,
-    /// E-mail, when the token has one.
-    pub email: String,
-    /// An API (machine) token.
-    pub machine: bool,
-}
+pub use crate::identity::Identity;
 
-impl Identity {
-    /// How records and logs name the caller: the e-mail when there is one, else the subject.
-    pub fn label(&self) -> String {
-        if self.email.is_empty() {
-            self.id.clone()
-        } else {
-            self.email.clone()
-        }
-    }
-}
+/// The identity of the caller, as this layer records it in the request for the service.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Identity);
 
 /// Why a call is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -273,7 +255,7 @@ impl Authenticator {
             .authorize(&method, &id, strict)
             .map_err(|e| (id.label(), e))?;
         let mut req = req;
-        req.extensions_mut().insert(crate::grpc::Caller(id));
+        req.extensions_mut().insert(Caller(id));
         Ok(req)
     }
 }

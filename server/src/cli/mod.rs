@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod import;
 mod inspect;
+pub mod schedule;
 mod service;
 pub mod settings;
 
@@ -226,8 +227,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The identity of a one-shot command: the local user.
-pub(crate) fn cli_identity() -> crate::auth::Identity {
-    crate::auth::Identity {
+pub(crate) fn cli_identity() -> crate::identity::Identity {
+    crate::identity::Identity {
         id: format!(
             "cli:{}",
             std::env::var("USER").unwrap_or_else(|_| "unknown".into())

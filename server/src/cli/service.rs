@@ -318,17 +318,14 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .as_ref()
             .and_then(|b| b.incremental.clone())
             .unwrap_or_default();
-        scheduled.push(tokio::spawn(crate::ops::schedule::run(
+        scheduled.push(tokio::spawn(super::schedule::run(
             engine.clone(),
             s,
             a.incremental || inc.enabled.unwrap_or(false),
         )));
     }
     if let Some(s) = drill_schedule {
-        scheduled.push(tokio::spawn(crate::ops::schedule::run_drills(
-            engine.clone(),
-            s,
-        )));
+        scheduled.push(tokio::spawn(super::schedule::run_drills(engine.clone(), s)));
     }
     tracing::info!(%addr, destination = %engine.config().destination.url(), event_store = %crate::redact::url(&engine.config().event_store.addr), catalog = engine.config().catalog.kind(), tls = tls.is_some(), auth = auth.mode.name(), "BackupService listening");
     println!("backup-server listening on {addr}");

@@ -15,14 +15,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
-use super::watermark::{check_continuity, span_add_version, AggregateKeys, Watermark};
 use super::{EngineConfig, Progress};
 use crate::archive::{ArchiveWriter, Batch, Record, WriterOptions};
 use crate::catalog::{BackupRecord, State};
-use crate::cli::rfc3339;
 use crate::destination::manifest::{Manifest, MANIFEST_FORMAT};
 use crate::destination::{layout, Upload, PART_SIZE};
 use crate::source::{ChainMismatch, RECORD_BATCH};
+use crate::time::rfc3339;
+use crate::watermark::{check_continuity, span_add_version, AggregateKeys, Watermark};
 
 /// A `Write` that cuts the archive into upload parts, hashing and counting what passes.
 struct PartWriter {

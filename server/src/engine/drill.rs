@@ -167,7 +167,7 @@ pub(super) async fn run(
         until: None,
         drop_existing: false,
         via_api: true,
-        caller: crate::auth::Identity::default(),
+        caller: crate::identity::Identity::default(),
     };
     let result = async {
         let restored = super::restore::run(&scratch_cfg, &req, &Sink::Api, chain, progress).await?;

@@ -6,7 +6,8 @@ pub mod drill;
 pub mod restore;
 pub mod retention;
 pub mod verify;
-pub mod watermark;
+/// The watermark (it lives at the crate root: sources, sinks and the engine share it).
+pub use crate::watermark;
 
 use monoskope_backup_client::error_line;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +17,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Mutex};
 
 use crate::archive::{Keys, Protection};
-use crate::auth::Identity;
 use crate::catalog::{BackupRecord, Catalog, RestoreRecord, State};
 use crate::destination::Destination;
+use crate::identity::Identity;
 use crate::ops::metrics::{self, Op};
 use crate::source::EventStoreAddr;
 
@@ -473,7 +474,7 @@ impl Engine {
             until: req
                 .until
                 .as_ref()
-                .and_then(|t| crate::cli::rfc3339(Some(t))),
+                .and_then(|t| crate::time::rfc3339(Some(t))),
             drop_existing: req.drop_existing,
             chain: chain.iter().map(|m| m.id.clone()).collect(),
             event_count: 0,

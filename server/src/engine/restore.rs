@@ -10,13 +10,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use super::watermark::{check_continuity, span_add_parts, AggregateKeys, Watermark};
 use super::{EngineConfig, EngineError, Progress};
 use crate::archive::{ArchiveError, ArchiveReader, Record, RecordView};
 use crate::destination::manifest::Manifest;
 use crate::sink::table::{CopyRows, EventsTable, ROW_BATCH_BYTES};
 use crate::sink::{self, SinkError};
 use crate::source::RECORD_BATCH;
+use crate::watermark::{check_continuity, span_add_parts, AggregateKeys, Watermark};
 
 /// What a restore was asked to do.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ pub struct RestoreRequest {
     /// Write through the EventStore API.
     pub via_api: bool,
     /// Who asked (recorded as `created_by`, and in the RestoreCompleted event's metadata).
-    pub caller: crate::auth::Identity,
+    pub caller: crate::identity::Identity,
 }
 
 /// The chosen sink.

@@ -10,9 +10,9 @@ use monoskope_backup_api::backup::v1 as pb;
 use pb::backup_service_server::BackupService;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Identity;
 use crate::catalog::{BackupRecord, RestoreRecord, State};
 use crate::engine::{Engine, EngineError, Failure, RunningOp};
+use crate::identity::Identity;
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -50,10 +50,7 @@ pub fn status_for(f: Failure, message: String) -> Status {
     }
 }
 
-/// The identity of the caller, as the authentication layer ([`crate::auth`]) records it in the
-/// request.
-#[derive(Debug, Clone)]
-pub struct Caller(pub Identity);
+pub use crate::auth::Caller;
 
 fn caller<T>(req: &Request<T>) -> Identity {
     if let Some(c) = req.extensions().get::<Caller>() {

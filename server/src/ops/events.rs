@@ -9,8 +9,8 @@
 use monoskope_backup_api::eventsourcing::Event;
 use sha2::{Digest, Sha256};
 
-use crate::auth::Identity;
-use crate::source::EventStoreAddr;
+use crate::eventstore::EventStoreAddr;
+use crate::identity::Identity;
 
 /// Aggregate type of backup events.
 pub const BACKUP_AGGREGATE: &str = "Backup";

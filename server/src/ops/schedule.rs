@@ -1,4 +1,5 @@
-//! In-process schedules (`backup.schedule`) for deployments without a Kubernetes CronJob.
+//! Schedule expressions (`backup.schedule`, `backup.drill.schedule`): what the configuration
+//! checks and the in-process loops (`cli::schedule`) follow.
 //!
 //! Expressions are standard five-field cron (`minute hour day-of-month month day-of-week`, in
 //! UTC, day-of-week 0-7 with 0 and 7 Sunday, names allowed), or six fields with a leading
@@ -9,9 +10,6 @@ use std::str::FromStr;
 
 use anyhow::{bail, Context};
 use chrono::Utc;
-
-use crate::auth::Identity;
-use crate::engine::{Engine, EngineError};
 
 /// A parsed schedule.
 #[derive(Debug, Clone)]
@@ -83,85 +81,6 @@ impl Schedule {
     /// The first tick after `t`.
     pub fn after(&self, t: chrono::DateTime<Utc>) -> Option<chrono::DateTime<Utc>> {
         self.inner.after(&t).next()
-    }
-}
-
-/// Runs scheduled backups until the task is dropped; `incremental` runs are full once the
-/// newest chain holds `fullEvery` incrementals (the engine decides).
-pub async fn run(engine: Engine, schedule: Schedule, incremental: bool) {
-    let who = Identity {
-        id: "scheduler".into(),
-        name: "in-process schedule".into(),
-        machine: true,
-        ..Default::default()
-    };
-    tracing::info!(schedule = %schedule.expr, "in-process backup schedule active (UTC)");
-    let mut last = Utc::now();
-    loop {
-        let Some(next) = schedule.after(last) else {
-            tracing::warn!(schedule = %schedule.expr, "the schedule has no further ticks");
-            return;
-        };
-        let wait = (next - Utc::now()).to_std().unwrap_or_default();
-        tokio::time::sleep(wait).await;
-        last = next;
-        match engine.start_backup(&who, incremental).await {
-            Err(e @ (EngineError::Busy { .. } | EngineError::BusyElsewhere { .. })) => {
-                tracing::warn!(tick = %next, "scheduled backup skipped: {e}");
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(tick = %next, error = %e, "scheduled backup could not start");
-                continue;
-            }
-            Ok((rec, _)) => {
-                tracing::info!(tick = %next, backup_id = %rec.id, "scheduled backup started");
-                let done = engine.wait_backup(&rec.id).await;
-                let now = Utc::now();
-                let mut skipped = 0u32;
-                while let Some(t) = schedule.after(last).filter(|t| *t <= now) {
-                    skipped += 1;
-                    last = t;
-                }
-                if skipped > 0 {
-                    tracing::warn!(skipped, backup_id = %rec.id, "scheduled ticks skipped while the backup ran; runs never overlap");
-                }
-                if let Some(r) = done.filter(|r| r.error.is_some()) {
-                    tracing::error!(backup_id = %r.id, error = ?r.error, "scheduled backup failed");
-                }
-            }
-        }
-    }
-}
-
-/// Runs restore drills of the latest backup on `schedule` until the task is dropped. A tick
-/// that comes while another operation runs is skipped.
-pub async fn run_drills(engine: Engine, schedule: Schedule) {
-    let who = Identity {
-        id: "scheduler".into(),
-        name: "in-process drill schedule".into(),
-        machine: true,
-        ..Default::default()
-    };
-    tracing::info!(schedule = %schedule.expr, "in-process restore drill schedule active (UTC)");
-    let mut last = Utc::now();
-    loop {
-        let Some(next) = schedule.after(last) else {
-            return;
-        };
-        tokio::time::sleep((next - Utc::now()).to_std().unwrap_or_default()).await;
-        match engine.drill("latest", &who).await {
-            Err(e @ (EngineError::Busy { .. } | EngineError::BusyElsewhere { .. })) => {
-                tracing::warn!(tick = %next, "scheduled drill skipped: {e}")
-            }
-            Err(EngineError::NotFound(m)) => {
-                tracing::warn!(tick = %next, "scheduled drill skipped: {m}")
-            }
-            // The engine logged the outcome.
-            Err(_) | Ok(_) => {}
-        }
-        // Ticks that passed while the drill ran are skipped: drills never overlap.
-        last = next.max(Utc::now());
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
 use super::SinkError;
-use crate::source::{event_from_record, EventStoreAddr};
+use crate::eventstore::{event_from_record, EventStoreAddr};
 
 /// What the error says when the API sink is used without `via_api`.
 pub const NEEDS_VIA_API: &str = "restoring through the EventStore API needs via_api (--via-api): on a real Monoskope EventStore every stored event is republished to the message bus (RabbitMQ), and query handlers and reactors act on the whole history again; restore into the events table (--events-db) instead, or pass via_api for a store without a bus";

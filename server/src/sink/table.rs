@@ -12,14 +12,14 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 use tokio::sync::mpsc;
 
 use super::SinkError;
-
-/// Monoskope's table definition, exactly as its EventStore issues it (MONOSKOPE_EVENTSTORE.md §3.1).
-pub const CREATE_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS "event_records" ("event_id" uuid, "event_type" varchar(250), "aggregate_id" uuid, "aggregate_type" varchar(250), "aggregate_version" bigint, "timestamp" timestamptz, "metadata" jsonb, "data" jsonb, PRIMARY KEY ("event_id"), UNIQUE ("aggregate_id", "aggregate_type", "aggregate_version"))"#;
+pub use crate::events_table::{
+    connect, in_use, is_lock_timeout, set_lock_timeout, ConnectError, CREATE_TABLE,
+    DEFAULT_LOCK_WAIT,
+};
 
 const COPY: &str = r#"COPY "event_records" ("event_id", "event_type", "aggregate_id", "aggregate_type", "aggregate_version", "timestamp", "metadata", "data") FROM STDIN (FORMAT binary, FREEZE)"#;
 
@@ -78,10 +78,6 @@ impl CopyRows {
     }
 }
 
-/// How long a backup or restore waits, by default, for other sessions to let go of
-/// `event_records` (`--lock-wait-timeout`) before it gives up and names them.
-pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(30);
-
 /// The events table sink.
 #[derive(Debug, Clone)]
 pub struct EventsTable {
@@ -89,70 +85,13 @@ pub struct EventsTable {
     lock_wait: Duration,
 }
 
-/// The statement that makes the transaction's statements wait at most `wait` for a lock (zero:
-/// no limit).
-pub fn set_lock_timeout(wait: Duration) -> String {
-    format!(
-        "SET LOCAL lock_timeout = {}",
-        wait.as_millis().min(i32::MAX as u128)
-    )
-}
-
-/// Whether `e` is PostgreSQL's "lock timeout" (`lock_not_available`): another session held the
-/// table longer than `lock_timeout`.
-pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .and_then(|d| d.code())
-        .is_some_and(|c| c == "55P03")
-}
-
-/// Why an operation that waited `waited` for `event_records` gave up: the sessions holding the
-/// table (pid, application, user, client, state, since when, lock mode) and what to do.
-/// `doing`: who waited ("the backup", "the restore wrote nothing; it"); `again`: what to do
-/// then ("back up again").
-pub async fn in_use(pool: &PgPool, waited: Duration, doing: &str, again: &str) -> String {
-    let waited = humantime::format_duration(waited);
-    let holders = lock_holders(pool).await;
-    format!(
-        "event_records is in use: {doing} waited {waited} to lock it; held by {holders}; end those sessions (or raise --lock-wait-timeout) and {again}"
-    )
-}
-
-/// The sessions holding a lock on `event_records`, one phrase each.
-async fn lock_holders(pool: &PgPool) -> String {
-    let held: Result<Vec<String>, _> = sqlx::query_scalar(
-        r#"SELECT format('pid %s (%suser %s, from %s, %s%s, %s)', a.pid,
-                  CASE WHEN a.application_name <> '' THEN 'application ' || a.application_name || ', ' ELSE '' END,
-                  a.usename, coalesce(host(a.client_addr), 'a local socket'), a.state,
-                  coalesce(' in a transaction since ' || to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), ''),
-                  l.mode)
-           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-           WHERE l.relation = to_regclass('"event_records"') AND l.granted
-             AND a.pid <> pg_backend_pid()
-           ORDER BY a.xact_start NULLS LAST, a.pid"#,
-    )
-    .fetch_all(pool)
-    .await;
-    match held {
-        Ok(h) if h.is_empty() => "sessions that let go of it just after".into(),
-        Ok(h) if h.len() > 5 => format!("{}; and {} more", h[..5].join("; "), h.len() - 5),
-        Ok(h) => h.join("; "),
-        Err(e) => format!("sessions that could not be listed ({e})"),
-    }
-}
-
 impl EventsTable {
     /// Connects to `url` (`postgres://…`; `sslmode`, `sslrootcert`, `sslcert`, `sslkey` in the
     /// URL for CockroachDB client certificates).
     pub async fn connect(url: &str) -> Result<Self, SinkError> {
-        let opts: PgConnectOptions = url
-            .parse()
-            .map_err(|e| SinkError::Unsupported(format!("events database URL: {e}")))?;
-        let options = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(15));
-        let pool = crate::database::open(options, opts).await.map_err(|e| {
-            SinkError::Unavailable(format!("cannot connect to the events database: {e}"))
+        let pool = connect(url).await.map_err(|e| match e {
+            ConnectError::BadUrl(m) => SinkError::Unsupported(m),
+            ConnectError::Unavailable(m) => SinkError::Unavailable(m),
         })?;
         Ok(Self {
             pool,

@@ -151,7 +151,7 @@ impl Reorder {
                     k.aggregate_type,
                     k.aggregate_id,
                     k.version,
-                    crate::cli::rfc3339(r.timestamp()).unwrap_or_else(|| "no time".into()),
+                    crate::time::rfc3339(r.timestamp()).unwrap_or_else(|| "no time".into()),
                     self.window,
                     self.window_bytes >> 20
                 )));

@@ -9,7 +9,7 @@
 
 use super::reorder::{Reorder, Unordered};
 use crate::archive::{Batch, RecordParts};
-use crate::engine::watermark::{Aggregate, AggregateId, AggregateKeys};
+use crate::watermark::{Aggregate, AggregateId, AggregateKeys};
 use futures::TryStreamExt;
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
@@ -59,10 +59,7 @@ pub enum Order {
 
 /// Connects to the events database (as the table sink does).
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
-    Ok(crate::sink::table::EventsTable::connect(url)
-        .await?
-        .pool()
-        .clone())
+    Ok(crate::events_table::connect(url).await?)
 }
 
 /// What the reading task sends: batches of encoded records, or the error that stopped it.
@@ -101,12 +98,12 @@ async fn lock_wait_error(pool: &PgPool, lock_wait: Duration, e: anyhow::Error) -
     let timed_out = e
         .chain()
         .filter_map(|c| c.downcast_ref::<sqlx::Error>())
-        .any(crate::sink::table::is_lock_timeout);
+        .any(crate::events_table::is_lock_timeout);
     if !timed_out {
         return e;
     }
     anyhow::anyhow!(
-        crate::sink::table::in_use(pool, lock_wait, "the backup", "back up again").await
+        crate::events_table::in_use(pool, lock_wait, "the backup", "back up again").await
     )
 }
 
@@ -372,7 +369,7 @@ async fn begin_snapshot(
     let mut jsonb = false;
     if !cockroach {
         // The first read of the table takes its (shared) lock for the whole transaction.
-        sqlx::query(&crate::sink::table::set_lock_timeout(lock_wait))
+        sqlx::query(&crate::events_table::set_lock_timeout(lock_wait))
             .execute(&mut *conn)
             .await?;
         jsonb = sqlx::query_scalar(
@@ -565,7 +562,7 @@ fn type_names(types: &[Arc<str>]) -> Vec<&str> {
 /// events of the aggregates that grew, through the unique index.
 pub fn incremental(
     pool: PgPool,
-    parent: std::sync::Arc<crate::engine::watermark::Watermark>,
+    parent: std::sync::Arc<crate::watermark::Watermark>,
     buffer: usize,
     mode: Option<ReadMode>,
     lock_wait: Duration,
@@ -587,7 +584,7 @@ pub fn incremental(
 
 async fn incremental_into(
     pool: &PgPool,
-    parent: &crate::engine::watermark::Watermark,
+    parent: &crate::watermark::Watermark,
     mode: Option<ReadMode>,
     lock_wait: Duration,
     tx: &mpsc::Sender<anyhow::Result<Batch>>,
