@@ -26,12 +26,27 @@ pub async fn stop_signal() -> &'static str {
     }
 }
 
+/// Environment variable: how often a progress line is written when stderr is not a terminal
+/// (a duration such as `10s`, the default, or `1s`).
+pub const PROGRESS_EVERY_ENV: &str = "BACKUP_PROGRESS_EVERY";
+
 /// Progress of a running operation on stderr: a spinner on a terminal, a line every 10 s
-/// otherwise (a log file, a CronJob's pod).
+/// otherwise (a log file, a CronJob's pod; `BACKUP_PROGRESS_EVERY` sets the interval).
 #[derive(Debug)]
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
     ticks: u64,
+    ticks_per_line: u64,
+}
+
+/// Ticks between two progress lines, from [`PROGRESS_EVERY_ENV`] (10 s when unset or not a
+/// duration).
+fn ticks_per_line() -> u64 {
+    let every = std::env::var(PROGRESS_EVERY_ENV)
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .unwrap_or(Duration::from_secs(10));
+    (every.as_millis() / TICK.as_millis()).max(1) as u64
 }
 
 impl Default for Progress {
@@ -52,7 +67,11 @@ impl Progress {
             b.enable_steady_tick(Duration::from_millis(120));
             b
         });
-        Self { bar, ticks: 0 }
+        Self {
+            bar,
+            ticks: 0,
+            ticks_per_line: ticks_per_line(),
+        }
     }
 
     /// One [`TICK`] passed; `msg` is where the operation is, if known.
@@ -63,7 +82,7 @@ impl Progress {
         };
         match &self.bar {
             Some(b) => b.set_message(msg),
-            None if self.ticks % 20 == 0 => eprintln!("{msg}"),
+            None if self.ticks % self.ticks_per_line == 0 => eprintln!("{msg}"),
             None => {}
         }
     }

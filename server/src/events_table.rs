@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-/// Monoskope's table definition, exactly as its EventStore issues it (MONOSKOPE_EVENTSTORE.md §3.1).
+/// Monoskope's table definition, exactly as its EventStore issues it (docs/MONOSKOPE.md §3.1).
 pub const CREATE_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS "event_records" ("event_id" uuid, "event_type" varchar(250), "aggregate_id" uuid, "aggregate_type" varchar(250), "aggregate_version" bigint, "timestamp" timestamptz, "metadata" jsonb, "data" jsonb, PRIMARY KEY ("event_id"), UNIQUE ("aggregate_id", "aggregate_type", "aggregate_version"))"#;
 
 /// How long a backup or restore waits, by default, for other sessions to let go of

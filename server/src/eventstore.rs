@@ -67,7 +67,7 @@ impl EventStoreAddr {
 
     /// Every event, as `Retrieve` with an empty filter returns them (one statement's snapshot,
     /// ordered by timestamp). The stream must be read to its end: Monoskope's store leaks a
-    /// database connection when a `Retrieve` stream is abandoned (§2.2).
+    /// database connection when a `Retrieve` stream is abandoned (docs/MONOSKOPE.md §2.2).
     pub async fn retrieve_all(&self) -> anyhow::Result<impl Stream<Item = anyhow::Result<Record>>> {
         let mut client = self.client()?;
         let stream = client

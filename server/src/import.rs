@@ -2,9 +2,8 @@
 //! each the Go `json.Marshal` of the event (`EType`, `EData` as base64, `ETimestamp` RFC 3339,
 //! `AType`, `AID`, `AVersion`, `MD`), optionally encrypted per entry as a 16-byte IV followed by
 //! AES-CFB-128 under the raw bytes of `S3_ENCRYPTION_KEY` (16, 24 or 32 long). The format is
-//! described in `../shared/formats/MONOSKOPE_FORMAT.md`; this module reads it as that document's
-//! checklist asks, streaming, and checks every aggregate's versions (in memory per aggregate,
-//! not per event).
+//! described in `docs/MONOSKOPE.md` §8; this module reads it streaming, and checks every
+//! aggregate's versions (in memory per aggregate, not per event).
 //!
 //! Monoskope's format has no integrity protection: a tampered ciphertext decrypts to tampered
 //! JSON, and a backup cut short by a failed Monoskope run is a well-formed, shorter archive.

@@ -1,5 +1,5 @@
 //! `backup-server import monoskope`: backups in Monoskope's own format, built here byte for byte
-//! as MONOSKOPE_FORMAT.md describes (Go's ustar entries, Go's JSON, AES-CFB by `openssl`), into
+//! as docs/MONOSKOPE.md §8 describes (Go's ustar entries, Go's JSON, AES-CFB by `openssl`), into
 //! real PostgreSQL, the embedded EventStore, our destination, and from a real S3 server.
 
 use std::collections::BTreeMap;

@@ -12,5 +12,6 @@ mod hostile;
 mod import;
 mod incremental;
 mod ops;
+mod reference;
 mod restore;
 mod service;

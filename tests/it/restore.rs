@@ -409,6 +409,7 @@ fn within_a_minute(cmd: std::process::Command) -> monoskope_backup_tests::Out {
 async fn restore_until(f: &Fixture, args: &[&str], db: &str, count: &str) -> std::process::Child {
     let mut child = f
         .restore_command(args)
+        .env("BACKUP_PROGRESS_EVERY", "1s")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -523,7 +524,7 @@ async fn backupctl_follows_a_restore_while_it_runs_and_after() {
                     "--yes",
                     "--wait",
                 ],
-                &[],
+                &[("BACKUP_PROGRESS_EVERY", "1s")],
             )
         }
     });
@@ -579,8 +580,8 @@ async fn backupctl_follows_a_restore_while_it_runs_and_after() {
     assert_eq!(json["running_restore"]["state"], "running");
     assert_eq!(json["running_restore"]["sink"], "events-table");
 
-    // Long enough for `restore --wait` to report its progress once.
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // Long enough for `restore --wait` to report its progress once (every second here).
+    tokio::time::sleep(Duration::from_secs(2)).await;
     holder.close().await.expect("close");
     let waited = waited.await.expect("join");
     assert_eq!(waited.code, Some(0), "{waited:?}");
@@ -804,7 +805,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
     assert_eq!(table_events(&db).await, before, "the table is as it was");
 
     // By default it waits (30 s) and goes on once the session lets go; meanwhile it is not
-    // silent: a progress line on stderr every 10 s (a spinner on a terminal).
+    // silent: a progress line on stderr every 10 s (every second here; a spinner on a terminal).
     let child = restore_until(
         &f,
         &restore,
@@ -812,7 +813,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
         "SELECT COUNT(*) FROM pg_locks WHERE relation = 'event_records'::regclass AND NOT granted",
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     holder.close().await.expect("close");
     let out = monoskope_backup_tests::output_of(child, Duration::from_secs(60)).await;
     assert_eq!(out.code, Some(0), "{out:?}");

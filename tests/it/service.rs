@@ -1260,7 +1260,7 @@ async fn sigterm_or_ctrl_c_during_a_backup_leaves_nothing_and_records_why() {
             rows,
             vec![(
                 "failed".to_string(),
-                Some(format!("interrupted by SIG{sig}"))
+                Some(format!("interrupted by SIG{sig}; the upload was aborted and nothing is left at the destination"))
             )]
         );
         let leases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM operation_lease")

@@ -567,6 +567,10 @@ pub struct RestoreArgs {
     /// then republished to the message bus; use only for a store without a bus.
     #[arg(long)]
     pub via_api: bool,
+    /// Check everything a restore checks before writing (the backup's chain and keys, the
+    /// store, its events) and print what it would do; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
@@ -574,6 +578,21 @@ pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
     let until = a.until;
     let engine = settings.engine().await?;
     let who = super::cli_identity();
+    if a.dry_run {
+        let req = crate::engine::restore::RestoreRequest {
+            backup_id: a.id,
+            until,
+            drop_existing: a.drop_existing,
+            via_api: a.via_api,
+            caller: who,
+        };
+        let plan = engine.plan_restore(&req).await?;
+        for line in plan.describe(&req) {
+            println!("{line}");
+        }
+        println!("nothing was written (--dry-run)");
+        return Ok(());
+    }
     let restore = async {
         let (rec, _) = engine
             .start_restore(crate::engine::restore::RestoreRequest {

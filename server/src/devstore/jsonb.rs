@@ -1,6 +1,6 @@
 //! Normalises JSON text the way PostgreSQL's `jsonb` returns it.
 //!
-//! Monoskope stores event data and metadata in `jsonb` columns (MONOSKOPE_EVENTSTORE.md §2.1,
+//! Monoskope stores event data and metadata in `jsonb` columns (docs/MONOSKOPE.md §2.1,
 //! §3.2): input must be one valid JSON value in UTF-8, `\u0000` is refused, and reads return the
 //! database's normalised text — object keys ordered shorter-first then bytewise, duplicate keys
 //! collapsed to the last one, `": "` and `", "` separators, escapes of non-ASCII characters

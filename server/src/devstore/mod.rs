@@ -2,7 +2,7 @@
 //!
 //! It exists because Monoskope's Go EventStore cannot run here, yet the demo and every test need
 //! a faithful peer to back up and restore. It honours the documented contract
-//! (`MONOSKOPE_EVENTSTORE.md`), including its surprises, and names the documented fact where it
+//! (`docs/MONOSKOPE.md`), including its surprises, and names the documented fact where it
 //! does. It has no message bus, so storing through it republishes nothing.
 
 pub mod jsonb;

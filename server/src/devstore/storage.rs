@@ -1,5 +1,5 @@
 //! SQLite storage of the embedded EventStore, with the semantics of Monoskope's `event_records`
-//! table on PostgreSQL (MONOSKOPE_EVENTSTORE.md §3): microsecond timestamps, version 0 and the
+//! table on PostgreSQL (docs/MONOSKOPE.md §3): microsecond timestamps, version 0 and the
 //! nil aggregate id stored as NULL, data and metadata as normalised JSON or NULL, a random
 //! event id per insert, UNIQUE(aggregate_id, aggregate_type, aggregate_version).
 
@@ -226,7 +226,7 @@ impl Storage {
     }
 }
 
-/// RetrieveOr's WHERE clause (MONOSKOPE_EVENTSTORE.md §2.2): with two or more filters the empty
+/// RetrieveOr's WHERE clause (docs/MONOSKOPE.md §2.2): with two or more filters the empty
 /// ones are dropped; no non-empty filter means no WHERE clause at all.
 fn push_where(qb: &mut QueryBuilder<Sqlite>, filters: &[EventFilter]) {
     let groups: Vec<&EventFilter> = filters.iter().filter(|f| !is_empty(f)).collect();

@@ -1,5 +1,5 @@
 //! The protoc-gen-validate rules Monoskope's EventStore enforces on what it receives
-//! (MONOSKOPE_EVENTSTORE.md §1.2–1.3), with the messages its validator produces.
+//! (docs/MONOSKOPE.md §1.2–1.3), with the messages its validator produces.
 
 use monoskope_backup_api::eventsourcing::{Event, EventFilter, EventFilters};
 

@@ -2,15 +2,28 @@
 //! timeout. Heavy steps are split into a plan (a plain value) and its execution.
 
 pub mod backup;
+mod chain;
 pub mod drill;
+mod ended;
+mod error;
+mod interrupt;
+pub mod plan;
 pub mod restore;
 pub mod retention;
+mod slot;
 pub mod verify;
+
 /// The watermark (it lives at the crate root: sources, sinks and the engine share it).
 pub use crate::watermark;
+use chain::choose_parent;
+pub use chain::{chain_of, is_not_created};
+pub use error::{EngineError, Failure};
+pub use interrupt::Interrupt;
+use slot::{final_value, report, Running};
+pub use slot::{Progress, RunningOp, REPORT_WITHIN};
 
 use monoskope_backup_client::error_line;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,239 +36,8 @@ use crate::identity::Identity;
 use crate::ops::metrics::{self, Op};
 use crate::source::EventStoreAddr;
 
-/// Why the engine refused or failed an operation, as a caller must decide.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EngineError {
-    /// Another operation runs; try again later.
-    #[error("another operation is running: {kind} {id}")]
-    Busy {
-        /// "backup" or "restore".
-        kind: &'static str,
-        /// Its id.
-        id: String,
-    },
-    /// Another process sharing the catalog runs an operation; try again when it ends.
-    #[error("another process runs an operation against this catalog: {kind} {id} (process {holder}, since {since}); try again when it ends")]
-    BusyElsewhere {
-        /// "backup", "restore" or "drill".
-        kind: String,
-        /// Its id.
-        id: String,
-        /// The process (`host:pid:nonce`).
-        holder: String,
-        /// When it started (RFC 3339).
-        since: String,
-    },
-    /// The named backup does not exist (or is not complete).
-    #[error("{0}")]
-    NotFound(String),
-    /// A request is malformed.
-    #[error("{0}")]
-    Invalid(String),
-    /// The request cannot be carried out as asked (non-empty store, missing via_api, wrong key…).
-    #[error("{0}")]
-    Refused(String),
-    /// The backup is damaged; nothing was written.
-    #[error("{0}")]
-    Corrupt(String),
-    /// A peer (EventStore, destination, catalog) cannot be reached.
-    #[error("{0}")]
-    Unavailable(String),
-    /// Anything else.
-    #[error("{}", error_line(.0.as_ref()))]
-    Internal(#[from] anyhow::Error),
-}
-
-/// What kind of failure ended an operation, kept beside its record (whose error is text) so a
-/// caller that waited gets the status the failure deserves (a damaged backup: `DATA_LOSS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// [`EngineError::Refused`] (and busy).
-    Refused,
-    /// [`EngineError::Corrupt`].
-    Corrupt,
-    /// [`EngineError::NotFound`].
-    NotFound,
-    /// [`EngineError::Invalid`].
-    Invalid,
-    /// [`EngineError::Unavailable`].
-    Unavailable,
-    /// [`EngineError::Internal`] (timeouts and interrupts too).
-    Internal,
-}
-
-impl EngineError {
-    /// The kind of this failure.
-    pub fn failure(&self) -> Failure {
-        match self {
-            EngineError::Busy { .. }
-            | EngineError::BusyElsewhere { .. }
-            | EngineError::Refused(_) => Failure::Refused,
-            EngineError::Corrupt(_) => Failure::Corrupt,
-            EngineError::NotFound(_) => Failure::NotFound,
-            EngineError::Invalid(_) => Failure::Invalid,
-            EngineError::Unavailable(_) => Failure::Unavailable,
-            EngineError::Internal(_) => Failure::Internal,
-        }
-    }
-}
-
 /// A URL without its password or query, for records and logs.
 pub use crate::redact::url as redact_url;
-
-/// How long each report of an operation's end may take (the catalog record, the Pushgateway,
-/// the event, the lease given back): an operation cut off by a signal must end within the
-/// grace period even when these peers do not answer.
-pub const REPORT_WITHIN: Duration = Duration::from_secs(4);
-
-/// Runs a report of an operation's end within [`REPORT_WITHIN`]; `None` when it did not end.
-async fn report<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
-    tokio::time::timeout(REPORT_WITHIN, fut).await.ok()
-}
-
-/// The final value an operation's task sends; `None` if the task ended without one.
-async fn final_value<T: Clone>(mut rx: watch::Receiver<Option<T>>) -> Option<T> {
-    loop {
-        if let Some(v) = rx.borrow().clone() {
-            return Some(v);
-        }
-        if rx.changed().await.is_err() {
-            return rx.borrow().clone();
-        }
-    }
-}
-
-/// Renews the catalog's operation lease until aborted. Losing it (the catalog unreachable for
-/// longer than the lease lasts) is logged: the operation goes on, and another process may
-/// start one beside it.
-async fn renew_lease(catalog: Catalog, holder: Arc<str>) {
-    let mut tick = tokio::time::interval(crate::catalog::LEASE_RENEW_EVERY);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match catalog.renew_lease(&holder).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::error!(
-                    "this process lost the catalog's operation lease (not renewed for longer than {}); another process may start an operation beside this one",
-                    humantime::format_duration(crate::catalog::LEASE_TTL)
-                );
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %error_line(e.as_ref()), "could not renew the catalog's operation lease; retrying")
-            }
-        }
-    }
-}
-
-/// A stop asked for from outside (SIGTERM, Ctrl-C): the running backup, restore or drill fails at
-/// once the way a timeout fails it — the upload aborted, the restore's transaction rolled back, the
-/// record FAILED with the reason, the lease given back — and no new operation starts. Cheap to
-/// clone; once fired it stays fired.
-#[derive(Debug, Clone)]
-pub struct Interrupt(Arc<watch::Sender<Option<String>>>);
-
-impl Default for Interrupt {
-    fn default() -> Self {
-        Self(Arc::new(watch::channel(None).0))
-    }
-}
-
-impl Interrupt {
-    /// Fires with `why` (e.g. "SIGTERM"); later calls keep the first reason.
-    pub fn fire(&self, why: &str) {
-        self.0.send_if_modified(|v| {
-            if v.is_some() {
-                return false;
-            }
-            *v = Some(why.to_string());
-            true
-        });
-    }
-
-    /// The reason, once fired.
-    pub fn reason(&self) -> Option<String> {
-        self.0.borrow().clone()
-    }
-
-    /// Resolves with the reason once fired.
-    pub async fn fired(&self) -> String {
-        let mut rx = self.0.subscribe();
-        let why = rx
-            .wait_for(Option::is_some)
-            .await
-            .map(|v| v.clone().unwrap_or_default());
-        match why {
-            Ok(why) => why,
-            // The sender lives in `self`: never closed while this runs.
-            Err(_) => std::future::pending().await,
-        }
-    }
-
-    /// Runs `fut` until `deadline`: its output, or what stopped it — `timed_out` past the
-    /// deadline, "interrupted by …" when fired.
-    pub async fn bounded<T>(
-        &self,
-        deadline: tokio::time::Instant,
-        fut: impl std::future::Future<Output = anyhow::Result<T>>,
-        timed_out: impl FnOnce() -> anyhow::Error,
-    ) -> anyhow::Result<T> {
-        self.bounded_with(deadline, fut, timed_out, |why| {
-            anyhow::anyhow!("interrupted by {why}")
-        })
-        .await
-    }
-
-    /// [`Interrupt::bounded`] with the caller's own errors: `timed_out()` past the deadline,
-    /// `interrupted(reason)` when fired.
-    pub async fn bounded_with<T, E>(
-        &self,
-        deadline: tokio::time::Instant,
-        fut: impl std::future::Future<Output = Result<T, E>>,
-        timed_out: impl FnOnce() -> E,
-        interrupted: impl FnOnce(String) -> E,
-    ) -> Result<T, E> {
-        tokio::select! {
-            r = tokio::time::timeout_at(deadline, fut) => r.unwrap_or_else(|_| Err(timed_out())),
-            why = self.fired() => Err(interrupted(why)),
-        }
-    }
-}
-
-/// Live progress of the running operation.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Events read or written.
-    pub events: AtomicU64,
-    /// Archive bytes written or read.
-    pub bytes: AtomicU64,
-}
-
-/// A snapshot of the running operation.
-#[derive(Debug, Clone)]
-pub struct RunningOp {
-    /// "backup" or "restore".
-    pub kind: &'static str,
-    /// Operation id.
-    pub id: String,
-    /// Events so far.
-    pub events: u64,
-    /// Bytes so far.
-    pub bytes: u64,
-    /// Time since start.
-    pub elapsed: Duration,
-}
-
-struct Running {
-    kind: &'static str,
-    id: String,
-    started: Instant,
-    progress: Arc<Progress>,
-    /// Renews the catalog's operation lease while the operation runs.
-    renewing: tokio::task::JoinHandle<()>,
-}
 
 /// Everything the engine needs, from configuration.
 #[derive(Debug, Clone)]
@@ -331,101 +113,34 @@ impl Engine {
         }
     }
 
-    /// Stops the running backup, restore or drill (it fails with "interrupted by `why`", leaving the
-    /// destination and the store as a timeout would) and refuses new operations; then waits up
-    /// to `grace` for the operation to record its end and give the lease back. Returns whether
-    /// nothing runs any more.
-    pub async fn interrupt(&self, why: &str, grace: Duration) -> bool {
-        self.interrupt.fire(why);
-        let until = Instant::now() + grace;
-        loop {
-            if self.running.lock().await.is_none() {
-                return true;
-            }
-            if Instant::now() >= until {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// The configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
     }
 
-    /// The running operation, if any.
-    pub async fn running(&self) -> Option<RunningOp> {
-        self.running.lock().await.as_ref().map(|r| RunningOp {
-            kind: r.kind,
-            id: r.id.clone(),
-            events: r.progress.events.load(Ordering::Relaxed),
-            bytes: r.progress.bytes.load(Ordering::Relaxed),
-            elapsed: r.started.elapsed(),
-        })
-    }
-
-    /// Takes the single operation slot — in this process, then the catalog's operation lease
-    /// that every process sharing the catalog takes — or says who holds it.
-    async fn claim(&self, kind: &'static str, id: &str) -> Result<Arc<Progress>, EngineError> {
-        if let Some(why) = self.interrupt.reason() {
-            return Err(EngineError::Unavailable(format!(
-                "the service is stopping ({why}): no new {kind} starts"
-            )));
-        }
-        let mut slot = self.running.lock().await;
-        if let Some(r) = slot.as_ref() {
-            return Err(EngineError::Busy {
-                kind: r.kind,
-                id: r.id.clone(),
-            });
-        }
-        let catalog = &self.cfg.catalog;
-        match catalog.acquire_lease(&self.holder, kind, id).await {
-            Ok(None) => {}
-            Ok(Some(h)) => {
-                return Err(EngineError::BusyElsewhere {
-                    kind: h.kind,
-                    id: h.operation_id,
-                    holder: h.holder,
-                    since: h.acquired_at,
-                })
-            }
-            Err(e) => {
-                return Err(EngineError::Unavailable(format!(
-                    "catalog: {}",
-                    self.cfg.catalog.unreachable(&e).await
-                )))
-            }
-        }
-        let renewing = tokio::spawn(renew_lease(catalog.clone(), self.holder.clone()));
-        let progress = Arc::new(Progress::default());
-        *slot = Some(Running {
-            kind,
-            id: id.to_string(),
-            started: Instant::now(),
-            progress: progress.clone(),
-            renewing,
-        });
-        Ok(progress)
-    }
-
-    /// Frees the operation slot and gives the catalog's lease back.
-    async fn release(&self) {
-        let Some(r) = self.running.lock().await.take() else {
-            return;
-        };
-        r.renewing.abort();
-        match report(self.cfg.catalog.release_lease(&self.holder)).await {
-            Some(Ok(_)) => {}
-            // It expires by itself after the lease's time to live.
-            Some(Err(e)) => {
-                tracing::warn!(operation_id = %r.id, error = %error_line(e.as_ref()), "could not give the catalog's operation lease back; it expires by itself")
-            }
-            None => {
-                tracing::warn!(operation_id = %r.id, "the catalog did not answer giving the operation lease back; it expires by itself")
-            }
-        }
+    /// Checks a restore as [`Engine::start_restore`] would before writing — the sink, the
+    /// store's emptiness, the chain, every link's key and header — and returns what it would do,
+    /// writing nothing (`restore --dry-run`). Bounded by the restore timeout and the interrupt.
+    pub async fn plan_restore(
+        &self,
+        req: &restore::RestoreRequest,
+    ) -> Result<restore::RestorePlan, EngineError> {
+        // The checks read the store (the API sink counts its events): a store that never
+        // answers fails them at the restore's timeout.
+        self
+            .interrupt
+            .bounded_with(
+                tokio::time::Instant::now() + self.cfg.restore_timeout,
+                restore::prepare(&self.cfg, req),
+                || EngineError::Unavailable(format!(
+                    "timed out after {} checking the backup and the store before the restore (nothing was written): the destination, the EventStore or the events database did not answer",
+                    humantime::format_duration(self.cfg.restore_timeout)
+                )),
+                |why| EngineError::Unavailable(format!(
+                    "interrupted by {why} while checking the backup and the store (nothing was written)"
+                )),
+            )
+            .await
     }
 
     /// Starts a restore after checking everything that can be checked before writing (sink,
@@ -440,22 +155,7 @@ impl Engine {
                 id: r.id.clone(),
             });
         }
-        // The checks read the store (the API sink counts its events): a store that never
-        // answers fails them at the restore's timeout.
-        let (sink, chain) = self
-            .interrupt
-            .bounded_with(
-                tokio::time::Instant::now() + self.cfg.restore_timeout,
-                restore::prepare(&self.cfg, &req),
-                || EngineError::Unavailable(format!(
-                    "timed out after {} checking the backup and the store before the restore (nothing was written): the destination, the EventStore or the events database did not answer",
-                    humantime::format_duration(self.cfg.restore_timeout)
-                )),
-                |why| EngineError::Unavailable(format!(
-                    "interrupted by {why} while checking the backup and the store (nothing was written)"
-                )),
-            )
-            .await?;
+        let restore::RestorePlan { sink, chain, .. } = self.plan_restore(&req).await?;
         let manifest = chain
             .last()
             .cloned()
@@ -549,35 +249,34 @@ impl Engine {
                 }
             }
             let ok = rec.state == State::Succeeded;
-            metrics::get().finished(
-                Op::Restore,
-                ok,
-                started.elapsed(),
-                rec.archive_bytes,
-                rec.event_count,
-            );
-            if let Some(p) = &engine.cfg.pushgateway {
-                if report(p.push(Op::Restore, ok)).await.is_none() {
-                    tracing::warn!("cannot push metrics to the Pushgateway: no answer within 4 s");
-                }
-            }
-            // Only a successful restore adds an event: a failed one leaves the store as it was.
-            if ok && engine.cfg.emit_events {
-                let data = serde_json::json!({
-                    "restoreId": rec.id, "backupId": rec.backup_id, "chain": rec.chain,
-                    "sink": rec.sink, "eventCount": rec.event_count, "until": rec.until,
-                    "dropExisting": rec.drop_existing, "startedAt": rec.started_at,
-                    "completedAt": rec.completed_at,
-                });
-                let ev = crate::ops::events::event(
-                    "RestoreCompleted",
-                    crate::ops::events::RESTORE_AGGREGATE,
-                    &rec.id,
-                    &data,
-                    &req.caller,
-                );
-                report(crate::ops::events::emit(&engine.cfg.event_store, ev)).await;
-            }
+            // A failed restore leaves the store's events as they were, and a RestoreFailed
+            // event beside them: every failure leaves a trace.
+            let data = serde_json::json!({
+                "restoreId": rec.id, "backupId": rec.backup_id, "chain": rec.chain,
+                "sink": rec.sink, "eventCount": rec.event_count, "until": rec.until,
+                "dropExisting": rec.drop_existing, "startedAt": rec.started_at,
+                "completedAt": rec.completed_at, "error": rec.error,
+            });
+            engine
+                .report_end(ended::Ending {
+                    op: Op::Restore,
+                    ok,
+                    elapsed: started.elapsed(),
+                    bytes: rec.archive_bytes,
+                    events: rec.event_count,
+                    event: (
+                        if ok {
+                            "RestoreCompleted"
+                        } else {
+                            "RestoreFailed"
+                        },
+                        crate::ops::events::RESTORE_AGGREGATE,
+                        &rec.id,
+                    ),
+                    data,
+                    caller: &req.caller,
+                })
+                .await;
             engine.release().await;
             let _ = tx.send(Some(rec));
         });
@@ -783,29 +482,22 @@ impl Engine {
             }
         }
         let ok = record.state == crate::catalog::State::Succeeded;
-        metrics::get().finished(
-            Op::Backup,
+        let data = serde_json::json!({
+            "backupId": record.id, "kind": record.kind, "parentId": record.parent_id,
+            "eventCount": record.event_count, "bytes": record.archive_bytes,
+            "firstEventTime": record.first_event_time, "lastEventTime": record.last_event_time,
+            "sha256": record.archive_sha256, "keyId": record.key_id,
+            "location": record.archive_key.as_ref().map(|k| format!("{}/{k}", self.cfg.destination.url().trim_end_matches('/'))),
+            "createdAt": record.created_at, "completedAt": record.completed_at,
+            "error": record.error,
+        });
+        self.report_end(ended::Ending {
+            op: Op::Backup,
             ok,
-            started.elapsed(),
-            record.archive_bytes,
-            record.event_count,
-        );
-        if let Some(p) = &self.cfg.pushgateway {
-            if report(p.push(Op::Backup, ok)).await.is_none() {
-                tracing::warn!("cannot push metrics to the Pushgateway: no answer within 4 s");
-            }
-        }
-        if self.cfg.emit_events {
-            let data = serde_json::json!({
-                "backupId": record.id, "kind": record.kind, "parentId": record.parent_id,
-                "eventCount": record.event_count, "bytes": record.archive_bytes,
-                "firstEventTime": record.first_event_time, "lastEventTime": record.last_event_time,
-                "sha256": record.archive_sha256, "keyId": record.key_id,
-                "location": record.archive_key.as_ref().map(|k| format!("{}/{k}", self.cfg.destination.url().trim_end_matches('/'))),
-                "createdAt": record.created_at, "completedAt": record.completed_at,
-                "error": record.error,
-            });
-            let ev = crate::ops::events::event(
+            elapsed: started.elapsed(),
+            bytes: record.archive_bytes,
+            events: record.event_count,
+            event: (
                 if ok {
                     "BackupCompleted"
                 } else {
@@ -813,16 +505,11 @@ impl Engine {
                 },
                 crate::ops::events::BACKUP_AGGREGATE,
                 &record.id,
-                &data,
-                caller,
-            );
-            if report(crate::ops::events::emit(&self.cfg.event_store, ev))
-                .await
-                .is_none()
-            {
-                tracing::warn!("could not store the event: no answer within 4 s");
-            }
-        }
+            ),
+            data,
+            caller,
+        })
+        .await;
         if record.state == crate::catalog::State::Succeeded {
             // Retention stops at an interrupt (each deletion stands alone: it runs again after
             // the next backup).
@@ -903,94 +590,4 @@ impl Engine {
         let rx = self.done.lock().await.get(id).cloned()?;
         final_value(rx).await
     }
-}
-
-/// The newest complete backup, if its chain is whole, shorter than `fullEvery` incrementals and
-/// its watermark readable; otherwise why an incremental backup cannot build on it.
-async fn choose_parent(cfg: &EngineConfig) -> Result<backup::Parent, String> {
-    let dest = cfg.destination.as_ref();
-    let all = match crate::destination::manifest::list_complete(dest).await {
-        Ok(all) => all,
-        // A new directory destination: this is its first backup.
-        Err(e) if is_not_created(&e) => Vec::new(),
-        Err(e) => {
-            return Err(format!(
-                "cannot list the destination: {}",
-                error_line(e.as_ref())
-            ))
-        }
-    };
-    let newest = all
-        .first()
-        .cloned()
-        .ok_or_else(|| "there is no complete backup to build on".to_string())?;
-    let chain = chain_of(&all, &newest)
-        .map_err(|e| format!("the chain of {} is damaged: {e}", newest.id))?;
-    let held = chain.len() - 1;
-    if held >= cfg.full_every as usize {
-        return Err(format!(
-            "the newest chain holds {held} incrementals (fullEvery is {})",
-            cfg.full_every
-        ));
-    }
-    let key = newest.watermark_key.clone().ok_or_else(|| {
-        format!(
-            "backup {} has no watermark (it was made before incremental backups)",
-            newest.id
-        )
-    })?;
-    let watermark = watermark::Watermark::load(dest, &cfg.keys, &key, &newest.id)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot read the watermark of {}: {}",
-                newest.id,
-                error_line(e.as_ref())
-            )
-        })?;
-    Ok(backup::Parent {
-        manifest: newest,
-        watermark: Arc::new(watermark),
-    })
-}
-
-/// Whether `e` says the destination's directory does not exist yet (nothing was ever written
-/// there): for writers, an empty destination.
-pub fn is_not_created(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<crate::destination::DestinationError>(),
-            Some(crate::destination::DestinationError::NotCreated(_))
-        )
-    })
-}
-
-/// The chain of `m` among `all` complete backups: its full ancestor first, `m` last. Fails on
-/// a missing link, a cycle, or a parent that is not older.
-pub fn chain_of(
-    all: &[crate::destination::manifest::Manifest],
-    m: &crate::destination::manifest::Manifest,
-) -> Result<Vec<crate::destination::manifest::Manifest>, String> {
-    let mut chain = vec![m.clone()];
-    let mut cur = m.clone();
-    while cur.kind == "incremental" {
-        let pid = cur
-            .parent_id
-            .clone()
-            .ok_or_else(|| format!("incremental backup {} names no parent", cur.id))?;
-        if pid >= cur.id || chain.len() > all.len() {
-            return Err(format!(
-                "backup {} names parent {pid}, which is not older",
-                cur.id
-            ));
-        }
-        let p =
-            all.iter().find(|x| x.id == pid).cloned().ok_or_else(|| {
-                format!("link {pid} (parent of {}) is missing or incomplete", cur.id)
-            })?;
-        chain.push(p.clone());
-        cur = p;
-    }
-    chain.reverse();
-    Ok(chain)
 }

@@ -65,17 +65,6 @@ pub fn next_steps(sink: &str) -> Vec<String> {
     v
 }
 
-/// Whether RFC 3339 time `a` is at or after `b` (both as this program writes them).
-fn rfc3339_ge(a: &str, b: &str) -> bool {
-    match (
-        chrono::DateTime::parse_from_rfc3339(a),
-        chrono::DateTime::parse_from_rfc3339(b),
-    ) {
-        (Ok(a), Ok(b)) => a >= b,
-        _ => false,
-    }
-}
-
 fn ts_le(a: &prost_types::Timestamp, b: &prost_types::Timestamp) -> bool {
     (a.seconds, a.nanos) <= (b.seconds, b.nanos)
 }
@@ -92,65 +81,23 @@ fn sink_err(e: SinkError) -> EngineError {
     }
 }
 
-/// The chain to restore for `backup_id` (an id or `latest`): the backup's full ancestor first,
-/// every link up to it, each checked to exist and to name the one before. For `latest` with
-/// `until`, the shortest chain among those that cover `until` — started at or after it and
-/// holding an event at or after it, so every event up to `until` had been stored when it ran —
-/// or the newest backup's chain when none does.
+/// The chain to restore for `backup_id` (an id or `latest`), as [`super::plan::choose_chain`]
+/// chooses it from what the destination holds now.
 pub async fn resolve_chain(
     cfg: &EngineConfig,
     backup_id: &str,
     until: Option<&prost_types::Timestamp>,
 ) -> Result<Vec<Manifest>, EngineError> {
+    super::verify::check_id(backup_id)?;
+    let until = until
+        .map(|u| crate::time::check_timestamp("until", u))
+        .transpose()
+        .map_err(EngineError::Invalid)?;
     let dest = cfg.destination.as_ref();
     let scan = crate::destination::manifest::scan(dest)
         .await
         .map_err(|e| EngineError::Unavailable(error_line(e.as_ref())))?;
-    if backup_id == "latest" {
-        if let Some(b) = scan.broken.first() {
-            if scan.complete.first().is_none_or(|m| b.id > m.id) {
-                return Err(super::verify::refuse_newer_broken(b));
-            }
-        }
-    }
-    let mut all = scan.complete;
-    let target = match (backup_id, until) {
-        ("latest", Some(u)) => {
-            let u = crate::time::rfc3339(Some(u)).ok_or_else(|| {
-                EngineError::Invalid("until: out of range (years 1 to 9999)".into())
-            })?;
-            let mut best: Option<(usize, Manifest)> = None;
-            for m in all.iter().filter(|m| rfc3339_ge(&m.created_at, &u)) {
-                if let Ok(c) = super::chain_of(&all, m) {
-                    let newest_event = c.iter().filter_map(|l| l.last_event_time.clone()).max();
-                    if newest_event.is_none_or(|t| !rfc3339_ge(&t, &u)) {
-                        continue;
-                    }
-                    // Shortest chain; among equals the oldest backup (fewest events to skip).
-                    if best
-                        .as_ref()
-                        .is_none_or(|(n, b)| c.len() < *n || (c.len() == *n && m.id < b.id))
-                    {
-                        best = Some((c.len(), m.clone()));
-                    }
-                }
-            }
-            match best {
-                Some((_, m)) => m,
-                None => super::verify::resolve(dest, "latest").await?,
-            }
-        }
-        _ => super::verify::resolve(dest, backup_id).await?,
-    };
-    if !all.iter().any(|m| m.id == target.id) {
-        all.push(target.clone());
-    }
-    super::chain_of(&all, &target).map_err(|e| {
-        EngineError::Corrupt(format!(
-            "backup {} cannot be restored, nothing was written: its chain is broken: {e}",
-            target.id
-        ))
-    })
+    super::plan::choose_chain(&scan, backup_id, until, &dest.url())
 }
 
 /// Refuses an `until` before every event of the chain: such a restore would write no event
@@ -179,13 +126,60 @@ fn refuse_until_before_first_event(
     }
 }
 
+/// A restore as it would run: every check before writing passed.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    /// Where the events go.
+    pub sink: Sink,
+    /// The backups read, full backup first.
+    pub chain: Vec<Manifest>,
+    /// Events the store holds now (replaced when `drop_existing`).
+    pub existing: u64,
+}
+
+impl RestorePlan {
+    /// The plan in words, one line each, as `restore --dry-run` prints it.
+    pub fn describe(&self, req: &RestoreRequest) -> Vec<String> {
+        let target = self.chain.last().map(|m| m.id.as_str()).unwrap_or("-");
+        let ids: Vec<&str> = self.chain.iter().map(|m| m.id.as_str()).collect();
+        let events: u64 = self.chain.iter().map(|m| m.event_count).sum();
+        let mut v = vec![format!(
+            "backup {target}: a chain of {} ({}), {events} events",
+            ids.len(),
+            ids.join(", ")
+        )];
+        v.push(
+            match req
+                .until
+                .as_ref()
+                .and_then(|u| crate::time::rfc3339(Some(u)))
+            {
+                Some(u) => format!("until {u}: only the events up to that time"),
+                None => "every event of the chain".into(),
+            },
+        );
+        let into = match &self.sink {
+            Sink::Table(_) => "the events table (one transaction, nothing published to the bus)",
+            Sink::Api => "the EventStore API (every event republished to its bus, if it has one)",
+        };
+        v.push(match (self.existing, req.drop_existing) {
+            (0, _) => format!("into {into}, which is empty"),
+            (n, true) => format!("into {into}, replacing the {n} events it holds"),
+            (n, false) => {
+                format!("into {into}, which holds {n} events (refused without drop_existing)")
+            }
+        });
+        v
+    }
+}
+
 /// Checks what can be checked before the restore starts: the sink, the store's emptiness, the
-/// backup's chain, and that every link's archive opens with our keys. Returns the sink and the
-/// chain (full backup first).
+/// backup's chain, and that every link's archive opens with our keys and agrees with its
+/// manifest. Writes nothing.
 pub(super) async fn prepare(
     cfg: &EngineConfig,
     req: &RestoreRequest,
-) -> Result<(Sink, Vec<Manifest>), EngineError> {
+) -> Result<RestorePlan, EngineError> {
     // A mistyped id is the first thing to tell, before how the restore would write; an `until`
     // out of range is refused, never read as "no until".
     super::verify::check_id(&req.backup_id)?;
@@ -248,7 +242,11 @@ pub(super) async fn prepare(
             )));
         }
     }
-    Ok((sink, chain))
+    Ok(RestorePlan {
+        sink,
+        chain,
+        existing,
+    })
 }
 
 /// A backup that does not hold what its manifest and chain say (a swapped or edited manifest,

@@ -460,3 +460,71 @@ pub async fn serve(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    /// The status table of the API docs (README, "The API"), one row per kind of failure.
+    #[test]
+    fn engine_errors_map_to_the_documented_statuses() {
+        let rows: Vec<(EngineError, Code, &str)> = vec![
+            (
+                EngineError::Busy {
+                    kind: "backup",
+                    id: "b1".into(),
+                },
+                Code::FailedPrecondition,
+                "another operation is running: backup b1",
+            ),
+            (
+                EngineError::BusyElsewhere {
+                    kind: "restore".into(),
+                    id: "r1".into(),
+                    holder: "h:1:x".into(),
+                    since: "2026-01-01T00:00:00Z".into(),
+                },
+                Code::FailedPrecondition,
+                "another process runs an operation against this catalog: restore r1",
+            ),
+            (
+                EngineError::Refused("not empty".into()),
+                Code::FailedPrecondition,
+                "not empty",
+            ),
+            (
+                EngineError::Corrupt("damaged".into()),
+                Code::DataLoss,
+                "damaged",
+            ),
+            (EngineError::NotFound("gone".into()), Code::NotFound, "gone"),
+            (
+                EngineError::Invalid("until: bad".into()),
+                Code::InvalidArgument,
+                "until: bad",
+            ),
+            (
+                EngineError::Unavailable("postgres://u:pw@h/db refused".into()),
+                Code::Unavailable,
+                "postgres://u:***@h/db refused",
+            ),
+            (
+                EngineError::Internal(anyhow::anyhow!("inner").context("outer")),
+                Code::Internal,
+                "outer: inner",
+            ),
+        ];
+        for (e, code, message) in rows {
+            let failure = e.failure();
+            let s = status_of(e);
+            assert_eq!(s.code(), code, "{message}");
+            assert!(
+                s.message().starts_with(message),
+                "{} vs {message}",
+                s.message()
+            );
+            assert_eq!(status_for(failure, message.into()).code(), code);
+        }
+    }
+}

@@ -318,7 +318,7 @@ fn jsonb_field(buf: &mut Vec<u8>, text: Option<&str>) {
     }
 }
 
-/// One row in COPY binary form, stored as Monoskope's store writes it (§3.2): version 0, the
+/// One row in COPY binary form, stored as Monoskope's store writes it (docs/MONOSKOPE.md §3.2): version 0, the
 /// nil aggregate id, empty data and empty metadata as NULL; timestamps rounded to microseconds.
 fn encode_row(r: &crate::archive::RecordView<'_>, buf: &mut Vec<u8>) -> anyhow::Result<()> {
     buf.extend_from_slice(&8i16.to_be_bytes());
