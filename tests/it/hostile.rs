@@ -3,24 +3,19 @@
 //! bound the whole operation. The seeded fault-injection rounds are in `faults.rs`.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use monoskope_backup_api::eventsourcing::event_store_client::EventStoreClient;
 use monoskope_backup_api::eventsourcing::{Event, EventFilter};
 use monoskope_backup_client::{pb, BackupClient, ClientError, ClientOptions};
-use monoskope_backup_tests::proxy::{Fault, FaultProxy};
-use monoskope_backup_tests::{
-    command, keygen, new_bucket, output_of, run, s3_client, service_env, signal, wait_for,
-    Devstore, Out, Server, S3_ENV,
-};
+use monoskope_backup_tests::{command, keygen, run, service_env, Devstore, Out, Server};
 
-async fn store(ds: &Devstore, events: Vec<Event>) {
+pub(super) async fn store(ds: &Devstore, events: Vec<Event>) {
     let mut c = EventStoreClient::connect(ds.url()).await.expect("connect");
     c.store(tokio_stream::iter(events)).await.expect("store");
 }
 
-async fn count(ds: &Devstore) -> usize {
+pub(super) async fn count(ds: &Devstore) -> usize {
     let mut c = EventStoreClient::connect(ds.url()).await.expect("connect");
     let mut s = c
         .retrieve(EventFilter::default())
@@ -34,37 +29,37 @@ async fn count(ds: &Devstore) -> usize {
     n
 }
 
-fn sample(n: u64, seed: u64) -> Vec<Event> {
+pub(super) fn sample(n: u64, seed: u64) -> Vec<Event> {
     monoskope_backup::devstore::sample::events(n, (n / 10).max(1), 1_700_000_000, seed).collect()
 }
 
 /// A directory destination, a key and a catalog of one test.
-struct Place {
-    dir: tempfile::TempDir,
-    key: String,
-    dest: String,
+pub(super) struct Place {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) key: String,
+    pub(super) dest: String,
 }
 
 impl Place {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = keygen(dir.path());
         let dest = format!("file://{}", dir.path().join("dest").display());
         Self { dir, key, dest }
     }
 
-    fn catalog(&self) -> String {
+    pub(super) fn catalog(&self) -> String {
         format!("sqlite://{}", self.dir.path().join("catalog.db").display())
     }
 
-    fn manifest(&self, id: &str) -> PathBuf {
+    pub(super) fn manifest(&self, id: &str) -> PathBuf {
         self.dir
             .path()
             .join(format!("dest/backups/{id}.manifest.json"))
     }
 
     /// `backup-server CMD --destination … --key-file … --catalog … EXTRA…`.
-    fn run(&self, cmd: &str, extra: &[&str]) -> Out {
+    pub(super) fn run(&self, cmd: &str, extra: &[&str]) -> Out {
         let catalog = self.catalog();
         let mut args = vec![
             cmd,
@@ -79,14 +74,14 @@ impl Place {
         run("backup-server", &args, &[])
     }
 
-    fn backup(&self, ds: &Devstore) -> String {
+    pub(super) fn backup(&self, ds: &Devstore) -> String {
         let out = self.run("backup", &["--event-store", &ds.addr]);
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         out.stdout.lines().last().expect("id").to_string()
     }
 }
 
-fn edit_manifest(path: &Path, f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+pub(super) fn edit_manifest(path: &Path, f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
     let before = std::fs::read(path).expect("manifest");
     let mut v: serde_json::Value = serde_json::from_slice(&before).expect("json");
     f(&mut v);
@@ -424,178 +419,6 @@ fn options_that_weaken_protection_are_usage_errors_naming_both() {
     }
 }
 
-/// Runs `cmd` and returns its standard error (both log formats are tried by the caller).
-fn stderr_of(mut cmd: std::process::Command, limit: Duration) -> String {
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-    let out = monoskope_backup_tests::output_within(cmd, limit);
-    out.stderr
-}
-
-#[test]
-fn passwords_in_urls_never_reach_a_log() {
-    let p = Place::new();
-    let src = Devstore::start(&["--seed-sample", "20"]);
-    let secret = "s3cr3t-PASS";
-    let url = |scheme: &str, rest: &str| format!("{scheme}://user:{secret}@{rest}");
-    let catalog = p.catalog();
-    // Each URL the service takes, carrying a password to a peer that is not there.
-    let one_shot: Vec<(&str, Vec<String>)> = vec![
-        (
-            "Pushgateway",
-            vec!["--pushgateway-url".into(), url("http", "127.0.0.1:1")],
-        ),
-        (
-            "events database",
-            vec![
-                "--events-db".into(),
-                url(
-                    "postgres",
-                    "127.0.0.1:1/events?sslmode=disable&password=other-s3cr3t-PASS",
-                ),
-            ],
-        ),
-        (
-            "catalog",
-            vec!["--catalog".into(), url("postgres", "127.0.0.1:1/catalog")],
-        ),
-        (
-            "S3 endpoint",
-            vec![
-                "--destination".into(),
-                "s3://bucket/prefix".into(),
-                "--s3-endpoint".into(),
-                url("http", "127.0.0.1:1"),
-            ],
-        ),
-    ];
-    for format in ["text", "json"] {
-        for (what, extra) in &one_shot {
-            let mut args: Vec<String> = vec![
-                "--log-format".into(),
-                format.into(),
-                "backup".into(),
-                "--event-store".into(),
-                src.addr.clone(),
-                "--key-file".into(),
-                p.key.clone(),
-            ];
-            if !extra.iter().any(|a| a == "--destination") {
-                args.extend(["--destination".into(), p.dest.clone()]);
-            }
-            if !extra.iter().any(|a| a == "--catalog") {
-                args.extend(["--catalog".into(), catalog.clone()]);
-            }
-            args.extend(extra.iter().cloned());
-            let mut cmd = command(
-                "backup-server",
-                &args.iter().map(String::as_str).collect::<Vec<_>>(),
-            );
-            cmd.env("RUST_LOG", "info");
-            for (k, v) in S3_ENV {
-                cmd.env(k, v);
-            }
-            let err = stderr_of(cmd, Duration::from_secs(120));
-            assert!(!err.contains("s3cr3t"), "{what} ({format}): {err}");
-            assert!(
-                err.contains("a password is given inside a URL on the command line"),
-                "{what} ({format}): {err}"
-            );
-        }
-        // From the environment: masked the same, and no command-line warning.
-        let mut cmd = command(
-            "backup-server",
-            &[
-                "--log-format",
-                format,
-                "backup",
-                "--event-store",
-                &src.addr,
-                "--key-file",
-                &p.key,
-                "--destination",
-                &p.dest,
-                "--catalog",
-                &catalog,
-            ],
-        );
-        cmd.env("RUST_LOG", "info")
-            .env("BACKUP_PUSHGATEWAY_URL", url("http", "127.0.0.1:1"));
-        let err = stderr_of(cmd, Duration::from_secs(120));
-        assert!(
-            err.contains("Pushgateway") && !err.contains("s3cr3t"),
-            "{format}: {err}"
-        );
-        assert!(!err.contains("on the command line"), "{format}: {err}");
-        // The service's gateway and JWKS URLs.
-        for (flag, value) in [
-            ("--jwks-url", url("http", "127.0.0.1:1/keys")),
-            ("--gateway", url("http", "127.0.0.1:1")),
-        ] {
-            let log = p.dir.path().join(format!("serve-{format}{flag}.log"));
-            let file = std::fs::File::create(&log).expect("log");
-            let auth = if flag == "--jwks-url" {
-                "jwt"
-            } else {
-                "gateway"
-            };
-            let listen = format!("127.0.0.1:{}", monoskope_backup_tests::free_port());
-            let mut cmd = command(
-                "backup-server",
-                &[
-                    "--log-format",
-                    format,
-                    "serve",
-                    "--listen",
-                    &listen,
-                    "--auth",
-                    auth,
-                    flag,
-                    &value,
-                    "--event-store",
-                    &src.addr,
-                    "--destination",
-                    &p.dest,
-                    "--key-file",
-                    &p.key,
-                    "--catalog",
-                    &catalog,
-                ],
-            );
-            cmd.env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(file));
-            let proc = monoskope_backup_tests::Proc {
-                child: cmd.spawn().expect("spawn"),
-            };
-            // A call with a token makes the service ask its gateway or JWKS (whether it started
-            // or refused the URL, its log is read).
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                for _ in 0..50 {
-                    let opts = ClientOptions::new(format!("http://{listen}"))
-                        .with_token("eyJhbGciOiJSUzI1NiJ9.e30.c2ln");
-                    if let Ok(mut c) = BackupClient::connect(&opts).await {
-                        let _ = c.get_status().await;
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            });
-            std::thread::sleep(Duration::from_millis(300));
-            drop(proc);
-            let err = std::fs::read_to_string(&log).expect("log");
-            assert!(!err.contains("s3cr3t"), "{flag} ({format}): {err}");
-            assert!(
-                err.contains("a password is given inside a URL on the command line"),
-                "{flag} ({format}): {err}"
-            );
-        }
-    }
-}
-
 #[tokio::test]
 async fn damaged_backups_and_malformed_requests_get_their_documented_codes() {
     let p = Place::new();
@@ -720,178 +543,4 @@ fn listing_reads_only_the_backup_layout_and_refuses_missing_or_foreign_directori
     let new = list(&format!("file://{}", empty.display()));
     assert_eq!(new.code, Some(0), "{new:?}");
     assert!(new.stdout.starts_with("no complete backups"), "{new:?}");
-}
-
-/// A backup whose upload the S3 endpoint takes and never answers (the proxy holds every
-/// connection once it carried 64 KiB, so the archive's part hangs while small requests pass).
-fn stalled_backup_args<'a>(
-    ds: &'a Devstore,
-    dest: &'a str,
-    endpoint: &'a str,
-    catalog: &'a str,
-    key: &'a str,
-    timeout: &'a str,
-) -> Vec<&'a str> {
-    vec![
-        "backup",
-        "--event-store",
-        &ds.addr,
-        "--destination",
-        dest,
-        "--s3-endpoint",
-        endpoint,
-        "--catalog",
-        catalog,
-        "--key-file",
-        key,
-        "--timeout",
-        timeout,
-    ]
-}
-
-#[tokio::test]
-async fn a_timeout_or_a_signal_ends_a_backup_stuck_in_its_upload() {
-    let Some(endpoint) = service_env("TEST_S3_ENDPOINT") else {
-        return;
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = keygen(dir.path());
-    let ds = Devstore::start(&[]);
-    // Events with random payloads, so the archive is larger than the proxy lets through.
-    store(&ds, sample(20_000, 9)).await;
-    let s3 = s3_client(&endpoint);
-    let bucket = new_bucket(&s3).await;
-    let dest = format!("s3://{bucket}/p");
-    let catalog_path = dir.path().join("c.db");
-    let catalog = format!("sqlite://{}", catalog_path.display());
-    let proxy = FaultProxy::start(endpoint.trim_start_matches("http://"));
-    let through = format!("http://{}", proxy.addr);
-    let uploads = || async {
-        s3.list_multipart_uploads()
-            .bucket(&bucket)
-            .send()
-            .await
-            .expect("list uploads")
-            .uploads()
-            .len()
-    };
-    let state = || async {
-        let pool = sqlx::SqlitePool::connect(&catalog).await.expect("catalog");
-        let running: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM backups WHERE state = 'running'")
-                .fetch_one(&pool)
-                .await
-                .expect("running");
-        let failed: Vec<String> =
-            sqlx::query_scalar("SELECT error FROM backups WHERE state = 'failed' ORDER BY id")
-                .fetch_all(&pool)
-                .await
-                .expect("failed");
-        let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM operation_lease")
-            .fetch_one(&pool)
-            .await
-            .expect("lease");
-        (running, failed, leases)
-    };
-
-    // The timeout: 5 s, and the backup ends within it and the clean-up's 5 s.
-    proxy.set(Fault::StallAfter(64 * 1024));
-    let started = Instant::now();
-    let mut cmd = command(
-        "backup-server",
-        &stalled_backup_args(&ds, &dest, &through, &catalog, &key, "5s"),
-    );
-    for (k, v) in S3_ENV {
-        cmd.env(k, v);
-    }
-    let out = output_of(
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn"),
-        Duration::from_secs(60),
-    )
-    .await;
-    let took = started.elapsed();
-    assert!(proxy.tripped() > 0, "the upload stalled");
-    assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(took < Duration::from_secs(20), "ended in {took:?}: {out:?}");
-    assert!(
-        out.stderr.contains("timed out after 5s")
-            && out
-                .stderr
-                .contains("the upload was aborted and nothing is left at the destination"),
-        "{out:?}"
-    );
-    assert_eq!(uploads().await, 0, "the multipart upload was aborted");
-    let (running, failed, leases) = state().await;
-    assert_eq!((running, leases), (0, 0), "record ended, lease given back");
-    assert_eq!(failed.len(), 1);
-    assert!(failed[0].contains("timed out after 5s"), "{failed:?}");
-
-    // SIGTERM while the upload hangs: the same end, within the grace period.
-    let mut cmd = command(
-        "backup-server",
-        &stalled_backup_args(&ds, &dest, &through, &catalog, &key, "10m"),
-    );
-    for (k, v) in S3_ENV {
-        cmd.env(k, v);
-    }
-    let tripped = proxy.tripped();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    assert!(
-        wait_for(Duration::from_secs(60), || (proxy.tripped() > tripped)
-            .then_some(()))
-        .is_some(),
-        "the upload stalled"
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let started = Instant::now();
-    signal(child.id(), "TERM");
-    let out = output_of(child, Duration::from_secs(60)).await;
-    let took = started.elapsed();
-    assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(
-        took < Duration::from_secs(20),
-        "ended {took:?} after SIGTERM: {out:?}"
-    );
-    assert!(out.stderr.contains("interrupted by SIGTERM"), "{out:?}");
-    assert_eq!(uploads().await, 0, "the multipart upload was aborted");
-    let (running, failed, leases) = state().await;
-    assert_eq!((running, leases), (0, 0), "record ended, lease given back");
-    assert_eq!(failed.len(), 2);
-    // The endpoint answering again, a backup succeeds and is the only one listed.
-    proxy.set(Fault::None);
-    let mut cmd = command(
-        "backup-server",
-        &stalled_backup_args(&ds, &dest, &through, &catalog, &key, "5m"),
-    );
-    for (k, v) in S3_ENV {
-        cmd.env(k, v);
-    }
-    let out = output_of(
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn"),
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_eq!(out.code, Some(0), "{out:?}");
-    let objects = s3
-        .list_objects_v2()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("list");
-    assert_eq!(
-        objects.contents().len(),
-        3,
-        "archive, watermark and manifest of one backup: {:?}",
-        objects.contents()
-    );
 }

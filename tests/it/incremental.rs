@@ -12,14 +12,14 @@ use monoskope_backup_tests::{fresh_db, run, service_env, Devstore};
 use sqlx::Row;
 
 /// A destination, a key and a catalog in a temporary directory.
-struct Fixture {
-    dir: tempfile::TempDir,
-    key: String,
-    dest: String,
+pub(super) struct Fixture {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) key: String,
+    pub(super) dest: String,
 }
 
 impl Fixture {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = dir.path().join("k").to_str().expect("utf8").to_string();
         assert_eq!(
@@ -30,7 +30,7 @@ impl Fixture {
         Self { dir, key, dest }
     }
 
-    fn common(&self) -> Vec<String> {
+    pub(super) fn common(&self) -> Vec<String> {
         vec![
             "--destination".into(),
             self.dest.clone(),
@@ -42,7 +42,12 @@ impl Fixture {
     }
 
     /// A backup with `source` (`--event-store ADDR` or `--events-db URL`); returns its JSON.
-    fn backup(&self, source: &[&str], incremental: bool, extra: &[&str]) -> serde_json::Value {
+    pub(super) fn backup(
+        &self,
+        source: &[&str],
+        incremental: bool,
+        extra: &[&str],
+    ) -> serde_json::Value {
         let mut args: Vec<String> = vec!["backup".into(), "--json".into()];
         args.extend(source.iter().map(|s| s.to_string()));
         args.extend(self.common());
@@ -59,7 +64,7 @@ impl Fixture {
         serde_json::from_str(&out.stdout).expect("json")
     }
 
-    fn restore(&self, args: &[&str]) -> monoskope_backup_tests::Out {
+    pub(super) fn restore(&self, args: &[&str]) -> monoskope_backup_tests::Out {
         let mut a: Vec<String> = vec!["restore".into()];
         a.extend(args.iter().map(|s| s.to_string()));
         a.extend(self.common());
@@ -70,22 +75,23 @@ impl Fixture {
         )
     }
 
-    fn backups_dir(&self) -> std::path::PathBuf {
+    pub(super) fn backups_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("dest/backups")
     }
 }
 
 /// One event as compared: aggregate, version, type, timestamp (µs), data (as JSON), metadata.
-type Key = (String, String, u64);
+pub(super) type Key = (String, String, u64);
 #[derive(Debug, Clone, PartialEq)]
-struct Ev {
-    event_type: String,
-    micros: i64,
-    data: serde_json::Value,
-    metadata: BTreeMap<String, String>,
+
+pub(super) struct Ev {
+    pub(super) event_type: String,
+    pub(super) micros: i64,
+    pub(super) data: serde_json::Value,
+    pub(super) metadata: BTreeMap<String, String>,
 }
 
-async fn table_rows(url: &str) -> Vec<(Key, Ev)> {
+pub(super) async fn table_rows(url: &str) -> Vec<(Key, Ev)> {
     let pool = sqlx::PgPool::connect(url).await.expect("pg");
     let rows = sqlx::query(r#"SELECT event_type, aggregate_id::text AS agg, aggregate_type, aggregate_version, (extract(epoch from "timestamp") * 1000000)::bigint AS us, metadata::text AS md, data::text AS data FROM event_records"#)
         .fetch_all(&pool)
@@ -111,7 +117,7 @@ async fn table_rows(url: &str) -> Vec<(Key, Ev)> {
         .collect()
 }
 
-async fn store_rows(url: String) -> Vec<(Key, Ev)> {
+pub(super) async fn store_rows(url: String) -> Vec<(Key, Ev)> {
     let mut c = EventStoreClient::connect(url).await.expect("connect");
     let mut s = c
         .retrieve(EventFilter::default())
@@ -139,9 +145,9 @@ async fn store_rows(url: String) -> Vec<(Key, Ev)> {
 }
 
 /// Committed versions per aggregate, as the writers know them.
-type Committed = Arc<Mutex<HashMap<(String, String), u64>>>;
+pub(super) type Committed = Arc<Mutex<HashMap<(String, String), u64>>>;
 
-fn event(agg: &(String, String), v: u64, late: bool) -> Event {
+pub(super) fn event(agg: &(String, String), v: u64, late: bool) -> Event {
     let now = chrono::Utc::now();
     // Every seventh event is committed late: its timestamp is an hour in the past.
     let t = if late {
@@ -164,7 +170,7 @@ fn event(agg: &(String, String), v: u64, late: bool) -> Event {
 }
 
 /// Writers storing events until `stop`, each owning its aggregates (versions gapless).
-fn start_writers(
+pub(super) fn start_writers(
     sink: WriterSink,
     committed: Committed,
     stop: Arc<AtomicBool>,
@@ -196,13 +202,13 @@ fn start_writers(
 }
 
 #[derive(Clone)]
-enum WriterSink {
+pub(super) enum WriterSink {
     Table(sqlx::PgPool),
     Api(String),
 }
 
 impl WriterSink {
-    async fn put(&self, e: Event) {
+    pub(super) async fn put(&self, e: Event) {
         match self {
             WriterSink::Table(pool) => {
                 let ts = e.timestamp.unwrap_or_default();
@@ -230,14 +236,14 @@ impl WriterSink {
     }
 }
 
-fn snapshot(c: &Committed) -> HashMap<(String, String), u64> {
+pub(super) fn snapshot(c: &Committed) -> HashMap<(String, String), u64> {
     c.lock().expect("lock").clone()
 }
 
 /// One full and three incrementals while writers write; the last one restores to exactly the
 /// events committed before its snapshot, each once.
 /// A fresh database with an empty events table: its URL and a pool.
-async fn events_table(pg: &str, name: &str) -> (String, sqlx::PgPool) {
+pub(super) async fn events_table(pg: &str, name: &str) -> (String, sqlx::PgPool) {
     let url = fresh_db(pg, name).await;
     let pool = sqlx::PgPool::connect(&url).await.expect("pg");
     sqlx::query(monoskope_backup::sink::table::CREATE_TABLE)
@@ -247,7 +253,7 @@ async fn events_table(pg: &str, name: &str) -> (String, sqlx::PgPool) {
     (url, pool)
 }
 
-async fn chain_under_writers(api: bool) {
+pub(super) async fn chain_under_writers(api: bool) {
     let Some(pg) = service_env("TEST_PG_URL") else {
         return;
     };
@@ -359,18 +365,18 @@ async fn incrementals_from_the_api_under_writers_restore_every_event_once() {
     chain_under_writers(true).await;
 }
 
-fn sample(n: u64, start: i64, seed: u64) -> Vec<Event> {
+pub(super) fn sample(n: u64, start: i64, seed: u64) -> Vec<Event> {
     monoskope_backup::devstore::sample::events(n, (n / 10).max(1), start, seed).collect()
 }
 
-async fn store(es: &Devstore, events: Vec<Event>) {
+pub(super) async fn store(es: &Devstore, events: Vec<Event>) {
     let mut c = EventStoreClient::connect(es.url()).await.expect("connect");
     c.store(tokio_stream::iter(events)).await.expect("store");
 }
 
 /// A devstore and a chain: full (batch 1), incremental (batch 2), incremental (batch 3), each
 /// batch a day later than the one before.
-async fn three_links(f: &Fixture) -> (Devstore, Vec<String>) {
+pub(super) async fn three_links(f: &Fixture) -> (Devstore, Vec<String>) {
     let es = Devstore::start(&[]);
     let mut ids = Vec::new();
     for (i, start) in [1_700_000_000i64, 1_700_086_400, 1_700_172_800]
@@ -628,7 +634,7 @@ async fn an_incremental_falls_back_to_full_and_says_why() {
 /// or an aggregate type (new versions are found by aggregate, which never matches a NULL): the
 /// backup becomes full, says why, and holds every row.
 /// Inserts version `v` of the `User` aggregate whose id is the uuid of `agg`.
-async fn insert_user_event(pool: &sqlx::PgPool, agg: u128, v: i64) {
+pub(super) async fn insert_user_event(pool: &sqlx::PgPool, agg: u128, v: i64) {
     sqlx::query(r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data) VALUES (gen_random_uuid(), 'Created', $1, 'User', $2, now(), '{}', '{}')"#)
         .bind(uuid::Uuid::from_u128(agg))
         .bind(v)
@@ -721,343 +727,4 @@ async fn an_incremental_from_the_table_falls_back_to_full_when_the_store_went_ba
         );
         assert_eq!(out["event_count"], events + 1, "{change}: {out}");
     }
-}
-
-/// Everything a table read yields, batch after batch.
-async fn read_all(mut rx: monoskope_backup::source::table::Batches) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    while let Some(batch) = rx.recv().await {
-        bytes.extend_from_slice(batch.expect("read").bytes());
-    }
-    bytes
-}
-
-/// PostgreSQL is read with binary COPY, CockroachDB (no binary `COPY TO`) with the query
-/// itself: on the same table both give the same records, byte for byte, full and incremental.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_table_reads_the_same_records_by_copy_and_by_query() {
-    use monoskope_backup::archive::Record;
-    use monoskope_backup::sink::table::DEFAULT_LOCK_WAIT;
-    use monoskope_backup::source::table::{incremental, snapshot, Order, ReadMode};
-    use prost::Message;
-    let Some(pg) = service_env("TEST_PG_URL") else {
-        return;
-    };
-    let (_, pool) = events_table(&pg, "read_modes").await;
-    // 7 aggregates of 100 versions; metadata with escapes and non-ASCII, some NULL payloads.
-    sqlx::query(
-        r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data)
-           SELECT gen_random_uuid(), 'Created', ('00000000-0000-0000-0000-' || lpad((g % 7)::text, 12, '0'))::uuid, 'User', g / 7 + 1,
-                  '2024-01-01T00:00:00Z'::timestamptz + g * interval '1.5 ms',
-                  jsonb_build_object('x-auth-email', E'a"b\\' || g, 'component', 'ü', 'tab', E'\t'),
-                  CASE WHEN g % 11 = 0 THEN NULL ELSE jsonb_build_object('n', g, 's', repeat('x', g % 50)) END
-           FROM generate_series(0, 699) g"#,
-    )
-    .execute(&pool)
-    .await
-    .expect("insert");
-    let read = |mode, order| {
-        read_all(snapshot(
-            pool.clone(),
-            4,
-            Some(mode),
-            order,
-            DEFAULT_LOCK_WAIT,
-        ))
-    };
-    let by_copy = read(ReadMode::Copy, Order::Sorted).await;
-    let by_query = read(ReadMode::Rows, Order::Sorted).await;
-    // In physical order (the table's is its insertion order), put into store order.
-    let physical = read(ReadMode::Copy, Order::Physical).await;
-    assert!(
-        by_copy == physical,
-        "the sorted and the physical read differ"
-    );
-    assert!(by_copy == by_query, "the two reads differ");
-    let mut rest = &by_copy[..];
-    let mut records = Vec::new();
-    while !rest.is_empty() {
-        records.push(Record::decode_length_delimited(&mut rest).expect("record"));
-    }
-    assert_eq!(records.len(), 700);
-    let first = &records[0];
-    assert_eq!(first.metadata["x-auth-email"], "a\"b\\0");
-    assert_eq!(first.metadata["tab"], "\t");
-    assert_eq!(first.metadata["component"], "ü");
-    assert!(first.data.is_empty(), "NULL payload");
-    assert_eq!(
-        String::from_utf8_lossy(&records[1].data),
-        r#"{"n": 1, "s": "x"}"#
-    );
-    assert_eq!(
-        records[3].timestamp,
-        Some(prost_types::Timestamp {
-            seconds: 1_704_067_200,
-            nanos: 4_500_000
-        })
-    );
-    // An incremental above version 90 of every aggregate: 70 events, the same both ways.
-    let mut held = monoskope_backup::engine::watermark::Watermark::default();
-    for a in 0..7u128 {
-        held.map.insert(
-            monoskope_backup::engine::watermark::aggregate(
-                "User",
-                &uuid::Uuid::from_u128(a).to_string(),
-            ),
-            90,
-        );
-    }
-    let held = std::sync::Arc::new(held);
-    let inc_copy = read_all(incremental(
-        pool.clone(),
-        held.clone(),
-        4,
-        Some(ReadMode::Copy),
-        DEFAULT_LOCK_WAIT,
-    ))
-    .await;
-    let inc_query = read_all(incremental(
-        pool.clone(),
-        held,
-        4,
-        Some(ReadMode::Rows),
-        DEFAULT_LOCK_WAIT,
-    ))
-    .await;
-    assert!(inc_copy == inc_query, "the two incremental reads differ");
-    let mut newer = 0;
-    let mut rest = &inc_copy[..];
-    while !rest.is_empty() {
-        let r = Record::decode_length_delimited(&mut rest).expect("record");
-        assert!(r.aggregate_version > 90, "{r:?}");
-        newer += 1;
-    }
-    assert_eq!(newer, 70);
-    // Metadata and data are selected without a cast when both are jsonb (Monoskope's table),
-    // as text otherwise: with a json column the records are the same, both ways.
-    sqlx::query("ALTER TABLE event_records ALTER COLUMN data TYPE json")
-        .execute(&pool)
-        .await
-        .expect("alter");
-    assert!(
-        read(ReadMode::Copy, Order::Sorted).await == by_copy,
-        "a json column reads differently"
-    );
-    assert!(
-        read(ReadMode::Copy, Order::Physical).await == by_copy,
-        "a json column reads differently in physical order"
-    );
-}
-
-/// A full backup from PostgreSQL reads the table in its physical order (no sort of the whole
-/// table) and puts it into store order itself: the same 10,000 events stored in order, a few
-/// dozen places out of order, and in reverse give the same archive records in the same order;
-/// only the reversed table, beyond the window, is read again sorted by PostgreSQL — said in a
-/// warning, nothing of the first attempt left at the destination.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_backup_is_in_store_order_whatever_the_tables_physical_order() {
-    let Some(pg) = service_env("TEST_PG_URL") else {
-        return;
-    };
-    let f = Fixture::new();
-    let mut digests = Vec::new();
-    for (name, order) in [
-        ("phys_in_order", "g"),
-        ("phys_shuffled", "g / 40, g DESC"),
-        ("phys_reversed", "g DESC"),
-    ] {
-        let url = table_stored_in(&pg, name, order).await;
-        let mut args = vec![
-            "backup".to_string(),
-            "--json".into(),
-            "--events-db".into(),
-            url,
-        ];
-        args.extend(f.common());
-        let out = run(
-            "backup-server",
-            &args.iter().map(String::as_str).collect::<Vec<_>>(),
-            &[("RUST_LOG", "warn")],
-        );
-        assert_eq!(out.code, Some(0), "{name}: {}", out.stderr);
-        let b: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
-        assert_eq!(b["event_count"], 10_000, "{name}");
-        let sorted_again = out
-            .stderr
-            .contains("the events table is not in store order");
-        assert_eq!(
-            sorted_again,
-            name == "phys_reversed",
-            "{name}: {}",
-            out.stderr
-        );
-        if sorted_again {
-            assert!(
-                out.stderr
-                    .contains("lies further from its place than the 2048 events (at most 16 MiB) held back to sort them"),
-                "{}",
-                out.stderr
-            );
-        }
-        let backups = f.dir.path().join("dest").join("backups");
-        let id = b["id"].as_str().expect("id");
-        let manifest: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(backups.join(format!("{id}.manifest.json"))).expect("manifest"),
-        )
-        .expect("json");
-        digests.push(
-            manifest["events_sha256"]
-                .as_str()
-                .expect("digest")
-                .to_string(),
-        );
-        // The records are in store order: timestamps never go back.
-        let archive = backups.join(format!("{id}.mbk"));
-        let out = run(
-            "backup-server",
-            &[
-                "inspect",
-                archive.to_str().expect("utf8"),
-                "--key-file",
-                &f.key,
-            ],
-            &[],
-        );
-        assert_eq!(out.code, Some(0), "{}", out.stderr);
-        let times: Vec<String> = out
-            .stdout
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).expect("json line");
-                v["timestamp"].as_str().expect("timestamp").to_string()
-            })
-            .collect();
-        assert_eq!(times.len(), 10_000);
-        assert!(
-            times.windows(2).all(|w| w[0] <= w[1]),
-            "{name}: out of order"
-        );
-    }
-    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
-    // Three archives and their manifests and watermarks, nothing staged.
-    let staged: Vec<_> = walk(&f.dir.path().join("dest"))
-        .into_iter()
-        .filter(|p| p.contains(".upload-"))
-        .collect();
-    assert!(staged.is_empty(), "{staged:?}");
-    let out = run(
-        "backup-server",
-        &["list", "--json", "--destination", &f.dest],
-        &[],
-    );
-    assert_eq!(out.stdout.matches("\"id\"").count(), 3, "{}", out.stdout);
-}
-
-/// A fresh events table holding the same 10,000 events, stored in `order` of their number `g`
-/// (three events to a millisecond, types whose order differs between collations, the same
-/// event ids in every table); its URL.
-async fn table_stored_in(pg: &str, name: &str, order: &str) -> String {
-    let (url, pool) = events_table(pg, name).await;
-    sqlx::query(&format!(
-        r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data)
-           SELECT md5('e' || g)::uuid, 'Created', md5('a' || (g % 37))::uuid,
-                  (ARRAY['User', 'user', 'Tenant', '_x'])[(g % 37) % 4 + 1], g / 37 + 1,
-                  '2024-01-01T00:00:00Z'::timestamptz + (g / 3) * interval '1 ms',
-                  '{{"x-auth-email": "a@b"}}', jsonb_build_object('n', g)
-           FROM generate_series(0, 9999) g ORDER BY {order}"#
-    ))
-    .execute(&pool)
-    .await
-    .expect("insert");
-    url
-}
-
-/// The service reads a table found out of order sorted from then on: its first backup warns
-/// and reads again, the next one reads sorted at once; both hold every event. Until it
-/// restores the store, which writes the table in store order: the next backup reads in
-/// physical order again (and, the table put out of order once more, warns again).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_service_reads_a_table_out_of_order_sorted_from_then_on() {
-    let Some(pg) = service_env("TEST_PG_URL") else {
-        return;
-    };
-    let f = Fixture::new();
-    let url = table_stored_in(&pg, "phys_service", "g DESC").await;
-    let log = f.dir.path().join("serve.log");
-    let mut cmd = std::process::Command::new(monoskope_backup_tests::bin("backup-server"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--events-db", &url])
-        .args(f.common())
-        .env("BACKUP_EMIT_EVENTS", "false")
-        .env("RUST_LOG", "warn");
-    let (_serve, line) = monoskope_backup_tests::spawn_until_line_with(
-        cmd,
-        "backup-server listening on ",
-        std::process::Stdio::from(std::fs::File::create(&log).expect("log")),
-    );
-    let server = format!(
-        "http://{}",
-        line.trim_start_matches("backup-server listening on ")
-            .trim()
-    );
-    let warning = "the events table is not in store order";
-    for expected in [1, 1] {
-        let out = run("backupctl", &["--server", &server, "create", "--wait"], &[]);
-        assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-        assert!(out.stdout.contains("10000 events"), "{}", out.stdout);
-        let logged = std::fs::read_to_string(&log).expect("log");
-        assert_eq!(logged.matches(warning).count(), expected, "{logged}");
-    }
-    let out = run(
-        "backupctl",
-        &[
-            "--server",
-            &server,
-            "restore",
-            "latest",
-            "--drop-existing",
-            "--yes",
-            "--wait",
-        ],
-        &[],
-    );
-    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
-    let restored: Vec<i64> =
-        sqlx::query_scalar(r#"SELECT aggregate_version FROM event_records ORDER BY ctid LIMIT 2"#)
-            .fetch_all(&pool)
-            .await
-            .expect("read");
-    assert_eq!(
-        restored,
-        [1, 1],
-        "the restore wrote the oldest events first"
-    );
-    let mut tx = pool.begin().await.expect("begin");
-    for sql in [
-        "CREATE TEMP TABLE held ON COMMIT DROP AS SELECT * FROM event_records",
-        "TRUNCATE event_records",
-        r#"INSERT INTO event_records SELECT * FROM held ORDER BY "timestamp" DESC"#,
-    ] {
-        sqlx::query(sql).execute(&mut *tx).await.expect(sql);
-    }
-    tx.commit().await.expect("commit");
-    let out = run("backupctl", &["--server", &server, "create", "--wait"], &[]);
-    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("10000 events"), "{}", out.stdout);
-    let logged = std::fs::read_to_string(&log).expect("log");
-    assert_eq!(logged.matches(warning).count(), 2, "{logged}");
-}
-
-/// Every file under `dir`, as paths.
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p.display().to_string());
-        }
-    }
-    out
 }

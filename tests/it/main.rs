@@ -3,15 +3,21 @@
 
 mod archive_cli;
 mod auth;
+mod auth_gateway;
 mod bench;
 mod destination;
 mod devstore_contract;
 mod faults;
 mod helm;
 mod hostile;
+mod hostile_peers;
 mod import;
 mod incremental;
 mod ops;
+mod ops_failures;
 mod reference;
 mod restore;
+mod restore_live;
 mod service;
+mod service_stops;
+mod table_order;

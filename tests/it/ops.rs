@@ -14,7 +14,7 @@ use monoskope_backup_tests::{
     Devstore, Server,
 };
 
-async fn store_sample(es: &Devstore, n: u64) {
+pub(super) async fn store_sample(es: &Devstore, n: u64) {
     let mut c = EventStoreClient::connect(es.url()).await.expect("connect");
     c.store(tokio_stream::iter(
         monoskope_backup::devstore::sample::events(n, (n / 10).max(1), 1_700_000_000, 5)
@@ -24,7 +24,7 @@ async fn store_sample(es: &Devstore, n: u64) {
     .expect("store");
 }
 
-async fn events_of(es: &Devstore, aggregate_type: &str) -> Vec<Event> {
+pub(super) async fn events_of(es: &Devstore, aggregate_type: &str) -> Vec<Event> {
     let mut c = EventStoreClient::connect(es.url()).await.expect("connect");
     let mut s = c
         .retrieve(EventFilter {
@@ -184,7 +184,7 @@ pub(crate) async fn slow_proxy(target: String, delay: Duration) -> String {
     addr.to_string()
 }
 
-fn ts(t: &Option<prost_types::Timestamp>) -> f64 {
+pub(super) fn ts(t: &Option<prost_types::Timestamp>) -> f64 {
     t.as_ref()
         .map(|t| t.seconds as f64 + t.nanos as f64 / 1e9)
         .unwrap_or(0.0)
@@ -311,7 +311,7 @@ async fn backup_and_restore_store_events_with_the_callers_identity() {
     let src = Devstore::start(&[]);
     store_sample(&src, 120).await;
     let dest = format!("file://{}", dir.path().join("backups").display());
-    let (gw, gw_addr) = crate::auth::start_stand_in().await;
+    let (gw, gw_addr) = crate::auth_gateway::start_stand_in().await;
     let common = |es: &str, catalog: &str| -> Vec<String> {
         [
             "--event-store",
@@ -469,117 +469,7 @@ fn each_bad_configuration_key_names_its_path() {
     }
 }
 
-/// The last line of a failed command's standard error, checked to be one readable line: exit 1,
-/// `prefix` first, no debug structures, no cause said twice in a row.
-fn error_line(out: &monoskope_backup_tests::Out, prefix: &str) -> String {
-    assert_eq!(out.code, Some(1), "{out:?}");
-    let line = out
-        .stderr
-        .trim()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
-    assert!(line.starts_with(prefix), "{}", out.stderr);
-    assert!(!line.contains(" { ") && !line.contains("Error("), "{line}");
-    let parts: Vec<&str> = line.split(": ").collect();
-    assert!(parts.windows(2).all(|w| w[0] != w[1]), "{line}");
-    line
-}
-
-#[test]
-fn peers_that_cannot_be_reached_fail_in_one_line_that_says_why() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = keygen(dir.path());
-    let dest = dir.path().join("dest");
-    let dest_url = format!("file://{}", dest.display());
-    let catalog = format!("sqlite://{}", dir.path().join("cat.db").display());
-    let closed = format!("127.0.0.1:{}", free_port());
-    let pg_closed = format!("postgres://postgres@{closed}/events");
-    let backup = |extra: &[&str]| {
-        let mut args = vec!["backup", "--destination", &dest_url, "--key-file", &key];
-        args.extend_from_slice(extra);
-        run("backup-server", &args, &[])
-    };
-    // Each waits out its client's retries (the pools' 10 and 15 s, S3's five attempts): at once.
-    let (store, catalog_db, events_db, s3, server) = std::thread::scope(|s| {
-        let store = s.spawn(|| backup(&["--catalog", &catalog, "--event-store", &closed]));
-        let catalog_db = s.spawn(|| backup(&["--catalog", &pg_closed, "--event-store", &closed]));
-        let events_db = s.spawn(|| {
-            let catalog = format!("sqlite://{}", dir.path().join("cat2.db").display());
-            backup(&["--catalog", &catalog, "--events-db", &pg_closed])
-        });
-        let s3 = s.spawn(|| {
-            let endpoint = format!("http://{closed}");
-            run(
-                "backup-server",
-                &[
-                    "list",
-                    "--destination",
-                    "s3://b/p",
-                    "--s3-endpoint",
-                    &endpoint,
-                ],
-                &[("S3_ACCESS_KEY", "a"), ("S3_SECRET_KEY", "b")],
-            )
-        });
-        let server = s.spawn(|| {
-            let url = format!("http://{closed}");
-            run("backupctl", &["status", "--server", &url], &[])
-        });
-        let join = |h: std::thread::ScopedJoinHandle<'_, monoskope_backup_tests::Out>| {
-            h.join().expect("thread")
-        };
-        (
-            join(store),
-            join(catalog_db),
-            join(events_db),
-            join(s3),
-            join(server),
-        )
-    });
-
-    for (out, prefix, says) in [
-        (
-            &store,
-            "backup-server: error: backup ",
-            format!("EventStore {closed} Retrieve: Unavailable: "),
-        ),
-        (
-            &catalog_db,
-            "backup-server: error: ",
-            "cannot connect to the catalog database: ".into(),
-        ),
-        (
-            &events_db,
-            "backup-server: error: backup ",
-            "cannot connect to the events database: ".into(),
-        ),
-        (
-            &s3,
-            "backup-server: error: ",
-            "destination unavailable: list s3://b/p: ".into(),
-        ),
-        (
-            &server,
-            "backupctl: error: ",
-            format!("cannot connect to http://{closed}: "),
-        ),
-    ] {
-        let line = error_line(out, prefix);
-        assert!(
-            line.contains(&says) && line.ends_with("Connection refused (os error 111)"),
-            "{line}"
-        );
-    }
-    // Nothing was written: no archive, watermark or manifest (a staged file neither).
-    let written: Vec<_> = std::fs::read_dir(dest.join("backups"))
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(written.is_empty(), "{written:?}");
-}
-
-fn rules_dir() -> std::path::PathBuf {
+pub(super) fn rules_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/monoskope-backup/files")
 }
 
@@ -633,275 +523,4 @@ fn every_metric_the_alert_rules_use_is_exported() {
             "the rules use {name}, which the service does not export"
         );
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drill_restores_into_a_scratch_store_and_compares_with_archive_and_live_store() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = keygen(dir.path());
-    let es = Devstore::start(&[]);
-    store_sample(&es, 300).await;
-    let backups = dir.path().join("backups");
-    let metrics_port = free_port();
-    let s = Server::start(
-        &[
-            "--event-store",
-            &es.addr,
-            "--destination",
-            &format!("file://{}", backups.display()),
-            "--catalog",
-            &format!("sqlite://{}", dir.path().join("c.db").display()),
-            "--key-file",
-            &key,
-            "--metrics-address",
-            &format!("127.0.0.1:{metrics_port}"),
-        ],
-        &[],
-    );
-    let mut c = BackupClient::connect(&ClientOptions::new(s.url()))
-        .await
-        .expect("connect");
-    let b = c.create_backup(true, false).await.expect("backup");
-    assert!(b.error.is_empty(), "{}", b.error);
-    let drill_metric = || {
-        let body = http_get(&format!("http://127.0.0.1:{metrics_port}/metrics"))
-            .expect("metrics")
-            .1;
-        metric_value(
-            &body,
-            "monoskope_backup_last_drill_success_timestamp_seconds",
-            &[],
-        )
-    };
-    assert_eq!(drill_metric(), Some(0.0));
-
-    let url = s.url();
-    let envs = [("BACKUP_SERVER", url.as_str())];
-    let out = run("backupctl", &["drill", "latest", "--json"], &envs);
-    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-    let r: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
-    assert_eq!(r["backup_id"], b.id.as_str());
-    assert_eq!(r["ok"], true);
-    assert_eq!(r["archive_events"], 300);
-    assert_eq!(r["restored_events"], 300);
-    assert_eq!(r["live_events"], 300);
-    assert!(drill_metric().is_some_and(|t| t > 1.7e9));
-
-    // An event committed late with an old timestamp: the live store no longer matches.
-    let mut late: Event = monoskope_backup::devstore::sample::events(1, 1, 1_700_000_000, 99)
-        .next()
-        .expect("one event");
-    late.aggregate_id = uuid::Uuid::new_v4().to_string();
-    let mut ec = EventStoreClient::connect(es.url()).await.expect("connect");
-    ec.store(tokio_stream::iter(vec![late]))
-        .await
-        .expect("store");
-    let out = run("backupctl", &["drill", &b.id], &envs);
-    assert_eq!(out.code, Some(1), "{}", out.stdout);
-    assert!(
-        out.stderr.contains("the live store's 301 events"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
-
-    // A damaged archive: the drill fails, and the live store is untouched.
-    let archive = backups.join(format!("backups/{}.mbk", b.id));
-    let mut bytes = std::fs::read(&archive).expect("archive");
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x40;
-    std::fs::write(&archive, bytes).expect("write");
-    let out = run("backupctl", &["drill", &b.id], &envs);
-    assert_eq!(out.code, Some(1));
-    assert!(
-        out.stderr.contains("failed authentication"),
-        "{}",
-        out.stderr
-    );
-    let mut all = ec
-        .retrieve(EventFilter::default())
-        .await
-        .expect("retrieve")
-        .into_inner();
-    let mut n = 0;
-    while all.message().await.expect("message").is_some() {
-        n += 1;
-    }
-    assert_eq!(n, 301, "a drill never writes to the live store");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_passwords_and_credentials_never_reach_the_output() {
-    let Some(s3) = service_env("TEST_S3_ENDPOINT") else {
-        return;
-    };
-    let Some(pg) = service_env("TEST_PG_URL") else {
-        return;
-    };
-    let es = Devstore::start(&[]);
-    store_sample(&es, 100).await;
-    let bucket = monoskope_backup_tests::new_bucket(&monoskope_backup_tests::s3_client(&s3)).await;
-    let key_out = run("backup-server", &["keygen"], &[]);
-    let key = key_out.stdout.trim().to_string();
-    assert_eq!(key.len(), 44, "{key}");
-    let secret = "s3-secret-Zq8mN2vX4pL7";
-    let password = "db-password-Yt5kW9";
-    // The events table, reached with a password in its URL (trust authentication ignores it).
-    let db = monoskope_backup_tests::fresh_db(&pg, "secrets").await;
-    let db_with_password = db.replacen("postgres@", &format!("postgres:{password}@"), 1);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
-    let envs = [
-        ("BACKUP_ENCRYPTION_KEY", key.as_str()),
-        ("S3_ACCESS_KEY", "test"),
-        ("S3_SECRET_KEY", secret),
-        ("RUST_LOG", "debug"),
-    ];
-    let dest = format!("s3://{bucket}/x");
-    let mut outputs = Vec::new();
-    let ok = run(
-        "backup-server",
-        &[
-            "backup",
-            "--event-store",
-            &es.addr,
-            "--destination",
-            &dest,
-            "--s3-endpoint",
-            &s3,
-            "--catalog",
-            &catalog,
-        ],
-        &envs,
-    );
-    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
-    outputs.push(ok);
-    let restored = run(
-        "backup-server",
-        &[
-            "restore",
-            "latest",
-            "--events-db",
-            &db_with_password,
-            "--destination",
-            &dest,
-            "--s3-endpoint",
-            &s3,
-            "--catalog",
-            &catalog,
-        ],
-        &envs,
-    );
-    assert_eq!(restored.code, Some(0), "{}", restored.stderr);
-    outputs.push(restored);
-    // Failures too: a missing bucket, and the table refusing a second restore.
-    outputs.push(run(
-        "backup-server",
-        &[
-            "backup",
-            "--event-store",
-            &es.addr,
-            "--destination",
-            "s3://no-such-bucket-mbk/x",
-            "--s3-endpoint",
-            &s3,
-            "--catalog",
-            &catalog,
-        ],
-        &envs,
-    ));
-    outputs.push(run(
-        "backup-server",
-        &[
-            "restore",
-            "latest",
-            "--events-db",
-            &db_with_password,
-            "--destination",
-            &dest,
-            "--s3-endpoint",
-            &s3,
-            "--catalog",
-            &catalog,
-        ],
-        &envs,
-    ));
-    assert_eq!(outputs[2].code, Some(1));
-    assert_eq!(outputs[3].code, Some(1));
-    for o in &outputs {
-        let text = format!("{}{}", o.stdout, o.stderr);
-        assert!(
-            text.contains("DEBUG") || o.code == Some(1),
-            "debug logging was on"
-        );
-        for s in [key.as_str(), &key[..20], secret, password] {
-            assert!(!text.contains(s), "a secret reached the output:\n{text}");
-        }
-    }
-}
-
-/// SIGTERM during a drill ends it like a backup or a restore: here the drill waits for a live
-/// store that never answers; the Drill call fails with "drill interrupted by SIGTERM" (it ran on
-/// until the service's grace ran out) and the service exits.
-#[tokio::test]
-async fn sigterm_interrupts_a_drill() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = keygen(dir.path());
-    let es = Devstore::start(&[]);
-    store_sample(&es, 50).await;
-    let dest = format!("file://{}", dir.path().join("backups").display());
-    let catalog_path = dir.path().join("c.db");
-    let catalog = format!("sqlite://{}", catalog_path.display());
-    let common = [
-        "--destination",
-        &dest,
-        "--catalog",
-        &catalog,
-        "--key-file",
-        &key,
-    ];
-    let made = run(
-        "backup-server",
-        &[&["backup", "--event-store", &es.addr][..], &common].concat(),
-        &[],
-    );
-    assert_eq!(made.code, Some(0), "{made:?}");
-    let hung = monoskope_backup_tests::silent_peer();
-    let mut s = Server::start(&[&["--event-store", &hung][..], &common].concat(), &[]);
-    let mut c = BackupClient::connect(&ClientOptions::new(s.url()))
-        .await
-        .expect("connect");
-    let call = tokio::spawn(async move { c.drill("latest").await });
-    let db = &sqlx::SqlitePool::connect(&catalog).await.expect("catalog");
-    let drilling = monoskope_backup_tests::wait_for_async(Duration::from_secs(30), || async move {
-        let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM operation_lease WHERE kind = 'drill'")
-                .fetch_one(db)
-                .await
-                .expect("lease");
-        (n > 0).then_some(n)
-    })
-    .await;
-    assert_eq!(drilling, Some(1), "the drill runs");
-    monoskope_backup_tests::signal(s.proc.child.id(), "TERM");
-    let answer = tokio::time::timeout(Duration::from_secs(30), call)
-        .await
-        .expect("the Drill call returns")
-        .expect("join");
-    match answer {
-        Err(e) => assert!(
-            e.to_string().contains("drill interrupted by SIGTERM"),
-            "{e}"
-        ),
-        Ok(r) => panic!("expected the drill to be interrupted, got {r:?}"),
-    }
-    let mut exited = None;
-    for _ in 0..600 {
-        exited = s.proc.child.try_wait().expect("wait");
-        if exited.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(exited.expect("serve exits").success());
 }

@@ -1,6 +1,7 @@
 //! Helpers of the end-to-end tests: locate the built binaries, start them on loopback, and
 //! find the real services (PostgreSQL, S3, Pushgateway) the test command started.
 
+pub mod fixture;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};

@@ -2,6 +2,8 @@
 //! independent of the database behind the store; the events table ([`table`]) is one consistent
 //! snapshot read straight from PostgreSQL, keeping event ids.
 
+mod copy;
+mod incremental;
 mod metadata;
 pub mod reorder;
 pub mod table;
