@@ -227,7 +227,7 @@ pub(super) async fn run(a: ImportArgs) -> anyhow::Result<()> {
         row.push(&crate::archive::RecordView::of(&rec))
             .context("event_records cannot hold this event; nothing was written (rolled back)")?;
         tx.blocking_send(Ok(Some(row)))
-            .map_err(|_| anyhow::anyhow!("the events table stopped taking events"))
+            .map_err(|_| anyhow::Error::new(SinkStopped("the events table")))
     });
     let writing = table.restore(rx, a.drop_existing);
     let reading = async move {
@@ -238,7 +238,7 @@ pub(super) async fn run(a: ImportArgs) -> anyhow::Result<()> {
     let (summary, written) = tokio::join!(reading, writing);
     // When the table gave up first, its error is the cause.
     let summary = match (summary, &written) {
-        (Err(e), Err(_)) if error_line(e.as_ref()).contains("stopped taking events") => None,
+        (Err(e), Err(_)) if e.chain().any(|c| c.is::<SinkStopped>()) => None,
         (s, _) => Some(s?),
     };
     let written =
@@ -269,3 +269,9 @@ async fn pass_end(
         }
     }
 }
+
+/// The sink stopped taking events (its own error says why): the reading side's failure is only
+/// the consequence.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} stopped taking events")]
+struct SinkStopped(&'static str);

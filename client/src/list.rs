@@ -1,0 +1,53 @@
+//! `backupctl list`: the backups, newest first, with a failed one's error and a note under
+//! its row.
+
+use std::process::ExitCode;
+
+use monoskope_backup_client::{human_bytes, BackupClient, ClientError};
+
+use crate::show::*;
+
+/// Runs `list`.
+pub(crate) async fn run(
+    client: &mut BackupClient,
+    json: bool,
+    all: bool,
+) -> Result<ExitCode, ClientError> {
+    let backups = client.list_all(all).await?;
+    if json {
+        let v: Vec<_> = backups.iter().map(backup_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else if backups.is_empty() {
+        println!("no backups");
+    } else {
+        println!(
+            "{:<30} {:<11} {:<30} {:<10} {:>10} {:>10}  {:<20}  LAST EVENT",
+            "ID", "KIND", "PARENT", "STATE", "EVENTS", "SIZE", "CREATED"
+        );
+        for b in &backups {
+            println!(
+                "{:<30} {:<11} {:<30} {:<10} {:>10} {:>10}  {:<20}  {}",
+                b.id,
+                kind_name(b.kind),
+                if b.parent_id.is_empty() {
+                    "-"
+                } else {
+                    b.parent_id.as_str()
+                },
+                state_name(b.state),
+                b.event_count,
+                human_bytes(b.bytes),
+                time(b.created_at.as_ref()),
+                time(b.last_event_time.as_ref())
+            );
+            // Why a backup failed, or is not what was asked for, under its row.
+            if !b.error.is_empty() {
+                println!("    error: {}", b.error);
+            }
+            if !b.note.is_empty() {
+                println!("    note: {}", b.note);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
