@@ -120,8 +120,9 @@ pub(super) struct Attempt {
     pub order: crate::source::table::Order,
 }
 
-/// One attempt. It fails with [`ChainMismatch`] when an incremental cannot continue its chain,
-/// and with [`crate::source::Unordered`] when a read in physical order found the table too far
+/// One attempt. It fails with [`AttemptError::ChainMismatch`] when an incremental cannot
+/// continue its chain, and with [`AttemptError::Unordered`] when a read in physical order found
+/// the table too far
 /// out of store order; either way nothing is left at the destination.
 pub(super) async fn run(
     cfg: &EngineConfig,
@@ -131,7 +132,7 @@ pub(super) async fn run(
     custom: Option<RecordStream>,
     attempt: Attempt,
     stop: &super::Interrupt,
-) -> anyhow::Result<BackupRecord> {
+) -> Result<BackupRecord, AttemptError> {
     let protection = cfg.protection.clone().context(
         "no encryption key: give --key-file, BACKUP_ENCRYPTION_KEY or BACKUP_PASSPHRASE (or --no-encryption to write unencrypted archives)",
     )?;
@@ -167,9 +168,11 @@ pub(super) async fn run(
     let upload = match upload {
         Ok(u) => u,
         Err(e) if e.is::<Cut>() => {
-            return Err(clean_up_after_cut(dest.as_ref(), &running.id, e).await)
+            return Err(AttemptError::Failed(
+                clean_up_after_cut(dest.as_ref(), &running.id, e).await,
+            ))
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(AttemptError::Failed(e)),
     };
     // Everything from here — the read, the upload's parts and completion, the watermark and the
     // manifest — runs within the deadline and stops at an interrupt. Cut off, the upload may be
@@ -361,7 +364,7 @@ pub(super) async fn run(
             }
             anyhow::Ok(wm)
         };
-        let read_result = stop
+        let mut read_result = stop
             .bounded_with(deadline, reader, || timed_out(""), interrupted)
             .await;
         if read_result.is_err() {
@@ -369,17 +372,16 @@ pub(super) async fn run(
         }
         // A chain mismatch is not a failure of this backup: the engine takes a full one instead;
         // nor is a table out of order: the engine reads it sorted.
-        if let Err(e) = &read_result {
-            if e.downcast_ref::<ChainMismatch>().is_some()
-                || e.downcast_ref::<crate::source::Unordered>().is_some()
-            {
+        if let Err(e) = read_result {
+            if AttemptError::is_another_attempt(&e) {
                 let _ = encoder.await;
                 let (upload, _) = (&mut uploader.0)
                     .await
                     .map_err(|e| anyhow!("uploader panicked: {e}"))?;
                 upload.abort().await;
-                return Err(read_result.err().unwrap_or_else(|| anyhow!("read again")));
+                return Err(e);
             }
+            read_result = Err(e);
         }
         let enc_result = encoder
             .await
@@ -475,10 +477,64 @@ pub(super) async fn run(
         )
         .await;
     match result {
-        Err(e) if e.chain().any(|c| c.is::<Cut>()) => {
-            Err(clean_up_after_cut(cleaner.as_ref(), &running.id, e).await)
+        Ok(r) => Ok(r),
+        Err(e) if e.chain().any(|c| c.is::<Cut>()) => Err(AttemptError::Failed(
+            clean_up_after_cut(cleaner.as_ref(), &running.id, e).await,
+        )),
+        Err(e) => Err(AttemptError::of(e)),
+    }
+}
+
+/// How an attempt at a backup ended when it did not succeed: what the engine decides on.
+#[derive(Debug)]
+pub enum AttemptError {
+    /// An incremental cannot continue its chain (the text says why): take a full backup.
+    ChainMismatch(String),
+    /// A read in physical order found the table too far out of store order: read it sorted.
+    Unordered(String),
+    /// The backup failed; nothing is left at the destination.
+    Failed(anyhow::Error),
+}
+
+impl AttemptError {
+    /// Whether `e` calls for another attempt (a full backup, or a sorted read), not a failure.
+    fn is_another_attempt(e: &anyhow::Error) -> bool {
+        Self::of_ref(e).is_some()
+    }
+
+    fn of_ref(e: &anyhow::Error) -> Option<Self> {
+        for c in e.chain() {
+            if let Some(m) = c.downcast_ref::<ChainMismatch>() {
+                return Some(AttemptError::ChainMismatch(m.0.clone()));
+            }
+            if let Some(u) = c.downcast_ref::<crate::source::Unordered>() {
+                return Some(AttemptError::Unordered(u.0.clone()));
+            }
         }
-        other => other,
+        None
+    }
+
+    /// Sorts an attempt's error: the source's and the reader's typed findings are found in its
+    /// causes once, here, at the boundary where they arrive through the record stream.
+    fn of(e: anyhow::Error) -> Self {
+        Self::of_ref(&e).unwrap_or(AttemptError::Failed(e))
+    }
+}
+
+impl AttemptError {
+    /// The error as the backup's record states it (a chain mismatch or a table out of order
+    /// that outlasted the engine's further attempts says so).
+    pub fn into_error(self) -> anyhow::Error {
+        match self {
+            AttemptError::ChainMismatch(m) | AttemptError::Unordered(m) => anyhow!(m),
+            AttemptError::Failed(e) => e,
+        }
+    }
+}
+
+impl From<anyhow::Error> for AttemptError {
+    fn from(e: anyhow::Error) -> Self {
+        AttemptError::Failed(e)
     }
 }
 

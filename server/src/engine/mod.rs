@@ -429,18 +429,18 @@ impl Engine {
         // At most two more attempts: an incremental that cannot continue its chain becomes a
         // full backup, whose read in physical order may find the table out of order.
         for _ in 0..2 {
-            let Err(e) = &result else { break };
-            if let Some(m) = e.downcast_ref::<crate::source::ChainMismatch>() {
-                let why = m.0.clone();
-                tracing::warn!(backup_id = %record.id, reason = %why, "taking a full backup instead of an incremental one");
-                record.kind = "full".into();
-                record.parent_id = None;
-                record.note = Some(format!("full instead of incremental: {why}"));
-            } else if let Some(u) = e.downcast_ref::<crate::source::Unordered>() {
-                tracing::warn!(backup_id = %record.id, reason = %u, "the events table is not in store order: reading it again, sorted by the database (and so for this process's later backups, until a restore)");
-                self.read_sorted.store(true, Ordering::Relaxed);
-            } else {
-                break;
+            match &result {
+                Err(backup::AttemptError::ChainMismatch(why)) => {
+                    tracing::warn!(backup_id = %record.id, reason = %why, "taking a full backup instead of an incremental one");
+                    record.kind = "full".into();
+                    record.parent_id = None;
+                    record.note = Some(format!("full instead of incremental: {why}"));
+                }
+                Err(backup::AttemptError::Unordered(why)) => {
+                    tracing::warn!(backup_id = %record.id, reason = %why, "the events table is not in store order: reading it again, sorted by the database (and so for this process's later backups, until a restore)");
+                    self.read_sorted.store(true, Ordering::Relaxed);
+                }
+                _ => break,
             }
             progress.events.store(0, Ordering::Relaxed);
             progress.bytes.store(0, Ordering::Relaxed);
@@ -465,6 +465,7 @@ impl Engine {
                 tracing::info!(backup_id = %record.id, events = record.event_count, bytes = record.archive_bytes, seconds = started.elapsed().as_secs_f64(), "backup complete");
             }
             Err(e) => {
+                let e = e.into_error();
                 record.state = crate::catalog::State::Failed;
                 record.completed_at =
                     Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
