@@ -393,3 +393,112 @@ async fn sigterm_interrupts_a_drill() {
     }
     assert!(exited.expect("serve exits").success());
 }
+
+/// A one-shot run that fails before it starts — a setting out of range, a catalog that cannot be
+/// reached, a destination that does not exist — still pushes its failure, and where the
+/// EventStore and catalog answer, stores a BackupFailed/RestoreFailed event and a FAILED record.
+#[tokio::test]
+async fn runs_that_fail_before_they_start_leave_a_trace() {
+    let Some(pgw) = service_env("TEST_PUSHGATEWAY_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path());
+    let es = Devstore::start(&[]);
+    let ns = format!("early-{}", uuid::Uuid::new_v4().simple());
+    let scrape = || http_get(&format!("{pgw}/metrics")).expect("pushgateway").1;
+    let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
+    let missing = format!("file://{}", dir.path().join("nope").display());
+    let cases: [(&str, &str, Vec<&str>, &str); 3] = [
+        (
+            "a timeout out of range",
+            "bad-setting",
+            vec!["backup", "--timeout", "100y", "--destination", &missing],
+            "backup",
+        ),
+        (
+            "a catalog that cannot be reached",
+            "no-catalog",
+            vec![
+                "backup",
+                "--destination",
+                &missing,
+                "--catalog",
+                "postgres://u@127.0.0.1:1/catalog",
+            ],
+            "backup",
+        ),
+        (
+            "a restore from a destination that does not exist",
+            "no-destination",
+            vec![
+                "restore",
+                "latest",
+                "--destination",
+                &missing,
+                "--catalog",
+                &catalog,
+                "--via-api",
+            ],
+            "restore",
+        ),
+    ];
+    for (what, pod, args, op) in cases {
+        let mut all: Vec<&str> = args.clone();
+        all.extend_from_slice(&[
+            "--event-store",
+            &es.addr,
+            "--key-file",
+            &key,
+            "--pushgateway-url",
+            &pgw,
+        ]);
+        let out = run(
+            "backup-server",
+            &all,
+            &[
+                ("POD_NAMESPACE", &ns),
+                ("POD_NAME", pod),
+                ("BACKUP_EMIT_EVENTS", "true"),
+            ],
+        );
+        assert!(matches!(out.code, Some(1) | Some(2)), "{what}: {out:?}");
+        let group = [
+            ("job", "monoskope_backup"),
+            ("namespace", ns.as_str()),
+            ("pod", pod),
+        ];
+        let metric = format!(
+            "monoskope_backup{}_last_failure_timestamp_seconds",
+            if op == "restore" { "_restore" } else { "" }
+        );
+        let text = scrape();
+        assert!(
+            metric_value(&text, &metric, &group).is_some_and(|t| t > 1.7e9),
+            "{what}: no failure pushed ({metric})"
+        );
+    }
+    // The EventStore answered: the two runs whose settings resolved stored their failure.
+    let failed: Vec<String> = events_of(&es, "Backup")
+        .await
+        .into_iter()
+        .chain(events_of(&es, "Restore").await)
+        .map(|e| e.r#type)
+        .collect();
+    assert!(failed.contains(&"BackupFailed".to_string()), "{failed:?}");
+    assert!(failed.contains(&"RestoreFailed".to_string()), "{failed:?}");
+    // And the catalog that answered holds the failed restore.
+    let pool = sqlx::SqlitePool::connect(&catalog).await.expect("catalog");
+    let errors: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT error FROM restores WHERE state = 'failed'")
+            .fetch_all(&pool)
+            .await
+            .expect("restores");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0]
+            .as_deref()
+            .is_some_and(|e| e.contains("does not exist")),
+        "{errors:?}"
+    );
+}

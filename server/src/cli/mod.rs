@@ -7,6 +7,7 @@ mod inspect;
 pub mod schedule;
 mod service;
 pub mod settings;
+mod trace;
 
 pub use inspect::{record_json, rfc3339, summary_json};
 

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 
 use super::settings::CommonArgs;
 use crate::engine::verify;
+use crate::ops::metrics::Op;
 
 /// `backup-server serve`.
 #[derive(Debug, clap::Args)]
@@ -377,9 +378,34 @@ async fn seed_metrics(engine: &crate::engine::Engine) {
     );
 }
 
+/// Resolves the settings and builds the engine of a one-shot `op`; a failure here still leaves
+/// its trace ([`super::trace`]).
+async fn start(
+    common: &CommonArgs,
+    op: Op,
+) -> anyhow::Result<(super::settings::Settings, crate::engine::Engine)> {
+    let settings = match common.resolve() {
+        Ok(s) => s,
+        Err(e) => {
+            let known = super::trace::Known {
+                pushgateway_url: common.pushgateway_url.clone(),
+                ..Default::default()
+            };
+            super::trace::early_failure(op, known, &e).await;
+            return Err(e);
+        }
+    };
+    match settings.engine().await {
+        Ok(engine) => Ok((settings, engine)),
+        Err(e) => {
+            super::trace::early_failure(op, super::trace::Known::of(&settings), &e).await;
+            Err(e)
+        }
+    }
+}
+
 pub(super) async fn backup(a: BackupArgs) -> anyhow::Result<()> {
-    let settings = a.common.resolve()?;
-    let engine = settings.engine().await?;
+    let (_settings, engine) = start(&a.common, Op::Backup).await?;
     let who = super::cli_identity();
     let r = super::interruptible(
         &engine,
@@ -574,9 +600,8 @@ pub struct RestoreArgs {
 }
 
 pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
-    let settings = a.common.resolve()?;
+    let (_settings, engine) = start(&a.common, Op::Restore).await?;
     let until = a.until;
-    let engine = settings.engine().await?;
     let who = super::cli_identity();
     if a.dry_run {
         let req = crate::engine::restore::RestoreRequest {

@@ -54,3 +54,67 @@ impl Engine {
         }
     }
 }
+
+impl Engine {
+    /// A run that failed before it started (the catalog or a peer unavailable, a damaged backup
+    /// found in the checks): its failure is counted and pushed like any other; refusals of the
+    /// request itself (busy, not empty, not found, malformed) are not failures and leave none.
+    pub(super) async fn report_unstarted(&self, op: Op, e: &super::EngineError, caller: &Identity) {
+        use super::Failure;
+        if !matches!(
+            e.failure(),
+            Failure::Unavailable | Failure::Corrupt | Failure::Internal
+        ) {
+            return;
+        }
+        let now = chrono::Utc::now();
+        let at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let id = crate::destination::layout::new_id(now);
+        let why = e.to_string();
+        let (kind, aggregate, id, data) = match op {
+            Op::Backup => (
+                "BackupFailed",
+                crate::ops::events::BACKUP_AGGREGATE,
+                id.clone(),
+                serde_json::json!({"backupId": id, "createdAt": at, "completedAt": at, "error": why}),
+            ),
+            Op::Restore => {
+                let rid = format!("restore-{id}");
+                // The catalog keeps the failed restore (GetStatus shows it as the last one).
+                let rec = crate::catalog::RestoreRecord {
+                    id: rid.clone(),
+                    backup_id: String::new(),
+                    state: crate::catalog::State::Failed,
+                    started_at: at.clone(),
+                    completed_at: Some(at.clone()),
+                    created_by: caller.label(),
+                    sink: "not started".into(),
+                    until: None,
+                    drop_existing: false,
+                    chain: Vec::new(),
+                    event_count: 0,
+                    archive_bytes: 0,
+                    error: Some(why.clone()),
+                };
+                let _ = report(self.cfg.catalog.upsert_restore(&rec)).await;
+                (
+                    "RestoreFailed",
+                    crate::ops::events::RESTORE_AGGREGATE,
+                    rid.clone(),
+                    serde_json::json!({"restoreId": rid, "startedAt": at, "completedAt": at, "error": why}),
+                )
+            }
+        };
+        self.report_end(Ending {
+            op,
+            ok: false,
+            elapsed: Duration::ZERO,
+            bytes: 0,
+            events: 0,
+            event: (kind, aggregate, &id),
+            data,
+            caller,
+        })
+        .await;
+    }
+}

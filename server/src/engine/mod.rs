@@ -155,7 +155,13 @@ impl Engine {
                 id: r.id.clone(),
             });
         }
-        let restore::RestorePlan { sink, chain, .. } = self.plan_restore(&req).await?;
+        let restore::RestorePlan { sink, chain, .. } = match self.plan_restore(&req).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.report_unstarted(Op::Restore, &e, &req.caller).await;
+                return Err(e);
+            }
+        };
         let manifest = chain
             .last()
             .cloned()
@@ -332,7 +338,13 @@ impl Engine {
         };
         let now = chrono::Utc::now();
         let id = crate::destination::layout::new_id(now);
-        let progress = self.claim("backup", &id).await?;
+        let progress = match self.claim("backup", &id).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.report_unstarted(Op::Backup, &e, caller).await;
+                return Err(e);
+            }
+        };
         let record = BackupRecord::running(
             &id,
             if incremental { "incremental" } else { "full" },
