@@ -502,3 +502,88 @@ async fn runs_that_fail_before_they_start_leave_a_trace() {
         "{errors:?}"
     );
 }
+
+/// Drills compare event data as JSON values: a live store that orders object keys bytewise (as
+/// CockroachDB does) drills clean against the scratch store's PostgreSQL order, and a real
+/// difference in a value still fails the drill.
+#[tokio::test]
+async fn a_drill_compares_json_as_values_whatever_the_key_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path());
+    let events = |price: &str| -> Vec<Event> {
+        (1..=20u64)
+            .map(|v| Event {
+                r#type: "PriceSet".into(),
+                timestamp: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000 + v as i64,
+                    nanos: 0,
+                }),
+                aggregate_id: "6f1c3c0e-8d1e-4c5a-9b2f-0a1b2c3d4e5f".into(),
+                aggregate_type: "Offer".into(),
+                aggregate_version: Some(v),
+                // "b" sorts before "aa" in jsonb (shorter first), after it bytewise.
+                data: format!(r#"{{"b": {v}, "aa": {price}, "nested": {{"zz": 1, "y": [1.50]}}}}"#)
+                    .into_bytes(),
+                metadata: Default::default(),
+            })
+            .collect()
+    };
+    let live = Devstore::start(&["--jsonb-key-order", "bytewise"]);
+    let mut c = EventStoreClient::connect(live.url())
+        .await
+        .expect("connect");
+    c.store(tokio_stream::iter(events("2.50")))
+        .await
+        .expect("store");
+    let dest = format!("file://{}", dir.path().join("dest").display());
+    let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
+    let serve = |es: &Devstore| {
+        Server::start(
+            &[
+                "--event-store",
+                &es.addr,
+                "--destination",
+                &dest,
+                "--key-file",
+                &key,
+                "--catalog",
+                &catalog,
+            ],
+            &[],
+        )
+    };
+    let s = serve(&live);
+    let b = run(
+        "backupctl",
+        &["--server", &s.url(), "create", "--wait"],
+        &[],
+    );
+    assert_eq!(b.code, Some(0), "{b:?}");
+    let id = b.stdout.lines().last().expect("id").to_string();
+    let d = run("backupctl", &["--server", &s.url(), "drill", &id], &[]);
+    assert_eq!(d.code, Some(0), "bytewise keys drill clean: {d:?}");
+    drop(s);
+    // The same events but one value different (2.5 is 2.50; 2.51 is not).
+    let same = Devstore::start(&[]);
+    let mut c = EventStoreClient::connect(same.url())
+        .await
+        .expect("connect");
+    c.store(tokio_stream::iter(events("2.5")))
+        .await
+        .expect("store");
+    let s = serve(&same);
+    let d = run("backupctl", &["--server", &s.url(), "drill", &id], &[]);
+    assert_eq!(d.code, Some(0), "2.5 and 2.50 are the same value: {d:?}");
+    drop(s);
+    let other = Devstore::start(&[]);
+    let mut c = EventStoreClient::connect(other.url())
+        .await
+        .expect("connect");
+    let mut changed = events("2.50");
+    changed[7].data = br#"{"b": 8, "aa": 2.51, "nested": {"zz": 1, "y": [1.5]}}"#.to_vec();
+    c.store(tokio_stream::iter(changed)).await.expect("store");
+    let s = serve(&other);
+    let d = run("backupctl", &["--server", &s.url(), "drill", &id], &[]);
+    assert_eq!(d.code, Some(1), "a real difference fails the drill: {d:?}");
+    assert!(d.stderr.contains("live store"), "{d:?}");
+}

@@ -86,6 +86,10 @@ pub struct DevstoreArgs {
     /// before serving; for demos and benchmarks.
     #[arg(long, default_value_t = 0)]
     pub seed_sample: u64,
+    /// How stored JSON orders object keys: `postgres` (jsonb: shorter keys first) or
+    /// `bytewise` (as CockroachDB's JSONB); drills compare JSON as values either way.
+    #[arg(long, value_enum, default_value_t = crate::devstore::jsonb::KeyOrder::Postgres)]
+    pub jsonb_key_order: crate::devstore::jsonb::KeyOrder,
 }
 
 /// `backup-server keygen`.
@@ -188,6 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = crate::devstore::DevStoreOptions {
                 max_message_size: a.max_message_size,
                 seed_sample: a.seed_sample,
+                key_order: a.jsonb_key_order,
             };
             let db = a.db.clone();
             crate::devstore::serve(&a.db, listener, opts, async move {

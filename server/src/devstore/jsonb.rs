@@ -25,8 +25,25 @@ enum Node {
 
 const MAX_DEPTH: usize = 512;
 
+/// How object keys are ordered in the stored form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum KeyOrder {
+    /// PostgreSQL's `jsonb`: shorter keys first, then bytewise.
+    #[default]
+    Postgres,
+    /// Bytewise, as CockroachDB's `JSONB` orders them (docs/MONOSKOPE.md §3.4).
+    Bytewise,
+}
+
 /// Parses `input` as one JSON value and renders it as PostgreSQL's `jsonb` output.
 pub fn normalize(input: &[u8]) -> Result<String, InvalidJson> {
+    normalize_with(input, KeyOrder::Postgres)
+}
+
+/// The JSON value of `input` in a form that is equal exactly when the values are: keys sorted
+/// bytewise, numbers without trailing fractional zeros (`1.50` and `1.5`, `1.0` and `1`). What a
+/// drill compares, so stores that order keys differently (PostgreSQL, CockroachDB) agree.
+pub fn canonical(input: &[u8]) -> Result<String, InvalidJson> {
     let text = std::str::from_utf8(input).map_err(|_| InvalidJson("not UTF-8"))?;
     let mut p = Parser {
         s: text.as_bytes(),
@@ -38,6 +55,57 @@ pub fn normalize(input: &[u8]) -> Result<String, InvalidJson> {
     if p.i != p.s.len() {
         return Err(InvalidJson("trailing characters after the JSON value"));
     }
+    let node = reorder(plain_numbers(node), KeyOrder::Bytewise);
+    let mut out = String::with_capacity(input.len());
+    render(&node, &mut out);
+    Ok(out)
+}
+
+/// Numbers without trailing fractional zeros.
+fn plain_numbers(node: Node) -> Node {
+    match node {
+        Node::Number(n) if n.contains('.') && !n.contains(['e', 'E']) => {
+            let t = n.trim_end_matches('0').trim_end_matches('.');
+            Node::Number(if t == "-0" { "0".into() } else { t.to_string() })
+        }
+        Node::Array(v) => Node::Array(v.into_iter().map(plain_numbers).collect()),
+        Node::Object(v) => {
+            Node::Object(v.into_iter().map(|(k, v)| (k, plain_numbers(v))).collect())
+        }
+        other => other,
+    }
+}
+
+/// `node` with every object's keys in `order` (keys are unique already).
+fn reorder(node: Node, order: KeyOrder) -> Node {
+    match node {
+        Node::Array(v) => Node::Array(v.into_iter().map(|n| reorder(n, order)).collect()),
+        Node::Object(v) => {
+            let mut v: Vec<(String, Node)> =
+                v.into_iter().map(|(k, n)| (k, reorder(n, order))).collect();
+            if order == KeyOrder::Bytewise {
+                v.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            }
+            Node::Object(v)
+        }
+        other => other,
+    }
+}
+
+/// [`normalize`] with keys in `order`.
+pub fn normalize_with(input: &[u8], order: KeyOrder) -> Result<String, InvalidJson> {
+    let text = std::str::from_utf8(input).map_err(|_| InvalidJson("not UTF-8"))?;
+    let mut p = Parser {
+        s: text.as_bytes(),
+        i: 0,
+    };
+    p.ws();
+    let node = p.value(0)?;
+    p.ws();
+    if p.i != p.s.len() {
+        return Err(InvalidJson("trailing characters after the JSON value"));
+    }
+    let node = reorder(node, order);
     let mut out = String::with_capacity(input.len() + input.len() / 8);
     render(&node, &mut out);
     Ok(out)
@@ -401,7 +469,7 @@ fn render_str(s: &str, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::{canonical, normalize, normalize_with, KeyOrder};
 
     fn n(s: &str) -> String {
         normalize(s.as_bytes()).expect("valid json")
@@ -432,6 +500,22 @@ mod tests {
             "\"café 😀 / \\\" \\n\""
         );
         assert_eq!(n("\"\\u001f\""), "\"\\u001f\"");
+    }
+
+    #[test]
+    fn canonical_forms_are_equal_exactly_when_the_values_are() {
+        let c = |s: &str| canonical(s.as_bytes()).expect("json");
+        assert_eq!(c(r#"{"b":1,"aa":2.50}"#), c(r#"{"aa": 2.5, "b": 1.0}"#));
+        assert_eq!(c(r#"[{"zz":0,"y":-0.0}]"#), c(r#"[{"y":0,"zz":0}]"#));
+        assert_ne!(c(r#"{"a":2.51}"#), c(r#"{"a":2.5}"#));
+        assert_ne!(c(r#"{"a":"1"}"#), c(r#"{"a":1}"#));
+        assert_ne!(c("[1,2]"), c("[2,1]"));
+        let bytewise = normalize_with(br#"{"b":1,"aa":2}"#, KeyOrder::Bytewise).expect("json");
+        assert_eq!(bytewise, r#"{"aa": 2, "b": 1}"#);
+        assert_eq!(
+            normalize(br#"{"b":1,"aa":2}"#).expect("json"),
+            r#"{"b": 1, "aa": 2}"#
+        );
     }
 
     #[test]

@@ -156,6 +156,8 @@ pub struct DevStoreOptions {
     pub max_message_size: usize,
     /// Fill an empty store with this many deterministic sample events before serving.
     pub seed_sample: u64,
+    /// How stored JSON orders object keys (PostgreSQL's jsonb, or bytewise as CockroachDB).
+    pub key_order: jsonb::KeyOrder,
 }
 
 impl Default for DevStoreOptions {
@@ -163,6 +165,7 @@ impl Default for DevStoreOptions {
         Self {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             seed_sample: 0,
+            key_order: jsonb::KeyOrder::Postgres,
         }
     }
 }
@@ -175,7 +178,8 @@ pub async fn serve(
     opts: DevStoreOptions,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let storage = Storage::open(db).await?;
+    let mut storage = Storage::open(db).await?;
+    storage.key_order = opts.key_order;
     if opts.seed_sample > 0 && storage.count().await? == 0 {
         let n = opts.seed_sample;
         let start = chrono::Utc::now().timestamp() - 30 * 86_400;

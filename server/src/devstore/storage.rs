@@ -42,6 +42,8 @@ pub struct StoredEvent {
 #[derive(Clone, Debug)]
 pub struct Storage {
     pool: SqlitePool,
+    /// How stored JSON orders object keys.
+    pub key_order: jsonb::KeyOrder,
 }
 
 /// Rounds a protobuf timestamp to whole microseconds since the epoch, as `timestamptz` does.
@@ -95,7 +97,10 @@ impl Storage {
         sqlx::query("CREATE INDEX IF NOT EXISTS event_records_ts ON event_records (ts)")
             .execute(&pool)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            key_order: jsonb::KeyOrder::Postgres,
+        })
     }
 
     /// Inserts one event in its own transaction, as Monoskope's `Store` does.
@@ -105,14 +110,20 @@ impl Storage {
         let data = if e.data.is_empty() {
             None
         } else {
-            Some(jsonb::normalize(&e.data).map_err(|err| InsertError::Other(err.into()))?)
+            Some(
+                jsonb::normalize_with(&e.data, self.key_order)
+                    .map_err(|err| InsertError::Other(err.into()))?,
+            )
         };
         let metadata = if e.metadata.is_empty() {
             None
         } else {
             let text =
                 serde_json::to_string(&e.metadata).map_err(|err| InsertError::Other(err.into()))?;
-            Some(jsonb::normalize(text.as_bytes()).map_err(|err| InsertError::Other(err.into()))?)
+            Some(
+                jsonb::normalize_with(text.as_bytes(), self.key_order)
+                    .map_err(|err| InsertError::Other(err.into()))?,
+            )
         };
         let aggregate_id = e.aggregate_id.to_ascii_lowercase();
         let aggregate_id = (aggregate_id != NIL_UUID).then_some(aggregate_id);
@@ -151,13 +162,14 @@ impl Storage {
             let data = if e.data.is_empty() {
                 None
             } else {
-                Some(jsonb::normalize(&e.data)?)
+                Some(jsonb::normalize_with(&e.data, self.key_order)?)
             };
             let metadata = if e.metadata.is_empty() {
                 None
             } else {
-                Some(jsonb::normalize(
+                Some(jsonb::normalize_with(
                     serde_json::to_string(&e.metadata)?.as_bytes(),
+                    self.key_order,
                 )?)
             };
             let version = e.aggregate_version.unwrap_or(0);

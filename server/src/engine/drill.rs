@@ -40,7 +40,11 @@ impl SetDigest {
             aggregate_id: e.aggregate_id.to_ascii_lowercase(),
             aggregate_type: e.aggregate_type.clone(),
             aggregate_version: e.aggregate_version,
-            data: e.data.clone(),
+            // As a JSON value: stores that order keys or write numbers differently agree.
+            data: match crate::devstore::jsonb::canonical(&e.data) {
+                Ok(v) if !e.data.is_empty() => v.into_bytes(),
+                _ => e.data.clone(),
+            },
             metadata: e.metadata.clone(),
         };
         let h = Sha256::digest(canonical.encode_to_vec());
@@ -150,6 +154,7 @@ pub(super) async fn run(
         let opts = crate::devstore::DevStoreOptions {
             max_message_size: 64 << 20,
             seed_sample: 0,
+            ..Default::default()
         };
         crate::devstore::serve(&db, listener, opts, async {
             let _ = stop_rx.await;
