@@ -58,3 +58,29 @@ where
         ),
     }
 }
+
+/// Refuses a PostgreSQL URL whose client key (`sslkey=FILE`) is readable by group or others, as
+/// libpq does: a client certificate's key is a password, and a pod's mounted secret with the
+/// wrong `defaultMode` would otherwise go unnoticed. `what` names the database in the message.
+pub fn check_client_key(url: &str, what: &str) -> Result<(), String> {
+    let Some(query) = url.split_once('?').map(|(_, q)| q) else {
+        return Ok(());
+    };
+    for pair in query.split('&') {
+        if let Some(path) = pair.strip_prefix("sslkey=") {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let meta = std::fs::metadata(path)
+                    .map_err(|e| format!("{what}: client key {path}: {e}"))?;
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(format!(
+                        "{what}: client key {path} is readable by group or others (mode {mode:04o}); chmod 600 it (a Kubernetes secret: defaultMode 0600)"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -29,6 +29,7 @@ pub enum ConnectError {
 /// `sslcert`, `sslkey` in the URL for client certificates): a pool of two connections, retried
 /// for 15 s.
 pub async fn connect(url: &str) -> Result<PgPool, ConnectError> {
+    crate::database::check_client_key(url, "events database").map_err(ConnectError::BadUrl)?;
     let opts: PgConnectOptions = url
         .parse()
         .map_err(|e| ConnectError::BadUrl(format!("events database URL: {e}")))?;

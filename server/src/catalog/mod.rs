@@ -227,6 +227,8 @@ impl Catalog {
             };
             (url, "sqlite")
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            crate::database::check_client_key(url, "catalog database")
+                .map_err(anyhow::Error::msg)?;
             (url.to_string(), "postgres")
         } else {
             anyhow::bail!("unsupported catalog URL {url:?}: use sqlite://PATH or postgres://…");
