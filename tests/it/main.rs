@@ -9,6 +9,7 @@ mod db_tls;
 mod destination;
 mod devstore_contract;
 mod faults;
+mod grpcurl;
 mod helm;
 mod hostile;
 mod hostile_peers;

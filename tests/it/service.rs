@@ -39,6 +39,15 @@ async fn serve_backupctl_and_reflection_on_a_directory() {
         !services.contains(&"eventsourcing.EventStore".to_string()),
         "only served services are listed: {services:?}"
     );
+    // The same through reflection v1alpha (grpcurl before 1.8.8, older tools), on the service
+    // and on the embedded EventStore.
+    assert_eq!(reflection_services_v1alpha(&s.url()).await, services);
+    let store = reflection_services_v1alpha(&ds.url()).await;
+    assert!(
+        store.contains(&"eventsourcing.EventStore".to_string())
+            && store.contains(&"grpc.reflection.v1alpha.ServerReflection".to_string()),
+        "{store:?}"
+    );
 
     let ctl = |args: &[&str]| run("backupctl", &[&["--server", &s.url()], args].concat(), &[]);
     let created = ctl(&["create", "--wait"]);
@@ -112,38 +121,46 @@ async fn serve_backupctl_and_reflection_on_a_directory() {
     assert_eq!(down.stderr.trim().lines().count(), 1);
 }
 
-async fn reflection_services(url: &str) -> Vec<String> {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-    let mut c = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut resp = c
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let msg = resp
-        .message()
-        .await
-        .expect("message")
-        .expect("one response");
-    match msg.message_response {
-        Some(MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect()
+/// The services a reflection client of protocol version `$v` (`v1`, or `v1alpha` as grpcurl
+/// before 1.8.8 speaks) lists at `url`: what `grpcurl -plaintext HOST:PORT list` shows.
+macro_rules! reflection_services_of {
+    ($name:ident, $v:ident) => {
+        pub(crate) async fn $name(url: &str) -> Vec<String> {
+            use tonic_reflection::pb::$v::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$v::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$v::server_reflection_response::MessageResponse;
+            use tonic_reflection::pb::$v::ServerReflectionRequest;
+            let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect");
+            let mut c = ServerReflectionClient::new(channel);
+            let req = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut resp = c
+                .server_reflection_info(tokio_stream::iter(vec![req]))
+                .await
+                .expect("reflection")
+                .into_inner();
+            let msg = resp
+                .message()
+                .await
+                .expect("message")
+                .expect("one response");
+            match msg.message_response {
+                Some(MessageResponse::ListServicesResponse(l)) => {
+                    l.service.into_iter().map(|s| s.name).collect()
+                }
+                other => panic!("unexpected reflection response {other:?}"),
+            }
         }
-        other => panic!("unexpected reflection response {other:?}"),
-    }
+    };
 }
+reflection_services_of!(reflection_services, v1);
+reflection_services_of!(reflection_services_v1alpha, v1alpha);
 
 /// The service's status once its running backup ended (within a minute).
 pub(super) async fn status_after_backup(s: &Server) -> pb::GetStatusResponse {

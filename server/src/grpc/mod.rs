@@ -430,14 +430,20 @@ pub async fn serve(
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<BackupServiceServer<Service>>().await;
     // Reflection lists exactly the services this server answers (our descriptor set also holds
-    // the EventStore and gateway contracts, which are not served here).
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(monoskope_backup_api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name("monoskope.backup.v1.BackupService")
-        .with_service_name("grpc.health.v1.Health")
-        .with_service_name("grpc.reflection.v1.ServerReflection")
-        .build_v1()?;
+    // the EventStore and gateway contracts, which are not served here), in both versions of the
+    // protocol: v1, and v1alpha for grpcurl before 1.8.8 and other older tools (grpc-go servers,
+    // Monoskope's own, register both).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(monoskope_backup_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("monoskope.backup.v1.BackupService")
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+    };
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection = reflection().build_v1()?;
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = tls {
         builder = builder.tls_config(
@@ -450,6 +456,7 @@ pub async fn serve(
         .layer(malformed::MalformedLayer)
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(
             BackupServiceServer::new(Service::new(engine)).max_decoding_message_size(1 << 20),
         )
