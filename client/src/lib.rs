@@ -171,7 +171,13 @@ pub struct ClientOptions {
     pub ca_file: Option<PathBuf>,
     /// Bearer token; never printed.
     token: Option<String>,
+    /// Longest a call that does not wait for an operation may take (and connecting); `None`:
+    /// [`DEFAULT_TIMEOUT`].
+    pub timeout: Option<Duration>,
 }
+
+/// How long a call that does not wait for an operation may take by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for ClientOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -249,6 +255,8 @@ type Inner = BackupServiceClient<InterceptedService<Channel, BearerToken>>;
 #[derive(Clone)]
 pub struct BackupClient {
     inner: Inner,
+    server: String,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for BackupClient {
@@ -278,7 +286,11 @@ impl BackupClient {
             }
             ep = ep.tls_config(tls).map_err(|e| conn_err(e.to_string()))?;
         }
-        let channel = ep.connect().await.map_err(|e| conn_err(error_line(&e)))?;
+        let timeout = opts.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let channel = match tokio::time::timeout(timeout, ep.connect()).await {
+            Ok(c) => c.map_err(|e| conn_err(error_line(&e)))?,
+            Err(_) => return Err(no_answer(&opts.server, timeout)),
+        };
         let token = match &opts.token {
             Some(t) => Some(format!("bearer {t}").parse().map_err(|_| {
                 ClientError::Local("the token contains characters not allowed in a header".into())
@@ -288,7 +300,25 @@ impl BackupClient {
         Ok(Self {
             inner: BackupServiceClient::with_interceptor(channel, BearerToken(token))
                 .max_decoding_message_size(16 << 20),
+            server: opts.server.clone(),
+            timeout,
         })
+    }
+
+    /// The timeout of calls that do not wait.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// `fut` within the call timeout, or the error that says nothing answered.
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(no_answer(&self.server, self.timeout)),
+        }
     }
 
     /// Starts a backup; with `wait`, returns when it has ended (its state tells the outcome).
@@ -297,10 +327,19 @@ impl BackupClient {
         wait: bool,
         incremental: bool,
     ) -> Result<pb::Backup, ClientError> {
-        let resp = self
-            .inner
-            .create_backup(pb::CreateBackupRequest { wait, incremental })
-            .await?;
+        let mut inner = self.inner.clone();
+        let call = async move {
+            Ok(inner
+                .create_backup(pb::CreateBackupRequest { wait, incremental })
+                .await?)
+        };
+        // A call that waits for the backup is bounded by the backup's own timeout, at the
+        // service; one that does not, by ours.
+        let resp = if wait {
+            call.await?
+        } else {
+            self.bounded(call).await?
+        };
         resp.into_inner()
             .backup
             .ok_or_else(|| ClientError::Local("the server returned no backup".into()))
@@ -318,11 +357,11 @@ impl BackupClient {
             page_token: page_token.to_string(),
             include_incomplete,
         };
-        retry(|| {
+        self.bounded(retry(|| {
             let mut c = self.inner.clone();
             let req = req.clone();
             async move { c.list_backups(req).await }
-        })
+        }))
         .await
     }
 
@@ -345,10 +384,10 @@ impl BackupClient {
 
     /// The service's status.
     pub async fn get_status(&mut self) -> Result<pb::GetStatusResponse, ClientError> {
-        retry(|| {
+        self.bounded(retry(|| {
             let mut c = self.inner.clone();
             async move { c.get_status(pb::GetStatusRequest {}).await }
-        })
+        }))
         .await
     }
 
@@ -365,7 +404,14 @@ impl BackupClient {
 
     /// Starts (or, with `wait`, runs) a restore.
     pub async fn restore(&mut self, req: pb::RestoreRequest) -> Result<pb::Restore, ClientError> {
-        let resp = self.inner.restore(req).await?;
+        let wait = req.wait;
+        let mut inner = self.inner.clone();
+        let call = async move { Ok(inner.restore(req).await?) };
+        let resp = if wait {
+            call.await?
+        } else {
+            self.bounded(call).await?
+        };
         resp.into_inner()
             .restore
             .ok_or_else(|| ClientError::Local("the server returned no restore".into()))
@@ -470,4 +516,12 @@ mod tests {
         assert!(matches!(e, ClientError::Unavailable(_)), "{e:?}");
         assert!(e.to_string().contains("Connection refused"), "{e}");
     }
+}
+
+/// Nothing answered `server` within `t`.
+fn no_answer(server: &str, t: Duration) -> ClientError {
+    ClientError::DeadlineExceeded(format!(
+        "no answer from {server} within {}: is `backup-server serve` running there (set BACKUP_SERVER or --server), and is it a BackupService? (--timeout sets how long to wait)",
+        humantime::format_duration(t)
+    ))
 }

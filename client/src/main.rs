@@ -35,6 +35,10 @@ struct Cli {
     /// File holding the bearer token (default: the MONOSKOPE_TOKEN environment variable).
     #[arg(long, global = true, env = "BACKUP_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Longest a call may wait for an answer (connecting, listing, status; a `--wait` also
+    /// stops once the service stops answering its status), e.g. 30s.
+    #[arg(long, global = true, env = "BACKUP_CLIENT_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,6 +103,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    monoskope_backup_client::term::quiet_on_closed_pipe();
     // A check for deployment manifests (the Helm chart's tests): the arguments parse, nothing runs.
     if std::env::var_os("MBK_PARSE_ONLY").is_some() {
         println!("arguments ok: {:?}", cli.command);
@@ -123,7 +128,9 @@ fn fail(msg: &str) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
-    let opts = ClientOptions::new(cli.server.clone())
+    let mut opts = ClientOptions::new(cli.server.clone());
+    opts.timeout = Some(cli.timeout);
+    let opts = opts
         .with_ca_file(cli.ca_file.clone())
         .with_token_from_env_or_file(cli.token_file.as_deref())?;
     let mut client = BackupClient::connect(&opts).await?;
@@ -140,5 +147,14 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         } => restore::run(&mut client, id, until, drop_existing, via_api, wait, yes).await,
         Command::Drill { id, json } => drill::run(&mut client, &id, json).await,
         Command::Status { json } => status::run(&mut client, json).await,
+    }
+}
+
+/// A timeout: a duration longer than zero, e.g. `30s` or `2m`.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("a timeout must be longer than zero".into()),
+        Err(e) => Err(format!("{s:?} is not a duration ({e}); use e.g. 30s, 2m")),
     }
 }

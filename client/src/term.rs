@@ -94,3 +94,22 @@ impl Progress {
         }
     }
 }
+
+/// Makes a closed standard output end the program quietly with exit 0 — `backupctl list | head`,
+/// `… | true` — instead of a panic and a backtrace: printing panics on EPIPE, and this hook turns
+/// exactly that panic into an exit (any other panic is reported as before).
+pub fn quiet_on_closed_pipe() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        previous(info);
+    }));
+}

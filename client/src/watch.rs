@@ -67,7 +67,17 @@ pub(crate) async fn watch<T: Send + 'static>(
                 )));
             }
         }
-        shown.tick(client.get_status().await.ok().as_ref().and_then(&progress));
+        match client.get_status().await {
+            Ok(s) => shown.tick(progress(&s)),
+            // The service stopped answering while we wait: say so rather than wait forever.
+            Err(ClientError::DeadlineExceeded(m)) => {
+                shown.finish();
+                return Err(ClientError::DeadlineExceeded(format!(
+                    "{m}; stopped waiting for the {what}, which may still run in the service (`backupctl status` follows it)"
+                )));
+            }
+            Err(_) => shown.tick(None),
+        }
     }
     shown.finish();
     call.await

@@ -15,6 +15,7 @@ mod hostile;
 mod hostile_peers;
 mod import;
 mod incremental;
+mod operator;
 mod ops;
 mod ops_failures;
 mod reference;

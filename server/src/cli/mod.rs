@@ -120,6 +120,7 @@ pub struct CheckConfigArgs {
 /// Parses the command line and runs it; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    monoskope_backup_client::term::quiet_on_closed_pipe();
     // A check for deployment manifests (the Helm chart's tests): the arguments parse, nothing runs.
     if std::env::var_os("MBK_PARSE_ONLY").is_some() {
         println!("arguments ok");
@@ -174,6 +175,17 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {
+    // Output into a pipe whose reader went away (`inspect … | head -1`) is not a failure.
+    let broken_pipe = |k: Option<std::io::ErrorKind>| k == Some(std::io::ErrorKind::BrokenPipe);
+    if e.chain().any(|c| {
+        broken_pipe(c.downcast_ref::<std::io::Error>().map(std::io::Error::kind))
+            || broken_pipe(
+                c.downcast_ref::<serde_json::Error>()
+                    .and_then(|j| j.io_error_kind()),
+            )
+    }) {
+        return ExitCode::SUCCESS;
+    }
     eprintln!(
         "backup-server: error: {}",
         crate::redact::text(&monoskope_backup_client::error_line(e.as_ref()))

@@ -196,8 +196,10 @@ pub async fn serve(
         .set_serving::<EventStoreServer<DevStore>>()
         .await;
     // Both reflection versions, as grpc-go servers (Monoskope's store among them) register.
-    let reflection = || {
+    // Each version's service also describes the other's (grpcurl `describe` of either).
+    let reflection = |other: &'static [u8]| {
         tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(other)
             .register_encoded_file_descriptor_set(monoskope_backup_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("eventsourcing.EventStore")
@@ -206,8 +208,9 @@ pub async fn serve(
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
     };
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-    let reflection = reflection().build_v1()?;
+    let reflection_v1alpha =
+        reflection(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET).build_v1alpha()?;
+    let reflection = reflection(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET).build_v1()?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(health)

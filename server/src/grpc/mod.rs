@@ -433,8 +433,10 @@ pub async fn serve(
     // the EventStore and gateway contracts, which are not served here), in both versions of the
     // protocol: v1, and v1alpha for grpcurl before 1.8.8 and other older tools (grpc-go servers,
     // Monoskope's own, register both).
-    let reflection = || {
+    // Each version's service also describes the other's (grpcurl `describe` of either).
+    let reflection = |other: &'static [u8]| {
         tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(other)
             .register_encoded_file_descriptor_set(monoskope_backup_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("monoskope.backup.v1.BackupService")
@@ -442,8 +444,9 @@ pub async fn serve(
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
     };
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-    let reflection = reflection().build_v1()?;
+    let reflection_v1alpha =
+        reflection(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET).build_v1alpha()?;
+    let reflection = reflection(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET).build_v1()?;
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = tls {
         builder = builder.tls_config(

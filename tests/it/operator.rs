@@ -1,0 +1,85 @@
+//! The CLIs as an operator at 3 a.m. meets them (issue 33, first steps): nothing hangs on a peer
+//! that never answers, and output into a closed pipe ends quietly.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use monoskope_backup_tests::fixture::{devstore_with, serve};
+use monoskope_backup_tests::{bin, keygen, output_within_child, run, silent_peer};
+
+#[test]
+fn backupctl_against_a_peer_that_never_answers_ends_at_its_timeout() {
+    let peer = silent_peer();
+    for args in [vec!["status"], vec!["list"], vec!["create"]] {
+        let started = Instant::now();
+        let mut all = vec!["--server", peer.as_str(), "--timeout", "2s"];
+        all.extend_from_slice(&args);
+        let out = run("backupctl", &all, &[]);
+        let took = started.elapsed();
+        assert_eq!(out.code, Some(1), "{args:?}: {out:?}");
+        assert!(took < Duration::from_secs(15), "{args:?} took {took:?}");
+        assert!(
+            out.stderr
+                .contains(&format!("no answer from http://{peer} within 2s"))
+                && out
+                    .stderr
+                    .contains("is `backup-server serve` running there"),
+            "{args:?}: {out:?}"
+        );
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out:?}");
+    }
+    let bad = run("backupctl", &["--timeout", "0s", "status"], &[]);
+    assert_eq!(bad.code, Some(2), "{bad:?}");
+}
+
+/// Runs `bin args` with its standard output a pipe whose reader is already gone.
+fn into_a_closed_pipe(name: &str, args: &[&str]) -> monoskope_backup_tests::Out {
+    let mut child = Command::new(bin(name))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    output_within_child(child, Duration::from_secs(60))
+}
+
+#[tokio::test]
+async fn output_into_a_closed_pipe_ends_quietly_with_exit_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path());
+    let ds = devstore_with(2000).await;
+    let dest = format!("file://{}", dir.path().join("dest").display());
+    let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
+    let s = serve(&ds.addr, &dest, &catalog, &key, &[]);
+    let created = run(
+        "backupctl",
+        &["--server", &s.url(), "create", "--wait"],
+        &[],
+    );
+    assert_eq!(created.code, Some(0), "{created:?}");
+    let id = created.stdout.lines().last().expect("id").to_string();
+    let archive = dir.path().join(format!("dest/backups/{id}.mbk"));
+    let archive = archive.to_str().expect("utf8");
+    let url = s.url();
+    for (name, args) in [
+        ("backupctl", vec!["--server", &url, "list", "--all"]),
+        ("backupctl", vec!["--server", &url, "status", "--json"]),
+        (
+            "backup-server",
+            vec!["inspect", archive, "--key-file", &key],
+        ),
+        (
+            "backup-server",
+            vec!["list", "--json", "--destination", &dest],
+        ),
+    ] {
+        let out = into_a_closed_pipe(name, &args);
+        assert_eq!(out.code, Some(0), "{name} {args:?}: {out:?}");
+        assert!(
+            !out.stderr.contains("panicked") && !out.stderr.contains("error"),
+            "{name} {args:?}: {out:?}"
+        );
+    }
+}
