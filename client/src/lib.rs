@@ -438,6 +438,14 @@ where
     }
 }
 
+/// Nothing answered `server` within `t`.
+fn no_answer(server: &str, t: Duration) -> ClientError {
+    ClientError::DeadlineExceeded(format!(
+        "no answer from {server} within {}: is `backup-server serve` running there (set BACKUP_SERVER or --server), and is it a BackupService? (--timeout sets how long to wait)",
+        humantime::format_duration(t)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,12 +524,4 @@ mod tests {
         assert!(matches!(e, ClientError::Unavailable(_)), "{e:?}");
         assert!(e.to_string().contains("Connection refused"), "{e}");
     }
-}
-
-/// Nothing answered `server` within `t`.
-fn no_answer(server: &str, t: Duration) -> ClientError {
-    ClientError::DeadlineExceeded(format!(
-        "no answer from {server} within {}: is `backup-server serve` running there (set BACKUP_SERVER or --server), and is it a BackupService? (--timeout sets how long to wait)",
-        humantime::format_duration(t)
-    ))
 }
