@@ -83,3 +83,56 @@ async fn output_into_a_closed_pipe_ends_quietly_with_exit_0() {
         );
     }
 }
+
+/// Health as Kubernetes asks for it, with the real `grpc-health-probe`: SERVING once `serve`
+/// listens, NOT_SERVING from SIGTERM on while it drains, then gone.
+#[tokio::test]
+async fn grpc_health_probe_sees_serving_then_not_serving_while_it_drains() {
+    let Some(probe) = monoskope_backup_tests::service_env("TEST_GRPC_HEALTH_PROBE") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path());
+    let ds = devstore_with(10).await;
+    let dest = format!("file://{}", dir.path().join("dest").display());
+    let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
+    let mut s = serve(&ds.addr, &dest, &catalog, &key, &[]);
+    let addr = s.addr.clone();
+    let check = |service: Option<&str>| {
+        let mut cmd = Command::new(&probe);
+        cmd.args([
+            format!("-addr={addr}"),
+            "-connect-timeout=2s".into(),
+            "-rpc-timeout=2s".into(),
+        ]);
+        if let Some(svc) = service {
+            cmd.arg(format!("-service={svc}"));
+        }
+        let out = cmd.output().expect("grpc-health-probe");
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    for svc in [None, Some("monoskope.backup.v1.BackupService")] {
+        let (code, out) = check(svc);
+        assert_eq!(code, Some(0), "{svc:?}: {out}");
+        assert!(out.contains("SERVING"), "{svc:?}: {out}");
+    }
+    monoskope_backup_tests::signal(s.proc.child.id(), "TERM");
+    // The probe sees NOT_SERVING (exit 4) while the service drains, before it exits.
+    let seen = monoskope_backup_tests::wait_for(Duration::from_secs(10), || {
+        let (code, out) = check(Some("monoskope.backup.v1.BackupService"));
+        (code == Some(4)).then_some(out)
+    });
+    let out = seen.expect("NOT_SERVING while draining");
+    assert!(out.contains("NOT_SERVING"), "{out}");
+    let exited = monoskope_backup_tests::wait_for(Duration::from_secs(30), || {
+        s.proc.child.try_wait().expect("wait")
+    });
+    assert!(exited.is_some_and(|st| st.success()), "{exited:?}");
+}

@@ -340,6 +340,9 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         crate::auth::AuthLayer::new(auth),
         async move {
             super::stop_on_signal(&stopping).await;
+            // Health has said NOT_SERVING since the signal: a moment more for the readiness
+            // probe and the Service's endpoints to notice before the listener closes.
+            tokio::time::sleep(NOT_SERVING_BEFORE_CLOSE).await;
             // The operation has ended; calls and connections get a moment to drain, then the
             // process goes (a client that keeps a stream open must not hold the stop).
             tokio::spawn(async {
@@ -356,6 +359,10 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     res
 }
+
+/// How long `serve` keeps answering (health: NOT_SERVING) after its operation ended on a stop
+/// signal, before it closes its listener.
+const NOT_SERVING_BEFORE_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long `serve` lets calls drain after its operation ended on a stop signal.
 const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);

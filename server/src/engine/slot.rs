@@ -91,6 +91,11 @@ pub(super) struct Running {
 }
 
 impl Engine {
+    /// Resolves once a stop was asked for (a signal), with its reason.
+    pub async fn stopping(&self) -> String {
+        self.interrupt.fired().await
+    }
+
     /// Stops the running backup, restore or drill (it fails with "interrupted by `why`", leaving the
     /// destination and the store as a timeout would) and refuses new operations; then waits up
     /// to `grace` for the operation to record its end and give the lease back. Returns whether

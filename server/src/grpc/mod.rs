@@ -429,6 +429,20 @@ pub async fn serve(
     use pb::backup_service_server::BackupServiceServer;
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<BackupServiceServer<Service>>().await;
+    // From the stop signal on, health answers NOT_SERVING (the readiness probe takes the pod out
+    // of its Service) while the interrupted operation ends and calls drain.
+    let stopping = engine.clone();
+    let draining = reporter.clone();
+    tokio::spawn(async move {
+        let why = stopping.stopping().await;
+        tracing::info!(reason = %why, "health: NOT_SERVING while the service drains");
+        draining
+            .set_not_serving::<BackupServiceServer<Service>>()
+            .await;
+        draining
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    });
     // Reflection lists exactly the services this server answers (our descriptor set also holds
     // the EventStore and gateway contracts, which are not served here), in both versions of the
     // protocol: v1, and v1alpha for grpcurl before 1.8.8 and other older tools (grpc-go servers,
