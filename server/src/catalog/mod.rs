@@ -97,6 +97,28 @@ pub struct BackupRecord {
     pub note: Option<String>,
 }
 
+impl RestoreRecord {
+    /// A restore that failed before it started (its checks, a peer), recorded so that
+    /// `GetStatus` shows it as the last restore.
+    pub fn failed_before_start(id: &str, at: &str, created_by: String, why: &str) -> Self {
+        Self {
+            id: id.into(),
+            backup_id: String::new(),
+            state: State::Failed,
+            started_at: at.into(),
+            completed_at: Some(at.into()),
+            created_by,
+            sink: "not started".into(),
+            until: None,
+            drop_existing: false,
+            chain: Vec::new(),
+            event_count: 0,
+            archive_bytes: 0,
+            error: Some(why.into()),
+        }
+    }
+}
+
 impl BackupRecord {
     /// The record of a complete backup described by its manifest.
     pub fn from_manifest(m: &Manifest) -> Self {

@@ -38,8 +38,6 @@ impl<'a> Known<'a> {
 pub async fn early_failure(op: Op, known: Known<'_>, error: &anyhow::Error) {
     let why =
         crate::redact::text(&monoskope_backup_client::error_line(error.as_ref())).into_owned();
-    let now = chrono::Utc::now();
-    let at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let who = super::cli_identity();
     metrics::get().finished(op, false, Duration::ZERO, 0, 0);
     if let Some(url) = &known.pushgateway_url {
@@ -47,62 +45,32 @@ pub async fn early_failure(op: Op, known: Known<'_>, error: &anyhow::Error) {
             let _ = tokio::time::timeout(WITHIN, p.push(op, false)).await;
         }
     }
-    let id = crate::destination::layout::new_id(now);
-    let (event, aggregate, record_id, data) = match op {
-        Op::Backup => (
-            "BackupFailed",
-            crate::ops::events::BACKUP_AGGREGATE,
-            id.clone(),
-            serde_json::json!({
-                "backupId": id, "createdAt": at, "completedAt": at, "error": why,
-            }),
-        ),
-        Op::Restore => {
-            let rid = format!("restore-{id}");
-            (
-                "RestoreFailed",
-                crate::ops::events::RESTORE_AGGREGATE,
-                rid.clone(),
-                serde_json::json!({
-                    "restoreId": rid, "startedAt": at, "completedAt": at, "error": why,
-                }),
-            )
-        }
-    };
+    let u = crate::ops::events::unstarted(op == Op::Backup, chrono::Utc::now(), &why);
     if let Some(url) = known.catalog_url {
         let recorded = tokio::time::timeout(WITHIN, async {
             let catalog = Catalog::connect(url).await?;
             match op {
                 Op::Backup => {
                     let mut r = BackupRecord::running(
-                        &record_id,
+                        &u.id,
                         "full",
-                        at.clone(),
+                        u.at.clone(),
                         who.label(),
                         "not started".into(),
                     );
                     r.state = State::Failed;
-                    r.completed_at = Some(at.clone());
+                    r.completed_at = Some(u.at.clone());
                     r.error = Some(why.clone());
                     catalog.upsert_backup(&r).await
                 }
                 Op::Restore => {
                     catalog
-                        .upsert_restore(&RestoreRecord {
-                            id: record_id.clone(),
-                            backup_id: String::new(),
-                            state: State::Failed,
-                            started_at: at.clone(),
-                            completed_at: Some(at.clone()),
-                            created_by: who.label(),
-                            sink: "not started".into(),
-                            until: None,
-                            drop_existing: false,
-                            chain: Vec::new(),
-                            event_count: 0,
-                            archive_bytes: 0,
-                            error: Some(why.clone()),
-                        })
+                        .upsert_restore(&RestoreRecord::failed_before_start(
+                            &u.id,
+                            &u.at,
+                            who.label(),
+                            &why,
+                        ))
                         .await
                 }
             }
@@ -113,7 +81,7 @@ pub async fn early_failure(op: Op, known: Known<'_>, error: &anyhow::Error) {
         }
     }
     if let Some(store) = known.event_store {
-        let ev = crate::ops::events::event(event, aggregate, &record_id, &data, &who);
+        let ev = crate::ops::events::event(u.kind, u.aggregate, &u.id, &u.data, &who);
         let _ = tokio::time::timeout(WITHIN, crate::ops::events::emit(store, ev)).await;
     }
 }

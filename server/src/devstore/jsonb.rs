@@ -44,6 +44,15 @@ pub fn normalize(input: &[u8]) -> Result<String, InvalidJson> {
 /// bytewise, numbers without trailing fractional zeros (`1.50` and `1.5`, `1.0` and `1`). What a
 /// drill compares, so stores that order keys differently (PostgreSQL, CockroachDB) agree.
 pub fn canonical(input: &[u8]) -> Result<String, InvalidJson> {
+    let node = reorder(plain_numbers(parse(input)?), KeyOrder::Bytewise);
+    let mut out = String::with_capacity(input.len());
+    render(&node, &mut out);
+    Ok(out)
+}
+
+/// `input` as exactly one JSON value (PostgreSQL's jsonb rules: UTF-8, no `\u0000`, nothing after
+/// the value but whitespace), keys deduplicated and in jsonb's order.
+fn parse(input: &[u8]) -> Result<Node, InvalidJson> {
     let text = std::str::from_utf8(input).map_err(|_| InvalidJson("not UTF-8"))?;
     let mut p = Parser {
         s: text.as_bytes(),
@@ -55,10 +64,7 @@ pub fn canonical(input: &[u8]) -> Result<String, InvalidJson> {
     if p.i != p.s.len() {
         return Err(InvalidJson("trailing characters after the JSON value"));
     }
-    let node = reorder(plain_numbers(node), KeyOrder::Bytewise);
-    let mut out = String::with_capacity(input.len());
-    render(&node, &mut out);
-    Ok(out)
+    Ok(node)
 }
 
 /// Numbers without trailing fractional zeros.
@@ -94,18 +100,7 @@ fn reorder(node: Node, order: KeyOrder) -> Node {
 
 /// [`normalize`] with keys in `order`.
 pub fn normalize_with(input: &[u8], order: KeyOrder) -> Result<String, InvalidJson> {
-    let text = std::str::from_utf8(input).map_err(|_| InvalidJson("not UTF-8"))?;
-    let mut p = Parser {
-        s: text.as_bytes(),
-        i: 0,
-    };
-    p.ws();
-    let node = p.value(0)?;
-    p.ws();
-    if p.i != p.s.len() {
-        return Err(InvalidJson("trailing characters after the JSON value"));
-    }
-    let node = reorder(node, order);
+    let node = reorder(parse(input)?, order);
     let mut out = String::with_capacity(input.len() + input.len() / 8);
     render(&node, &mut out);
     Ok(out)

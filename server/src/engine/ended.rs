@@ -67,52 +67,26 @@ impl Engine {
         ) {
             return;
         }
-        let now = chrono::Utc::now();
-        let at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let id = crate::destination::layout::new_id(now);
         let why = e.to_string();
-        let (kind, aggregate, id, data) = match op {
-            Op::Backup => (
-                "BackupFailed",
-                crate::ops::events::BACKUP_AGGREGATE,
-                id.clone(),
-                serde_json::json!({"backupId": id, "createdAt": at, "completedAt": at, "error": why}),
-            ),
-            Op::Restore => {
-                let rid = format!("restore-{id}");
-                // The catalog keeps the failed restore (GetStatus shows it as the last one).
-                let rec = crate::catalog::RestoreRecord {
-                    id: rid.clone(),
-                    backup_id: String::new(),
-                    state: crate::catalog::State::Failed,
-                    started_at: at.clone(),
-                    completed_at: Some(at.clone()),
-                    created_by: caller.label(),
-                    sink: "not started".into(),
-                    until: None,
-                    drop_existing: false,
-                    chain: Vec::new(),
-                    event_count: 0,
-                    archive_bytes: 0,
-                    error: Some(why.clone()),
-                };
-                let _ = report(self.cfg.catalog.upsert_restore(&rec)).await;
-                (
-                    "RestoreFailed",
-                    crate::ops::events::RESTORE_AGGREGATE,
-                    rid.clone(),
-                    serde_json::json!({"restoreId": rid, "startedAt": at, "completedAt": at, "error": why}),
-                )
-            }
-        };
+        let u = crate::ops::events::unstarted(op == Op::Backup, chrono::Utc::now(), &why);
+        if op == Op::Restore {
+            // The catalog keeps the failed restore (GetStatus shows it as the last one).
+            let rec = crate::catalog::RestoreRecord::failed_before_start(
+                &u.id,
+                &u.at,
+                caller.label(),
+                &why,
+            );
+            let _ = report(self.cfg.catalog.upsert_restore(&rec)).await;
+        }
         self.report_end(Ending {
             op,
             ok: false,
             elapsed: Duration::ZERO,
             bytes: 0,
             events: 0,
-            event: (kind, aggregate, &id),
-            data,
+            event: (u.kind, u.aggregate, &u.id),
+            data: u.data.clone(),
             caller,
         })
         .await;

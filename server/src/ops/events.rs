@@ -16,6 +16,45 @@ use crate::identity::Identity;
 pub const BACKUP_AGGREGATE: &str = "Backup";
 /// Aggregate type of restore events.
 pub const RESTORE_AGGREGATE: &str = "Restore";
+
+/// A backup or restore that failed before it started, as its record and event state it.
+#[derive(Debug, Clone)]
+pub struct Unstarted {
+    /// The operation's id (`<backup id>`, or `restore-<id>`).
+    pub id: String,
+    /// `BackupFailed` or `RestoreFailed`.
+    pub kind: &'static str,
+    /// The event's aggregate type.
+    pub aggregate: &'static str,
+    /// When it failed (RFC 3339, milliseconds).
+    pub at: String,
+    /// The event's data.
+    pub data: serde_json::Value,
+}
+
+/// The failure of a `backup` (`restore` when not) that did not start, at `now`, because `why`.
+pub fn unstarted(backup: bool, now: chrono::DateTime<chrono::Utc>, why: &str) -> Unstarted {
+    let at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let id = crate::destination::layout::new_id(now);
+    if backup {
+        Unstarted {
+            data: serde_json::json!({"backupId": id, "createdAt": at, "completedAt": at, "error": why}),
+            id,
+            kind: "BackupFailed",
+            aggregate: BACKUP_AGGREGATE,
+            at,
+        }
+    } else {
+        let id = format!("restore-{id}");
+        Unstarted {
+            data: serde_json::json!({"restoreId": id, "startedAt": at, "completedAt": at, "error": why}),
+            id,
+            kind: "RestoreFailed",
+            aggregate: RESTORE_AGGREGATE,
+            at,
+        }
+    }
+}
 /// `component_name` in the events' metadata.
 pub const COMPONENT: &str = "monoskope-backup";
 
