@@ -5,6 +5,7 @@ mod demo;
 mod import;
 mod inspect;
 pub mod schedule;
+mod serve;
 mod service;
 pub mod settings;
 mod trace;
@@ -45,7 +46,7 @@ pub enum Command {
     /// Decrypt a local archive file and print its events as JSON lines, or its header and footer.
     Inspect(inspect::InspectArgs),
     /// Run the BackupService (gRPC, with health and reflection).
-    Serve(Box<service::ServeArgs>),
+    Serve(Box<serve::ServeArgs>),
     /// Take one backup now, as CreateBackup does; prints the new backup's id as the last line.
     Backup(service::BackupArgs),
     /// List the complete backups straight from the destination's manifests (no catalog needed).
@@ -226,7 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Inspect(a) => inspect::run(a),
-        Command::Serve(a) => service::serve(*a).await,
+        Command::Serve(a) => serve::serve(*a).await,
         Command::Backup(a) => service::backup(a).await,
         Command::List(a) => service::list(a).await,
         Command::Verify(a) => service::verify(a).await,

@@ -1,0 +1,319 @@
+//! `backup-server serve`: the BackupService with its authentication, schedules, metrics
+//! endpoint and the way it stops (NOT_SERVING, the interrupted operation, the drain).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+use super::settings::CommonArgs;
+
+/// `backup-server serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Shared options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// gRPC address to listen on.
+    #[arg(long, env = "BACKUP_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain for TLS (with --tls-key); plaintext without.
+    #[arg(long, env = "BACKUP_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "BACKUP_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Authentication of callers: `gateway` (the gateway's GatewayAuth.Check decides), `jwt`
+    /// (the gateway's tokens verified here), or `none` (only allowed on loopback addresses).
+    #[arg(long, env = "BACKUP_AUTH", value_parser = ["gateway", "jwt", "none"])]
+    pub auth: Option<String>,
+    /// The gateway's gRPC address (HOST:PORT, or an https:// URL) for `--auth gateway`.
+    #[arg(long, env = "BACKUP_GATEWAY")]
+    pub gateway: Option<String>,
+    /// The gateway's public key for `--auth jwt`: its PEM certificate (tls.crt), a PEM public
+    /// key or a JWK. Re-read when the file changes.
+    #[arg(long, env = "BACKUP_JWT_PUBLIC_KEY", conflicts_with = "jwks_url")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// The gateway's JWKS URL (https://GATEWAY/keys) for `--auth jwt`, fetched every
+    /// --jwks-refresh and when a token names an unknown key.
+    #[arg(long, env = "BACKUP_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// How often the JWKS is fetched again.
+    #[arg(long, env = "BACKUP_JWKS_REFRESH", default_value = "5m")]
+    pub jwks_refresh: String,
+    /// The issuer (`iss`) of the gateway's tokens: the gateway's --gateway-url, verbatim.
+    #[arg(long, env = "BACKUP_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// An admin (may restore, and everything else): a token subject (user UUID) or e-mail.
+    /// Repeatable; the environment variable takes a comma-separated list.
+    #[arg(long = "admin", env = "BACKUP_ADMINS", value_delimiter = ',')]
+    pub admins: Vec<String>,
+    /// A machine identity that may create backups (and read): an API token's subject, e.g. the
+    /// user name of the CronJob's token. Repeatable; comma-separated in the environment.
+    #[arg(
+        long = "machine-identity",
+        env = "BACKUP_MACHINE_IDENTITIES",
+        value_delimiter = ','
+    )]
+    pub machine_identities: Vec<String>,
+    /// When given, only these subjects or e-mails (and admins and machine identities) may list
+    /// backups and read the status. Repeatable; comma-separated in the environment.
+    #[arg(long = "reader", env = "BACKUP_READERS", value_delimiter = ',')]
+    pub readers: Vec<String>,
+    /// Serve Prometheus metrics (/metrics) and a liveness check (/healthz) on HOST:PORT.
+    #[arg(long, env = "BACKUP_METRICS_ADDRESS")]
+    pub metrics_address: Option<SocketAddr>,
+    /// Run backups in-process on this cron schedule (UTC; five fields, or six with seconds);
+    /// config `backup.schedule`.
+    #[arg(long, env = "BACKUP_SCHEDULE")]
+    pub schedule: Option<String>,
+    /// Run restore drills of the latest backup in-process on this cron schedule (UTC); config
+    /// `backup.drill.schedule`.
+    #[arg(long, env = "BACKUP_DRILL_SCHEDULE")]
+    pub drill_schedule: Option<String>,
+    /// Scheduled backups are incremental (config `backup.incremental.enabled`); every
+    /// --full-every-th is full.
+    #[arg(long, env = "BACKUP_INCREMENTAL")]
+    pub incremental: bool,
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+fn pick<T>(flag: Vec<T>, file: Option<Vec<T>>) -> Vec<T> {
+    if flag.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        flag
+    }
+}
+
+/// Builds the authentication layer's state from flags and the `auth:` section.
+async fn authenticator(
+    a: &ServeArgs,
+    file: Option<crate::ops::config::AuthConfig>,
+    listen: &SocketAddr,
+) -> anyhow::Result<crate::auth::Authenticator> {
+    use crate::auth::{gateway::Gateway, jwt, Authenticator, Mode, Policy};
+    let f = file.unwrap_or_default();
+    let policy = Policy {
+        admins: pick(a.admins.clone(), f.admins.clone()),
+        machines: pick(a.machine_identities.clone(), f.machine_identities.clone()),
+        readers: pick(a.readers.clone(), f.readers.clone()),
+    };
+    let mode = a
+        .auth
+        .clone()
+        .or(f.mode.clone())
+        .unwrap_or_else(|| "none".into());
+    let mode = match mode.as_str() {
+        "none" => {
+            if !is_loopback(listen) {
+                bail!("refusing to serve without authentication on {listen}: --auth none is only allowed on loopback addresses; use --auth gateway or --auth jwt");
+            }
+            Mode::None
+        }
+        "gateway" => {
+            let g =
+                a.gateway.clone().or(f.gateway.clone()).context(
+                    "--auth gateway needs --gateway HOST:PORT (the gateway's gRPC address)",
+                )?;
+            Mode::Gateway(Gateway::new(&g)?)
+        }
+        "jwt" => {
+            let issuer = a.jwt_issuer.clone().or(f.jwt_issuer.clone()).context(
+                "--auth jwt needs --jwt-issuer (the gateway's URL, as in its tokens' iss)",
+            )?;
+            let source = match (
+                a.jwt_public_key.clone().or(f.jwt_public_key.clone()),
+                a.jwks_url.clone().or(f.jwks_url.clone()),
+            ) {
+                (Some(p), None) => jwt::KeySource::File(p),
+                (None, Some(u)) => jwt::KeySource::Jwks(u),
+                (Some(_), Some(_)) => bail!("give either --jwt-public-key or --jwks-url, not both"),
+                (None, None) => bail!("--auth jwt needs --jwt-public-key PATH or --jwks-url URL"),
+            };
+            if policy.admins.is_empty() {
+                bail!("--auth jwt needs at least one --admin (a subject or e-mail): nobody could restore");
+            }
+            let refresh = crate::ops::config::parse_duration(&a.jwks_refresh)
+                .map_err(|e| super::usage(format!("--jwks-refresh: {e}")))?;
+            let v = std::sync::Arc::new(jwt::JwtVerifier::new(source, issuer).await?);
+            v.spawn_refresh(refresh);
+            Mode::Jwt(v)
+        }
+        m => bail!("auth: unknown mode {m:?} (gateway, jwt or none)"),
+    };
+    Ok(Authenticator { mode, policy })
+}
+
+pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let settings = a.common.resolve()?;
+    let listen = match (a.listen, settings.file.listen.as_deref()) {
+        (Some(l), _) => l,
+        (None, Some(l)) => l
+            .parse()
+            .with_context(|| format!("listen: {l:?} is not HOST:PORT"))?,
+        (None, None) => "127.0.0.1:50051".parse()?,
+    };
+    let auth = authenticator(&a, settings.file.auth.clone(), &listen).await?;
+    let metrics_address = match (
+        a.metrics_address,
+        settings
+            .file
+            .metrics
+            .as_ref()
+            .and_then(|m| m.address.as_deref()),
+    ) {
+        (Some(m), _) => Some(m),
+        (None, Some(m)) => Some(
+            m.parse()
+                .with_context(|| format!("metrics.address: {m:?} is not HOST:PORT"))?,
+        ),
+        (None, None) => None,
+    };
+    let schedule = a
+        .schedule
+        .clone()
+        .or(settings
+            .file
+            .backup
+            .as_ref()
+            .and_then(|b| b.schedule.clone()))
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| crate::ops::schedule::parse(&s).context("--schedule"))
+        .transpose()?;
+    let drill_schedule = a
+        .drill_schedule
+        .clone()
+        .or(settings
+            .file
+            .backup
+            .as_ref()
+            .and_then(|b| b.drill.as_ref())
+            .and_then(|d| d.schedule.clone()))
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| crate::ops::schedule::parse(&s).context("--drill-schedule"))
+        .transpose()?;
+    let tls_files = settings.file.tls.clone().unwrap_or_default();
+    let tls = match (
+        a.tls_cert.or(tls_files.cert_file),
+        a.tls_key.or(tls_files.key_file),
+    ) {
+        (Some(c), Some(k)) => Some((
+            std::fs::read(&c).with_context(|| format!("cannot read {}", c.display()))?,
+            std::fs::read(&k).with_context(|| format!("cannot read {}", k.display()))?,
+        )),
+        (None, None) => None,
+        _ => bail!("TLS needs both --tls-cert and --tls-key"),
+    };
+    let engine = settings.engine().await?;
+    seed_metrics(&engine).await;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    if let Some(m) = metrics_address {
+        let ml = tokio::net::TcpListener::bind(m)
+            .await
+            .with_context(|| format!("cannot listen on {m} for metrics"))?;
+        let maddr = ml.local_addr()?;
+        println!("metrics on http://{maddr}/metrics");
+        tracing::info!(addr = %maddr, "metrics endpoint listening (/metrics, /healthz)");
+        tokio::spawn(crate::ops::metrics::serve(ml, stopped()));
+    }
+    match &auth.mode {
+        crate::auth::Mode::None => {
+            tracing::warn!(%addr, "AUTHENTICATION IS OFF (--auth none): every caller on this machine may create and restore backups; allowed on loopback only");
+        }
+        m => {
+            tracing::info!(
+                mode = m.name(),
+                admins = auth.policy.admins.len(),
+                machine_identities = auth.policy.machines.len(),
+                readers = auth.policy.readers.len(),
+                "authentication on"
+            );
+        }
+    }
+    let mut scheduled = Vec::new();
+    if let Some(s) = schedule {
+        let inc = settings
+            .file
+            .backup
+            .as_ref()
+            .and_then(|b| b.incremental.clone())
+            .unwrap_or_default();
+        scheduled.push(tokio::spawn(super::schedule::run(
+            engine.clone(),
+            s,
+            a.incremental || inc.enabled.unwrap_or(false),
+        )));
+    }
+    if let Some(s) = drill_schedule {
+        scheduled.push(tokio::spawn(super::schedule::run_drills(engine.clone(), s)));
+    }
+    tracing::info!(%addr, destination = %engine.config().destination.url(), event_store = %crate::redact::url(&engine.config().event_store.addr), catalog = engine.config().catalog.kind(), tls = tls.is_some(), auth = auth.mode.name(), "BackupService listening");
+    println!("backup-server listening on {addr}");
+    // On SIGTERM the running operation is interrupted first, so calls waiting for it return
+    // and the server drains.
+    let stopping = engine.clone();
+    let res = crate::grpc::serve(
+        engine,
+        listener,
+        tls,
+        crate::auth::AuthLayer::new(auth),
+        async move {
+            super::stop_on_signal(&stopping).await;
+            // Health has said NOT_SERVING since the signal: a moment more for the readiness
+            // probe and the Service's endpoints to notice before the listener closes.
+            tokio::time::sleep(NOT_SERVING_BEFORE_CLOSE).await;
+            // The operation has ended; calls and connections get a moment to drain, then the
+            // process goes (a client that keeps a stream open must not hold the stop).
+            tokio::spawn(async {
+                tokio::time::sleep(DRAIN_WITHIN).await;
+                tracing::warn!(drain = %humantime::format_duration(DRAIN_WITHIN), "calls did not drain in time; exiting");
+                std::process::exit(0);
+            });
+        },
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    for s in scheduled {
+        s.abort();
+    }
+    res
+}
+
+/// How long `serve` keeps answering (health: NOT_SERVING) after its operation ended on a stop
+/// signal, before it closes its listener.
+const NOT_SERVING_BEFORE_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long `serve` lets calls drain after its operation ended on a stop signal.
+const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Seeds the last-run gauges from the catalog, so a restarted service does not report "never".
+async fn seed_metrics(engine: &crate::engine::Engine) {
+    use crate::catalog::State;
+    use crate::ops::metrics::{get, Op};
+    let c = &engine.config().catalog;
+    let t = |s: Option<&str>| {
+        s.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| d.timestamp_millis() as f64 / 1000.0)
+    };
+    let ok = c.newest_in_state(State::Succeeded).await.ok().flatten();
+    let bad = c.newest_in_state(State::Failed).await.ok().flatten();
+    get().seed(
+        Op::Backup,
+        ok.as_ref().and_then(|r| t(r.completed_at.as_deref())),
+        bad.as_ref().and_then(|r| t(r.completed_at.as_deref())),
+    );
+}
