@@ -186,31 +186,42 @@ fn passwords_in_urls_never_reach_a_log() {
     }
 }
 
-/// A backup whose upload the S3 endpoint takes and never answers (the proxy holds every
-/// connection once it carried 64 KiB, so the archive's part hangs while small requests pass).
-fn stalled_backup_args<'a>(
-    ds: &'a Devstore,
-    dest: &'a str,
-    endpoint: &'a str,
-    catalog: &'a str,
-    key: &'a str,
-    timeout: &'a str,
-) -> Vec<&'a str> {
-    vec![
-        "backup",
-        "--event-store",
-        &ds.addr,
-        "--destination",
-        dest,
-        "--s3-endpoint",
-        endpoint,
-        "--catalog",
-        catalog,
-        "--key-file",
-        key,
-        "--timeout",
-        timeout,
-    ]
+/// Starts a one-shot backup of `ds` to `dest` through the S3 endpoint `endpoint` with
+/// `--timeout timeout`, its output piped. Through the test's proxy, which holds every connection
+/// once it carried 64 KiB, the archive's part hangs while small requests pass.
+fn spawn_backup(
+    ds: &Devstore,
+    dest: &str,
+    endpoint: &str,
+    catalog: &str,
+    key: &str,
+    timeout: &str,
+) -> std::process::Child {
+    let mut cmd = command(
+        "backup-server",
+        &[
+            "backup",
+            "--event-store",
+            &ds.addr,
+            "--destination",
+            dest,
+            "--s3-endpoint",
+            endpoint,
+            "--catalog",
+            catalog,
+            "--key-file",
+            key,
+            "--timeout",
+            timeout,
+        ],
+    );
+    for (k, v) in S3_ENV {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn")
 }
 
 #[tokio::test]
@@ -261,18 +272,8 @@ async fn a_timeout_or_a_signal_ends_a_backup_stuck_in_its_upload() {
     // The timeout: 5 s, and the backup ends within it and the clean-up's 5 s.
     proxy.set(Fault::StallAfter(64 * 1024));
     let started = Instant::now();
-    let mut cmd = command(
-        "backup-server",
-        &stalled_backup_args(&ds, &dest, &through, &catalog, &key, "5s"),
-    );
-    for (k, v) in S3_ENV {
-        cmd.env(k, v);
-    }
     let out = output_of(
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn"),
+        spawn_backup(&ds, &dest, &through, &catalog, &key, "5s"),
         Duration::from_secs(60),
     )
     .await;
@@ -294,19 +295,8 @@ async fn a_timeout_or_a_signal_ends_a_backup_stuck_in_its_upload() {
     assert!(failed[0].contains("timed out after 5s"), "{failed:?}");
 
     // SIGTERM while the upload hangs: the same end, within the grace period.
-    let mut cmd = command(
-        "backup-server",
-        &stalled_backup_args(&ds, &dest, &through, &catalog, &key, "10m"),
-    );
-    for (k, v) in S3_ENV {
-        cmd.env(k, v);
-    }
     let tripped = proxy.tripped();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let child = spawn_backup(&ds, &dest, &through, &catalog, &key, "10m");
     assert!(
         wait_for(Duration::from_secs(60), || (proxy.tripped() > tripped)
             .then_some(()))
@@ -330,18 +320,8 @@ async fn a_timeout_or_a_signal_ends_a_backup_stuck_in_its_upload() {
     assert_eq!(failed.len(), 2);
     // The endpoint answering again, a backup succeeds and is the only one listed.
     proxy.set(Fault::None);
-    let mut cmd = command(
-        "backup-server",
-        &stalled_backup_args(&ds, &dest, &through, &catalog, &key, "5m"),
-    );
-    for (k, v) in S3_ENV {
-        cmd.env(k, v);
-    }
     let out = output_of(
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn"),
+        spawn_backup(&ds, &dest, &through, &catalog, &key, "5m"),
         Duration::from_secs(120),
     )
     .await;
