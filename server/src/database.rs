@@ -25,16 +25,17 @@ pub async fn open<DB: Database>(
     }
 }
 
-/// `e`, from a query on `pool`, in one line; when it is the pool's timeout, why no connection
+/// `e`, from a query on `pool`, in one line; when it is the pool's timeout (`timed_out`), why no connection
 /// could be opened (as [`open`] says it).
-pub async fn explain<DB: Database>(pool: &Pool<DB>, e: &anyhow::Error) -> String {
-    let timed_out = e
-        .chain()
-        .any(|c| matches!(c.downcast_ref(), Some(sqlx::Error::PoolTimedOut)));
+pub async fn explain<DB: Database>(
+    pool: &Pool<DB>,
+    e: &(dyn std::error::Error + Send + Sync + 'static),
+    timed_out: bool,
+) -> String {
     if timed_out {
         why_not(&*pool.connect_options()).await
     } else {
-        error_line(e.as_ref())
+        error_line(e)
     }
 }
 

@@ -13,6 +13,7 @@ mod encoded;
 mod error;
 mod format;
 mod keys;
+mod opening;
 mod reader;
 mod view;
 mod writer;

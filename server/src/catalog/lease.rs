@@ -4,7 +4,7 @@
 
 use sqlx::Row;
 
-use super::Catalog;
+use super::{Catalog, CatalogError};
 
 /// How long a lease lasts without renewal: a process that stopped without giving it back
 /// (killed, node lost) blocks other operations at most this long (not at all when it ran on
@@ -75,7 +75,7 @@ impl Catalog {
     /// Marks operations left RUNNING by a process that died as FAILED: every RUNNING record
     /// but the one whose process holds the operation lease now (a live process's operation,
     /// e.g. the service's backup while a one-shot command starts).
-    pub async fn fail_interrupted(&self) -> anyhow::Result<u64> {
+    pub async fn fail_interrupted(&self) -> Result<u64, CatalogError> {
         let live = self.live_lease().await?;
         self.fail_running_except(live.as_ref().map_or("", |h| h.operation_id.as_str()))
             .await
@@ -83,12 +83,12 @@ impl Catalog {
 
     /// Who holds the operation lease, unless that process is known to be gone
     /// ([`LeaseHolder::is_dead`]).
-    pub async fn live_lease(&self) -> anyhow::Result<Option<LeaseHolder>> {
+    pub async fn live_lease(&self) -> Result<Option<LeaseHolder>, CatalogError> {
         Ok(self.lease_holder().await?.filter(|h| !h.is_dead()))
     }
 
     /// Marks every RUNNING record but `keep` FAILED (interrupted).
-    async fn fail_running_except(&self, keep: &str) -> anyhow::Result<u64> {
+    async fn fail_running_except(&self, keep: &str) -> Result<u64, CatalogError> {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let a = sqlx::query("UPDATE backups SET state = 'failed', error = 'interrupted: the process running the backup stopped', completed_at = $1 WHERE state = 'running' AND id <> $2")
             .bind(&now)
@@ -114,7 +114,7 @@ impl Catalog {
         holder: &str,
         kind: &str,
         operation_id: &str,
-    ) -> anyhow::Result<Option<LeaseHolder>> {
+    ) -> Result<Option<LeaseHolder>, CatalogError> {
         let now = now_ms();
         if let Some(dead) = self.lease_holder().await?.filter(LeaseHolder::is_dead) {
             self.release_lease(&dead.holder).await?;
@@ -143,14 +143,14 @@ impl Catalog {
                 Some(h) => Ok(Some(h)),
                 None => {
                     other?;
-                    anyhow::bail!("the operation lease was released and taken at once; try again")
+                    Err(CatalogError::LeaseRace)
                 }
             },
         }
     }
 
     /// Renews `holder`'s lease; false when it no longer holds it.
-    pub async fn renew_lease(&self, holder: &str) -> anyhow::Result<bool> {
+    pub async fn renew_lease(&self, holder: &str) -> Result<bool, CatalogError> {
         let r = sqlx::query(
             "UPDATE operation_lease SET renewed_at_ms = $1 WHERE slot = 1 AND holder = $2",
         )
@@ -162,7 +162,7 @@ impl Catalog {
     }
 
     /// Gives `holder`'s lease back (nothing when it does not hold it).
-    pub async fn release_lease(&self, holder: &str) -> anyhow::Result<()> {
+    pub async fn release_lease(&self, holder: &str) -> Result<(), CatalogError> {
         sqlx::query("DELETE FROM operation_lease WHERE slot = 1 AND holder = $1")
             .bind(holder)
             .execute(&self.pool)
@@ -171,7 +171,7 @@ impl Catalog {
     }
 
     /// Who holds the operation lease (perhaps a dead process: see `renewed_at_ms`).
-    pub async fn lease_holder(&self) -> anyhow::Result<Option<LeaseHolder>> {
+    pub async fn lease_holder(&self) -> Result<Option<LeaseHolder>, CatalogError> {
         let row = sqlx::query("SELECT holder, kind, operation_id, acquired_at, renewed_at_ms FROM operation_lease WHERE slot = 1")
             .fetch_optional(&self.pool)
             .await?;

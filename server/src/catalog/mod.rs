@@ -2,222 +2,20 @@
 //! PostgreSQL/CockroachDB, through sqlx. It is an index: [`Catalog::resync`] rebuilds the backup
 //! records from the manifests at the destination, so losing the catalog loses nothing.
 
-use std::str::FromStr;
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
 
-use anyhow::Context;
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
-
-use crate::destination::manifest::Manifest;
 use crate::destination::Destination;
 
+mod error;
 mod lease;
+mod records;
+pub use error::CatalogError;
+pub use records::{BackupRecord, Page, RestoreRecord, State};
+use records::{backup_from_row, restore_from_row};
 pub use lease::{lease_holder_name, LeaseHolder, LEASE_RENEW_EVERY, LEASE_TTL};
 #[cfg(test)]
 use lease::{now_ms, this_host};
-
-/// The state of an operation, as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Running now.
-    Running,
-    /// Ended well.
-    Succeeded,
-    /// Ended with an error.
-    Failed,
-    /// An archive without a manifest at the destination.
-    Incomplete,
-}
-
-impl State {
-    /// Stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Running => "running",
-            State::Succeeded => "succeeded",
-            State::Failed => "failed",
-            State::Incomplete => "incomplete",
-        }
-    }
-}
-
-impl FromStr for State {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        Ok(match s {
-            "running" => State::Running,
-            "succeeded" => State::Succeeded,
-            "failed" => State::Failed,
-            "incomplete" => State::Incomplete,
-            other => anyhow::bail!("unknown state {other:?}"),
-        })
-    }
-}
-
-/// One backup as the catalog knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupRecord {
-    /// Id.
-    pub id: String,
-    /// "full" or "incremental".
-    pub kind: String,
-    /// State.
-    pub state: State,
-    /// Parent of an incremental backup.
-    pub parent_id: Option<String>,
-    /// RFC 3339.
-    pub created_at: String,
-    /// RFC 3339.
-    pub completed_at: Option<String>,
-    /// Caller identity.
-    pub created_by: String,
-    /// Source description.
-    pub source: String,
-    /// Events.
-    pub event_count: u64,
-    /// Archive size.
-    pub archive_bytes: u64,
-    /// Archive SHA-256.
-    pub archive_sha256: Option<String>,
-    /// Archive key at the destination.
-    pub archive_key: Option<String>,
-    /// Oldest event.
-    pub first_event_time: Option<String>,
-    /// Newest event.
-    pub last_event_time: Option<String>,
-    /// Digest of the records.
-    pub events_sha256: Option<String>,
-    /// Key id.
-    pub key_id: Option<String>,
-    /// Format version.
-    pub format_version: Option<String>,
-    /// Failure.
-    pub error: Option<String>,
-    /// Why the backup is not what was asked for (an incremental that became full).
-    pub note: Option<String>,
-}
-
-impl RestoreRecord {
-    /// A restore that failed before it started (its checks, a peer), recorded so that
-    /// `GetStatus` shows it as the last restore.
-    pub fn failed_before_start(id: &str, at: &str, created_by: String, why: &str) -> Self {
-        Self {
-            id: id.into(),
-            backup_id: String::new(),
-            state: State::Failed,
-            started_at: at.into(),
-            completed_at: Some(at.into()),
-            created_by,
-            sink: "not started".into(),
-            until: None,
-            drop_existing: false,
-            chain: Vec::new(),
-            event_count: 0,
-            archive_bytes: 0,
-            error: Some(why.into()),
-        }
-    }
-}
-
-impl BackupRecord {
-    /// The record of a complete backup described by its manifest.
-    pub fn from_manifest(m: &Manifest) -> Self {
-        Self {
-            id: m.id.clone(),
-            kind: m.kind.clone(),
-            state: State::Succeeded,
-            parent_id: m.parent_id.clone(),
-            created_at: m.created_at.clone(),
-            completed_at: Some(m.completed_at.clone()),
-            created_by: m.created_by.clone(),
-            source: m.source.clone(),
-            event_count: m.event_count,
-            archive_bytes: m.archive_bytes,
-            archive_sha256: Some(m.archive_sha256.clone()),
-            archive_key: Some(m.archive_key.clone()),
-            first_event_time: m.first_event_time.clone(),
-            last_event_time: m.last_event_time.clone(),
-            events_sha256: Some(m.events_sha256.clone()),
-            key_id: Some(m.key_id.clone()),
-            format_version: Some(m.format_version.clone()),
-            error: None,
-            note: m.note.clone(),
-        }
-    }
-}
-
-/// One restore.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestoreRecord {
-    /// Id.
-    pub id: String,
-    /// Backup restored.
-    pub backup_id: String,
-    /// State.
-    pub state: State,
-    /// RFC 3339.
-    pub started_at: String,
-    /// RFC 3339.
-    pub completed_at: Option<String>,
-    /// Caller identity.
-    pub created_by: String,
-    /// "events-table" or "eventstore-api".
-    pub sink: String,
-    /// Point in time restored to.
-    pub until: Option<String>,
-    /// Whether existing events were dropped.
-    pub drop_existing: bool,
-    /// Backups restored, full first.
-    pub chain: Vec<String>,
-    /// Events written.
-    pub event_count: u64,
-    /// Archive bytes read.
-    pub archive_bytes: u64,
-    /// Failure.
-    pub error: Option<String>,
-}
-
-impl BackupRecord {
-    /// The RUNNING record of a backup that starts now.
-    pub fn running(
-        id: &str,
-        kind: &str,
-        created_at: String,
-        created_by: String,
-        source: String,
-    ) -> Self {
-        Self {
-            id: id.into(),
-            kind: kind.into(),
-            state: State::Running,
-            parent_id: None,
-            created_at,
-            completed_at: None,
-            created_by,
-            source,
-            event_count: 0,
-            archive_bytes: 0,
-            archive_sha256: None,
-            archive_key: None,
-            first_event_time: None,
-            last_event_time: None,
-            events_sha256: None,
-            key_id: None,
-            format_version: None,
-            error: None,
-            note: None,
-        }
-    }
-}
-
-/// A page of backups.
-#[derive(Debug, Clone)]
-pub struct Page {
-    /// Backups, newest first.
-    pub backups: Vec<BackupRecord>,
-    /// Token of the next page.
-    pub next: Option<String>,
-}
 
 /// The catalog database.
 #[derive(Debug, Clone)]
@@ -232,14 +30,16 @@ const BACKUP_COLUMNS: &str = "id, kind, state, parent_id, created_at, completed_
 
 impl Catalog {
     /// Connects to `sqlite://PATH` (created when missing) or `postgres://…` and migrates.
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+    pub async fn connect(url: &str) -> Result<Self, CatalogError> {
         sqlx::any::install_default_drivers();
         let (url, kind) = if let Some(path) = url.strip_prefix("sqlite://") {
             if let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
             {
                 if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    std::fs::create_dir_all(dir).map_err(|source| CatalogError::CreateDir {
+                        path: dir.display().to_string(),
+                        source,
+                    })?;
                 }
             }
             let url = if url.contains('?') {
@@ -250,23 +50,26 @@ impl Catalog {
             (url, "sqlite")
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             crate::database::check_client_key(url, "catalog database")
-                .map_err(anyhow::Error::msg)?;
+                .map_err(CatalogError::BadUrl)?;
             (url.to_string(), "postgres")
         } else {
-            anyhow::bail!("unsupported catalog URL {url:?}: use sqlite://PATH or postgres://…");
+            return Err(CatalogError::BadUrl(format!(
+                "unsupported catalog URL {url:?}: use sqlite://PATH or postgres://…"
+            )));
         };
-        let connect: sqlx::any::AnyConnectOptions =
-            url.parse().context("invalid catalog database URL")?;
+        let connect: sqlx::any::AnyConnectOptions = url.parse().map_err(|e| {
+            CatalogError::BadUrl(format!(
+                "invalid catalog database URL: {}",
+                monoskope_backup_client::error_line(&e)
+            ))
+        })?;
         let options = AnyPoolOptions::new()
             .max_connections(if kind == "sqlite" { 1 } else { 5 })
             .acquire_timeout(std::time::Duration::from_secs(10));
         let pool = crate::database::open(options, connect)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to the catalog database: {e}"))?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .context("catalog migrations failed")?;
+            .map_err(CatalogError::Unreachable)?;
+        MIGRATOR.run(&pool).await?;
         Ok(Self {
             pool,
             url_kind: kind,
@@ -275,8 +78,8 @@ impl Catalog {
 
     /// `e`, from this catalog, in one line; when no connection could be had, why (the
     /// database refuses connections, its name does not resolve, …).
-    pub async fn unreachable(&self, e: &anyhow::Error) -> String {
-        crate::database::explain(&self.pool, e).await
+    pub async fn unreachable(&self, e: &CatalogError) -> String {
+        crate::database::explain(&self.pool, e, e.is_pool_timeout()).await
     }
 
     /// "sqlite" or "postgres".
@@ -285,7 +88,7 @@ impl Catalog {
     }
 
     /// Inserts or replaces a backup record.
-    pub async fn upsert_backup(&self, r: &BackupRecord) -> anyhow::Result<()> {
+    pub async fn upsert_backup(&self, r: &BackupRecord) -> Result<(), CatalogError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM backups WHERE id = $1")
             .bind(&r.id)
@@ -320,7 +123,7 @@ impl Catalog {
     }
 
     /// The backup with this id.
-    pub async fn get_backup(&self, id: &str) -> anyhow::Result<Option<BackupRecord>> {
+    pub async fn get_backup(&self, id: &str) -> Result<Option<BackupRecord>, CatalogError> {
         let row = sqlx::query(&format!(
             "SELECT {BACKUP_COLUMNS} FROM backups WHERE id = $1"
         ))
@@ -336,7 +139,7 @@ impl Catalog {
         page_size: usize,
         page_token: Option<&str>,
         include_incomplete: bool,
-    ) -> anyhow::Result<Page> {
+    ) -> Result<Page, CatalogError> {
         let states = if include_incomplete {
             ""
         } else {
@@ -352,7 +155,7 @@ impl Catalog {
         let mut backups = rows
             .iter()
             .map(backup_from_row)
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, CatalogError>>()?;
         let next = if backups.len() > page_size {
             backups.truncate(page_size);
             backups.last().map(|b| b.id.clone())
@@ -363,7 +166,7 @@ impl Catalog {
     }
 
     /// Every backup in a state, newest first.
-    pub async fn backups_in_state(&self, state: State) -> anyhow::Result<Vec<BackupRecord>> {
+    pub async fn backups_in_state(&self, state: State) -> Result<Vec<BackupRecord>, CatalogError> {
         let rows = sqlx::query(&format!(
             "SELECT {BACKUP_COLUMNS} FROM backups WHERE state = $1 ORDER BY id DESC"
         ))
@@ -374,7 +177,7 @@ impl Catalog {
     }
 
     /// The newest backup in a state.
-    pub async fn newest_in_state(&self, state: State) -> anyhow::Result<Option<BackupRecord>> {
+    pub async fn newest_in_state(&self, state: State) -> Result<Option<BackupRecord>, CatalogError> {
         let row = sqlx::query(&format!(
             "SELECT {BACKUP_COLUMNS} FROM backups WHERE state = $1 ORDER BY id DESC LIMIT 1"
         ))
@@ -385,7 +188,7 @@ impl Catalog {
     }
 
     /// Number of complete backups.
-    pub async fn count_complete(&self) -> anyhow::Result<u64> {
+    pub async fn count_complete(&self) -> Result<u64, CatalogError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM backups WHERE state = 'succeeded'")
             .fetch_one(&self.pool)
             .await?;
@@ -393,7 +196,7 @@ impl Catalog {
     }
 
     /// Removes a backup record.
-    pub async fn delete_backup(&self, id: &str) -> anyhow::Result<()> {
+    pub async fn delete_backup(&self, id: &str) -> Result<(), CatalogError> {
         sqlx::query("DELETE FROM backups WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
@@ -404,9 +207,12 @@ impl Catalog {
     /// Rebuilds the complete backups from the manifests at `dest`: adds what is missing,
     /// removes complete records whose manifest is gone, keeps failed-run records. Returns
     /// the number of complete backups found.
-    pub async fn resync(&self, dest: &dyn Destination) -> anyhow::Result<u64> {
+    pub async fn resync(&self, dest: &dyn Destination) -> Result<u64, CatalogError> {
         let mut found = std::collections::BTreeSet::new();
-        for m in crate::destination::manifest::list_complete(dest).await? {
+        let complete = crate::destination::manifest::list_complete(dest)
+            .await
+            .map_err(|e| CatalogError::Destination(e.into()))?;
+        for m in complete {
             self.upsert_backup(&BackupRecord::from_manifest(&m)).await?;
             found.insert(m.id);
         }
@@ -419,7 +225,7 @@ impl Catalog {
     }
 
     /// Inserts or replaces a restore record.
-    pub async fn upsert_restore(&self, r: &RestoreRecord) -> anyhow::Result<()> {
+    pub async fn upsert_restore(&self, r: &RestoreRecord) -> Result<(), CatalogError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM restores WHERE id = $1")
             .bind(&r.id)
@@ -446,59 +252,12 @@ impl Catalog {
     }
 
     /// The newest restore.
-    pub async fn last_restore(&self) -> anyhow::Result<Option<RestoreRecord>> {
+    pub async fn last_restore(&self) -> Result<Option<RestoreRecord>, CatalogError> {
         let row = sqlx::query("SELECT id, backup_id, state, started_at, completed_at, created_by, sink, until_time, drop_existing, chain, event_count, archive_bytes, error FROM restores ORDER BY started_at DESC, id DESC LIMIT 1")
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| restore_from_row(&r)).transpose()
     }
-}
-
-fn backup_from_row(r: &AnyRow) -> anyhow::Result<BackupRecord> {
-    Ok(BackupRecord {
-        id: r.try_get("id")?,
-        kind: r.try_get("kind")?,
-        state: r.try_get::<String, _>("state")?.parse()?,
-        parent_id: r.try_get("parent_id")?,
-        created_at: r.try_get("created_at")?,
-        completed_at: r.try_get("completed_at")?,
-        created_by: r.try_get("created_by")?,
-        source: r.try_get("source")?,
-        event_count: r.try_get::<i64, _>("event_count")? as u64,
-        archive_bytes: r.try_get::<i64, _>("archive_bytes")? as u64,
-        archive_sha256: r.try_get("archive_sha256")?,
-        archive_key: r.try_get("archive_key")?,
-        first_event_time: r.try_get("first_event_time")?,
-        last_event_time: r.try_get("last_event_time")?,
-        events_sha256: r.try_get("events_sha256")?,
-        key_id: r.try_get("key_id")?,
-        format_version: r.try_get("format_version")?,
-        error: r.try_get("error")?,
-        note: r.try_get("note")?,
-    })
-}
-
-fn restore_from_row(r: &AnyRow) -> anyhow::Result<RestoreRecord> {
-    let chain: String = r.try_get("chain")?;
-    Ok(RestoreRecord {
-        id: r.try_get("id")?,
-        backup_id: r.try_get("backup_id")?,
-        state: r.try_get::<String, _>("state")?.parse()?,
-        started_at: r.try_get("started_at")?,
-        completed_at: r.try_get("completed_at")?,
-        created_by: r.try_get("created_by")?,
-        sink: r.try_get("sink")?,
-        until: r.try_get("until_time")?,
-        drop_existing: r.try_get::<i64, _>("drop_existing")? != 0,
-        chain: chain
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
-        event_count: r.try_get::<i64, _>("event_count")? as u64,
-        archive_bytes: r.try_get::<i64, _>("archive_bytes")? as u64,
-        error: r.try_get("error")?,
-    })
 }
 
 #[cfg(test)]

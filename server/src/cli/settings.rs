@@ -267,11 +267,11 @@ impl Settings {
                     tracing::info!(backups = found, destination = %dest.url(), "catalog was empty; rebuilt it from the destination")
                 }
                 Ok(_) => {}
-                Err(e) if crate::engine::is_not_created(&e) => {
+                Err(e) if e.is_destination_not_created() => {
                     tracing::info!(destination = %dest.url(), "the destination is new: nothing to rebuild the catalog from")
                 }
                 Err(e) => {
-                    tracing::warn!(error = %monoskope_backup_client::error_line(e.as_ref()), "could not rebuild the catalog from the destination")
+                    tracing::warn!(error = %monoskope_backup_client::error_line(&e), "could not rebuild the catalog from the destination")
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! between the stages (and, for the watermark, by the number of aggregates).
 //!
 //! An incremental backup gets its parent's watermark: it keeps only the events above it, checks
-//! that they continue it exactly, and fails with [`ChainMismatch`] when they do not (the engine
+//! that they continue it exactly, and fails with [`SourceError::ChainMismatch`] when they do not (the engine
 //! then takes a full backup instead).
 
 use std::io::Write;
@@ -20,7 +20,7 @@ use crate::archive::{ArchiveWriter, Batch, Record, WriterOptions};
 use crate::catalog::{BackupRecord, State};
 use crate::destination::manifest::{Manifest, MANIFEST_FORMAT};
 use crate::destination::{layout, Upload, PART_SIZE};
-use crate::source::{ChainMismatch, RECORD_BATCH};
+use crate::source::{SourceError, RECORD_BATCH};
 use crate::time::rfc3339;
 use crate::watermark::{check_continuity, span_add_version, AggregateKeys, Watermark};
 
@@ -97,6 +97,12 @@ type BatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = anyhow::Result<B
 
 /// Records as batches of encoded records: whatever has arrived, up to [`RECORD_BATCH`]; the
 /// first error ends the stream.
+/// The table source's batches as the backup reads them; its [`SourceError`] stays the cause.
+fn from_table_source(rx: crate::source::table::Batches) -> BatchStream {
+    use futures::TryStreamExt;
+    Box::pin(crate::source::table::stream(rx).map_err(anyhow::Error::from))
+}
+
 fn batches(
     records: impl futures::Stream<Item = anyhow::Result<Record>> + Send + 'static,
 ) -> BatchStream {
@@ -200,24 +206,22 @@ pub(super) async fn run(
             anyhow::Ok::<BatchStream>(match custom {
                 Some(s) => batches(s),
                 None => match (&cfg.events_db, &before) {
-                    (Some(url), None) => Box::pin(crate::source::table::stream(
-                        crate::source::table::snapshot(
-                            crate::source::table::connect(url).await?,
-                            4,
-                            None,
-                            attempt.order,
-                            cfg.lock_wait_timeout,
-                        ),
+                    (Some(url), None) => from_table_source(crate::source::table::snapshot(
+                        crate::source::table::connect(url).await?,
+                        4,
+                        None,
+                        attempt.order,
+                        cfg.lock_wait_timeout,
                     )),
-                    (Some(url), Some(w)) => Box::pin(crate::source::table::stream(
-                        crate::source::table::incremental(
+                    (Some(url), Some(w)) => {
+                        from_table_source(crate::source::table::incremental(
                             crate::source::table::connect(url).await?,
                             w.clone(),
                             4,
                             None,
                             cfg.lock_wait_timeout,
-                        ),
-                    )),
+                        ))
+                    }
                     // The API has no per-aggregate maximum: an incremental reads every event and keeps
                     // the new ones.
                     (None, _) => batches(cfg.event_store.retrieve_all().await?),
@@ -306,7 +310,7 @@ pub(super) async fn run(
                         true
                     });
                     if let Some(a) = unversioned {
-                        return Err(ChainMismatch(format!(
+                        return Err(SourceError::ChainMismatch(format!(
                         "the store holds events without a version (aggregate {a}), which only a full backup can hold"
                     ))
                     .into());
@@ -345,7 +349,7 @@ pub(super) async fn run(
                         .collect();
                     behind.sort();
                     if let Some(first) = behind.first() {
-                        return Err(ChainMismatch(format!(
+                        return Err(SourceError::ChainMismatch(format!(
                         "the store no longer matches the chain ({} aggregates behind it; {first}): restored from an older backup?",
                         behind.len()
                     ))
@@ -353,7 +357,9 @@ pub(super) async fn run(
                     }
                 }
                 check_continuity(b, &spans).map_err(|p| {
-                    ChainMismatch(format!("the store no longer matches the chain: {p}"))
+                    SourceError::ChainMismatch(format!(
+                        "the store no longer matches the chain: {p}"
+                    ))
                 })?;
             }
             if let Some(b) = before {
@@ -503,15 +509,12 @@ impl AttemptError {
     }
 
     fn of_ref(e: &anyhow::Error) -> Option<Self> {
-        for c in e.chain() {
-            if let Some(m) = c.downcast_ref::<ChainMismatch>() {
-                return Some(AttemptError::ChainMismatch(m.0.clone()));
-            }
-            if let Some(u) = c.downcast_ref::<crate::source::Unordered>() {
-                return Some(AttemptError::Unordered(u.0.clone()));
-            }
+        // The source's error crosses the record stream and the writer as a cause.
+        match e.chain().find_map(|c| c.downcast_ref::<SourceError>())? {
+            SourceError::ChainMismatch(m) => Some(AttemptError::ChainMismatch(m.clone())),
+            SourceError::Unordered(u) => Some(AttemptError::Unordered(u.0.clone())),
+            _ => None,
         }
-        None
     }
 
     /// Sorts an attempt's error: the source's and the reader's typed findings are found in its

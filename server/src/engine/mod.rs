@@ -248,7 +248,7 @@ impl Engine {
             match report(engine.cfg.catalog.upsert_restore(&rec)).await {
                 Some(Ok(())) => {}
                 Some(Err(e)) => {
-                    tracing::error!(restore_id = %rec.id, error = %error_line(e.as_ref()), "could not record the restore in the catalog")
+                    tracing::error!(restore_id = %rec.id, error = %error_line(&e), "could not record the restore in the catalog")
                 }
                 None => {
                     tracing::error!(restore_id = %rec.id, "could not record the restore in the catalog: no answer within 4 s")
@@ -488,7 +488,7 @@ impl Engine {
         match report(self.cfg.catalog.upsert_backup(&record)).await {
             Some(Ok(())) => {}
             Some(Err(e)) => {
-                tracing::error!(backup_id = %record.id, error = %error_line(e.as_ref()), "could not record the backup in the catalog; `catalog resync` restores it from the destination")
+                tracing::error!(backup_id = %record.id, error = %error_line(&e), "could not record the backup in the catalog; `catalog resync` restores it from the destination")
             }
             None => {
                 tracing::error!(backup_id = %record.id, "could not record the backup in the catalog: no answer within 4 s; the next start marks it FAILED, `catalog resync` restores a complete one from the destination")

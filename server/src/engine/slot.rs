@@ -51,7 +51,7 @@ async fn renew_lease(catalog: Catalog, holder: Arc<str>) {
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %error_line(e.as_ref()), "could not renew the catalog's operation lease; retrying")
+                tracing::warn!(error = %error_line(&e), "could not renew the catalog's operation lease; retrying")
             }
         }
     }
@@ -184,7 +184,7 @@ impl Engine {
             Some(Ok(_)) => {}
             // It expires by itself after the lease's time to live.
             Some(Err(e)) => {
-                tracing::warn!(operation_id = %r.id, error = %error_line(e.as_ref()), "could not give the catalog's operation lease back; it expires by itself")
+                tracing::warn!(operation_id = %r.id, error = %error_line(&e), "could not give the catalog's operation lease back; it expires by itself")
             }
             None => {
                 tracing::warn!(operation_id = %r.id, "the catalog did not answer giving the operation lease back; it expires by itself")

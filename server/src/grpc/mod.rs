@@ -373,7 +373,7 @@ impl BackupService for Service {
                     }
                 }
             }
-            anyhow::Ok((
+            Ok::<_, crate::catalog::CatalogError>((
                 last_success,
                 last_failure,
                 last_restore,

@@ -2,6 +2,7 @@
 //! record encoding: a pure decoder over bytes (no I/O), fed in whatever pieces the connection
 //! hands over, with property tests.
 
+use super::SourceError;
 use crate::archive::{Batch, RecordParts};
 
 /// The signature that opens PostgreSQL's binary COPY format, followed by flags and the header
@@ -28,13 +29,13 @@ pub(super) struct CopyDecoder {
 }
 
 /// Why a COPY stream could not be decoded.
-pub(super) fn malformed(what: &str) -> anyhow::Error {
-    anyhow::anyhow!("unexpected COPY data from the events table: {what}")
+pub(super) fn malformed(what: &str) -> SourceError {
+    SourceError::Malformed(what.to_string())
 }
 
 impl CopyDecoder {
     /// Decodes every complete tuple of `data` (after what is pending) into `out`.
-    pub(super) fn feed(&mut self, data: &[u8], out: &mut Batch) -> anyhow::Result<()> {
+    pub(super) fn feed(&mut self, data: &[u8], out: &mut Batch) -> Result<(), SourceError> {
         if self.pending.is_empty() {
             let used = self.decode_from(data, out)?;
             self.pending.extend_from_slice(&data[used..]);
@@ -49,7 +50,7 @@ impl CopyDecoder {
     }
 
     /// The stream ended: it must have ended with the trailer, nothing after it.
-    pub(super) fn finish(&self) -> anyhow::Result<()> {
+    pub(super) fn finish(&self) -> Result<(), SourceError> {
         if !self.ended {
             return Err(malformed("the data ends inside a row"));
         }
@@ -57,7 +58,7 @@ impl CopyDecoder {
     }
 
     /// Decodes complete tuples from the start of `buf`; returns the bytes used.
-    fn decode_from(&mut self, buf: &[u8], out: &mut Batch) -> anyhow::Result<usize> {
+    fn decode_from(&mut self, buf: &[u8], out: &mut Batch) -> Result<usize, SourceError> {
         let mut at = 0;
         if !self.header_done {
             let need = COPY_SIGNATURE.len() + 8;
@@ -109,7 +110,7 @@ pub(super) type Fields<'a> = [Option<&'a [u8]>; 8];
 
 /// The fields of the tuple at the start of `buf` and the bytes it takes; `None` when `buf`
 /// ends inside it.
-pub(super) fn split_fields(buf: &[u8]) -> anyhow::Result<Option<(Fields<'_>, usize)>> {
+pub(super) fn split_fields(buf: &[u8]) -> Result<Option<(Fields<'_>, usize)>, SourceError> {
     let mut fields = [None; 8];
     let mut at = 2;
     for field in fields.iter_mut() {
@@ -132,7 +133,7 @@ pub(super) fn split_fields(buf: &[u8]) -> anyhow::Result<Option<(Fields<'_>, usi
 }
 
 /// Decodes the tuple at the start of `buf` into `out`.
-pub(super) fn decode_tuple(buf: &[u8], jsonb: bool, out: &mut Batch) -> anyhow::Result<Tuple> {
+pub(super) fn decode_tuple(buf: &[u8], jsonb: bool, out: &mut Batch) -> Result<Tuple, SourceError> {
     let Some(count) = buf.get(..2) else {
         return Ok(Tuple::Incomplete);
     };
@@ -152,7 +153,7 @@ pub(super) fn decode_tuple(buf: &[u8], jsonb: bool, out: &mut Batch) -> anyhow::
 /// Writes the record of one row's fields, each in PostgreSQL's binary format (as binary COPY
 /// and binary query results carry them); `metadata` and `data` as binary jsonb when `jsonb`,
 /// else as text.
-pub(super) fn push_fields(fields: Fields<'_>, jsonb: bool, out: &mut Batch) -> anyhow::Result<()> {
+pub(super) fn push_fields(fields: Fields<'_>, jsonb: bool, out: &mut Batch) -> Result<(), SourceError> {
     let [event_id, event_type, aggregate_id, aggregate_type, version, ts, md, data] = fields;
     let (md, data) = if jsonb {
         (jsonb_text(md, "metadata")?, jsonb_text(data, "data")?)
@@ -190,7 +191,7 @@ pub(super) fn push_fields(fields: Fields<'_>, jsonb: bool, out: &mut Batch) -> a
 pub(super) fn jsonb_text<'a>(
     b: Option<&'a [u8]>,
     column: &str,
-) -> anyhow::Result<Option<&'a [u8]>> {
+) -> Result<Option<&'a [u8]>, SourceError> {
     match b.map(<[u8]>::split_first) {
         None => Ok(None),
         Some(Some((1, text))) => Ok(Some(text)),
@@ -201,13 +202,13 @@ pub(super) fn jsonb_text<'a>(
 }
 
 /// A binary uuid in the text form PostgreSQL prints (lowercase, hyphenated), written into `out`.
-pub(super) fn uuid_text<'a>(b: &[u8], out: &'a mut [u8; 36]) -> anyhow::Result<&'a str> {
+pub(super) fn uuid_text<'a>(b: &[u8], out: &'a mut [u8; 36]) -> Result<&'a str, SourceError> {
     let u = uuid::Uuid::from_slice(b).map_err(|_| malformed("a uuid of the wrong length"))?;
     Ok(u.hyphenated().encode_lower(out))
 }
 
 /// A text column (`""` for NULL).
-pub(super) fn text(b: Option<&[u8]>) -> anyhow::Result<&str> {
+pub(super) fn text(b: Option<&[u8]>) -> Result<&str, SourceError> {
     match b {
         Some(b) => std::str::from_utf8(b).map_err(|_| malformed("text that is not UTF-8")),
         None => Ok(""),
@@ -215,7 +216,7 @@ pub(super) fn text(b: Option<&[u8]>) -> anyhow::Result<&str> {
 }
 
 /// A binary `timestamptz` (microseconds since 2000-01-01 UTC).
-pub(super) fn timestamp(b: &[u8]) -> anyhow::Result<prost_types::Timestamp> {
+pub(super) fn timestamp(b: &[u8]) -> Result<prost_types::Timestamp, SourceError> {
     let micros = i64::from_be_bytes(b.try_into().map_err(|_| malformed("timestamp"))?);
     let unix = micros
         .checked_add(PG_EPOCH_MICROS)
@@ -397,7 +398,7 @@ mod tests {
             data: Some("{}".into()),
         }];
         let bytes = copy_bytes(&rows, false);
-        let decode = |b: &[u8]| -> anyhow::Result<Batch> {
+        let decode = |b: &[u8]| -> Result<Batch, SourceError> {
             let mut d = CopyDecoder::default();
             let mut batch = Batch::new();
             d.feed(b, &mut batch)?;

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 
 use super::table::*;
+use super::SourceError;
 use crate::archive::Batch;
 use crate::watermark::{Aggregate, AggregateId, AggregateKeys};
 use futures::TryStreamExt;
@@ -17,7 +18,7 @@ use sqlx::Row;
 /// Like [`snapshot`], but only the events above `parent` (a chain's watermark), in one
 /// snapshot: first the highest version of every aggregate (one pass over the table's unique
 /// index), compared with the watermark — a store that holds less than the chain, or events
-/// without a version, aggregate id or type, is a [`super::ChainMismatch`], sent before any
+/// without a version, aggregate id or type, is a [`SourceError::ChainMismatch`], sent before any
 /// record — then the new
 /// events of the aggregates that grew, through the unique index.
 pub fn incremental(
@@ -47,9 +48,9 @@ async fn incremental_into(
     parent: &crate::watermark::Watermark,
     mode: Option<ReadMode>,
     lock_wait: Duration,
-    tx: &mpsc::Sender<anyhow::Result<Batch>>,
-) -> anyhow::Result<()> {
-    use super::ChainMismatch;
+    tx: &mpsc::Sender<Result<Batch, SourceError>>,
+) -> Result<(), SourceError> {
+    use SourceError::ChainMismatch;
     let Snapshot {
         mut conn,
         exists,
@@ -59,7 +60,7 @@ async fn incremental_into(
     } = begin_snapshot(pool, mode, lock_wait).await?;
     let columns = columns(jsonb);
     if !exists {
-        return Err(ChainMismatch("the store has no events table any more".into()).into());
+        return Err(ChainMismatch("the store has no events table any more".into()));
     }
     let (mut types, mut ids, mut held) = (Vec::new(), Vec::new(), Vec::new());
     let mut keys = AggregateKeys::default();
@@ -105,8 +106,7 @@ async fn incremental_into(
                         "the store holds events without {what} (aggregate {} {}), which only a full backup can hold",
                         t.unwrap_or("NULL"),
                         id.map_or("NULL".into(), |id| id.to_string())
-                    ))
-                    .into());
+                    )));
                 }
             };
             let v = row.try_get::<Option<i64>, _>("v")?.unwrap_or(0) as u64;
@@ -116,8 +116,7 @@ async fn incremental_into(
             if v < h {
                 return Err(ChainMismatch(format!(
                     "the store no longer matches the chain: aggregate {a} is at version {v}, the chain holds {h} (restored from an older backup?)"
-                ))
-                .into());
+                )));
             }
             if v > h {
                 types.push(a.kind);
@@ -135,8 +134,7 @@ async fn incremental_into(
         return Err(ChainMismatch(format!(
             "the store no longer matches the chain: {} aggregates the chain holds are gone from the store",
             parent.map.len() - seen
-        ))
-        .into());
+        )));
     }
     if !types.is_empty() {
         // One unique-index lookup per aggregate that grew (`OFFSET 0` keeps the lateral

@@ -9,6 +9,7 @@
 
 use super::copy::*;
 use super::reorder::{Reorder, Unordered};
+use super::SourceError;
 use crate::archive::Batch;
 use futures::TryStreamExt;
 use sqlx::{PgPool, Row};
@@ -58,15 +59,15 @@ pub enum Order {
 }
 
 /// Connects to the events database (as the table sink does).
-pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
+pub async fn connect(url: &str) -> Result<PgPool, SourceError> {
     Ok(crate::events_table::connect(url).await?)
 }
 
 /// What the reading task sends: batches of encoded records, or the error that stopped it.
-pub type Batches = mpsc::Receiver<anyhow::Result<Batch>>;
+pub type Batches = mpsc::Receiver<Result<Batch, SourceError>>;
 
 /// The batches as a stream.
-pub fn stream(rx: Batches) -> impl futures::Stream<Item = anyhow::Result<Batch>> + Send {
+pub fn stream(rx: Batches) -> impl futures::Stream<Item = Result<Batch, SourceError>> + Send {
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
@@ -97,17 +98,13 @@ pub fn snapshot(
 pub(super) async fn lock_wait_error(
     pool: &PgPool,
     lock_wait: Duration,
-    e: anyhow::Error,
-) -> anyhow::Error {
-    let timed_out = e
-        .chain()
-        .filter_map(|c| c.downcast_ref::<sqlx::Error>())
-        .any(crate::events_table::is_lock_timeout);
-    if !timed_out {
+    e: SourceError,
+) -> SourceError {
+    if !e.is_lock_timeout() {
         return e;
     }
-    anyhow::anyhow!(
-        crate::events_table::in_use(pool, lock_wait, "the backup", "back up again").await
+    SourceError::Busy(
+        crate::events_table::in_use(pool, lock_wait, "the backup", "back up again").await,
     )
 }
 
@@ -140,7 +137,7 @@ pub(super) async fn begin_snapshot(
     pool: &PgPool,
     mode: Option<ReadMode>,
     lock_wait: Duration,
-) -> anyhow::Result<Snapshot> {
+) -> Result<Snapshot, SourceError> {
     let mut conn = pool.acquire().await?;
     sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *conn)
@@ -182,7 +179,7 @@ pub(super) async fn hand_on(
     batch: &mut Batch,
     last: bool,
     reorder: &mut Option<Reorder>,
-    tx: &mpsc::Sender<anyhow::Result<Batch>>,
+    tx: &mpsc::Sender<Result<Batch, SourceError>>,
 ) -> Result<bool, Unordered> {
     let due = batch.len() >= super::RECORD_BATCH || (last && !batch.is_empty());
     if !due {
@@ -215,8 +212,8 @@ pub(super) async fn forward(
     jsonb: bool,
     grown: Option<&Grown>,
     mut reorder: Option<Reorder>,
-    tx: &mpsc::Sender<anyhow::Result<Batch>>,
-) -> anyhow::Result<()> {
+    tx: &mpsc::Sender<Result<Batch, SourceError>>,
+) -> Result<(), SourceError> {
     conn.close_on_drop();
     let mut batch = Batch::new();
     match mode {
@@ -287,8 +284,8 @@ pub(super) async fn stream_into(
     mode: Option<ReadMode>,
     order: Order,
     lock_wait: Duration,
-    tx: &mpsc::Sender<anyhow::Result<Batch>>,
-) -> anyhow::Result<()> {
+    tx: &mpsc::Sender<Result<Batch, SourceError>>,
+) -> Result<(), SourceError> {
     let Snapshot {
         mut conn,
         exists,
