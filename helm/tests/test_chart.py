@@ -66,6 +66,17 @@ VALUE_SETS = {
     },
 }
 
+with open(os.path.join(CHART, "examples", "monoskope-m8.yaml")) as f:
+    M8 = yaml.safe_load(f)
+VALUE_SETS["examples/monoskope-m8.yaml"] = copy.deepcopy(M8)
+M8_RESTORE = copy.deepcopy(M8)
+M8_RESTORE["backup"]["restore"]["enabled"] = True
+VALUE_SETS["examples/monoskope-m8.yaml, restore enabled"] = M8_RESTORE
+VALUE_SETS["catalog-client-cert"] = {
+    "backup": copy.deepcopy(S3),
+    "catalog": {"postgres": {"host": "m8-cockroachdb-public", "clientCertSecretName": "m8-backup-catalog-cert"}},
+}
+
 failures = []
 
 
@@ -189,6 +200,53 @@ for name, values in VALUE_SETS.items():
     check(expect <= set(kinds), f"{name}: missing {expect - set(kinds)} in {kinds}")
     print(f"{name}: {len(kinds)} manifests checked")
 
+# The Monoskope example: table mode through Monoskope's own database client certificate, gateway
+# auth, the CronJob's token, and the restore Job that restarts Monoskope's deployments.
+M8_DB_URL = ("postgres://eventstore@m8-cockroachdb-public:26257/eventstore?sslmode=verify-full"
+             "&sslrootcert=/etc/monoskope-backup/events-db/ca.crt"
+             "&sslcert=/etc/monoskope-backup/events-db/tls.crt"
+             "&sslkey=/etc/monoskope-backup/events-db/tls.key")
+m8 = {(d["kind"], d["metadata"]["name"]): d
+      for _, d in docs(chart.render(copy.deepcopy(M8_RESTORE), name="m8-backup", namespace="monoskope"))}
+config = yaml.safe_load(m8[("ConfigMap", "m8-backup-monoskope-backup")]["data"]["config.yaml"]) \
+    if ("ConfigMap", "m8-backup-monoskope-backup") in m8 else None
+if config is None:
+    cms = [d for (k, _), d in m8.items() if k == "ConfigMap"]
+    config = yaml.safe_load(cms[0]["data"]["config.yaml"])
+check(config["eventStore"]["eventsDb"] == M8_DB_URL, f"m8: events database URL {config['eventStore'].get('eventsDb')}")
+check(config["eventStore"]["address"] == "m8-eventstore:8080", "m8: EventStore address")
+check(config["auth"] == {"mode": "gateway", "gateway": "m8-gateway:8080", "admins": [],
+                         "machineIdentities": [], "readers": []}, f"m8: auth {config['auth']}")
+check(config["catalog"]["url"].startswith("sqlite://"), "m8: embedded catalog")
+dep = [d for (k, _), d in m8.items() if k == "Deployment"][0]
+spec = pod_spec(dep)
+vols = {v["name"]: v for v in spec["volumes"]}
+check(vols.get("events-db", {}).get("secret") == {"secretName": "m8-db-client-auth-cert", "defaultMode": 0o440},
+      f"m8: events-db volume {vols.get('events-db')}")
+mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+check(mounts.get("events-db") == {"name": "events-db", "mountPath": "/etc/monoskope-backup/events-db", "readOnly": True},
+      f"m8: events-db mount {mounts.get('events-db')}")
+env_from = [e["secretRef"]["name"] for e in spec["containers"][0]["envFrom"]]
+check(env_from == ["m8-backup"], f"m8: envFrom {env_from}")
+cron = [d for (k, _), d in m8.items() if k == "CronJob"][0]
+cspec = pod_spec(cron)
+check({"name": "token", "secret": {"secretName": "m8-backup-cron-token"}} in cspec["volumes"]
+      or any(v["name"] == "token" and v["secret"]["secretName"] == "m8-backup-cron-token" for v in cspec["volumes"]),
+      f"m8: CronJob token volume {cspec['volumes']}")
+cenv = {e["name"]: e.get("value") for e in cspec["containers"][0]["env"]}
+check(cenv.get("BACKUP_TOKEN_FILE") == "/var/run/secrets/monoskope-backup/token", f"m8: CronJob env {cenv}")
+check(cenv.get("BACKUP_SERVER") == "http://m8-backup-monoskope-backup.monoskope.svc:50051", f"m8: CronJob env {cenv}")
+job = [d for (k, _), d in m8.items() if k == "Job"][0]
+jspec = pod_spec(job)
+restore = jspec["initContainers"][0]
+check(restore["args"][:4] == ["restore", "latest", "--wait", "--yes"], f"m8: restore {restore['args']}")
+check("--drop-existing" not in restore["args"] and "--via-api" not in restore["args"],
+      f"m8: the restore goes into the events table, never through the bus: {restore['args']}")
+main = jspec["containers"][0]
+check(main["args"][:3] == ["rollout", "restart", "deployment"] and "app.kubernetes.io/part-of=monoskope" in " ".join(main["args"]),
+      f"m8: rollout restart {main['args']}")
+print("examples/monoskope-m8.yaml: mounts, environment, CronJob token and restore Job checked")
+
 # With the default thresholds the PrometheusRule is the tested file, byte for byte in meaning.
 rendered = chart.render({"backup": {**copy.deepcopy(S3), "alerting": {"enabled": True}}},
                         name="m8", namespace="monoskope")
@@ -216,6 +274,9 @@ for values, named in [
     ({"backup": copy.deepcopy(S3), "auth": {"mode": "jwt", "jwt": {"issuer": "x", "publicKeySecretName": "k"}}}, "auth.admins"),
     ({"backup": copy.deepcopy(S3), "auth": {"mode": "none"}}, "/auth/mode"),
     ({"backup": {"destination": {"s3": {"bucket": ""}}}}, "backup.destination.s3.bucket"),
+    ({"backup": copy.deepcopy(S3), "eventStore": {"eventsDbSecretName": "x", "eventsDb": {"host": "db"}}}, "eventStore.eventsDb.host"),
+    ({"backup": copy.deepcopy(S3), "catalog": {"existingSecretName": "x", "postgres": {"host": "db"}}}, "catalog.postgres.host"),
+    ({"backup": copy.deepcopy(S3), "eventStore": {"eventsDb": {"host": "db", "sslmode": "prefer"}}}, "sslmode"),
 ]:
     try:
         chart.render(values, name="m8", namespace="monoskope")

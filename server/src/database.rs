@@ -60,8 +60,8 @@ where
     }
 }
 
-/// Refuses a PostgreSQL URL whose client key (`sslkey=FILE`) is readable by group or others, as
-/// libpq does: a client certificate's key is a password, and a pod's mounted secret with the
+/// Refuses a PostgreSQL URL whose client key (`sslkey=FILE`) others may read, by libpq's rule
+/// ([`key_mode_problem`]): a client certificate's key is a password, and a pod's mounted secret with the
 /// wrong `defaultMode` would otherwise go unnoticed. `what` names the database in the message.
 pub fn check_client_key(url: &str, what: &str) -> Result<(), String> {
     let Some(query) = url.split_once('?').map(|(_, q)| q) else {
@@ -71,17 +71,57 @@ pub fn check_client_key(url: &str, what: &str) -> Result<(), String> {
         if let Some(path) = pair.strip_prefix("sslkey=") {
             #[cfg(unix)]
             {
-                use std::os::unix::fs::PermissionsExt;
+                use std::os::unix::fs::MetadataExt;
                 let meta = std::fs::metadata(path)
                     .map_err(|e| format!("{what}: client key {path}: {e}"))?;
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(format!(
-                        "{what}: client key {path} is readable by group or others (mode {mode:04o}); chmod 600 it (a Kubernetes secret: defaultMode 0600)"
-                    ));
+                // This process's user: the owner of its own /proc entry.
+                let me = std::fs::metadata("/proc/self").map_or(meta.uid(), |m| m.uid());
+                if let Some(why) = key_mode_problem(meta.mode() & 0o777, meta.uid(), me) {
+                    return Err(format!("{what}: client key {path} {why}"));
                 }
             }
         }
     }
     Ok(())
+}
+
+/// libpq's rule for a client key (`mode`, owned by `uid`; this process runs as `me`): owned by this user, no access by
+/// group or others (0600 or less); owned by root — a Kubernetes secret mounted with an
+/// `fsGroup` — group read at most (0640 or less); owned by anyone else, nothing for others.
+#[cfg(unix)]
+fn key_mode_problem(mode: u32, uid: u32, me: u32) -> Option<String> {
+    let bad = if uid == me {
+        mode & 0o077
+    } else if uid == 0 {
+        mode & 0o037
+    } else {
+        mode & 0o007
+    };
+    (bad != 0).then(|| {
+        format!(
+            "is readable or writable by others than its owner (mode {mode:04o}); chmod 600 it (a Kubernetes secret: defaultMode 0400, or 0440 with an fsGroup)"
+        )
+    })
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::key_mode_problem;
+
+    #[test]
+    fn client_keys_follow_libpqs_rule() {
+        // Owned by this user: 0600 or less.
+        assert!(key_mode_problem(0o600, 1000, 1000).is_none());
+        assert!(key_mode_problem(0o400, 1000, 1000).is_none());
+        assert!(key_mode_problem(0o640, 1000, 1000).is_some());
+        assert!(key_mode_problem(0o604, 1000, 1000).is_some());
+        // Owned by root (a secret volume with an fsGroup): group read at most.
+        assert!(key_mode_problem(0o440, 0, 65532).is_none());
+        assert!(key_mode_problem(0o640, 0, 65532).is_none());
+        assert!(key_mode_problem(0o660, 0, 65532).is_some());
+        assert!(key_mode_problem(0o644, 0, 65532).is_some());
+        // Owned by someone else: nothing for others.
+        assert!(key_mode_problem(0o640, 7, 1000).is_none());
+        assert!(key_mode_problem(0o644, 7, 1000).is_some());
+    }
 }

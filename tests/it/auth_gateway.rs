@@ -1,12 +1,8 @@
 //! Authentication through the gateway's GatewayAuth, the methods that answer without a token,
 //! and `--auth none` off loopback.
 
-use std::sync::{Arc, Mutex};
-
 use monoskope_backup_api::backup::v1 as pb;
-use monoskope_backup_api::gateway::check_response::CheckResponseTag;
-use monoskope_backup_api::gateway::gateway_auth_server::{GatewayAuth, GatewayAuthServer};
-use monoskope_backup_api::gateway::{CheckRequest, CheckResponse};
+use monoskope_backup_tests::gateway::Gateway;
 use monoskope_backup_tests::{free_port, run};
 use pb::backup_service_client::BackupServiceClient;
 use serde_json::json;
@@ -15,52 +11,30 @@ use tonic::Code;
 #[allow(unused_imports)]
 use super::auth::*;
 
-/// A gateway stand-in: `GatewayAuth.Check` as the contract describes it.
-#[derive(Clone, Default)]
+/// The gateway stand-in of `tests/support/gateway.rs` (which decides as Monoskope's gateway
+/// does), with Ada, a system admin, and Bob, a user without roles.
 pub(crate) struct StandIn {
-    pub(crate) seen: Arc<Mutex<Vec<CheckRequest>>>,
-}
-
-#[tonic::async_trait]
-impl GatewayAuth for StandIn {
-    async fn check(
-        &self,
-        request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        let r = request.into_inner();
-        self.seen.lock().expect("lock").push(r.clone());
-        let tag = |k: &str, v: &str| CheckResponseTag {
-            key: k.into(),
-            value: v.into(),
-        };
-        match r.access_token.as_str() {
-            "token-of-admin" => Ok(tonic::Response::new(CheckResponse {
-                tags: vec![
-                    tag("x-auth-id", "6f1c3c0e-8d1e-4c5a-9b2f-0a1b2c3d4e5f"),
-                    tag("x-auth-name", "Ada Admin"),
-                    tag("x-auth-email", "ada@example.com"),
-                    tag("x-auth-not-before", "2026-11-24T08:00:00Z"),
-                ],
-            })),
-            "token-of-user" => Err(tonic::Status::permission_denied("authorization failed")),
-            _ => Err(tonic::Status::unauthenticated("authentication failed")),
-        }
-    }
+    pub(crate) gw: Gateway,
+    /// Ada's user id.
+    pub(crate) admin_id: String,
+    /// An API token of Ada's user id.
+    pub(crate) admin: String,
+    /// An API token of Bob's user id.
+    pub(crate) user: String,
 }
 
 pub(crate) async fn start_stand_in() -> (StandIn, String) {
-    let s = StandIn::default();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr").to_string();
-    let svc = GatewayAuthServer::new(s.clone());
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
-            .await
-    });
+    let gw = Gateway::default();
+    let ada = gw.create_user("ada@example.com");
+    gw.bind(&ada, "admin", "system");
+    let bob = gw.create_user("bob@example.com");
+    let s = StandIn {
+        admin: gw.api_token(&ada, &["API"]),
+        user: gw.api_token(&bob, &["API"]),
+        admin_id: ada,
+        gw,
+    };
+    let addr = s.gw.start().await;
     (s, addr)
 }
 
@@ -71,24 +45,20 @@ async fn gateway_mode_asks_the_gateway_and_takes_its_tags() {
     let log = e.dir.join("server.log");
     let (_p, url) = serve(&e, &["--auth", "gateway", "--gateway", &gw_addr], &log);
 
-    assert_eq!(
-        call(&url, "CreateBackup", Some("bearer token-of-admin"))
-            .await
-            .0,
-        Code::Ok
-    );
-    let (code, msg) = call(&url, "Restore", Some("Bearer token-of-user")).await;
+    let admin = format!("bearer {}", gw.admin);
+    assert_eq!(call(&url, "CreateBackup", Some(&admin)).await.0, Code::Ok);
+    let (code, msg) = call(&url, "Restore", Some(&format!("Bearer {}", gw.user))).await;
     assert_eq!(code, Code::PermissionDenied, "{msg}");
     let (code, msg) = call(&url, "GetStatus", Some("Bearer forged")).await;
     assert_eq!(code, Code::Unauthenticated, "{msg}");
     assert!(msg.contains("gateway auth failed"), "{msg}");
 
     {
-        let seen = gw.seen.lock().expect("lock");
+        let seen = gw.gw.seen.lock().expect("lock");
         assert_eq!(seen.len(), 3, "one Check per call");
         assert_eq!(seen[0].full_method_name, format!("{SVC}CreateBackup"));
         assert_eq!(
-            seen[0].access_token, "token-of-admin",
+            seen[0].access_token, gw.admin,
             "the raw token, without the scheme"
         );
         let body: serde_json::Value = serde_json::from_slice(&seen[0].request).expect("json");
@@ -105,7 +75,7 @@ async fn gateway_mode_asks_the_gateway_and_takes_its_tags() {
     let mut r = tonic::Request::new(pb::ListBackupsRequest::default());
     r.metadata_mut().insert(
         "authorization",
-        "Bearer token-of-admin".parse().expect("ascii"),
+        format!("Bearer {}", gw.admin).parse().expect("ascii"),
     );
     let list = c.list_backups(r).await.expect("list").into_inner().backups;
     assert_eq!(list.len(), 1);
@@ -118,7 +88,7 @@ async fn gateway_mode_asks_the_gateway_and_takes_its_tags() {
         &["--auth", "gateway", "--gateway", &down],
         &e.dir.join("down.log"),
     );
-    let (code, msg) = call(&url2, "GetStatus", Some("Bearer token-of-admin")).await;
+    let (code, msg) = call(&url2, "GetStatus", Some(&admin)).await;
     assert_eq!(code, Code::Unavailable, "{msg}");
     assert!(msg.contains(&down), "{msg}");
 }
@@ -218,7 +188,7 @@ async fn no_method_but_health_and_reflection_answers_without_a_token() {
         "the five BackupService methods were found and called"
     );
     assert!(
-        gw.seen.lock().expect("lock").is_empty(),
+        gw.gw.seen.lock().expect("lock").is_empty(),
         "no token, no Check"
     );
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
@@ -290,4 +260,91 @@ fn auth_none_is_refused_off_loopback_and_jwt_needs_its_settings() {
     );
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("--gateway HOST:PORT"), "{}", out.stderr);
+}
+
+/// The CronJob's path in gateway mode, as `docs/MONOSKOPE.md` §5 and the README tell an operator
+/// to set it up: a Monoskope user with the role admin in the scope system, and an API token
+/// issued for its user id, presented by `backupctl create --wait` from the token file the chart
+/// mounts. A token issued for a name, or for a user without the role, is refused with what is
+/// missing; a policy that grants a scope this service's path lets a name token through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cronjobs_token_passes_monoskopes_gateway_rules() {
+    let e = env().await;
+    let gw = Gateway::default();
+    let gw_addr = gw.start().await;
+    // monoctl create user backup-cron@example.com
+    // monoctl create rolebinding backup-cron@example.com --role admin --scope system
+    // monoctl create api-token -u <its user id> -s API -v 8760h
+    let cron = gw.create_user("backup-cron@example.com");
+    gw.bind(&cron, "admin", "system");
+    let good = gw.api_token(&cron, &["API"]);
+    // The token the chart used to document: issued for a name, so it has no roles.
+    let by_name = gw.api_token("backup-cron", &["API"]);
+    // A user id without the role.
+    let plain = gw.create_user("someone@example.com");
+    let no_role = gw.api_token(&plain, &["API"]);
+    let log = e.dir.join("server.log");
+    let (_p, url) = serve(&e, &["--auth", "gateway", "--gateway", &gw_addr], &log);
+
+    let create = |token: &str| {
+        let file = e.dir.join("cron-token");
+        std::fs::write(&file, token).expect("token file");
+        let file = file.to_str().expect("utf8").to_string();
+        run(
+            "backupctl",
+            &["create", "--wait"],
+            &[("BACKUP_SERVER", &url), ("BACKUP_TOKEN_FILE", &file)],
+        )
+    };
+    let out = create(&good);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let list = run(
+        "backupctl",
+        &["list", "--json"],
+        &[("BACKUP_SERVER", &url), ("MONOSKOPE_TOKEN", &good)],
+    );
+    assert_eq!(list.code, Some(0), "{list:?}");
+    assert!(
+        list.stdout.contains("backup-cron@example.com"),
+        "the catalog names the CronJob's user: {list:?}"
+    );
+
+    for (what, token) in [
+        ("a name token", &by_name),
+        ("a user without the role", &no_role),
+    ] {
+        let out = create(token);
+        assert_ne!(out.code, Some(0), "{what}: {out:?}");
+        let text = &out.stderr;
+        for needle in [
+            "authorization failed",
+            "user id (a UUID, not a name)",
+            "--role admin --scope system",
+            "monoctl create api-token -u USER_ID",
+        ] {
+            assert!(
+                text.contains(needle),
+                "{what}: {needle:?} missing in {text}"
+            );
+        }
+    }
+    let (code, msg) = call(&url, "GetStatus", Some(&format!("Bearer {by_name}"))).await;
+    assert_eq!(code, Code::PermissionDenied, "{msg}");
+
+    // A narrower grant: the operator's policy gives the scope API this service's path; the name
+    // token then passes without any role, and a token of another scope still does not.
+    gw.grant_scope("API", SVC);
+    assert_eq!(
+        call(&url, "GetStatus", Some(&format!("Bearer {by_name}")))
+            .await
+            .0,
+        Code::Ok
+    );
+    let scim = gw.api_token("backup-cron", &["WRITE_SCIM"]);
+    assert_eq!(
+        call(&url, "GetStatus", Some(&format!("Bearer {scim}")))
+            .await
+            .0,
+        Code::PermissionDenied
+    );
 }

@@ -24,5 +24,9 @@ fn chart_renders_validates_and_matches_the_binaries() {
     );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("chart ok"), "{text}");
-    assert_eq!(text.matches("manifests checked").count(), 5, "{text}");
+    assert_eq!(text.matches("manifests checked").count(), 8, "{text}");
+    assert!(
+        text.contains("examples/monoskope-m8.yaml: mounts, environment, CronJob token and restore Job checked"),
+        "{text}"
+    );
 }

@@ -5,6 +5,7 @@ mod archive_cli;
 mod auth;
 mod auth_gateway;
 mod bench;
+mod cockroach;
 mod db_tls;
 mod destination;
 mod devstore_contract;

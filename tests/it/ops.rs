@@ -337,7 +337,7 @@ async fn backup_and_restore_store_events_with_the_callers_identity() {
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
         &[("BACKUP_EMIT_EVENTS", "true")],
     );
-    let opts = ClientOptions::new(s.url()).with_token("token-of-admin");
+    let opts = ClientOptions::new(s.url()).with_token(gw.admin.clone());
     let mut c = BackupClient::connect(&opts).await.expect("connect");
     let b = c.create_backup(true, false).await.expect("backup");
     assert!(b.error.is_empty(), "{}", b.error);
@@ -354,8 +354,8 @@ async fn backup_and_restore_store_events_with_the_callers_identity() {
     let want: BTreeMap<String, String> = [
         ("component_name", "monoskope-backup"),
         ("component_version", env!("CARGO_PKG_VERSION")),
-        ("x-auth-id", "6f1c3c0e-8d1e-4c5a-9b2f-0a1b2c3d4e5f"),
-        ("x-auth-name", "Ada Admin"),
+        ("x-auth-id", gw.admin_id.as_str()),
+        ("x-auth-name", "ada"),
         ("x-auth-email", "ada@example.com"),
     ]
     .into_iter()
@@ -378,7 +378,7 @@ async fn backup_and_restore_store_events_with_the_callers_identity() {
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
         &[("BACKUP_EMIT_EVENTS", "true")],
     );
-    let opts = ClientOptions::new(s2.url()).with_token("token-of-admin");
+    let opts = ClientOptions::new(s2.url()).with_token(gw.admin.clone());
     let mut c = BackupClient::connect(&opts).await.expect("connect");
     let r = c
         .restore(pb::RestoreRequest {
@@ -407,7 +407,7 @@ async fn backup_and_restore_store_events_with_the_callers_identity() {
         events_of(&empty, "Backup").await.is_empty(),
         "the archive held no Backup events"
     );
-    assert!(gw.seen.lock().expect("lock").len() >= 2);
+    assert!(gw.gw.seen.lock().expect("lock").len() >= 2);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! find the real services (PostgreSQL, S3, Pushgateway) the test command started.
 
 pub mod fixture;
+pub mod gateway;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};

@@ -83,3 +83,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
         path: ca.crt
 {{- end }}
 {{- end -}}
+
+{{/*
+A postgres:// URL with a client certificate and no password, from a `postgres` values block
+(host, port, database, user, sslmode, clientCertSecretName) and the directory its Secret is
+mounted at: (dict "db" .Values.eventStore.eventsDb "dir" "/etc/monoskope-backup/events-db").
+*/}}
+{{- define "mbk.pgUrl" -}}
+{{- $db := .db -}}
+postgres://{{ $db.user | urlquery }}@{{ $db.host }}:{{ $db.port }}/{{ $db.database | urlquery }}?sslmode={{ $db.sslmode }}
+{{- if $db.clientCertSecretName -}}
+&sslrootcert={{ .dir }}/ca.crt&sslcert={{ .dir }}/tls.crt&sslkey={{ .dir }}/tls.key
+{{- end -}}
+{{- end -}}

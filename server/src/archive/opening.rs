@@ -84,4 +84,3 @@ pub(super) fn opening_thread(
         }
     }
 }
-

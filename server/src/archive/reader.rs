@@ -9,9 +9,9 @@ use monoskope_backup_api::archive::v1::{Footer, Header, KeyEnvelope, Record};
 use prost::Message;
 
 use super::error::ArchiveError;
-use super::opening::{opening_thread, Ahead, FrameJob, Opened, READ_AHEAD};
 use super::format::*;
 use super::keys::{self, Argon2Params, Keys, ARGON2_MAX};
+use super::opening::{opening_thread, Ahead, FrameJob, Opened, READ_AHEAD};
 use super::view::RecordView;
 use super::writer::Tally;
 

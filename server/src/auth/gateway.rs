@@ -80,7 +80,7 @@ impl Gateway {
             }
             Err(s) => Err(match s.code() {
                 Code::PermissionDenied => {
-                    AuthError::PermissionDenied(format!("gateway: {}", s.message()))
+                    AuthError::PermissionDenied(format!("gateway: {}: {GATEWAY_RULE}", s.message()))
                 }
                 Code::Unauthenticated | Code::InvalidArgument => {
                     AuthError::Unauthenticated(format!("gateway auth failed: {}", s.message()))
@@ -94,6 +94,10 @@ impl Gateway {
         }
     }
 }
+
+/// What Monoskope's gateway requires of a caller outside its short list of allowed paths, said
+/// when it refuses one (docs/MONOSKOPE.md §5; the how-to is in the README).
+pub const GATEWAY_RULE: &str = "Monoskope's gateway lets a token call the BackupService only when the token was issued for the user id (a UUID, not a name) of a user with the role admin in the scope system (monoctl create rolebinding EMAIL --role admin --scope system, then monoctl create api-token -u USER_ID -s API), or when the gateway's policy grants one of the token's scopes this path";
 
 fn ts(t: &prost_types::Timestamp) -> Value {
     match chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32) {

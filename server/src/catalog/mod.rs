@@ -11,11 +11,11 @@ mod error;
 mod lease;
 mod records;
 pub use error::CatalogError;
-pub use records::{BackupRecord, Page, RestoreRecord, State};
-use records::{backup_from_row, restore_from_row};
 pub use lease::{lease_holder_name, LeaseHolder, LEASE_RENEW_EVERY, LEASE_TTL};
 #[cfg(test)]
 use lease::{now_ms, this_host};
+use records::{backup_from_row, restore_from_row};
+pub use records::{BackupRecord, Page, RestoreRecord, State};
 
 /// The catalog database.
 #[derive(Debug, Clone)]
@@ -177,7 +177,10 @@ impl Catalog {
     }
 
     /// The newest backup in a state.
-    pub async fn newest_in_state(&self, state: State) -> Result<Option<BackupRecord>, CatalogError> {
+    pub async fn newest_in_state(
+        &self,
+        state: State,
+    ) -> Result<Option<BackupRecord>, CatalogError> {
         let row = sqlx::query(&format!(
             "SELECT {BACKUP_COLUMNS} FROM backups WHERE state = $1 ORDER BY id DESC LIMIT 1"
         ))

@@ -257,4 +257,3 @@ pub(super) fn restore_from_row(r: &AnyRow) -> Result<RestoreRecord, CatalogError
         error: r.try_get("error")?,
     })
 }
-

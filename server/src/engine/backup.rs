@@ -213,15 +213,13 @@ pub(super) async fn run(
                         attempt.order,
                         cfg.lock_wait_timeout,
                     )),
-                    (Some(url), Some(w)) => {
-                        from_table_source(crate::source::table::incremental(
-                            crate::source::table::connect(url).await?,
-                            w.clone(),
-                            4,
-                            None,
-                            cfg.lock_wait_timeout,
-                        ))
-                    }
+                    (Some(url), Some(w)) => from_table_source(crate::source::table::incremental(
+                        crate::source::table::connect(url).await?,
+                        w.clone(),
+                        4,
+                        None,
+                        cfg.lock_wait_timeout,
+                    )),
                     // The API has no per-aggregate maximum: an incremental reads every event and keeps
                     // the new ones.
                     (None, _) => batches(cfg.event_store.retrieve_all().await?),

@@ -53,3 +53,40 @@ pub fn derived_event_id(r: &crate::archive::RecordView<'_>) -> uuid::Uuid {
     b.copy_from_slice(&d[..16]);
     uuid::Builder::from_custom_bytes(b).into_uuid()
 }
+
+/// The statements the table sink's designed CockroachDB path would send (not executed: the sink
+/// refuses CockroachDB before writing), with the line of CockroachDB's documentation that allows
+/// each (the table in `docs/COCKROACHDB.md`).
+pub fn cockroach_statements() -> Vec<(&'static str, Vec<crate::events_table::dialect::Statement>)> {
+    vec![(
+        "table sink, restore (designed, refused until run on CockroachDB)",
+        crate::events_table::dialect::sink_staging_swap(
+            crate::events_table::CREATE_TABLE,
+            "event_records_restore_{restore id}",
+            "event_records_old_{restore id}",
+        ),
+    )]
+}
+
+#[cfg(test)]
+mod cockroach_doc {
+    /// `docs/COCKROACHDB.md` lists exactly the statements the code sends (or would send) to
+    /// CockroachDB, between its two markers.
+    #[test]
+    fn the_statement_table_in_the_docs_is_the_codes() {
+        let mut paths = crate::source::cockroach_statements();
+        paths.extend(super::cockroach_statements());
+        let want = crate::events_table::dialect::markdown_table(&paths);
+        let doc = include_str!("../../../docs/COCKROACHDB.md");
+        let (_, rest) = doc
+            .split_once("<!-- statements: begin -->\n")
+            .expect("begin marker");
+        let (got, _) = rest
+            .split_once("<!-- statements: end -->")
+            .expect("end marker");
+        assert_eq!(
+            got, want,
+            "docs/COCKROACHDB.md is out of date; its table should read:\n{want}"
+        );
+    }
+}

@@ -6,8 +6,10 @@
 //! and commits only after the whole archive authenticated: the store is either the old one or
 //! the restored one. Nothing is published to the message bus.
 //!
-//! CockroachDB: it accepts `COPY … FROM STDIN` only in text/CSV form and limits the size of one
-//! transaction; this sink speaks the PostgreSQL wire form and was tested on PostgreSQL only.
+//! CockroachDB (no `LOCK TABLE`, no `DROP CONSTRAINT` of a unique constraint, `COPY … FROM
+//! STDIN` in text/CSV form only) is refused before anything is written, naming the database:
+//! its designed path, a staging table renamed into place in one transaction, is a plan in
+//! [`crate::events_table::dialect`] that has not been run against CockroachDB.
 
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::SinkError;
 pub use crate::events_table::{
-    connect, in_use, is_lock_timeout, set_lock_timeout, ConnectError, CREATE_TABLE,
+    connect, in_use, is_lock_timeout, set_lock_timeout, ConnectError, Dialect, CREATE_TABLE,
     DEFAULT_LOCK_WAIT,
 };
 
@@ -83,6 +85,7 @@ impl CopyRows {
 pub struct EventsTable {
     pool: PgPool,
     lock_wait: Duration,
+    dialect: Dialect,
 }
 
 impl EventsTable {
@@ -93,9 +96,14 @@ impl EventsTable {
             ConnectError::BadUrl(m) => SinkError::Unsupported(m),
             ConnectError::Unavailable(m) => SinkError::Unavailable(m),
         })?;
+        // Which database it is, asked before anything else (a CockroachDB is refused below).
+        let dialect = crate::events_table::dialect(&pool)
+            .await
+            .map_err(|e| SinkError::Unavailable(monoskope_backup_client::error_line(&e)))?;
         Ok(Self {
             pool,
             lock_wait: DEFAULT_LOCK_WAIT,
+            dialect,
         })
     }
 
@@ -124,8 +132,24 @@ impl EventsTable {
         &self.pool
     }
 
+    /// The database behind the table.
+    pub fn dialect(&self) -> &Dialect {
+        &self.dialect
+    }
+
+    /// Refuses a database this sink has not been run against, before anything is written.
+    fn check_dialect(&self) -> Result<(), SinkError> {
+        if self.dialect.is_cockroach() {
+            return Err(SinkError::Unsupported(
+                crate::events_table::dialect::sink_refusal(&self.dialect),
+            ));
+        }
+        Ok(())
+    }
+
     /// Number of events in the table (0 when it does not exist).
     pub async fn count(&self) -> Result<u64, SinkError> {
+        self.check_dialect()?;
         let exists: Option<String> =
             sqlx::query_scalar("SELECT to_regclass('event_records')::text")
                 .fetch_one(&self.pool)
@@ -166,6 +190,7 @@ impl EventsTable {
         mut records: RowBatches,
         drop_existing: bool,
     ) -> Result<u64, SinkError> {
+        self.check_dialect()?;
         let mut conn = self
             .pool
             .acquire()

@@ -153,7 +153,11 @@ pub(super) fn decode_tuple(buf: &[u8], jsonb: bool, out: &mut Batch) -> Result<T
 /// Writes the record of one row's fields, each in PostgreSQL's binary format (as binary COPY
 /// and binary query results carry them); `metadata` and `data` as binary jsonb when `jsonb`,
 /// else as text.
-pub(super) fn push_fields(fields: Fields<'_>, jsonb: bool, out: &mut Batch) -> Result<(), SourceError> {
+pub(super) fn push_fields(
+    fields: Fields<'_>,
+    jsonb: bool,
+    out: &mut Batch,
+) -> Result<(), SourceError> {
     let [event_id, event_type, aggregate_id, aggregate_type, version, ts, md, data] = fields;
     let (md, data) = if jsonb {
         (jsonb_text(md, "metadata")?, jsonb_text(data, "data")?)

@@ -49,7 +49,10 @@ mod tests {
         let e = SourceError::from(sqlx::Error::PoolTimedOut);
         assert_eq!(e.to_string(), "reading the events table failed");
         let line = monoskope_backup_client::error_line(&e);
-        assert!(line.starts_with("reading the events table failed: "), "{line}");
+        assert!(
+            line.starts_with("reading the events table failed: "),
+            "{line}"
+        );
         assert!(std::error::Error::source(&e).is_some());
         assert!(!e.is_lock_timeout());
     }

@@ -2,10 +2,11 @@
 //! source: one consistent snapshot per backup — a single REPEATABLE READ, READ ONLY transaction
 //! — streamed, keeping each event's id: on PostgreSQL as binary `COPY (query) TO STDOUT`, each
 //! tuple written straight into the archive's record encoding. Needs the database's credentials.
-//! (CockroachDB has no binary `COPY TO` and allows `COPY` to admins only, so there the query's
-//! own binary results are decoded the same way ([`ReadMode::Rows`]); every CockroachDB
-//! transaction is SERIALIZABLE and reads one snapshot; `AS OF SYSTEM TIME` would avoid
-//! contention — not run here.)
+//! On CockroachDB (not run here: `docs/COCKROACHDB.md`) the snapshot is one historical
+//! transaction (`BEGIN AS OF SYSTEM TIME follower_read_timestamp()`), which takes no locks and
+//! cannot fail with a serialization retry however long it reads; CockroachDB has no binary
+//! `COPY TO` and allows `COPY` to admins only, so there the query's own binary results are
+//! decoded the same way ([`ReadMode::Rows`]).
 
 use super::copy::*;
 use super::reorder::{Reorder, Unordered};
@@ -139,14 +140,27 @@ pub(super) async fn begin_snapshot(
     lock_wait: Duration,
 ) -> Result<Snapshot, SourceError> {
     let mut conn = pool.acquire().await?;
-    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *conn)
+    // Which database it is, before the snapshot begins: CockroachDB reads one historical
+    // snapshot (crate::events_table::dialect), PostgreSQL one REPEATABLE READ transaction.
+    let version: String = sqlx::query_scalar("SELECT version()")
+        .fetch_one(&mut *conn)
         .await?;
-    let (exists, version): (Option<String>, String) =
-        sqlx::query_as("SELECT to_regclass('event_records')::text, version()")
+    let cockroach = crate::events_table::Dialect::of_version(&version).is_cockroach();
+    let exists = if cockroach {
+        use crate::events_table::dialect::{BEGIN_HISTORICAL, TABLE_EXISTS};
+        sqlx::query(BEGIN_HISTORICAL).execute(&mut *conn).await?;
+        sqlx::query_scalar::<_, bool>(TABLE_EXISTS)
             .fetch_one(&mut *conn)
+            .await?
+    } else {
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *conn)
             .await?;
-    let cockroach = version.contains("CockroachDB");
+        sqlx::query_scalar::<_, Option<String>>("SELECT to_regclass('event_records')::text")
+            .fetch_one(&mut *conn)
+            .await?
+            .is_some()
+    };
     let mut jsonb = false;
     if !cockroach {
         // The first read of the table takes its (shared) lock for the whole transaction.
@@ -162,7 +176,7 @@ pub(super) async fn begin_snapshot(
     Ok(Snapshot {
         conn,
         jsonb,
-        exists: exists.is_some(),
+        exists,
         mode: mode.unwrap_or(if cockroach {
             ReadMode::Rows
         } else {

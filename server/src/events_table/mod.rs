@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+pub mod dialect;
+pub use dialect::Dialect;
+
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
@@ -39,6 +42,14 @@ pub async fn connect(url: &str) -> Result<PgPool, ConnectError> {
     crate::database::open(options, opts).await.map_err(|e| {
         ConnectError::Unavailable(format!("cannot connect to the events database: {e}"))
     })
+}
+
+/// Which database `pool` reaches (`SELECT version()`), asked before anything is written.
+pub async fn dialect(pool: &PgPool) -> Result<Dialect, sqlx::Error> {
+    let v: String = sqlx::query_scalar("SELECT version()")
+        .fetch_one(pool)
+        .await?;
+    Ok(Dialect::of_version(&v))
 }
 
 /// The statement that makes the transaction's statements wait at most `wait` for a lock (zero:
