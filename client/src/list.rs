@@ -21,12 +21,12 @@ pub(crate) async fn run(
         println!("no backups");
     } else {
         println!(
-            "{:<30} {:<11} {:<30} {:<10} {:>10} {:>10}  {:<20}  LAST EVENT",
-            "ID", "KIND", "PARENT", "STATE", "EVENTS", "SIZE", "CREATED"
+            "{:<30} {:<11} {:<30} {:<10} {:>10} {:>10}  {:<20}  {:<20}  {:<31}  LAST EVENT",
+            "ID", "KIND", "PARENT", "STATE", "EVENTS", "SIZE", "CREATED", "KEY", ""
         );
         for b in &backups {
             println!(
-                "{:<30} {:<11} {:<30} {:<10} {:>10} {:>10}  {:<20}  {}",
+                "{:<30} {:<11} {:<30} {:<10} {:>10} {:>10}  {:<20}  {:<20}  {:<31}  {}",
                 b.id,
                 kind_name(b.kind),
                 if b.parent_id.is_empty() {
@@ -38,6 +38,8 @@ pub(crate) async fn run(
                 b.event_count,
                 human_bytes(b.bytes),
                 time(b.created_at.as_ref()),
+                b.key_kind,
+                key_column(&b.key_id),
                 time(b.last_event_time.as_ref())
             );
             // Why a backup failed, or is not what was asked for, under its row.
@@ -50,4 +52,14 @@ pub(crate) async fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A key id for the list: the first recipient's id and how many more.
+fn key_column(id: &str) -> String {
+    let ids: Vec<&str> = id.split(',').filter(|s| !s.is_empty()).collect();
+    match ids.as_slice() {
+        [] => "-".into(),
+        [one] => one.to_string(),
+        [first, rest @ ..] => format!("{first} +{}", rest.len()),
+    }
 }

@@ -38,6 +38,7 @@ pub(crate) fn backup_json(b: &pb::Backup) -> serde_json::Value {
         "first_event_time": time(b.first_event_time.as_ref()),
         "last_event_time": time(b.last_event_time.as_ref()),
         "key_id": b.key_id,
+        "key_kind": b.key_kind,
         "format_version": b.format_version,
         "sha256": b.sha256,
         "created_by": b.created_by,

@@ -28,10 +28,16 @@ pub enum ArchiveError {
     /// The archive is encrypted with a passphrase, and the one given does not open it.
     #[error("wrong passphrase (the archive's data key does not unwrap)")]
     WrongPassphrase,
-    /// The archive is encrypted and no key (or passphrase) was given.
-    #[error("archive is encrypted (key id {key_id}); give a key with --key-file, BACKUP_ENCRYPTION_KEY or BACKUP_PASSPHRASE")]
+    /// The archive is encrypted and no key of its kind was given.
+    #[error("archive is encrypted (key id {key_id}); give its key with --key-file, BACKUP_ENCRYPTION_KEY or BACKUP_PASSPHRASE, or for recipients (age-…) an identity with --identity-file")]
     KeyRequired {
-        /// The key id in the archive's header.
+        /// The key ids the archive's wraps name.
+        key_id: String,
+    },
+    /// The archive's data key is wrapped in its key file (format 1.1), which was not found.
+    #[error("the archive's data key is wrapped in its key file (<archive>.keys, key id {key_id}), which is missing: without it no key opens the archive")]
+    KeyFileMissing {
+        /// The key id the in-archive envelope names.
         key_id: String,
     },
     /// The header or the key envelope is damaged (or was tampered with).

@@ -10,7 +10,7 @@ pub const MAGIC: &[u8; 8] = b"MSKBKP\x00\x01";
 /// Major format version this build writes and reads.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Minor format version this build writes.
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 /// Largest header or key envelope a reader accepts.
 pub const MAX_HEADER_LEN: u32 = 64 * 1024;
 /// Default uncompressed bytes per chunk.

@@ -206,6 +206,8 @@ pub struct Keys {
     pub keyring: Option<Keyring>,
     /// A passphrase.
     pub passphrase: Option<Passphrase>,
+    /// Identities of recipients (age X25519).
+    pub identities: Vec<super::recipients::Identity>,
 }
 
 impl Keys {
@@ -218,8 +220,21 @@ impl Keys {
     pub fn keyring(k: Keyring) -> Self {
         Self {
             keyring: Some(k),
-            passphrase: None,
+            ..Self::default()
         }
+    }
+
+    /// Only these identities.
+    pub fn identities(ids: Vec<super::recipients::Identity>) -> Self {
+        Self {
+            identities: ids,
+            ..Self::default()
+        }
+    }
+
+    /// Whether no key, passphrase or identity is held.
+    pub fn is_empty(&self) -> bool {
+        self.keyring.is_none() && self.passphrase.is_none() && self.identities.is_empty()
     }
 }
 
@@ -230,6 +245,8 @@ pub enum Protection {
     Key(MasterKey),
     /// Encrypt under a key derived from this passphrase.
     Passphrase(Passphrase, Argon2Params),
+    /// Encrypt to these recipients (write-only: reading takes one of their identities).
+    Recipients(Vec<super::recipients::Recipient>),
     /// No encryption, only the SHA-256 integrity chain. Must be asked for explicitly.
     Unencrypted,
 }

@@ -10,11 +10,13 @@
 //! This module works over `std::io::Read`/`Write` only: no async runtime, no SQL, no network.
 
 mod encoded;
+pub mod envelope;
 mod error;
 mod format;
 mod keys;
 mod opening;
 mod reader;
+mod recipients;
 mod view;
 mod writer;
 
@@ -23,7 +25,8 @@ pub use error::ArchiveError;
 pub use format::{DEFAULT_CHUNK_SIZE, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, MAX_RECORD_LEN};
 pub use keys::{Argon2Params, Keyring, Keys, MasterKey, Passphrase, Protection};
 pub use monoskope_backup_api::archive::v1::{Footer, Header, Record};
-pub use reader::ArchiveReader;
+pub use reader::{read_head, ArchiveReader};
+pub use recipients::{parse_identities, parse_recipients, Identity, Recipient};
 pub use view::{RecordView, ViewError};
 pub use writer::{chunk_compressor, ArchiveWriter, WriterOptions, DEFAULT_COMPRESSION_LEVEL};
 

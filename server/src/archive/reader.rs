@@ -5,21 +5,73 @@ use std::io::{ErrorKind, Read};
 
 use aes_gcm::aead::KeyInit;
 use aes_gcm::Aes256Gcm;
-use monoskope_backup_api::archive::v1::{Footer, Header, KeyEnvelope, Record};
+use monoskope_backup_api::archive::v1::{Footer, Header, KeyEnvelope, KeyFile, Record};
 use prost::Message;
 
+use super::envelope;
 use super::error::ArchiveError;
 use super::format::*;
-use super::keys::{self, Argon2Params, Keys, ARGON2_MAX};
+use super::keys::Keys;
 use super::opening::{opening_thread, Ahead, FrameJob, Opened, READ_AHEAD};
 use super::view::RecordView;
 use super::writer::Tally;
+
+/// Reads an archive's head — prefix, header and in-archive key envelope — from `input`, which
+/// is left at the first frame.
+pub fn read_head<R: Read>(input: &mut R) -> Result<(envelope::Head, Header), ArchiveError> {
+    let (head, header, _) = read_head_parts(input)?;
+    Ok((head, header))
+}
+
+fn read_head_parts<R: Read>(
+    input: &mut R,
+) -> Result<(envelope::Head, Header, Vec<u8>), ArchiveError> {
+    let mut fixed = [0u8; 12];
+    match read_full(input, &mut fixed) {
+        Ok(true) => {}
+        Ok(false) => return Err(ArchiveError::NotAnArchive),
+        Err(e) if is_eof(&e) => return Err(ArchiveError::NotAnArchive),
+        Err(e) => return Err(e),
+    }
+    if &fixed[..8] != MAGIC {
+        return Err(ArchiveError::NotAnArchive);
+    }
+    let major = u16::from_be_bytes([fixed[8], fixed[9]]);
+    let minor = u16::from_be_bytes([fixed[10], fixed[11]]);
+    if major != FORMAT_MAJOR {
+        return Err(ArchiveError::UnsupportedVersion {
+            major,
+            minor,
+            supported: FORMAT_MAJOR,
+        });
+    }
+    let header_bytes = read_block(input, "header")?;
+    let header = Header::decode(header_bytes.as_slice())
+        .map_err(|e| ArchiveError::HeaderCorrupt(format!("header does not decode: {e}")))?;
+    let env_bytes = read_block(input, "key envelope")?;
+    let envelope = KeyEnvelope::decode(env_bytes.as_slice())
+        .map_err(|e| ArchiveError::HeaderCorrupt(format!("key envelope does not decode: {e}")))?;
+    let mut prefix = Vec::with_capacity(16 + header_bytes.len());
+    prefix.extend_from_slice(&fixed);
+    prefix.extend_from_slice(&(header_bytes.len() as u32).to_be_bytes());
+    prefix.extend_from_slice(&header_bytes);
+    Ok((
+        envelope::Head {
+            prefix,
+            envelope,
+            version: (major, minor),
+        },
+        header,
+        env_bytes,
+    ))
+}
 
 /// Streams the records of an archive.
 pub struct ArchiveReader<R: Read> {
     input: R,
     header: Header,
     key_id: String,
+    key_ids: Vec<String>,
     jobs: Option<std::sync::mpsc::Sender<FrameJob>>,
     done: std::sync::mpsc::Receiver<Result<Opened, ArchiveError>>,
     opener: Option<std::thread::JoinHandle<()>>,
@@ -120,39 +172,22 @@ fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, ()> {
 }
 
 impl<R: Read> ArchiveReader<R> {
-    /// Reads the prefix, header and key envelope, and unwraps the data key with `keys`.
-    pub fn open(mut input: R, keys: &Keys) -> Result<Self, ArchiveError> {
-        let mut fixed = [0u8; 12];
-        match read_full(&mut input, &mut fixed) {
-            Ok(true) => {}
-            Ok(false) => return Err(ArchiveError::NotAnArchive),
-            Err(e) if is_eof(&e) => return Err(ArchiveError::NotAnArchive),
-            Err(e) => return Err(e),
-        }
-        if &fixed[..8] != MAGIC {
-            return Err(ArchiveError::NotAnArchive);
-        }
-        let major = u16::from_be_bytes([fixed[8], fixed[9]]);
-        let minor = u16::from_be_bytes([fixed[10], fixed[11]]);
-        if major != FORMAT_MAJOR {
-            return Err(ArchiveError::UnsupportedVersion {
-                major,
-                minor,
-                supported: FORMAT_MAJOR,
-            });
-        }
-        let header_bytes = read_block(&mut input, "header")?;
-        let header = Header::decode(header_bytes.as_slice())
-            .map_err(|e| ArchiveError::HeaderCorrupt(format!("header does not decode: {e}")))?;
-        let env_bytes = read_block(&mut input, "key envelope")?;
-        let envelope = KeyEnvelope::decode(env_bytes.as_slice()).map_err(|e| {
-            ArchiveError::HeaderCorrupt(format!("key envelope does not decode: {e}"))
-        })?;
-        let mut prefix = Vec::with_capacity(16 + header_bytes.len());
-        prefix.extend_from_slice(&fixed);
-        prefix.extend_from_slice(&(header_bytes.len() as u32).to_be_bytes());
-        prefix.extend_from_slice(&header_bytes);
+    /// Reads the prefix, header and key envelope, and unwraps the data key with `keys` (an
+    /// archive whose wraps are in its key file: see [`ArchiveReader::open_with_key_file`]).
+    pub fn open(input: R, keys: &Keys) -> Result<Self, ArchiveError> {
+        Self::open_with_key_file(input, keys, None)
+    }
 
+    /// Like [`ArchiveReader::open`], with the wraps of the archive's key file
+    /// (`<archive>.keys`, format 1.1) when it has one.
+    pub fn open_with_key_file(
+        mut input: R,
+        keys: &Keys,
+        key_file: Option<&KeyFile>,
+    ) -> Result<Self, ArchiveError> {
+        let (head, header, env_bytes) = read_head_parts(&mut input)?;
+        let envelope = head.envelope;
+        let prefix = head.prefix;
         if header.compression != COMPRESSION_ZSTD {
             return Err(ArchiveError::HeaderCorrupt(format!(
                 "unknown compression {:?}",
@@ -167,7 +202,7 @@ impl<R: Read> ArchiveReader<R> {
         }
         let opener = match header.protection.as_str() {
             PROTECTION_SHA256 => {
-                if envelope.kdf != "none" {
+                if envelope.kdf != envelope::KDF_NONE {
                     return Err(ArchiveError::HeaderCorrupt(format!(
                         "unencrypted archive with key derivation {:?}",
                         envelope.kdf
@@ -189,7 +224,7 @@ impl<R: Read> ArchiveReader<R> {
                     header.nonce_prefix.as_slice().try_into().map_err(|_| {
                         ArchiveError::HeaderCorrupt("nonce prefix is not 7 bytes".into())
                     })?;
-                let data_key = unwrap_data_key(&envelope, keys, &prefix)?;
+                let data_key = envelope::unwrap(&envelope, key_file, keys, &prefix)?;
                 ChunkGuard::Aes {
                     cipher: Box::new(Aes256Gcm::new((&data_key).into())),
                     prefix: nonce_prefix,
@@ -203,6 +238,7 @@ impl<R: Read> ArchiveReader<R> {
             }
         };
         let key_id = envelope.key_id.clone();
+        let key_ids = envelope::wrap_ids(&envelope, key_file);
         let bytes_read = (prefix.len() + 4 + env_bytes.len()) as u64;
         let chunk_size = header.chunk_size as usize;
         let (jobs, job_rx) = std::sync::mpsc::channel();
@@ -215,6 +251,7 @@ impl<R: Read> ArchiveReader<R> {
             chunk_size,
             header,
             key_id,
+            key_ids,
             jobs: Some(jobs),
             done,
             opener: Some(opener),
@@ -241,6 +278,11 @@ impl<R: Read> ArchiveReader<R> {
     /// Id of the key the archive was written under ("passphrase", or "none" when unencrypted).
     pub fn key_id(&self) -> &str {
         &self.key_id
+    }
+
+    /// The key ids of every wrap of the data key ([`envelope::wrap_ids`]).
+    pub fn key_ids(&self) -> &[String] {
+        &self.key_ids
     }
 
     /// The footer, once every record has been read and checked.
@@ -524,60 +566,5 @@ impl<R: Read> Iterator for ArchiveReader<R> {
             return None;
         }
         self.next_record().transpose()
-    }
-}
-
-fn unwrap_data_key(env: &KeyEnvelope, keys: &Keys, aad: &[u8]) -> Result<[u8; 32], ArchiveError> {
-    if env.salt.len() != 16 {
-        return Err(ArchiveError::HeaderCorrupt(
-            "key envelope salt is not 16 bytes".into(),
-        ));
-    }
-    match env.kdf.as_str() {
-        "hkdf-sha256" => {
-            let ring = keys
-                .keyring
-                .as_ref()
-                .ok_or_else(|| ArchiveError::KeyRequired {
-                    key_id: env.key_id.clone(),
-                })?;
-            let key = ring
-                .get(&env.key_id)
-                .ok_or_else(|| ArchiveError::WrongKey {
-                    archive_key_id: env.key_id.clone(),
-                    available: ring.ids(),
-                })?;
-            let kek = key.derive_wrap_key(&env.salt);
-            keys::unwrap(&kek, &env.wrap_nonce, &env.wrapped_key, aad).ok_or_else(|| {
-                ArchiveError::HeaderCorrupt("the data key does not unwrap under the matching key: header or key envelope damaged".into())
-            })
-        }
-        "argon2id" => {
-            let pass = keys
-                .passphrase
-                .as_ref()
-                .ok_or_else(|| ArchiveError::KeyRequired {
-                    key_id: env.key_id.clone(),
-                })?;
-            let params = Argon2Params {
-                memory_kib: env.argon2_memory_kib,
-                iterations: env.argon2_iterations,
-                parallelism: env.argon2_parallelism,
-            };
-            if params.memory_kib > ARGON2_MAX.memory_kib
-                || params.iterations > ARGON2_MAX.iterations
-                || params.parallelism > ARGON2_MAX.parallelism
-            {
-                return Err(ArchiveError::HeaderCorrupt(format!(
-                    "Argon2id parameters {params:?} exceed the reader's limits"
-                )));
-            }
-            let kek = pass.derive_wrap_key(&env.salt, params)?;
-            keys::unwrap(&kek, &env.wrap_nonce, &env.wrapped_key, aad)
-                .ok_or(ArchiveError::WrongPassphrase)
-        }
-        other => Err(ArchiveError::HeaderCorrupt(format!(
-            "unknown key derivation {other:?}"
-        ))),
     }
 }

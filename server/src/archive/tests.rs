@@ -331,8 +331,8 @@ fn wrong_key_wrong_passphrase_and_missing_key_are_distinct() {
         DEFAULT_CHUNK_SIZE,
     );
     let wrong = Keys {
-        keyring: None,
         passphrase: Some(Passphrase::new("battery staple").expect("passphrase")),
+        ..Keys::none()
     };
     assert!(matches!(
         read(&bytes, &wrong).1,
@@ -343,8 +343,8 @@ fn wrong_key_wrong_passphrase_and_missing_key_are_distinct() {
         Err(ArchiveError::KeyRequired { .. })
     ));
     let right = Keys {
-        keyring: None,
         passphrase: Some(pass),
+        ..Keys::none()
     };
     assert_eq!(read(&bytes, &right).0, records);
 }

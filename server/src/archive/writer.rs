@@ -5,7 +5,9 @@ use std::io::Write;
 
 use aes_gcm::aead::KeyInit;
 use aes_gcm::Aes256Gcm;
-use monoskope_backup_api::archive::v1::{Footer, Header, KeyEnvelope, Record};
+use monoskope_backup_api::archive::v1::{Footer, Header, KeyEnvelope, KeyFile, Record};
+
+use super::envelope;
 use prost::Message;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -13,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::encoded::Batch;
 use super::error::ArchiveError;
 use super::format::*;
-use super::keys::{self, Protection};
+use super::keys::Protection;
 
 /// What a new archive says about itself.
 #[derive(Debug, Clone)]
@@ -35,6 +37,10 @@ pub struct WriterOptions {
     pub chunk_size: u32,
     /// Encryption.
     pub protection: Protection,
+    /// Whether the data key's wraps go into the archive's key file ([`ArchiveWriter::key_file`],
+    /// stored beside the archive as `<archive>.keys`; format 1.1) instead of the archive, so that
+    /// a rewrap can replace them without rewriting the archive.
+    pub key_file: bool,
 }
 
 /// zstd level used unless configured. At this level the writer also sets the match finder
@@ -75,6 +81,7 @@ impl WriterOptions {
             tuned_match_finder: true,
             chunk_size: DEFAULT_CHUNK_SIZE,
             protection,
+            key_file: false,
         }
     }
 }
@@ -182,6 +189,7 @@ pub struct ArchiveWriter<W: Write> {
     tally: Tally,
     record: Vec<u8>,
     written: u64,
+    key_file: Option<KeyFile>,
 }
 
 impl<W: Write> std::fmt::Debug for ArchiveWriter<W> {
@@ -232,10 +240,11 @@ impl<W: Write> ArchiveWriter<W> {
         prefix.extend_from_slice(&header_bytes);
 
         let mut data_key = [0u8; 32];
+        let mut key_file = None;
         let (envelope, sealer) = match &opts.protection {
             Protection::Unencrypted => (
                 KeyEnvelope {
-                    kdf: "none".into(),
+                    kdf: envelope::KDF_NONE.into(),
                     key_id: "none".into(),
                     ..Default::default()
                 },
@@ -243,32 +252,22 @@ impl<W: Write> ArchiveWriter<W> {
             ),
             protection => {
                 rng.fill_bytes(&mut data_key);
-                let mut salt = [0u8; 16];
-                rng.fill_bytes(&mut salt);
-                let mut wrap_nonce = [0u8; 12];
-                rng.fill_bytes(&mut wrap_nonce);
-                let mut env = KeyEnvelope {
-                    salt: salt.to_vec(),
-                    wrap_nonce: wrap_nonce.to_vec(),
-                    ..Default::default()
+                let wrapped = envelope::wrap(protection, &data_key, &prefix)?;
+                let env = if opts.key_file {
+                    // The archive names the key; its key file holds the wrap.
+                    let inline = KeyEnvelope {
+                        kdf: envelope::KDF_KEY_FILE.into(),
+                        key_id: wrapped.key_id.clone(),
+                        recipients: wrapped.recipients.clone(),
+                        ..Default::default()
+                    };
+                    key_file = Some(KeyFile {
+                        envelopes: vec![wrapped],
+                    });
+                    inline
+                } else {
+                    wrapped
                 };
-                let kek = match protection {
-                    Protection::Key(k) => {
-                        env.kdf = "hkdf-sha256".into();
-                        env.key_id = k.id().to_string();
-                        k.derive_wrap_key(&salt)
-                    }
-                    Protection::Passphrase(p, params) => {
-                        env.kdf = "argon2id".into();
-                        env.key_id = "passphrase".into();
-                        env.argon2_memory_kib = params.memory_kib;
-                        env.argon2_iterations = params.iterations;
-                        env.argon2_parallelism = params.parallelism;
-                        p.derive_wrap_key(&salt, *params)?
-                    }
-                    Protection::Unencrypted => unreachable!("handled above"),
-                };
-                env.wrapped_key = keys::wrap(&kek, &wrap_nonce, &data_key, &prefix);
                 let cipher = Box::new(Aes256Gcm::new((&data_key).into()));
                 (
                     env,
@@ -322,7 +321,14 @@ impl<W: Write> ArchiveWriter<W> {
             tally: Tally::default(),
             record: Vec::new(),
             written,
+            key_file,
         })
+    }
+
+    /// The archive's key file (its data key's wraps) when written with
+    /// [`WriterOptions::key_file`]: to be stored beside the archive before its manifest.
+    pub fn key_file(&self) -> Option<&KeyFile> {
+        self.key_file.as_ref()
     }
 
     /// Appends one record.

@@ -145,7 +145,7 @@ pub(super) async fn run(a: DemoArgs) -> anyhow::Result<()> {
             .join(", ")
     );
     let m = verify::resolve(destination.as_ref(), &b.id).await?;
-    let report = verify::verify(destination.as_ref(), &engine.config().keys, &m).await?;
+    let report = verify::verify(destination.as_ref(), Some(&engine.config().keys), &m).await?;
     anyhow::ensure!(
         report.ok,
         "verification failed: {}",

@@ -66,19 +66,35 @@ pub fn summary_json(h: &Header, key_id: &str, f: &Footer, bytes: u64) -> serde_j
 }
 
 pub(super) fn run(a: InspectArgs) -> anyhow::Result<()> {
-    secrets::check_sources(
-        a.keys
-            .key_file
-            .is_some()
-            .then_some("--key-file (BACKUP_KEY_FILE)"),
-        None,
-    )
-    .map_err(super::usage)?;
-    let keys = secrets::load_keys(a.keys.key_file.as_deref())?;
+    let sources = a.keys.sources(&Default::default());
+    secrets::check_sources(sources.key_files_from, None, None).map_err(super::usage)?;
+    let keys = secrets::load_keys(&sources.key_files, &sources.identity_files)?;
     let file = std::fs::File::open(&a.path)
         .with_context(|| format!("cannot open {}", a.path.display()))?;
-    let mut reader = ArchiveReader::open(BufReader::with_capacity(1 << 20, file), &keys)
-        .with_context(|| format!("{}", a.path.display()))?;
+    // An archive's key file lies beside it (`<archive>.keys`) at a directory destination.
+    let key_file_path = {
+        let mut p = a.path.clone().into_os_string();
+        p.push(crate::destination::layout::KEYS_EXT);
+        std::path::PathBuf::from(p)
+    };
+    let key_file = match std::fs::read(&key_file_path) {
+        Ok(bytes) => Some(
+            crate::archive::envelope::parse_key_file(&bytes)
+                .with_context(|| format!("{}", key_file_path.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot read {}", key_file_path.display()))
+            )
+        }
+    };
+    let mut reader = ArchiveReader::open_with_key_file(
+        BufReader::with_capacity(1 << 20, file),
+        &keys,
+        key_file.as_ref(),
+    )
+    .with_context(|| format!("{}", a.path.display()))?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     if a.summary {

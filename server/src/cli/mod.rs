@@ -4,6 +4,8 @@ mod bench;
 mod demo;
 mod import;
 mod inspect;
+mod keys;
+mod rewrap;
 pub mod schedule;
 mod serve;
 mod service;
@@ -55,6 +57,9 @@ pub enum Command {
     Verify(service::VerifyArgs),
     /// Restore a backup into the events table (--events-db) or, with --via-api, through the EventStore API.
     Restore(service::RestoreArgs),
+    /// Re-wrap backups' data keys to the current key or recipients without re-encrypting them
+    /// (key rotation); with --remove-old, only the new key reads them afterwards.
+    Rewrap(rewrap::RewrapArgs),
     /// Manage the catalog.
     Catalog(service::CatalogArgs),
     /// Run everything on this machine: embedded EventStore with sample events, the service, a backup, list and verify.
@@ -99,15 +104,29 @@ pub struct KeygenArgs {
     /// Write the key to this file (mode 0600; an existing file is never overwritten) instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Make an age X25519 identity instead of a master key: written to --out (required; mode
+    /// 0600), its recipient (`age1…`, the public key for --recipient-file) printed.
+    #[arg(long, requires = "out")]
+    pub recipient: bool,
 }
 
 /// Options that locate encryption keys (never the key itself).
 #[derive(Debug, Clone, clap::Args)]
 pub struct KeyArgs {
-    /// Key file: one base64 256-bit key per line, the first the primary (the others still read
-    /// older archives). Without it, BACKUP_ENCRYPTION_KEY (base64) or BACKUP_PASSPHRASE is used.
-    #[arg(long, env = "BACKUP_KEY_FILE")]
-    pub key_file: Option<PathBuf>,
+    /// Key file: one base64 256-bit key per line. Repeatable (a keyring; the environment
+    /// variable takes a comma-separated list): the first key of the first file encrypts new
+    /// backups, every key reads. Without it, BACKUP_ENCRYPTION_KEY (base64) or BACKUP_PASSPHRASE
+    /// is used.
+    #[arg(long, env = "BACKUP_KEY_FILE", value_delimiter = ',')]
+    pub key_file: Vec<PathBuf>,
+    /// Recipient file: age X25519 recipients (`age1…`), one a line. New backups are encrypted to
+    /// every recipient and the service cannot read them (write-only); reading takes an identity.
+    #[arg(long, env = "BACKUP_RECIPIENT_FILE")]
+    pub recipient_file: Option<PathBuf>,
+    /// Identity file (`AGE-SECRET-KEY-1…`, from `keygen --recipient`) that reads backups made for
+    /// its recipient. Repeatable (the environment variable takes a comma-separated list).
+    #[arg(long, env = "BACKUP_IDENTITY_FILE", value_delimiter = ',')]
+    pub identity_file: Vec<PathBuf>,
 }
 
 /// `backup-server check-config`.
@@ -215,6 +234,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Keygen(a) if a.recipient => {
+            let path = a.out.expect("clap requires --out with --recipient");
+            let id = crate::archive::Identity::generate();
+            secrets::write_identity_file(&path, &id)?;
+            eprintln!(
+                "wrote identity {} to {} (mode 0600); its recipient:",
+                id.id(),
+                path.display()
+            );
+            println!("{}", id.recipient().to_text());
+            Ok(())
+        }
         Command::Keygen(a) => {
             let key = crate::archive::MasterKey::generate();
             match a.out {
@@ -233,6 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(a) => service::verify(a).await,
         Command::Restore(a) => service::restore(a).await,
         Command::Catalog(a) => service::catalog(a).await,
+        Command::Rewrap(a) => rewrap::run(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Import(a) => import::run(a).await,
         Command::Generate(a) => bench::generate(a).await,

@@ -132,6 +132,17 @@ pub const DEFAULT_CATALOG: &str = "sqlite://backup-catalog.db";
 impl CommonArgs {
     /// Resolves flags, environment and file.
     pub fn resolve(&self) -> anyhow::Result<Settings> {
+        self.resolve_with(false)
+    }
+
+    /// As [`CommonArgs::resolve`], for `rewrap`: a key file and a recipient file may both be
+    /// given (it reads with the keys and wraps to the recipients), and new wraps go to the
+    /// recipients when given, else to the first key file's first key.
+    pub fn resolve_rewrap(&self) -> anyhow::Result<Settings> {
+        self.resolve_with(true)
+    }
+
+    fn resolve_with(&self, rewrap: bool) -> anyhow::Result<Settings> {
         let file = match &self.config {
             Some(p) => FileConfig::load(p)
                 .map_err(|e| super::usage(monoskope_backup_client::error_line(e.as_ref())))?,
@@ -159,21 +170,22 @@ impl CommonArgs {
             ca_file: self.event_store_ca.clone().or(es.ca_file.clone()),
         };
         let enc = file.encryption.clone().unwrap_or_default();
-        let key_file = match (&self.keys.key_file, enc.key_file) {
-            (Some(f), _) => Some((f.clone(), "--key-file (BACKUP_KEY_FILE)")),
-            (None, Some(f)) => Some((f, "encryption.keyFile")),
-            (None, None) => None,
-        };
+        let sources = self.keys.sources(&enc);
         let no_enc = match (self.no_encryption, enc.no_encryption) {
             (true, _) => Some("--no-encryption (BACKUP_NO_ENCRYPTION)"),
             (false, Some(true)) => Some("encryption.noEncryption"),
             _ => None,
         };
-        secrets::check_sources(key_file.as_ref().map(|(_, name)| *name), no_enc)
+        let recipient_from = sources.recipient_from.filter(|_| !rewrap);
+        secrets::check_sources(sources.key_files_from, recipient_from, no_enc)
             .map_err(super::usage)?;
-        let keys = secrets::load_keys(key_file.as_ref().map(|(f, _)| f.as_path()))?;
+        let keys = secrets::load_keys(&sources.key_files, &sources.identity_files)?;
+        let recipients = match &sources.recipient_file {
+            Some(p) => Some(secrets::load_recipients(p)?),
+            None => None,
+        };
         let no_enc = no_enc.is_some();
-        let protection = secrets::protection(&keys, no_enc).ok();
+        let protection = secrets::protection(&keys, recipients, no_enc).ok();
         let timeout = match self.timeout.clone().or(b.timeout) {
             Some(t) => parse_duration(&t).map_err(|e| super::usage(format!("--timeout: {e}")))?,
             None => Duration::from_secs(3600),

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <prefix>/backups/<id>.mbk             the archive (written first, streamed)
+//! <prefix>/backups/<id>.mbk.keys        its key file: the data key's wraps (format 1.1)
 //! <prefix>/backups/<id>.watermark       the watermark (an archive of aggregate versions)
 //! <prefix>/backups/<id>.manifest.json   the manifest (written last: the backup is complete)
 //! ```
@@ -30,6 +31,23 @@ pub fn watermark_key(id: &str) -> String {
 /// The backup id of a watermark key.
 pub fn parse_watermark_key(key: &str) -> Option<&str> {
     let id = key.strip_prefix(BACKUPS_DIR)?.strip_suffix(WATERMARK_EXT)?;
+    valid_id(id).then_some(id)
+}
+
+/// Extension of an archive's key file.
+pub const KEYS_EXT: &str = ".keys";
+
+/// Key of the key file of the archive stored at `archive_key`.
+pub fn keys_key(archive_key: &str) -> String {
+    format!("{archive_key}{KEYS_EXT}")
+}
+
+/// The backup id of a key file's key (`backups/<id>.mbk.keys`).
+pub fn parse_keys_key(key: &str) -> Option<&str> {
+    let id = key
+        .strip_prefix(BACKUPS_DIR)?
+        .strip_suffix(KEYS_EXT)?
+        .strip_suffix(ARCHIVE_EXT)?;
     valid_id(id).then_some(id)
 }
 

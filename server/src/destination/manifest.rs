@@ -40,8 +40,13 @@ pub struct Manifest {
     pub last_event_time: Option<String>,
     /// Lowercase hex SHA-256 of the records (as in the archive's footer).
     pub events_sha256: String,
-    /// Key id of the archive ("none" when unencrypted, "passphrase" for a passphrase).
+    /// Key id of the archive ("none" when unencrypted, "passphrase" for a passphrase; the
+    /// recipients' ids joined by commas), as of the newest wrap (a rewrap updates it).
     pub key_id: String,
+    /// The kind of key that reads it: `master-key`, `passphrase`, `recipients` or `none`;
+    /// absent in manifests from before format 1.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_kind: Option<String>,
     /// Archive format version, e.g. "1.0".
     pub format_version: String,
     /// Key of the watermark object (aggregate → highest version the backup's chain holds),

@@ -245,6 +245,8 @@ pub(super) async fn run(
         opts.compression_level = cfg.compression_level;
         opts.kind = running.kind.clone();
         opts.parent_id = parent_id.clone();
+        // The data key's wraps go into the archive's key file, which a rewrap can replace.
+        opts.key_file = true;
         let enc_cancel = cancelled.clone();
         let enc_progress = progress.clone();
         let encoder = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -256,6 +258,7 @@ pub(super) async fn run(
                 progress: enc_progress,
             };
             let mut w = ArchiveWriter::new(out, opts)?;
+            let key_file = w.key_file().cloned();
             while let Some(batch) = rec_rx.blocking_recv() {
                 w.append_batch(&batch)?;
             }
@@ -265,7 +268,7 @@ pub(super) async fn run(
             }
             let (out, footer) = w.finish()?;
             let (sha, bytes) = out.finish()?;
-            Ok((footer, sha, bytes))
+            Ok((footer, sha, bytes, key_file))
         });
         let mut uploader = AbortOnDrop(tokio::spawn(async move {
             let mut upload: Box<dyn Upload> = upload;
@@ -400,7 +403,7 @@ pub(super) async fn run(
                 up_result.context("uploading the archive failed")?;
                 Ok((enc_result.context("writing the archive failed")?, wm))
             });
-        let ((footer, sha, bytes), watermark) = match outcome {
+        let ((footer, sha, bytes, key_file), watermark) = match outcome {
             Ok(v) => v,
             Err(e) => {
                 upload.abort().await;
@@ -411,6 +414,14 @@ pub(super) async fn run(
             .complete()
             .await
             .context("completing the archive upload failed")?;
+        if let Some(f) = &key_file {
+            if let Err(e) = crate::destination::keyfile::store(dest.as_ref(), &archive_key, f).await
+            {
+                let _ = dest.delete(&archive_key).await;
+                return Err(anyhow::Error::new(e).context("writing the archive's key file failed"));
+            }
+        }
+        let keys_key = layout::keys_key(&archive_key);
         let watermark_key = match watermark
             .store(
                 dest.as_ref(),
@@ -423,16 +434,13 @@ pub(super) async fn run(
             Ok(k) => k,
             Err(e) => {
                 let _ = dest.delete(&archive_key).await;
+                let _ = dest.delete(&keys_key).await;
                 return Err(e.context("writing the watermark failed"));
             }
         };
 
         let completed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let key_id = match &protection {
-            crate::archive::Protection::Key(k) => k.id().to_string(),
-            crate::archive::Protection::Passphrase(..) => "passphrase".into(),
-            crate::archive::Protection::Unencrypted => "none".into(),
-        };
+        let (key_id, key_kind) = crate::archive::envelope::protection_ids(&protection);
         let manifest = Manifest {
             format: MANIFEST_FORMAT.into(),
             id: running.id.clone(),
@@ -454,6 +462,7 @@ pub(super) async fn run(
                 .map(|b| format!("{b:02x}"))
                 .collect(),
             key_id,
+            key_kind: Some(key_kind.to_string()),
             format_version: crate::archive::format_version(),
             watermark_key: Some(watermark_key.clone()),
             note: running.note.clone(),
@@ -463,6 +472,7 @@ pub(super) async fn run(
             .await
         {
             let _ = dest.delete(&archive_key).await;
+            let _ = dest.delete(&keys_key).await;
             let _ = dest.delete(&watermark_key).await;
             return Err(anyhow::Error::new(e).context("writing the manifest failed"));
         }

@@ -9,6 +9,13 @@ use super::{backup, watermark, EngineConfig};
 /// The newest complete backup, if its chain is whole, shorter than `fullEvery` incrementals and
 /// its watermark readable; otherwise why an incremental backup cannot build on it.
 pub(super) async fn choose_parent(cfg: &EngineConfig) -> Result<backup::Parent, String> {
+    if matches!(
+        cfg.protection,
+        Some(crate::archive::Protection::Recipients(_))
+    ) && cfg.keys.identities.is_empty()
+    {
+        return Err("a write-only service (recipients, no identity) cannot read the chain's watermark an incremental builds on".into());
+    }
     let dest = cfg.destination.as_ref();
     let all = match crate::destination::manifest::list_complete(dest).await {
         Ok(all) => all,

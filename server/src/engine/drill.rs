@@ -94,6 +94,8 @@ pub struct DrillReport {
 async fn archive_digest(cfg: &EngineConfig, chain: &[Manifest]) -> anyhow::Result<SetDigest> {
     let mut d = SetDigest::default();
     for m in chain {
+        let key_file =
+            crate::destination::keyfile::load(cfg.destination.as_ref(), &m.archive_key).await?;
         let reader = cfg.destination.get(&m.archive_key).await?;
         let keys = cfg.keys.clone();
         d = tokio::task::spawn_blocking(move || {
@@ -101,7 +103,7 @@ async fn archive_digest(cfg: &EngineConfig, chain: &[Manifest]) -> anyhow::Resul
                 1 << 20,
                 tokio_util::io::SyncIoBridge::new(reader),
             );
-            let mut r = ArchiveReader::open(bridge, &keys)?;
+            let mut r = ArchiveReader::open_with_key_file(bridge, &keys, key_file.as_ref())?;
             while let Some(rec) = r.next_record()? {
                 d.add(&crate::source::event_from_record(rec));
             }

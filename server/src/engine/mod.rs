@@ -10,6 +10,7 @@ mod interrupt;
 pub mod plan;
 pub mod restore;
 pub mod retention;
+pub mod rewrap;
 mod slot;
 pub mod verify;
 

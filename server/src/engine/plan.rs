@@ -116,6 +116,7 @@ mod tests {
             last_event_time: Some(format!("2026-01-01T00:{n:02}:00Z")),
             events_sha256: String::new(),
             key_id: "k".into(),
+            key_kind: None,
             format_version: "1.0".into(),
             watermark_key: None,
             note: None,

@@ -219,21 +219,37 @@ pub(super) async fn prepare(
     }
     // A wrong or missing key is found before anything is written.
     for m in &chain {
+        let key_file = crate::destination::keyfile::load(cfg.destination.as_ref(), &m.archive_key)
+            .await
+            .map_err(|e| match e {
+                crate::destination::keyfile::KeyFileError::Damaged { .. } => {
+                    EngineError::Corrupt(format!(
+                        "backup {} cannot be trusted, nothing was written: {}",
+                        m.id,
+                        monoskope_backup_client::error_line(&e)
+                    ))
+                }
+                e => EngineError::Unavailable(format!("backup {}: {e}", m.id)),
+            })?;
         let reader = cfg
             .destination
             .get(&m.archive_key)
             .await
             .map_err(|e| EngineError::Unavailable(format!("backup {}: {e}", m.id)))?;
         let keys = cfg.keys.clone();
-        let (header, key_id) = tokio::task::spawn_blocking(move || {
-            ArchiveReader::open(tokio_util::io::SyncIoBridge::new(reader), &keys)
-                .map(|r| (r.header().clone(), r.key_id().to_string()))
+        let (header, key_ids) = tokio::task::spawn_blocking(move || {
+            ArchiveReader::open_with_key_file(
+                tokio_util::io::SyncIoBridge::new(reader),
+                &keys,
+                key_file.as_ref(),
+            )
+            .map(|r| (r.header().clone(), r.key_ids().to_vec()))
         })
         .await
         .map_err(|e| EngineError::Internal(anyhow::anyhow!("{e}")))?
         .map_err(archive_err)?;
         // The manifest chose this backup; its archive's authenticated header must agree.
-        let problems = super::verify::header_problems(m, &header, &key_id);
+        let problems = super::verify::header_problems(m, &header, &key_ids);
         if !problems.is_empty() {
             return Err(EngineError::Corrupt(format!(
                 "backup {} cannot be trusted, nothing was written: {}",
@@ -355,6 +371,14 @@ fn spawn_reader<F: Fill>(
             } else {
                 format!("backup {}", m.id)
             };
+            let key_file =
+                match crate::destination::keyfile::load(dest.as_ref(), &m.archive_key).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = tx.send(Err(anyhow::Error::new(e).context(link))).await;
+                        return;
+                    }
+                };
             let reader = match dest.get(&m.archive_key).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -377,7 +401,7 @@ fn spawn_reader<F: Fill>(
                 ));
                 let mut spans = std::collections::HashMap::new();
                 let mut keys = AggregateKeys::default();
-                let mut r = ArchiveReader::open(&mut hashed, &keys2)?;
+                let mut r = ArchiveReader::open_with_key_file(&mut hashed, &keys2, key_file.as_ref())?;
                 let mut batch = F::empty();
                 let h = r.header().clone();
                 if h.backup_id != m2.id || h.parent_id != parent {

@@ -1,7 +1,7 @@
 //! Retention: keep the newest N complete backups (restore points, full or incremental) and
 //! every backup a kept one depends on, so whole chains go, oldest first, and no incremental is
 //! ever orphaned; never the newest one, only our own objects; remove incomplete leftovers
-//! (archives or watermarks without a manifest) older than a day. The plan is a plain value
+//! (archives, key files or watermarks without a manifest) older than a day. The plan is a plain value
 //! computed from a listing and the manifests of the destination — the source of truth.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -94,7 +94,9 @@ pub fn plan(
         }
     }
     for o in objects {
-        if let Some(id) = layout::parse_watermark_key(&o.key) {
+        if let Some(id) =
+            layout::parse_watermark_key(&o.key).or_else(|| layout::parse_keys_key(&o.key))
+        {
             let has_manifest = by_id.get(id).is_some_and(|(_, m)| m.is_some());
             if !has_manifest && now_unix - o.modified_unix > LEFTOVER_AGE_SECS {
                 p.delete_leftovers.push(o.key.clone());
@@ -132,6 +134,8 @@ pub async fn run(cfg: &EngineConfig) -> anyhow::Result<RetentionPlan> {
         // Manifest first: the backup becomes invisible before its archive goes.
         dest.delete(&layout::manifest_key(id)).await?;
         dest.delete(&layout::archive_key(id)).await?;
+        dest.delete(&layout::keys_key(&layout::archive_key(id)))
+            .await?;
         dest.delete(&layout::watermark_key(id)).await?;
         cfg.catalog.delete_backup(id).await?;
     }
@@ -140,6 +144,7 @@ pub async fn run(cfg: &EngineConfig) -> anyhow::Result<RetentionPlan> {
         if let Some(id) = layout::parse_key(key)
             .map(|(id, _)| id)
             .or_else(|| layout::parse_watermark_key(key))
+            .or_else(|| layout::parse_keys_key(key))
         {
             cfg.catalog.delete_backup(id).await?;
         }
@@ -209,7 +214,11 @@ mod tests {
         ];
         objects.extend([
             obj(layout::archive_key(&ids[0]), 0),
+            obj(layout::keys_key(&layout::archive_key(&ids[0])), 0),
             obj(layout::manifest_key(&ids[0]), 0),
+            // A key file without its backup's manifest, like an archive's.
+            obj(layout::keys_key(&layout::archive_key(&ids[1])), 2 * 86400),
+            obj(layout::keys_key(&layout::archive_key(&ids[2])), 10),
         ]);
         objects.push(obj("backups/not-ours.txt".into(), 9 * 86400));
         objects.push(obj("somebody-elses/file".into(), 9 * 86400));
@@ -219,7 +228,13 @@ mod tests {
             vec![ids[0].clone()],
             "the only complete backup is kept, whatever its age"
         );
-        assert_eq!(p.delete_leftovers, vec![layout::archive_key(&ids[1])]);
+        assert_eq!(
+            p.delete_leftovers,
+            vec![
+                layout::archive_key(&ids[1]),
+                layout::keys_key(&layout::archive_key(&ids[1]))
+            ]
+        );
         assert!(p.delete_backups.is_empty());
     }
 

@@ -23,6 +23,9 @@ pub struct VerifyReport {
     pub events: u64,
     /// Archive bytes read.
     pub bytes: u64,
+    /// Whether the archive was decrypted and every chunk authenticated (`false`: `--no-key`,
+    /// only the stored bytes, header and key file were checked).
+    pub decrypted: bool,
 }
 
 /// Refuses a name that is neither a backup id nor `latest`, before anything is looked up.
@@ -85,7 +88,11 @@ pub fn refuse_newer_broken(b: &crate::destination::manifest::Broken) -> super::E
 /// contradict: id, parent, kind, key id, format version, and the creation time (the manifest's
 /// `created_at` is when the backup started, at or before the header's, which is at or before
 /// `completed_at`). Checked before anything is read further.
-pub fn header_problems(m: &Manifest, header: &crate::archive::Header, key_id: &str) -> Vec<String> {
+pub fn header_problems(
+    m: &Manifest,
+    header: &crate::archive::Header,
+    key_ids: &[String],
+) -> Vec<String> {
     let mut p = Vec::new();
     if header.backup_id != m.id {
         p.push(format!(
@@ -106,9 +113,10 @@ pub fn header_problems(m: &Manifest, header: &crate::archive::Header, key_id: &s
             header.kind, m.kind
         ));
     }
-    if key_id != m.key_id {
+    if !key_ids.contains(&m.key_id) {
         p.push(format!(
-            "archive is sealed with key {key_id} but the manifest says {}",
+            "archive's data key is wrapped for {} but the manifest says {}",
+            key_ids.join(" and "),
             m.key_id
         ));
     }
@@ -224,17 +232,31 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Verifies the backup of `manifest`.
+/// Verifies the backup of `manifest`: with `keys`, every chunk decrypted and authenticated and
+/// the footer checked (the deep check); without (`--no-key`, a write-only service), that the
+/// destination holds exactly the bytes written — size and SHA-256 against the manifest — with a
+/// header and key file that agree with it.
 pub async fn verify(
     dest: &dyn Destination,
-    keys: &Keys,
+    keys: Option<&Keys>,
     manifest: &Manifest,
 ) -> anyhow::Result<VerifyReport> {
+    let key_file = match crate::destination::keyfile::load(dest, &manifest.archive_key).await {
+        Ok(f) => Ok(f),
+        Err(crate::destination::keyfile::KeyFileError::Destination(e)) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot read the key file of {}",
+                manifest.archive_key
+            )))
+        }
+        // A damaged key file is a finding of the verification, not a failure to run it.
+        Err(e) => Err(monoskope_backup_client::error_line(&e)),
+    };
     let reader = dest
         .get(&manifest.archive_key)
         .await
         .with_context(|| format!("cannot read {}", manifest.archive_key))?;
-    let keys = keys.clone();
+    let keys = keys.cloned();
     let m = manifest.clone();
     tokio::task::spawn_blocking(move || {
         let bridge = tokio_util::io::SyncIoBridge::new(reader);
@@ -245,14 +267,32 @@ pub async fn verify(
         };
         let mut problems = Vec::new();
         let mut events = 0;
-        match ArchiveReader::open(&mut hr, &keys).and_then(|mut r| {
-            let f = r.verify_to_end()?;
-            Ok((r.header().clone(), r.key_id().to_string(), f))
-        }) {
-            Ok((header, key_id, footer)) => {
-                events = footer.event_count;
-                problems.extend(header_problems(&m, &header, &key_id));
-                problems.extend(footer_problems(&m, &footer));
+        let key_file = match key_file {
+            Ok(f) => f,
+            Err(why) => {
+                problems.push(format!("its key file is damaged: {why}"));
+                None
+            }
+        };
+        let opened = match &keys {
+            Some(keys) => ArchiveReader::open_with_key_file(&mut hr, keys, key_file.as_ref())
+                .and_then(|mut r| {
+                    let f = r.verify_to_end()?;
+                    Ok((r.header().clone(), r.key_ids().to_vec(), Some(f)))
+                }),
+            // Without a key: the head as stored (unauthenticated), the rest only hashed.
+            None => crate::archive::read_head(&mut hr).map(|(head, header)| {
+                let ids = crate::archive::envelope::wrap_ids(&head.envelope, key_file.as_ref());
+                (header, ids, None)
+            }),
+        };
+        match opened {
+            Ok((header, key_ids, footer)) => {
+                problems.extend(header_problems(&m, &header, &key_ids));
+                if let Some(footer) = footer {
+                    events = footer.event_count;
+                    problems.extend(footer_problems(&m, &footer));
+                }
             }
             Err(e) => problems.push(e.to_string()),
         }
@@ -279,6 +319,7 @@ pub async fn verify(
             problems,
             events,
             bytes: hr.bytes,
+            decrypted: keys.is_some(),
         })
     })
     .await?

@@ -108,6 +108,12 @@ pub fn backup_pb(r: &BackupRecord, location_base: &str) -> pb::Backup {
         first_event_time: ts(r.first_event_time.as_deref()),
         last_event_time: ts(r.last_event_time.as_deref()),
         key_id: r.key_id.clone().unwrap_or_default(),
+        key_kind: r
+            .key_id
+            .as_deref()
+            .map(crate::archive::envelope::kind_of_key_id)
+            .unwrap_or_default()
+            .to_string(),
         format_version: r.format_version.clone().unwrap_or_default(),
         sha256: r.archive_sha256.clone().unwrap_or_default(),
         created_by: r.created_by.clone(),

@@ -75,8 +75,12 @@ pub struct CatalogConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EncryptionConfig {
-    /// Keyring file.
-    pub key_file: Option<PathBuf>,
+    /// Keyring file, or a list of them (the first key of the first file encrypts).
+    pub key_file: Option<OneOrMany<PathBuf>>,
+    /// Recipients file (write-only backups).
+    pub recipient_file: Option<PathBuf>,
+    /// Identity file, or a list of them (read backups made for recipients).
+    pub identity_file: Option<OneOrMany<PathBuf>>,
     /// Write unencrypted archives (integrity-checked only).
     pub no_encryption: Option<bool>,
     /// zstd level (1–19).
@@ -357,5 +361,25 @@ mod tests {
             cfg.destination().map(|d| d.0),
             Some("s3://m8-backups/".to_string())
         );
+    }
+}
+
+/// A config value given as one item or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// One.
+    One(T),
+    /// Several.
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    /// As a list.
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t],
+            OneOrMany::Many(v) => v,
+        }
     }
 }
