@@ -78,6 +78,51 @@ fn inspect_reads_the_committed_test_vectors() {
     }
 }
 
+/// Format 1.1: key files beside the archives, a master key and two recipients; each identity
+/// opens the recipients' archive, and without its key file no key does, in one line.
+#[test]
+fn inspect_reads_the_format_1_1_vectors() {
+    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors/v1.1");
+    let expected = std::fs::read_to_string(vectors.join("expected.jsonl")).expect("expected");
+    let inspect = |archive: &std::path::Path, flag: &str, key: &str| {
+        let out = Command::new(bin("backup-server"))
+            .arg("inspect")
+            .arg(archive)
+            .arg(flag)
+            .arg(vectors.join(key))
+            .env_remove("BACKUP_ENCRYPTION_KEY")
+            .env_remove("BACKUP_PASSPHRASE")
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+    for (archive, flag, key) in [
+        ("keyfile.mbk", "--key-file", "keyfile.key"),
+        ("recipients.mbk", "--identity-file", "recipient-a.id"),
+        ("recipients.mbk", "--identity-file", "recipient-b.id"),
+    ] {
+        let (code, out, err) = inspect(&vectors.join(archive), flag, key);
+        assert_eq!(code, Some(0), "{archive} {key}: {err}");
+        assert_eq!(out, expected, "{archive} {key}");
+    }
+    // The recipients' archive under a master key, and a key-file archive without its key file.
+    let (code, _, err) = inspect(&vectors.join("recipients.mbk"), "--key-file", "keyfile.key");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--identity-file"), "{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alone = dir.path().join("keyfile.mbk");
+    std::fs::copy(vectors.join("keyfile.mbk"), &alone).expect("copy");
+    let (code, _, err) = inspect(&alone, "--key-file", "keyfile.key");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("key file") && err.contains("missing"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
 #[test]
 fn inspect_errors_are_one_clear_line_with_exit_1() {
     let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors/v1");

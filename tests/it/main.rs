@@ -16,6 +16,7 @@ mod hostile;
 mod hostile_peers;
 mod import;
 mod incremental;
+mod keys;
 mod operator;
 mod ops;
 mod ops_failures;

@@ -30,10 +30,30 @@ pub use recipients::{parse_identities, parse_recipients, Identity, Recipient};
 pub use view::{RecordView, ViewError};
 pub use writer::{chunk_compressor, ArchiveWriter, WriterOptions, DEFAULT_COMPRESSION_LEVEL};
 
-/// The format version as written in manifests, e.g. "1.0".
+/// The newest format version this build writes, e.g. "1.1".
 pub fn format_version() -> String {
     format!("{FORMAT_MAJOR}.{FORMAT_MINOR}")
 }
 
+/// The minor version an archive written with `protection` (its wraps in a key file when
+/// `key_file`) is: the lowest that describes it, so that a 1.0 reader still reads every archive
+/// that needs nothing of 1.1 (recipients, a key file).
+pub fn minor_for(protection: &Protection, key_file: bool) -> u16 {
+    let encrypted = !matches!(protection, Protection::Unencrypted);
+    if matches!(protection, Protection::Recipients(_)) || (key_file && encrypted) {
+        FORMAT_MINOR
+    } else {
+        0
+    }
+}
+
+/// The format version, as manifests state it, of an archive written with `protection` and
+/// `key_file` ([`minor_for`]).
+pub fn version_for(protection: &Protection, key_file: bool) -> String {
+    format!("{FORMAT_MAJOR}.{}", minor_for(protection, key_file))
+}
+
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_keys;

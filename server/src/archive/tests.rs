@@ -455,42 +455,7 @@ fn write_test_vectors() {
     let dir = std::path::PathBuf::from(dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let key = MasterKey::generate();
-    let records = vec![
-        Record {
-            aggregate_type: "User".into(),
-            aggregate_id: "0b8b3b4e-6f4a-4c8e-9d2b-1f2a3b4c5d6e".into(),
-            aggregate_version: 1,
-            event_type: "UserCreated".into(),
-            data: br#"{"@type": "type.googleapis.com/eventdata.UserCreated", "name": "Jane Doe", "email": "jane@example.com"}"#.to_vec(),
-            metadata: BTreeMap::from([
-                ("component_name".into(), "commandhandler".into()),
-                ("x-auth-email".into(), "admin@example.com".into()),
-                ("x-auth-id".into(), "7c1d7a1e-9a8b-4b5c-8d3e-2f1a0b9c8d7e".into()),
-            ]),
-            timestamp: Some(prost_types::Timestamp { seconds: 1_710_955_518, nanos: 123_456_000 }),
-            event_id: "5e0c4a9d-2b1f-4e3a-8c7d-6b5a4f3e2d1c".into(),
-        },
-        Record {
-            aggregate_type: "User".into(),
-            aggregate_id: "0b8b3b4e-6f4a-4c8e-9d2b-1f2a3b4c5d6e".into(),
-            aggregate_version: 2,
-            event_type: "UserDeleted".into(),
-            data: Vec::new(),
-            metadata: BTreeMap::new(),
-            timestamp: Some(prost_types::Timestamp { seconds: 1_710_955_600, nanos: 0 }),
-            event_id: String::new(),
-        },
-        Record {
-            aggregate_type: "Tenant".into(),
-            aggregate_id: "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a".into(),
-            aggregate_version: 1,
-            event_type: "TenantCreated".into(),
-            data: vec![0xff, 0x00, 0xfe, b'{'],
-            metadata: BTreeMap::from([("x-auth-name".into(), "Zoë \"ops\" <admin>".into())]),
-            timestamp: Some(prost_types::Timestamp { seconds: -86_400, nanos: 999_999_999 }),
-            event_id: String::new(),
-        },
-    ];
+    let records = vector_records();
     std::fs::write(dir.join("encrypted.key"), format!("{}\n", key.to_base64())).expect("key");
     let enc = write(&records, Protection::Key(key), 4096);
     std::fs::write(dir.join("encrypted.mbk"), &enc).expect("write");
@@ -508,6 +473,101 @@ fn write_test_vectors() {
         &enc[..fr[fr.len() - 1].0],
     )
     .expect("write");
+    let mut lines = String::new();
+    for r in &records {
+        lines.push_str(&serde_json::to_string(&crate::cli::record_json(r)).expect("json"));
+        lines.push('\n');
+    }
+    std::fs::write(dir.join("expected.jsonl"), lines).expect("write");
+}
+
+/// The three events of every frozen vector.
+fn vector_records() -> Vec<Record> {
+    vec![
+    Record {
+        aggregate_type: "User".into(),
+        aggregate_id: "0b8b3b4e-6f4a-4c8e-9d2b-1f2a3b4c5d6e".into(),
+        aggregate_version: 1,
+        event_type: "UserCreated".into(),
+        data: br#"{"@type": "type.googleapis.com/eventdata.UserCreated", "name": "Jane Doe", "email": "jane@example.com"}"#.to_vec(),
+        metadata: BTreeMap::from([
+            ("component_name".into(), "commandhandler".into()),
+            ("x-auth-email".into(), "admin@example.com".into()),
+            ("x-auth-id".into(), "7c1d7a1e-9a8b-4b5c-8d3e-2f1a0b9c8d7e".into()),
+        ]),
+        timestamp: Some(prost_types::Timestamp { seconds: 1_710_955_518, nanos: 123_456_000 }),
+        event_id: "5e0c4a9d-2b1f-4e3a-8c7d-6b5a4f3e2d1c".into(),
+    },
+    Record {
+        aggregate_type: "User".into(),
+        aggregate_id: "0b8b3b4e-6f4a-4c8e-9d2b-1f2a3b4c5d6e".into(),
+        aggregate_version: 2,
+        event_type: "UserDeleted".into(),
+        data: Vec::new(),
+        metadata: BTreeMap::new(),
+        timestamp: Some(prost_types::Timestamp { seconds: 1_710_955_600, nanos: 0 }),
+        event_id: String::new(),
+    },
+    Record {
+        aggregate_type: "Tenant".into(),
+        aggregate_id: "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a".into(),
+        aggregate_version: 1,
+        event_type: "TenantCreated".into(),
+        data: vec![0xff, 0x00, 0xfe, b'{'],
+        metadata: BTreeMap::from([("x-auth-name".into(), "Zoë \"ops\" <admin>".into())]),
+        timestamp: Some(prost_types::Timestamp { seconds: -86_400, nanos: 999_999_999 }),
+        event_id: String::new(),
+    },
+]
+}
+
+/// Writes the frozen format 1.1 vectors of tests/vectors/v1.1 (run once, by hand):
+/// `MBK_WRITE_VECTORS=DIR cargo test -p monoskope-backup write_test_vectors_1_1 -- --ignored`
+#[test]
+#[ignore = "writes the frozen test vectors; run by hand only"]
+fn write_test_vectors_1_1() {
+    let Some(dir) = std::env::var_os("MBK_WRITE_VECTORS") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let records = vector_records();
+    let write_kf = |protection: Protection, name: &str| {
+        let mut opts = WriterOptions::new("20261206T120000000Z-00000011", protection);
+        opts.chunk_size = 4096;
+        opts.key_file = true;
+        let mut w = ArchiveWriter::new(Vec::new(), opts).expect("writer");
+        let kf = w.key_file().cloned().expect("key file");
+        for r in &records {
+            w.append(r).expect("append");
+        }
+        let bytes = w.finish().expect("finish").0;
+        std::fs::write(dir.join(format!("{name}.mbk")), bytes).expect("write");
+        std::fs::write(
+            dir.join(format!("{name}.mbk.keys")),
+            super::envelope::encode_key_file(&kf),
+        )
+        .expect("write");
+    };
+    let key = MasterKey::generate();
+    std::fs::write(dir.join("keyfile.key"), format!("{}\n", key.to_base64())).expect("key");
+    write_kf(Protection::Key(key), "keyfile");
+    let a = Identity::generate();
+    let b = Identity::generate();
+    std::fs::write(
+        dir.join("recipient-a.id"),
+        a.to_file_text("2026-12-06T12:00:00Z"),
+    )
+    .expect("id");
+    std::fs::write(
+        dir.join("recipient-b.id"),
+        b.to_file_text("2026-12-06T12:00:00Z"),
+    )
+    .expect("id");
+    write_kf(
+        Protection::Recipients(vec![a.recipient(), b.recipient()]),
+        "recipients",
+    );
     let mut lines = String::new();
     for r in &records {
         lines.push_str(&serde_json::to_string(&crate::cli::record_json(r)).expect("json"));

@@ -210,9 +210,10 @@ impl<W: Write> ArchiveWriter<W> {
         if encrypted {
             rng.fill_bytes(&mut nonce_prefix);
         }
+        let minor = super::minor_for(&opts.protection, opts.key_file);
         let header = Header {
             format_major: u32::from(FORMAT_MAJOR),
-            format_minor: u32::from(FORMAT_MINOR),
+            format_minor: u32::from(minor),
             backup_id: opts.backup_id,
             parent_id: opts.parent_id.unwrap_or_default(),
             created_at: Some(opts.created_at),
@@ -235,7 +236,7 @@ impl<W: Write> ArchiveWriter<W> {
         let mut prefix = Vec::with_capacity(16 + header_bytes.len());
         prefix.extend_from_slice(MAGIC);
         prefix.extend_from_slice(&FORMAT_MAJOR.to_be_bytes());
-        prefix.extend_from_slice(&FORMAT_MINOR.to_be_bytes());
+        prefix.extend_from_slice(&minor.to_be_bytes());
         prefix.extend_from_slice(&(header_bytes.len() as u32).to_be_bytes());
         prefix.extend_from_slice(&header_bytes);
 

@@ -463,7 +463,7 @@ pub(super) async fn run(
                 .collect(),
             key_id,
             key_kind: Some(key_kind.to_string()),
-            format_version: crate::archive::format_version(),
+            format_version: crate::archive::version_for(&protection, true),
             watermark_key: Some(watermark_key.clone()),
             note: running.note.clone(),
         };
