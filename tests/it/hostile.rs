@@ -155,7 +155,7 @@ async fn manifests_that_lie_fail_verify_and_restore_writes_nothing() {
         (
             "key_id",
             |v| v["key_id"] = "k-forged".into(),
-            "sealed with key",
+            "data key is wrapped for",
         ),
         (
             "created_at",

@@ -334,8 +334,8 @@ async fn a_timeout_or_a_signal_ends_a_backup_stuck_in_its_upload() {
         .expect("list");
     assert_eq!(
         objects.contents().len(),
-        3,
-        "archive, watermark and manifest of one backup: {:?}",
+        4,
+        "archive, key file, watermark and manifest of one backup: {:?}",
         objects.contents()
     );
 }

@@ -560,8 +560,8 @@ async fn retention_deletes_whole_chains_and_never_orphans_an_incremental() {
     assert_eq!(left, vec![ids[3].clone(), ids[4].clone()]);
     let files = std::fs::read_dir(f.backups_dir()).expect("dir").count();
     assert_eq!(
-        files, 6,
-        "archive, watermark and manifest of each of the two"
+        files, 8,
+        "archive, key file, watermark and manifest of each of the two"
     );
     let mut a = vec!["verify".to_string(), "--all".into()];
     a.extend(f.common().into_iter().take(4));

@@ -465,7 +465,7 @@ async fn s3_backup_multipart_and_resync_of_a_lost_catalog_on_postgres() {
 }
 
 /// A CA and a server certificate for 127.0.0.1/localhost, made with the openssl CLI.
-fn make_certs(dir: &Path) -> (String, String, String) {
+pub(crate) fn make_certs(dir: &Path) -> (String, String, String) {
     let sh = |args: &[&str]| {
         openssl(dir, args);
     };

@@ -91,7 +91,7 @@ pub(super) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         keys: crate::archive::Keys::keyring(crate::archive::Keyring::new(vec![key.clone()])?),
         protection: Some(Protection::Key(key.clone())),
         events_db: None,
-        retention_count: 7,
+        retention: crate::engine::retention::Policy::last(7),
         backup_timeout: std::time::Duration::from_secs(3600),
         compression_level: crate::archive::DEFAULT_COMPRESSION_LEVEL,
         restore_timeout: std::time::Duration::from_secs(3600),

@@ -5,6 +5,7 @@ mod demo;
 mod import;
 mod inspect;
 mod keys;
+mod retention;
 mod rewrap;
 pub mod schedule;
 mod serve;
@@ -62,6 +63,8 @@ pub enum Command {
     Rewrap(rewrap::RewrapArgs),
     /// Manage the catalog.
     Catalog(service::CatalogArgs),
+    /// Show what retention keeps and deletes, and why (`retention plan`).
+    Retention(retention::RetentionArgs),
     /// Run everything on this machine: embedded EventStore with sample events, the service, a backup, list and verify.
     Demo(demo::DemoArgs),
     /// Check a configuration file (every key and value) without starting anything.
@@ -265,6 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(a) => service::restore(a).await,
         Command::Catalog(a) => service::catalog(a).await,
         Command::Rewrap(a) => rewrap::run(a).await,
+        Command::Retention(a) => retention::run(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Import(a) => import::run(a).await,
         Command::Generate(a) => bench::generate(a).await,

@@ -52,6 +52,19 @@ pub struct CommonArgs {
     /// Complete backups kept after each backup; 0 keeps all (negative values are refused).
     #[arg(long, env = "BACKUP_RETENTION_COUNT", allow_negative_numbers = true)]
     pub retention_count: Option<i64>,
+    /// Also keep the newest backup of each of the last N days that have backups (restic's
+    /// semantics; with the weekly, monthly and yearly buckets: grandfather-father-son).
+    #[arg(long, env = "BACKUP_KEEP_DAILY")]
+    pub keep_daily: Option<usize>,
+    /// … of each of the last N ISO weeks.
+    #[arg(long, env = "BACKUP_KEEP_WEEKLY")]
+    pub keep_weekly: Option<usize>,
+    /// … of each of the last N months.
+    #[arg(long, env = "BACKUP_KEEP_MONTHLY")]
+    pub keep_monthly: Option<usize>,
+    /// … of each of the last N years.
+    #[arg(long, env = "BACKUP_KEEP_YEARLY")]
+    pub keep_yearly: Option<usize>,
     /// Longest a backup may run (e.g. 90s, 1h): from starting its upload, through opening its
     /// source (a store that takes the connection and never answers), to the end of the read;
     /// it then fails and leaves nothing at the destination.
@@ -107,7 +120,7 @@ pub struct Settings {
     /// Write protection (None when no key and not asked for unencrypted: backups then refuse).
     pub protection: Option<Protection>,
     /// Retention.
-    pub retention_count: i64,
+    pub retention: crate::engine::retention::Policy,
     /// Backup timeout.
     pub timeout: Duration,
     /// zstd level.
@@ -241,7 +254,20 @@ impl CommonArgs {
                 .unwrap_or_else(|| DEFAULT_CATALOG.into()),
             keys,
             protection,
-            retention_count: self.retention_count.or(b.retention_count).unwrap_or(7),
+            retention: {
+                let r = b.retention.clone().unwrap_or_default();
+                crate::engine::retention::Policy {
+                    keep_last: self
+                        .retention_count
+                        .or(b.retention_count)
+                        .unwrap_or(7)
+                        .max(0) as usize,
+                    keep_daily: self.keep_daily.or(r.keep_daily).unwrap_or(0),
+                    keep_weekly: self.keep_weekly.or(r.keep_weekly).unwrap_or(0),
+                    keep_monthly: self.keep_monthly.or(r.keep_monthly).unwrap_or(0),
+                    keep_yearly: self.keep_yearly.or(r.keep_yearly).unwrap_or(0),
+                }
+            },
             timeout,
             compression_level: self
                 .compression_level
@@ -301,7 +327,7 @@ impl Settings {
             keys: self.keys.clone(),
             protection: self.protection.clone(),
             events_db: self.events_db.clone(),
-            retention_count: self.retention_count,
+            retention: self.retention,
             backup_timeout: self.timeout,
             compression_level: self.compression_level,
             restore_timeout: self.restore_timeout,

@@ -53,6 +53,10 @@ pub struct Manifest {
     /// which incremental backups build on; absent in backups from before incrementals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark_key: Option<String>,
+    /// Until when the backup's objects are locked against deletion (S3 Object Lock, RFC 3339);
+    /// absent when they are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<String>,
     /// Why the backup is not what was asked for (an incremental request that became full).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,

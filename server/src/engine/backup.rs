@@ -465,6 +465,7 @@ pub(super) async fn run(
             key_kind: Some(key_kind.to_string()),
             format_version: crate::archive::version_for(&protection, true),
             watermark_key: Some(watermark_key.clone()),
+            locked_until: None,
             note: running.note.clone(),
         };
         if let Err(e) = dest

@@ -56,7 +56,7 @@ pub struct EngineConfig {
     /// The events table to restore into (`postgres://…`); `None` allows only the API sink.
     pub events_db: Option<String>,
     /// Complete backups kept (< 1 keeps all).
-    pub retention_count: i64,
+    pub retention: retention::Policy,
     /// Longest a backup may run.
     pub backup_timeout: Duration,
     /// zstd level.
@@ -233,7 +233,7 @@ impl Engine {
                     // The store's events were just written in store order: the next full
                     // backup reads them in physical order again.
                     engine.read_sorted.store(false, Ordering::Relaxed);
-                    tracing::warn!(restore_id = %rec.id, backup_id = %rec.backup_id, events = n, seconds = started.elapsed().as_secs_f64(), "restore complete; restart the QueryHandler, the Gateway and reactors");
+                    tracing::info!(restore_id = %rec.id, backup_id = %rec.backup_id, events = n, seconds = started.elapsed().as_secs_f64(), "restore complete; restart the QueryHandler, the Gateway and reactors");
                 }
                 Err(e) => {
                     rec.state = State::Failed;

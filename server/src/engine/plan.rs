@@ -117,6 +117,7 @@ mod tests {
             events_sha256: String::new(),
             key_id: "k".into(),
             key_kind: None,
+            locked_until: None,
             format_version: "1.0".into(),
             watermark_key: None,
             note: None,

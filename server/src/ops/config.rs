@@ -109,14 +109,30 @@ pub struct AuthConfig {
     pub readers: Option<Vec<String>>,
 }
 
+/// `backup.retention`: the newest backup of each of the last N days, weeks, months, years.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetentionConfig {
+    /// Days.
+    pub keep_daily: Option<usize>,
+    /// ISO weeks.
+    pub keep_weekly: Option<usize>,
+    /// Months.
+    pub keep_monthly: Option<usize>,
+    /// Years.
+    pub keep_yearly: Option<usize>,
+}
+
 /// The `backup:` block.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackupConfig {
     /// Cron schedule of in-process backups (not yet run in-process; the chart's CronJob calls CreateBackup).
     pub schedule: Option<String>,
-    /// Complete backups kept; 0 keeps all.
+    /// Complete backups kept (keep-last); 0 keeps all.
     pub retention_count: Option<i64>,
+    /// Grandfather-father-son buckets beside `retentionCount`.
+    pub retention: Option<RetentionConfig>,
     /// Longest a backup may run, e.g. `1h`.
     pub timeout: Option<String>,
     /// How long a backup or restore on the events table waits for other sessions holding it.
