@@ -28,12 +28,14 @@ SERVER_BIN, CTL_BIN = sys.argv[1], sys.argv[2]
 
 S3 = {"destination": {"s3": {"endpoint": "s3.example.com", "bucket": "m8-backups",
                              "region": "eu-central-1", "disableSSL": False, "prefix": "eventstore"}}}
+S3_LOCKED = {"destination": {"s3": {**S3["destination"]["s3"],
+                                    "objectLock": {"mode": "COMPLIANCE", "days": 30}}}}
 
 VALUE_SETS = {
     "defaults": {"backup": copy.deepcopy(S3)},
     "s3-alerting-restore": {
         "backup": {
-            **copy.deepcopy(S3),
+            **copy.deepcopy(S3_LOCKED),
             "prometheusPushgatewayUrl": "http://pushgateway.monitoring:9091",
             "alerting": {"enabled": True, "secondsSinceLastSuccessfulBackup": 3600,
                          "alertAfter": "30m", "labels": {"release": "monitoring"}},
@@ -261,6 +263,7 @@ BAD = [
     ({"retentionCount": -1}, "/backup/retentionCount"),
     ({"retentionCont": 3}, "retentionCont"),
     ({"retention": {"keepDaly": 7}}, "keepDaly"),
+    ({"destination": {"s3": {"bucket": "b", "objectLock": {"mode": "governance", "days": 1}}}}, "/backup/destination/s3/objectLock/mode"),
     ({"retention": {"keepWeekly": -1}}, "/backup/retention/keepWeekly"),
     ({"timeout": "soon"}, "/backup/timeout"),
     ({"alerting": {"alertAfter": 5}}, "/backup/alerting/alertAfter"),

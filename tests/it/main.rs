@@ -18,6 +18,7 @@ mod hostile_peers;
 mod import;
 mod incremental;
 mod keys;
+mod object_lock;
 mod operator;
 mod ops;
 mod ops_failures;

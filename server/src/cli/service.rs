@@ -179,6 +179,9 @@ pub(super) async fn list(a: ListArgs) -> anyhow::Result<()> {
                 key,
                 m.last_event_time.as_deref().unwrap_or("-")
             );
+            if let Some(t) = &m.locked_until {
+                println!("    locked until {t}");
+            }
         }
     }
     Ok(())
@@ -258,11 +261,20 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         if a.json {
             println!("{}", serde_json::to_string(r)?);
         } else if r.ok {
+            let lock = targets
+                .iter()
+                .find(|m| m.id == r.id)
+                .and_then(|m| m.locked_until.as_deref())
+                .map(|t| format!("; locked until {t}"))
+                .unwrap_or_default();
             if r.decrypted {
-                println!("ok      {} ({} events, {} bytes)", r.id, r.events, r.bytes);
+                println!(
+                    "ok      {} ({} events, {} bytes{lock})",
+                    r.id, r.events, r.bytes
+                );
             } else {
                 println!(
-                    "ok      {} ({} bytes stored as written; not decrypted)",
+                    "ok      {} ({} bytes stored as written; not decrypted{lock})",
                     r.id, r.bytes
                 );
             }

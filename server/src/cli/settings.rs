@@ -40,6 +40,13 @@ pub struct CommonArgs {
     /// Plain HTTP to a host[:port] S3 endpoint.
     #[arg(long, env = "S3_DISABLE_SSL", num_args = 0..=1, default_missing_value = "true")]
     pub s3_disable_ssl: Option<bool>,
+    /// S3 Object Lock mode of every object a backup writes (GOVERNANCE or COMPLIANCE; the bucket
+    /// must have object lock enabled, checked at start). Needs --s3-object-lock-days.
+    #[arg(long, env = "S3_OBJECT_LOCK_MODE", ignore_case = true)]
+    pub s3_object_lock_mode: Option<crate::destination::LockMode>,
+    /// Days from a write to its object's retention date (with --s3-object-lock-mode).
+    #[arg(long, env = "S3_OBJECT_LOCK_DAYS")]
+    pub s3_object_lock_days: Option<u32>,
     /// Catalog database: sqlite://PATH or postgres://USER@HOST/DB (password via this variable, not a flag).
     #[arg(long, env = "BACKUP_CATALOG")]
     pub catalog: Option<String>,
@@ -166,12 +173,38 @@ impl CommonArgs {
             .destination()
             .map_or((None, None), |(u, s)| (Some(u), s));
         let s3f = file_s3.unwrap_or_default();
+        let lock_f = s3f.object_lock.clone().unwrap_or_default();
+        let object_lock = match (
+            self.s3_object_lock_mode.or(lock_f.mode),
+            self.s3_object_lock_days.or(lock_f.days),
+        ) {
+            (None, None) => None,
+            (Some(mode), Some(days)) if (1..=36_500).contains(&days) => {
+                Some(crate::destination::ObjectLock { mode, days })
+            }
+            (Some(_), Some(days)) => {
+                return Err(super::usage(format!(
+                    "--s3-object-lock-days: {days} is out of range (1 to 36500)"
+                )))
+            }
+            (Some(_), None) => {
+                return Err(super::usage(
+                    "--s3-object-lock-mode needs --s3-object-lock-days (how long each object is locked)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(super::usage(
+                    "--s3-object-lock-days needs --s3-object-lock-mode (GOVERNANCE or COMPLIANCE)",
+                ))
+            }
+        };
         let s3 = S3Options {
             endpoint: self.s3_endpoint.clone().or(s3f.endpoint),
             region: self.s3_region.clone().or(s3f.region),
             disable_ssl: self.s3_disable_ssl.or(s3f.disable_ssl).unwrap_or(false),
             virtual_hosted: false,
             attempt_timeout: None,
+            object_lock,
         };
         let es = file.event_store.clone().unwrap_or_default();
         let event_store = EventStoreAddr {
@@ -285,7 +318,10 @@ impl Settings {
             .destination_url
             .as_deref()
             .context("no destination: give --destination file:///DIR or s3://BUCKET/PREFIX (or backup.destination in --config)")?;
-        destination::open(url, &self.s3).await
+        let dest = destination::open(url, &self.s3).await?;
+        // Object lock asked for on a bucket that cannot lock: refused before anything is written.
+        dest.check_object_lock().await?;
+        Ok(dest)
     }
 
     /// Connects the catalog, marks interrupted runs failed, and resyncs it from the

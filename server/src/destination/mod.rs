@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::io::AsyncRead;
 
 pub use local::LocalDir;
-pub use s3::{S3Destination, S3Options};
+pub use s3::{LockMode, ObjectLock, S3Destination, S3Options};
 
 /// Why a destination operation failed, grouped by what the caller must decide.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,15 @@ pub trait Destination: Send + Sync + std::fmt::Debug {
     async fn delete(&self, key: &str) -> Result<(), DestinationError>;
     /// Checks that the destination answers and is usable.
     async fn probe(&self) -> Result<(), DestinationError>;
+    /// The retention date of an object written now when objects are locked (S3 Object Lock).
+    fn object_lock_until(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        None
+    }
+    /// When objects are to be locked, checks that the bucket can lock them (before anything is
+    /// written).
+    async fn check_object_lock(&self) -> Result<(), DestinationError> {
+        Ok(())
+    }
     /// Removes every unfinished upload of `key` (its staged file, its S3 multipart uploads):
     /// what a backup cut off by its timeout or a signal, whose upload could not be aborted the
     /// ordinary way, leaves. Returns how many were removed.

@@ -31,6 +31,59 @@ pub struct S3Options {
     pub virtual_hosted: bool,
     /// Per-attempt timeout of one request.
     pub attempt_timeout: Option<Duration>,
+    /// S3 Object Lock: every object written gets this mode and a retention date this many days
+    /// ahead; the bucket must have object lock enabled.
+    pub object_lock: Option<ObjectLock>,
+}
+
+/// S3 Object Lock of every object a backup writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// `GOVERNANCE` (users with `s3:BypassGovernanceRetention` may still delete) or
+    /// `COMPLIANCE` (nobody can, not even the account's root, until the date).
+    pub mode: LockMode,
+    /// Days from the write to the retention date.
+    pub days: u32,
+}
+
+/// Object Lock retention mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+#[value(rename_all = "UPPERCASE")]
+pub enum LockMode {
+    /// S3's GOVERNANCE mode.
+    Governance,
+    /// S3's COMPLIANCE mode.
+    Compliance,
+}
+
+impl LockMode {
+    fn sdk(self) -> aws_sdk_s3::types::ObjectLockMode {
+        match self {
+            LockMode::Governance => aws_sdk_s3::types::ObjectLockMode::Governance,
+            LockMode::Compliance => aws_sdk_s3::types::ObjectLockMode::Compliance,
+        }
+    }
+}
+
+impl LockMode {
+    fn retention_sdk(self) -> aws_sdk_s3::types::ObjectLockRetentionMode {
+        match self {
+            LockMode::Governance => aws_sdk_s3::types::ObjectLockRetentionMode::Governance,
+            LockMode::Compliance => aws_sdk_s3::types::ObjectLockRetentionMode::Compliance,
+        }
+    }
+}
+
+impl ObjectLock {
+    /// The retention date of an object written now.
+    pub fn until_from_now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + chrono::Duration::days(i64::from(self.days))
+    }
+
+    fn sdk_until(&self) -> aws_sdk_s3::primitives::DateTime {
+        aws_sdk_s3::primitives::DateTime::from_secs(self.until_from_now().timestamp())
+    }
 }
 
 impl S3Options {
@@ -74,6 +127,7 @@ pub struct S3Destination {
     client: Client,
     bucket: String,
     prefix: String,
+    lock: Option<ObjectLock>,
 }
 
 impl S3Destination {
@@ -115,6 +169,7 @@ impl S3Destination {
             } else {
                 format!("{prefix}/")
             },
+            lock: opts.object_lock,
         })
     }
 
@@ -172,6 +227,7 @@ struct S3Upload {
     key: String,
     upload_id: String,
     parts: Vec<CompletedPart>,
+    lock: Option<ObjectLock>,
 }
 
 #[async_trait::async_trait]
@@ -211,14 +267,33 @@ impl Upload for S3Upload {
             .multipart_upload(parts)
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
+        let done = match res {
+            Ok(done) => done,
             Err(e) => {
                 let err = classify(&format!("complete upload of {}", self.key), &self.bucket, e);
                 self.abort().await;
-                Err(err)
+                return Err(err);
             }
+        };
+        // The retention asked for at the upload's start, set once more on the completed
+        // version: S3 applies it from CreateMultipartUpload, some S3-compatible servers only
+        // from PutObjectRetention (moto). Extending a date is always allowed.
+        if let Some(l) = &self.lock {
+            let retention = aws_sdk_s3::types::ObjectLockRetention::builder()
+                .mode(l.mode.retention_sdk())
+                .retain_until_date(l.sdk_until())
+                .build();
+            self.client
+                .put_object_retention()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .set_version_id(done.version_id().map(str::to_string))
+                .retention(retention)
+                .send()
+                .await
+                .map_err(|e| classify(&format!("lock {}", self.key), &self.bucket, e))?;
         }
+        Ok(())
     }
 
     async fn abort(self: Box<Self>) {
@@ -244,11 +319,17 @@ impl Destination for S3Destination {
 
     async fn upload(&self, key: &str) -> Result<Box<dyn Upload>, DestinationError> {
         let full = self.key(key);
-        let out = self
+        let mut req = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
-            .key(&full)
+            .key(&full);
+        if let Some(l) = &self.lock {
+            req = req
+                .object_lock_mode(l.mode.sdk())
+                .object_lock_retain_until_date(l.sdk_until());
+        }
+        let out = req
             .send()
             .await
             .map_err(|e| classify(&format!("start upload of {full}"), &self.bucket, e))?;
@@ -261,17 +342,24 @@ impl Destination for S3Destination {
             key: full,
             upload_id,
             parts: Vec::new(),
+            lock: self.lock,
         }))
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), DestinationError> {
         let full = self.key(key);
-        self.client
+        let mut req = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(&full)
-            .body(ByteStream::from(bytes))
-            .send()
+            .body(ByteStream::from(bytes));
+        if let Some(l) = &self.lock {
+            req = req
+                .object_lock_mode(l.mode.sdk())
+                .object_lock_retain_until_date(l.sdk_until());
+        }
+        req.send()
             .await
             .map_err(|e| classify(&format!("put {full}"), &self.bucket, e))?;
         Ok(())
@@ -331,6 +419,49 @@ impl Destination for S3Destination {
             .send()
             .await
             .map_err(|e| classify(&format!("delete {full}"), &self.bucket, e))?;
+        Ok(())
+    }
+
+    fn object_lock_until(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.lock.map(|l| l.until_from_now())
+    }
+
+    async fn check_object_lock(&self) -> Result<(), DestinationError> {
+        let Some(lock) = &self.lock else {
+            return Ok(());
+        };
+        let out = self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await;
+        let enabled = match out {
+            Ok(o) => o
+                .object_lock_configuration()
+                .and_then(|c| c.object_lock_enabled())
+                .is_some_and(|e| *e == aws_sdk_s3::types::ObjectLockEnabled::Enabled),
+            Err(e) => {
+                let code = e.as_service_error().and_then(|s| {
+                    aws_sdk_s3::error::ProvideErrorMetadata::code(s).map(str::to_string)
+                });
+                if code.as_deref() == Some("ObjectLockConfigurationNotFoundError") {
+                    false
+                } else {
+                    return Err(classify(
+                        &format!("read the object lock configuration of {}", self.bucket),
+                        &self.bucket,
+                        e,
+                    ));
+                }
+            }
+        };
+        if !enabled {
+            return Err(DestinationError::Other(format!(
+                "bucket {} has no object lock enabled, but --s3-object-lock-mode {:?} asks for it: object lock can only be enabled when a bucket is created (aws s3api create-bucket --object-lock-enabled-for-bucket) or on a versioned bucket; nothing was written",
+                self.bucket, lock.mode
+            )));
+        }
         Ok(())
     }
 

@@ -465,7 +465,11 @@ pub(super) async fn run(
             key_kind: Some(key_kind.to_string()),
             format_version: crate::archive::version_for(&protection, true),
             watermark_key: Some(watermark_key.clone()),
-            locked_until: None,
+            // Asked for now, just before the manifest (the last object) is written: every object
+            // of the backup is locked at least until then.
+            locked_until: dest
+                .object_lock_until()
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             note: running.note.clone(),
         };
         if let Err(e) = dest

@@ -206,6 +206,18 @@ pub struct S3Config {
     pub disable_ssl: Option<bool>,
     /// Prefix inside the bucket.
     pub prefix: Option<String>,
+    /// S3 Object Lock of every object written.
+    pub object_lock: Option<ObjectLockConfig>,
+}
+
+/// `backup.destination.s3.objectLock`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectLockConfig {
+    /// `GOVERNANCE` or `COMPLIANCE`.
+    pub mode: Option<crate::destination::LockMode>,
+    /// Days from a write to the object's retention date.
+    pub days: Option<u32>,
 }
 
 /// `backup.destination.file`.
