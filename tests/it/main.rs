@@ -6,6 +6,7 @@ mod auth;
 mod auth_gateway;
 mod bench;
 mod cockroach;
+mod continuous;
 mod db_tls;
 mod destination;
 mod devstore_contract;

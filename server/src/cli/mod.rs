@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod follow;
 mod import;
 mod inspect;
 mod keys;

@@ -75,6 +75,14 @@ pub struct ServeArgs {
     /// --full-every-th is full.
     #[arg(long, env = "BACKUP_INCREMENTAL")]
     pub incremental: bool,
+    /// Continuous backup: follow the events table (--events-db) and write every new event to the
+    /// destination within seconds, as small incremental segments of the newest chain (config
+    /// `backup.continuous.enabled`).
+    #[arg(long, env = "BACKUP_CONTINUOUS")]
+    pub continuous: bool,
+    /// How often continuous backup looks for new events (config `backup.continuous.interval`).
+    #[arg(long, env = "BACKUP_CONTINUOUS_INTERVAL")]
+    pub continuous_interval: Option<String>,
 }
 
 fn is_loopback(addr: &SocketAddr) -> bool {
@@ -184,6 +192,32 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .filter(|s| !s.trim().is_empty())
         .map(|s| crate::ops::schedule::parse(&s).context("--schedule"))
         .transpose()?;
+    let cont = settings
+        .file
+        .backup
+        .as_ref()
+        .and_then(|b| b.continuous.clone())
+        .unwrap_or_default();
+    let continuous = if a.continuous || cont.enabled.unwrap_or(false) {
+        let interval = match a.continuous_interval.clone().or(cont.interval) {
+            Some(t) => crate::time::parse_duration(&t)
+                .map_err(|e| super::usage(format!("--continuous-interval: {e}")))?,
+            None => std::time::Duration::from_secs(5),
+        };
+        if interval < std::time::Duration::from_millis(200) {
+            return Err(super::usage(
+                "--continuous-interval: at least 200ms (the destination gets a request per segment)",
+            ));
+        }
+        let Some(db) = settings.events_db.clone() else {
+            return Err(super::usage(
+                "--continuous follows the events table: give --events-db (the EventStore API offers no way to see new events without reading the whole store)",
+            ));
+        };
+        Some((db, interval))
+    } else {
+        None
+    };
     let drill_schedule = a
         .drill_schedule
         .clone()
@@ -260,6 +294,13 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = drill_schedule {
         scheduled.push(tokio::spawn(super::schedule::run_drills(engine.clone(), s)));
+    }
+    if let Some((db, interval)) = continuous {
+        scheduled.push(tokio::spawn(super::follow::run(
+            engine.clone(),
+            db,
+            interval,
+        )));
     }
     tracing::info!(%addr, destination = %engine.config().destination.url(), event_store = %crate::redact::url(&engine.config().event_store.addr), catalog = engine.config().catalog.kind(), tls = tls.is_some(), auth = auth.mode.name(), "BackupService listening");
     println!("backup-server listening on {addr}");

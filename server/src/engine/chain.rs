@@ -8,7 +8,10 @@ use super::{backup, watermark, EngineConfig};
 
 /// The newest complete backup, if its chain is whole, shorter than `fullEvery` incrementals and
 /// its watermark readable; otherwise why an incremental backup cannot build on it.
-pub(super) async fn choose_parent(cfg: &EngineConfig) -> Result<backup::Parent, String> {
+pub(super) async fn choose_parent(
+    cfg: &EngineConfig,
+    segment: bool,
+) -> Result<backup::Parent, String> {
     if matches!(
         cfg.protection,
         Some(crate::archive::Protection::Recipients(_))
@@ -35,7 +38,8 @@ pub(super) async fn choose_parent(cfg: &EngineConfig) -> Result<backup::Parent, 
     let chain = chain_of(&all, &newest)
         .map_err(|e| format!("the chain of {} is damaged: {e}", newest.id))?;
     let held = chain.len() - 1;
-    if held >= cfg.full_every as usize {
+    // Continuous segments continue the chain until the next scheduled full backup.
+    if !segment && held >= cfg.full_every as usize {
         return Err(format!(
             "the newest chain holds {held} incrementals (fullEvery is {})",
             cfg.full_every

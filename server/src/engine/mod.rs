@@ -40,6 +40,11 @@ use crate::source::EventStoreAddr;
 /// A URL without its password or query, for records and logs.
 pub use crate::redact::url as redact_url;
 
+/// The note of a continuous segment's record and manifest.
+pub const SEGMENT_NOTE: &str = "continuous segment";
+/// The note of a segment that found nothing new (never stored).
+const NOTHING_NEW: &str = "nothing new";
+
 /// Everything the engine needs, from configuration.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -308,7 +313,21 @@ impl Engine {
         caller: &Identity,
         incremental: bool,
     ) -> Result<(BackupRecord, watch::Receiver<Option<BackupRecord>>), EngineError> {
-        self.start_backup_with(caller, incremental, None).await
+        self.start_backup_with(caller, incremental, None, false)
+            .await
+    }
+
+    /// Takes a continuous segment: an incremental backup of what is new since the newest
+    /// backup (its chain's length not limited by `fullEvery`; the first one of a destination is
+    /// full). `Ok(None)` when there was nothing new: then nothing is left at the destination or
+    /// in the catalog, and nothing is reported. Segments emit no event and push nothing (they
+    /// come every few seconds); their metrics count as backups.
+    pub async fn segment(&self, caller: &Identity) -> Result<Option<BackupRecord>, EngineError> {
+        let (_, rx) = self.start_backup_with(caller, true, None, true).await?;
+        let r = final_value(rx).await.ok_or_else(|| {
+            EngineError::Internal(anyhow::anyhow!("backup task ended without a result"))
+        })?;
+        Ok((r.note.as_deref() != Some(NOTHING_NEW)).then_some(r))
     }
 
     /// Runs a full backup of `records` (e.g. a converted Monoskope backup) to its end, recorded
@@ -320,7 +339,7 @@ impl Engine {
         records: backup::RecordStream,
     ) -> Result<BackupRecord, EngineError> {
         let (_, rx) = self
-            .start_backup_with(caller, false, Some((source.to_string(), records)))
+            .start_backup_with(caller, false, Some((source.to_string(), records)), false)
             .await?;
         final_value(rx).await.ok_or_else(|| {
             EngineError::Internal(anyhow::anyhow!("backup task ended without a result"))
@@ -332,6 +351,7 @@ impl Engine {
         caller: &Identity,
         incremental: bool,
         custom: Option<(String, backup::RecordStream)>,
+        segment: bool,
     ) -> Result<(BackupRecord, watch::Receiver<Option<BackupRecord>>), EngineError> {
         let (custom_source, custom) = match custom {
             Some((s, r)) => (Some(s), Some(r)),
@@ -371,7 +391,7 @@ impl Engine {
         let caller = caller.clone();
         tokio::spawn(async move {
             let final_record = engine
-                .finish_backup(running, progress, &caller, custom)
+                .finish_backup(running, progress, &caller, custom, segment)
                 .await;
             engine.release().await;
             let _ = tx.send(Some(final_record));
@@ -397,13 +417,17 @@ impl Engine {
         progress: Arc<Progress>,
         caller: &Identity,
         custom: Option<backup::RecordStream>,
+        segment: bool,
     ) -> BackupRecord {
+        if segment {
+            record.note = Some(SEGMENT_NOTE.into());
+        }
         let started = Instant::now();
         metrics::get().started(Op::Backup);
         tracing::info!(backup_id = %record.id, created_by = %record.created_by, source = %record.source, destination = %self.cfg.destination.url(), "backup started");
         let mut parent = None;
         if record.kind == "incremental" {
-            match choose_parent(&self.cfg).await {
+            match choose_parent(&self.cfg, segment).await {
                 Ok(p) => {
                     record.parent_id = Some(p.manifest.id.clone());
                     parent = Some(p);
@@ -486,6 +510,31 @@ impl Engine {
                 tracing::error!(backup_id = %record.id, error = %error_line(e.as_ref()), "backup failed");
             }
         }
+        // A segment that found nothing new leaves nothing: its objects and record go.
+        if segment
+            && record.state == crate::catalog::State::Succeeded
+            && record.kind == "incremental"
+            && record.event_count == 0
+        {
+            let dest = self.cfg.destination.as_ref();
+            let archive = crate::destination::layout::archive_key(&record.id);
+            for key in [
+                crate::destination::layout::manifest_key(&record.id),
+                crate::destination::layout::keys_key(&archive),
+                archive,
+                crate::destination::layout::watermark_key(&record.id),
+            ] {
+                if let Err(e) = dest.delete(&key).await {
+                    tracing::warn!(key, error = %e, "could not delete an empty segment's object; retention removes it later");
+                }
+            }
+            let _ = report(self.cfg.catalog.delete_backup(&record.id)).await;
+            record.note = Some(NOTHING_NEW.into());
+            return record;
+        }
+        if segment && record.state == crate::catalog::State::Succeeded {
+            metrics::get().segment_written();
+        }
         match report(self.cfg.catalog.upsert_backup(&record)).await {
             Some(Ok(())) => {}
             Some(Err(e)) => {
@@ -505,6 +554,18 @@ impl Engine {
             "createdAt": record.created_at, "completedAt": record.completed_at,
             "error": record.error,
         });
+        if segment {
+            // Every few seconds: counted, neither pushed nor stored as an event (which would be
+            // a new event for the next segment to back up).
+            metrics::get().finished(
+                Op::Backup,
+                ok,
+                started.elapsed(),
+                record.archive_bytes,
+                record.event_count,
+            );
+            return record;
+        }
         self.report_end(ended::Ending {
             op: Op::Backup,
             ok,

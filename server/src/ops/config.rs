@@ -149,6 +149,18 @@ pub struct BackupConfig {
     pub drill: Option<DrillConfig>,
     /// Incremental scheduled backups.
     pub incremental: Option<IncrementalConfig>,
+    /// Continuous backup (`serve`).
+    pub continuous: Option<ContinuousConfig>,
+}
+
+/// `backup.continuous`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ContinuousConfig {
+    /// Follow the events table and write segments.
+    pub enabled: Option<bool>,
+    /// How often to look for new events, e.g. `5s`.
+    pub interval: Option<String>,
 }
 
 /// `backup.incremental`.

@@ -84,6 +84,8 @@ pub struct Metrics {
     backup: RunGauges,
     restore: RunGauges,
     drill_success: Gauge,
+    continuous_lag: Gauge,
+    segments: prometheus::IntCounter,
     runs: IntCounterVec,
     rpc_total: IntCounterVec,
     rpc_seconds: HistogramVec,
@@ -99,6 +101,16 @@ pub fn get() -> &'static Metrics {
         let drill_success = Gauge::with_opts(Opts::new(
             "monoskope_backup_last_drill_success_timestamp_seconds",
             "Unix time of the last successful restore drill.",
+        ))
+        .expect("valid");
+        let continuous_lag = Gauge::with_opts(Opts::new(
+            "monoskope_backup_continuous_lag_seconds",
+            "Continuous backup: age of the oldest change in the events table not yet durable at the destination; 0 when caught up (absent without --continuous).",
+        ))
+        .expect("valid");
+        let segments = prometheus::IntCounter::with_opts(Opts::new(
+            "monoskope_backup_continuous_segments_total",
+            "Continuous backup: segments written to the destination by this process.",
         ))
         .expect("valid");
         let runs = IntCounterVec::new(
@@ -127,6 +139,8 @@ pub fn get() -> &'static Metrics {
         .expect("valid");
         for c in [
             Box::new(drill_success.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(continuous_lag.clone()),
+            Box::new(segments.clone()),
             Box::new(runs.clone()),
             Box::new(rpc_total.clone()),
             Box::new(rpc_seconds.clone()),
@@ -138,6 +152,8 @@ pub fn get() -> &'static Metrics {
             backup,
             restore,
             drill_success,
+            continuous_lag,
+            segments,
             runs,
             rpc_total,
             rpc_seconds,
@@ -186,6 +202,16 @@ impl Metrics {
         self.runs
             .with_label_values(&[operation, if ok { "success" } else { "failure" }])
             .inc();
+    }
+
+    /// A continuous segment reached the destination.
+    pub fn segment_written(&self) {
+        self.segments.inc();
+    }
+
+    /// The continuous backup's lag in seconds (0: caught up).
+    pub fn set_continuous_lag(&self, seconds: f64) {
+        self.continuous_lag.set(seconds);
     }
 
     /// A restore drill succeeded.

@@ -46,6 +46,9 @@ pub struct Known {
     pub parent: Option<String>,
     /// Until when its objects are locked against deletion (object lock), if at all.
     pub locked_until: Option<DateTime<Utc>>,
+    /// A continuous segment: not a restore point of its own for the policy's counts; kept
+    /// with the backup it continues.
+    pub segment: bool,
 }
 
 /// The creation time a backup id carries (`YYYYMMDDTHHMMSSmmmZ-…`).
@@ -81,11 +84,22 @@ pub fn plan(
         .map(|(id, _)| *id)
         .collect();
     complete.sort_unstable_by(|a, b| b.cmp(a));
+    let is_segment = |id: &str| known.get(id).is_some_and(|k| k.segment);
     let timed: Vec<(String, DateTime<Utc>)> = complete
         .iter()
+        .filter(|id| !is_segment(id))
         .map(|id| (id.to_string(), id_time(id).unwrap_or_default()))
         .collect();
     let mut reasons = policy.select(&timed);
+    // The newest backup stays, segment or not (it is the latest restorable instant).
+    if let Some(newest) = complete.first() {
+        if is_segment(newest) {
+            reasons
+                .entry(newest.to_string())
+                .or_default()
+                .push("the newest backup".into());
+        }
+    }
     let now = DateTime::from_timestamp(now_unix, 0).unwrap_or_default();
     // Never an object before its lock date: the plan keeps it and says why.
     for id in &complete {
@@ -111,6 +125,40 @@ pub fn plan(
                 if kept.insert(parent.clone()) {
                     todo.push(parent.clone());
                 }
+            }
+        }
+    }
+    // Segments go with the backup they continue: kept when their nearest backup that is not a
+    // segment is kept (and, with it, every segment between).
+    for id in complete.iter().filter(|id| is_segment(id)) {
+        let mut at = id.to_string();
+        let mut base = None;
+        while let Some(Some(parent)) = known.get(&at).map(|k| k.parent.clone()) {
+            if !is_segment(&parent) {
+                base = Some(parent);
+                break;
+            }
+            at = parent;
+        }
+        if let Some(b) = base.filter(|b| kept.contains(b)) {
+            if kept.insert(id.to_string()) {
+                reasons
+                    .entry(id.to_string())
+                    .or_default()
+                    .push(format!("a continuous segment of the chain of {b}"));
+            }
+        }
+    }
+    // And what those segments continue.
+    let mut todo: Vec<String> = kept.iter().cloned().collect();
+    while let Some(id) = todo.pop() {
+        if let Some(Some(parent)) = known.get(&id).map(|k| &k.parent) {
+            if complete.contains(&parent.as_str()) && kept.insert(parent.clone()) {
+                reasons
+                    .entry(parent.clone())
+                    .or_default()
+                    .push(format!("in the chain of {id}"));
+                todo.push(parent.clone());
             }
         }
     }
@@ -166,6 +214,7 @@ pub async fn plan_for(dest: &dyn Destination, policy: Policy) -> anyhow::Result<
                 Known {
                     parent: m.parent_id,
                     locked_until,
+                    segment: m.note.as_deref() == Some(crate::engine::SEGMENT_NOTE),
                 },
             )
         })
@@ -226,6 +275,7 @@ mod tests {
                     Known {
                         parent: p.clone(),
                         locked_until: None,
+                        segment: false,
                     },
                 )
             })
@@ -373,10 +423,18 @@ mod properties {
     /// Backups at random times over two years, each a full one or an incremental on the one
     /// before it, some locked; any policy: the plan keeps every ancestor of what it keeps,
     /// never deletes a locked backup or the newest, and splits the complete backups exactly.
-    fn case() -> impl Strategy<Value = (Vec<(u32, bool, bool)>, Policy, u32)> {
+    /// Backups (hour, incremental, locked, segment), a policy, and the hour it runs at.
+    type Case = (Vec<(u32, bool, bool, bool)>, Policy, u32);
+
+    fn case() -> impl Strategy<Value = Case> {
         (
             prop::collection::vec(
-                (0u32..730 * 24, any::<bool>(), prop::bool::weighted(0.1)),
+                (
+                    0u32..730 * 24,
+                    any::<bool>(),
+                    prop::bool::weighted(0.1),
+                    any::<bool>(),
+                ),
                 1..60,
             ),
             (0usize..5, 0usize..10, 0usize..6, 0usize..6, 0usize..3),
@@ -402,21 +460,23 @@ mod properties {
         #[test]
         fn no_plan_deletes_what_a_kept_backup_needs((backups, policy, now_h) in case()) {
             let base = DateTime::from_timestamp(1_767_225_600, 0).expect("2026-01-01");
-            let mut hours: Vec<(u32, bool, bool)> = backups;
+            let mut hours: Vec<(u32, bool, bool, bool)> = backups;
             hours.sort_by_key(|b| b.0);
             hours.dedup_by_key(|b| b.0);
             let mut objects = Vec::new();
             let mut known = HashMap::new();
             let mut prev: Option<String> = None;
             let now = base + chrono::Duration::hours(i64::from(now_h));
-            for (i, (h, incremental, locked)) in hours.iter().enumerate() {
+            for (i, (h, incremental, locked, seg)) in hours.iter().enumerate() {
                 let t = base + chrono::Duration::hours(i64::from(*h));
                 let id = format!("{}-{i:08x}", t.format("%Y%m%dT%H%M%S%3fZ"));
                 objects.push(ObjectInfo { key: layout::archive_key(&id), size: 1, modified_unix: 0 });
                 objects.push(ObjectInfo { key: layout::manifest_key(&id), size: 1, modified_unix: 0 });
                 let parent = if *incremental { prev.clone() } else { None };
                 let locked_until = locked.then(|| now + chrono::Duration::days(3));
-                known.insert(id.clone(), Known { parent, locked_until });
+                // A segment continues the backup before it.
+                let segment = *seg && parent.is_some();
+                known.insert(id.clone(), Known { parent, locked_until, segment });
                 prev = Some(id);
             }
             let p = plan(&objects, &known, policy, now.timestamp());
@@ -440,6 +500,18 @@ mod properties {
             }
             if policy.keeps_all() {
                 prop_assert!(deleted.is_empty());
+            }
+            // A segment goes with the backup it continues.
+            for (id, k) in known.iter().filter(|(_, k)| k.segment) {
+                let mut base = k.parent.clone();
+                while let Some(b) = base.clone().filter(|b| known[b].segment) {
+                    base = known[&b].parent.clone();
+                }
+                if let Some(b) = base {
+                    if kept.contains(&b) {
+                        prop_assert!(kept.contains(id), "segment {} of kept {} would go", id, b);
+                    }
+                }
             }
         }
     }

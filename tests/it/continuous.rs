@@ -1,0 +1,218 @@
+//! Continuous backup (`serve --continuous`) against a real PostgreSQL events table written the
+//! way Monoskope's EventStore writes it: new events at the destination within seconds, nothing
+//! written while none arrive, and — under a steady write load with the service SIGKILLed again
+//! and again — after the last restart a restore holds every stored event exactly once (the whole
+//! table compared), and `--until` restores to an instant inside the window.
+
+use std::time::{Duration, Instant};
+
+use monoskope_backup_tests::fixture::{fresh_events_db, table_events, Fixture};
+use monoskope_backup_tests::{run, service_env, Server};
+
+/// Stores `n` events as the EventStore does: versions 1.. per aggregate, one transaction each.
+async fn store_rows(pool: &sqlx::PgPool, first: u64, n: u64, aggregates: &[uuid::Uuid]) {
+    for i in first..first + n {
+        let a = aggregates[(i % aggregates.len() as u64) as usize];
+        let version = i / aggregates.len() as u64 + 1;
+        sqlx::query(
+            r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data) VALUES ($1, $2, $3, 'User', $4, now(), '{"x-auth-id": "7c1d7a1e-9a8b-4b5c-8d3e-2f1a0b9c8d7e"}'::jsonb, $5::jsonb)"#,
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(if version == 1 { "UserCreated" } else { "UserUpdated" })
+        .bind(a)
+        .bind(version as i64)
+        .bind(format!(r#"{{"n": {i}}}"#))
+        .execute(pool)
+        .await
+        .expect("insert");
+    }
+}
+
+/// The events the destination's complete backups hold, summed over every manifest.
+fn events_at_destination(f: &Fixture) -> (u64, usize, usize) {
+    let out = run(
+        "backup-server",
+        &[
+            "list",
+            "--json",
+            "--destination",
+            &f.dest,
+            "--catalog",
+            &f.catalog(),
+        ],
+        &[],
+    );
+    if out.code != Some(0) {
+        return (0, 0, 0);
+    }
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    let all = v.as_array().cloned().unwrap_or_default();
+    let events = all
+        .iter()
+        .map(|m| m["event_count"].as_u64().unwrap_or(0))
+        .sum();
+    let segments = all
+        .iter()
+        .filter(|m| m["note"] == "continuous segment")
+        .count();
+    (events, all.len(), segments)
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stored_event_reaches_the_destination_within_seconds_exactly_once() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let db = fresh_events_db(&pg).await;
+    let pool = sqlx::PgPool::connect(&db).await.expect("pg");
+    sqlx::query(monoskope_backup::events_table::CREATE_TABLE)
+        .execute(&pool)
+        .await
+        .expect("table");
+    let aggregates: Vec<uuid::Uuid> = (0..7).map(|_| uuid::Uuid::new_v4()).collect();
+    let f = Fixture::new();
+    let catalog = f.catalog();
+    let serve = || {
+        Server::start(
+            &[
+                "--events-db",
+                &db,
+                "--destination",
+                &f.dest,
+                "--key-file",
+                &f.key,
+                "--catalog",
+                &catalog,
+                "--continuous",
+                "--continuous-interval",
+                "300ms",
+            ],
+            &[],
+        )
+    };
+    let mut s = serve();
+    store_rows(&pool, 0, 40, &aggregates).await;
+    let t = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(15), || events_at_destination(&f).0
+            == 40),
+        "40 events not at the destination: {:?}",
+        events_at_destination(&f)
+    );
+    let first_latency = t.elapsed();
+    store_rows(&pool, 40, 25, &aggregates).await;
+    assert!(
+        wait_until(Duration::from_secs(15), || events_at_destination(&f).0
+            == 65),
+        "{:?}",
+        events_at_destination(&f)
+    );
+    let (_, backups, segments) = events_at_destination(&f);
+    assert!(segments >= 1, "the new events came as a segment");
+    // Nothing arrives, nothing is written.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        events_at_destination(&f).1,
+        backups,
+        "no segment without new events"
+    );
+    eprintln!("first 40 events durable after {first_latency:?}");
+
+    // A steady write load; the service SIGKILLed three times in the middle of it.
+    let writer = {
+        let pool = pool.clone();
+        let aggregates = aggregates.clone();
+        tokio::spawn(async move {
+            for k in 0..30 {
+                store_rows(&pool, 65 + k * 10, 10, &aggregates).await;
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        })
+    };
+    for pause in [400u64, 700, 250] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        drop(s); // SIGKILL
+        s = serve();
+    }
+    writer.await.expect("writer");
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM event_records")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(total, 365);
+    assert!(
+        wait_until(Duration::from_secs(20), || events_at_destination(&f).0
+            == 365),
+        "after the last restart the destination holds {:?}",
+        events_at_destination(&f)
+    );
+    drop(s);
+
+    // A restore of latest holds every stored event exactly once: the whole table compared.
+    let restored = fresh_events_db(&pg).await;
+    let out = f.restore(&["latest", "--events-db", &restored]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let mut want = table_events(&db).await;
+    let mut got = table_events(&restored).await;
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the restored table differs from the store");
+
+    // To an instant inside the window: exactly the events stored up to it.
+    let (mid,): (chrono::DateTime<chrono::Utc>,) = sqlx::query_as(
+        r#"SELECT "timestamp" FROM event_records ORDER BY "timestamp" OFFSET 100 LIMIT 1"#,
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("mid");
+    let until = mid.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let upto = fresh_events_db(&pg).await;
+    let out = f.restore(&["latest", "--events-db", &upto, "--until", &until]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let n: i64 =
+        sqlx::query_scalar(r#"SELECT count(*) FROM event_records WHERE "timestamp" <= $1"#)
+            .bind(mid)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(table_events(&upto).await.len() as i64, n);
+}
+
+#[test]
+fn continuous_without_the_events_table_is_a_usage_error() {
+    let f = Fixture::new();
+    let out = run(
+        "backup-server",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--destination",
+            &f.dest,
+            "--key-file",
+            &f.key,
+            "--catalog",
+            &f.catalog(),
+            "--continuous",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("--continuous follows the events table: give --events-db"),
+        "{out:?}"
+    );
+}
