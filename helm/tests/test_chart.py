@@ -221,6 +221,7 @@ check(config["eventStore"]["address"] == "m8-eventstore:8080", "m8: EventStore a
 check(config["auth"] == {"mode": "gateway", "gateway": "m8-gateway:8080", "admins": [],
                          "machineIdentities": [], "readers": []}, f"m8: auth {config['auth']}")
 check(config["catalog"]["url"].startswith("sqlite://"), "m8: embedded catalog")
+check(config["backup"].get("continuous") == {"enabled": True, "interval": "5s"}, f"m8: continuous {config['backup'].get('continuous')}")
 dep = [d for (k, _), d in m8.items() if k == "Deployment"][0]
 spec = pod_spec(dep)
 vols = {v["name"]: v for v in spec["volumes"]}
@@ -282,6 +283,7 @@ for values, named in [
     ({"backup": {"destination": {"s3": {"bucket": ""}}}}, "backup.destination.s3.bucket"),
     ({"backup": copy.deepcopy(S3), "eventStore": {"eventsDbSecretName": "x", "eventsDb": {"host": "db"}}}, "eventStore.eventsDb.host"),
     ({"backup": copy.deepcopy(S3), "catalog": {"existingSecretName": "x", "postgres": {"host": "db"}}}, "catalog.postgres.host"),
+    ({"backup": {**copy.deepcopy(S3), "continuous": {"enabled": True}}}, "backup.continuous.enabled follows the events table"),
     ({"backup": copy.deepcopy(S3), "eventStore": {"eventsDb": {"host": "db", "sslmode": "prefer"}}}, "sslmode"),
 ]:
     try:

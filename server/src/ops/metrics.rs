@@ -105,7 +105,7 @@ pub fn get() -> &'static Metrics {
         .expect("valid");
         let continuous_lag = Gauge::with_opts(Opts::new(
             "monoskope_backup_continuous_lag_seconds",
-            "Continuous backup: age of the oldest change in the events table not yet durable at the destination; 0 when caught up (absent without --continuous).",
+            "Continuous backup: age of the oldest change in the events table not yet durable at the destination; 0 when caught up, or when continuous backup is off.",
         ))
         .expect("valid");
         let segments = prometheus::IntCounter::with_opts(Opts::new(
