@@ -27,6 +27,12 @@ pub(crate) async fn run(client: &mut BackupClient, json: bool) -> Result<ExitCod
             "event_store": reach(&s.event_store),
             "destination": reach(&s.destination),
             "catalog_backups": s.catalog_backups,
+            "continuous": s.continuous.as_ref().map(|c| serde_json::json!({
+                "lag_seconds": c.lag_seconds,
+                "segments": c.segments,
+                "earliest": time(c.earliest.as_ref()),
+                "latest": time(c.latest.as_ref()),
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
@@ -132,4 +138,17 @@ fn print_status(s: &pb::GetStatusResponse) {
         }
     }
     println!("catalog           {} complete backups", s.catalog_backups);
+    if let Some(c) = &s.continuous {
+        let lag = if c.lag_seconds > 0.0 {
+            format!("{:.1} s behind", c.lag_seconds)
+        } else {
+            "caught up".to_string()
+        };
+        println!(
+            "continuous        {lag}, {} segments; restorable from {} to {}",
+            c.segments,
+            time(c.earliest.as_ref()),
+            time(c.latest.as_ref())
+        );
+    }
 }

@@ -120,6 +120,21 @@ async fn every_stored_event_reaches_the_destination_within_seconds_exactly_once(
     );
     let (_, backups, segments) = events_at_destination(&f);
     assert!(segments >= 1, "the new events came as a segment");
+    // GetStatus (and `backupctl status`) shows the lag and the restorable window.
+    let status = monoskope_backup_tests::fixture::client(&s)
+        .await
+        .get_status()
+        .await
+        .expect("status");
+    let c = status.continuous.expect("continuous in GetStatus");
+    assert!(c.segments >= 1, "{c:?}");
+    assert!(c.earliest.is_some() && c.latest.is_some(), "{c:?}");
+    let out = run("backupctl", &["status"], &[("BACKUP_SERVER", &s.url())]);
+    assert!(
+        out.stdout.contains("continuous        ")
+            && out.stdout.contains("segments; restorable from"),
+        "{out:?}"
+    );
     // Nothing arrives, nothing is written.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(

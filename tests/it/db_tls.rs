@@ -125,6 +125,7 @@ async fn client_certificates_reach_the_events_database_and_the_catalog() {
                 "restore",
                 "latest",
                 "--drop-existing",
+                "--yes",
                 "--events-db",
                 &bad,
                 "--catalog",

@@ -175,7 +175,7 @@ async fn seeded_faults_and_kills_never_lose_or_forge_anything() {
         ];
         let mut cmd_args = match op {
             Op::Backup => vec!["backup"],
-            Op::Restore => vec!["restore", "latest", "--drop-existing"],
+            Op::Restore => vec!["restore", "latest", "--drop-existing", "--yes"],
         };
         cmd_args.append(&mut args);
         let mut cmd = command("backup-server", &cmd_args);

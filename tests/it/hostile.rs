@@ -333,7 +333,15 @@ async fn out_of_range_times_are_refused_and_the_table_stays_as_it_was() {
     for bad in ["0000-12-31T23:59:59Z", "yesterday", "10000-01-01T00:00:00Z"] {
         let r = p.run(
             "restore",
-            &[&id, "--events-db", &db, "--drop-existing", "--until", bad],
+            &[
+                &id,
+                "--events-db",
+                &db,
+                "--drop-existing",
+                "--yes",
+                "--until",
+                bad,
+            ],
         );
         assert_eq!(r.code, Some(2), "{bad}: {r:?}");
         assert!(r.stderr.contains("--until"), "{bad}: {r:?}");
@@ -346,7 +354,15 @@ async fn out_of_range_times_are_refused_and_the_table_stays_as_it_was() {
     ] {
         let r = p.run(
             "restore",
-            &[&id, "--events-db", &db, "--drop-existing", flag, bad],
+            &[
+                &id,
+                "--events-db",
+                &db,
+                "--drop-existing",
+                "--yes",
+                flag,
+                bad,
+            ],
         );
         assert_eq!(r.code, Some(2), "{flag} {bad}: {r:?}");
         assert!(r.stderr.contains(flag), "{flag} {bad}: {r:?}");

@@ -412,7 +412,7 @@ async fn a_missing_or_damaged_middle_link_fails_before_touching_the_store() {
     let manifest = f.backups_dir().join(format!("{}.manifest.json", ids[1]));
     let saved = std::fs::read(&manifest).expect("manifest");
     std::fs::remove_file(&manifest).expect("rm");
-    let out = f.restore(&[&ids[2], "--events-db", &dst, "--drop-existing"]);
+    let out = f.restore(&[&ids[2], "--events-db", &dst, "--drop-existing", "--yes"]);
     assert_eq!(out.code, Some(1));
     assert!(
         out.stderr.contains(&format!("link {}", ids[1])),
@@ -429,7 +429,7 @@ async fn a_missing_or_damaged_middle_link_fails_before_touching_the_store() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     std::fs::write(&archive, bytes).expect("write");
-    let out = f.restore(&[&ids[2], "--events-db", &dst, "--drop-existing"]);
+    let out = f.restore(&[&ids[2], "--events-db", &dst, "--drop-existing", "--yes"]);
     assert_eq!(out.code, Some(1));
     assert!(
         out.stderr

@@ -103,8 +103,61 @@ async fn cross_store_devstore_backup_into_the_postgres_events_table() {
             "data"
         ]
     );
-    // Restoring the same backup again (drop_existing) gives the same deterministic event ids.
+    // Replacing events is asked for: refused without --yes off a terminal (exit 2, the store
+    // named, nothing written); on a terminal, a wrong answer writes nothing.
+    let before = table_events(&db).await;
     let out = f.restore(&[&id, "--events-db", &db, "--drop-existing"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("add --yes")
+            && out.stderr.contains("replacing the 2000 events it holds"),
+        "{out:?}"
+    );
+    let args: Vec<String> = f
+        .restore_command(&[&id, "--events-db", &db, "--drop-existing"])
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let line = std::iter::once(
+        monoskope_backup_tests::bin("backup-server")
+            .display()
+            .to_string(),
+    )
+    .chain(args)
+    .map(|a| format!("'{a}'"))
+    .collect::<Vec<_>>()
+    .join(" ");
+    let on_tty = |answer: &str| {
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &line, "/dev/null"])
+            .env("RUST_LOG", "warn")
+            .env_remove("BACKUP_ENCRYPTION_KEY")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("script");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{answer}\n").as_bytes())
+            .expect("answer");
+        child.wait_with_output().expect("run")
+    };
+    let out = on_tty("no");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Type the backup id"), "{text}");
+    assert!(
+        text.contains("not confirmed; nothing was written"),
+        "{text}"
+    );
+    assert_eq!(table_events(&db).await, before);
+    let out = on_tty(&id);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("restored backup"), "{text}");
+    // Restoring the same backup again (drop_existing) gives the same deterministic event ids.
+    let out = f.restore(&[&id, "--events-db", &db, "--drop-existing", "--yes"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let mut a: Vec<String> = rows.into_iter().map(|(id, _)| id).collect();
     let mut b: Vec<String> = table_events(&db)
@@ -212,7 +265,7 @@ async fn a_corrupted_last_chunk_leaves_the_table_exactly_as_before() {
     let other_id = f.backup(&other);
     assert_eq!(f.restore(&[&other_id, "--events-db", &db]).code, Some(0));
     let before = table_events(&db).await;
-    let out = f.restore(&[&id, "--events-db", &db, "--drop-existing"]);
+    let out = f.restore(&[&id, "--events-db", &db, "--drop-existing", "--yes"]);
     assert_eq!(out.code, Some(1));
     assert!(
         out.stderr.contains("failed authentication")

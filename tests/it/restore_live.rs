@@ -247,7 +247,7 @@ async fn a_table_restore_killed_or_interrupted_leaves_the_table_as_before() {
     for sig in ["INT", "KILL"] {
         let child = restore_until(
             &f,
-            &[&id, "--drop-existing", "--events-db", &db],
+            &[&id, "--drop-existing", "--yes", "--events-db", &db],
             &db,
             "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'COPY \"event_records\"%' AND state = 'active'",
         )
@@ -396,7 +396,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
     let (id, db, before) = backup_and_other_table(&f, &pg, 300, 20).await;
 
     let holder = hold(&db).await;
-    let restore = [id.as_str(), "--drop-existing", "--events-db", &db];
+    let restore = [id.as_str(), "--drop-existing", "--yes", "--events-db", &db];
     let mut args = restore.to_vec();
     // (A restore that did not give up would run into its own timeout instead.)
     args.extend(["--lock-wait-timeout", "1s", "--restore-timeout", "20s"]);

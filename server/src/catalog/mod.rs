@@ -24,6 +24,9 @@ pub struct Catalog {
     url_kind: &'static str,
 }
 
+/// A catalog in memory, for one run of a one-shot command (rebuilt from the destination).
+pub const MEMORY: &str = "sqlite::memory:";
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 const BACKUP_COLUMNS: &str = "id, kind, state, parent_id, created_at, completed_at, created_by, source, event_count, archive_bytes, archive_sha256, archive_key, first_event_time, last_event_time, events_sha256, key_id, format_version, error, note";
@@ -32,7 +35,9 @@ impl Catalog {
     /// Connects to `sqlite://PATH` (created when missing) or `postgres://…` and migrates.
     pub async fn connect(url: &str) -> Result<Self, CatalogError> {
         sqlx::any::install_default_drivers();
-        let (url, kind) = if let Some(path) = url.strip_prefix("sqlite://") {
+        let (url, kind) = if url == MEMORY {
+            (url.to_string(), "sqlite")
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
             if let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
             {
                 if !dir.as_os_str().is_empty() {
@@ -63,9 +68,16 @@ impl Catalog {
                 monoskope_backup_client::error_line(&e)
             ))
         })?;
-        let options = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new()
             .max_connections(if kind == "sqlite" { 1 } else { 5 })
             .acquire_timeout(std::time::Duration::from_secs(10));
+        if url == MEMORY {
+            // The database lives as long as its one connection: never let it go.
+            options = options
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
         let pool = crate::database::open(options, connect)
             .await
             .map_err(CatalogError::Unreachable)?;
@@ -177,6 +189,20 @@ impl Catalog {
     }
 
     /// The newest backup in a state.
+    pub async fn oldest_in_state(
+        &self,
+        state: State,
+    ) -> Result<Option<BackupRecord>, CatalogError> {
+        let row = sqlx::query(&format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE state = $1 ORDER BY id ASC LIMIT 1"
+        ))
+        .bind(state.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| backup_from_row(&r)).transpose()
+    }
+
+    /// The newest backup in `state`.
     pub async fn newest_in_state(
         &self,
         state: State,

@@ -32,6 +32,7 @@ pub async fn run(engine: Engine, events_db: String, interval: Duration) {
         ..Default::default()
     };
     tracing::info!(interval = %humantime::format_duration(interval), "continuous backup active: following the events table");
+    engine.set_continuous();
     let mut pool = None;
     let mut seen: Option<i64> = None;
     let mut pending_since: Option<Instant> = None;

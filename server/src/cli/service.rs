@@ -84,7 +84,18 @@ async fn start(
     op: Op,
 ) -> anyhow::Result<(super::settings::Settings, crate::engine::Engine)> {
     let settings = match common.resolve() {
-        Ok(s) => s,
+        Ok(mut s) => {
+            // One-shots leave nothing in the working directory unless asked: their catalog is
+            // in memory (rebuilt from the destination, the source of truth) and they store no
+            // event in an EventStore they were not given.
+            if !s.catalog_given {
+                s.catalog_url = crate::catalog::MEMORY.into();
+            }
+            if !s.event_store_given {
+                s.emit_events = false;
+            }
+            s
+        }
         Err(e) => {
             let known = super::trace::Known {
                 pushgateway_url: common.pushgateway_url.clone(),
@@ -327,6 +338,10 @@ pub struct RestoreArgs {
     /// store, its events) and print what it would do; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Replace the store's events (--drop-existing) without asking. Without it the restore asks
+    /// on a terminal, naming the store and what it holds, and refuses elsewhere (exit 2).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
@@ -347,6 +362,41 @@ pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         }
         println!("nothing was written (--dry-run)");
         return Ok(());
+    }
+    if a.drop_existing && !a.yes {
+        // Every check a restore makes first (refusals need no answer), then the question.
+        let req = crate::engine::restore::RestoreRequest {
+            backup_id: a.id.clone(),
+            until,
+            drop_existing: true,
+            via_api: a.via_api,
+            caller: who.clone(),
+        };
+        let plan = engine.plan_restore(&req).await?;
+        let lines = plan.describe(&req);
+        use std::io::IsTerminal;
+        if plan.existing == 0 {
+            // Nothing to replace: nothing to ask.
+        } else if !std::io::stdin().is_terminal() {
+            return Err(super::usage(format!(
+                "--drop-existing replaces the events the store holds ({}): add --yes to confirm, or run it on a terminal to be asked",
+                lines.join("; ")
+            )));
+        } else {
+            for l in &lines {
+                eprintln!("{l}");
+            }
+            let id = plan.target_id();
+            eprint!(
+                "This replaces the {} events of the store above. Type the backup id ({id}) to go on: ",
+                plan.existing
+            );
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer)?;
+            if answer.trim() != id {
+                bail!("not confirmed; nothing was written");
+            }
+        }
     }
     let restore = async {
         let (rec, _) = engine

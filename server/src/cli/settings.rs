@@ -122,6 +122,10 @@ pub struct Settings {
     pub s3: S3Options,
     /// Catalog URL.
     pub catalog_url: String,
+    /// Whether the catalog was named (flag, environment or file) rather than defaulted.
+    pub catalog_given: bool,
+    /// Whether the EventStore was named rather than defaulted.
+    pub event_store_given: bool,
     /// Read keys.
     pub keys: Keys,
     /// Write protection (None when no key and not asked for unencrypted: backups then refuse).
@@ -280,6 +284,9 @@ impl CommonArgs {
             event_store,
             destination_url: self.destination.clone().or(file_dest),
             s3,
+            catalog_given: self.catalog.is_some()
+                || file.catalog.as_ref().and_then(|c| c.url.as_ref()).is_some(),
+            event_store_given: self.event_store.is_some() || es.address.is_some(),
             catalog_url: self
                 .catalog
                 .clone()

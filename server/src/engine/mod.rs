@@ -94,6 +94,8 @@ pub struct Engine {
     /// order: this process's later backups read it sorted, until a restore writes the table
     /// anew (in store order).
     read_sorted: Arc<std::sync::atomic::AtomicBool>,
+    /// Continuous backup follows the events table in this process.
+    continuous: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -116,6 +118,7 @@ impl Engine {
             restore_failures: Arc::default(),
             interrupt: Interrupt::default(),
             read_sorted: Arc::default(),
+            continuous: Arc::default(),
         }
     }
 
@@ -315,6 +318,16 @@ impl Engine {
     ) -> Result<(BackupRecord, watch::Receiver<Option<BackupRecord>>), EngineError> {
         self.start_backup_with(caller, incremental, None, false)
             .await
+    }
+
+    /// Marks continuous backup as running in this process (GetStatus reports it).
+    pub fn set_continuous(&self) {
+        self.continuous.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether continuous backup runs in this process.
+    pub fn continuous(&self) -> bool {
+        self.continuous.load(Ordering::Relaxed)
     }
 
     /// Takes a continuous segment: an incremental backup of what is new since the newest

@@ -138,6 +138,11 @@ pub struct RestorePlan {
 }
 
 impl RestorePlan {
+    /// The id of the backup restored (the last link of the chain).
+    pub fn target_id(&self) -> &str {
+        self.chain.last().map(|m| m.id.as_str()).unwrap_or("-")
+    }
+
     /// The plan in words, one line each, as `restore --dry-run` prints it.
     pub fn describe(&self, req: &RestoreRequest) -> Vec<String> {
         let target = self.chain.last().map(|m| m.id.as_str()).unwrap_or("-");

@@ -338,6 +338,11 @@ impl BackupService for Service {
         let base = cfg.destination.url();
         let records = async {
             let last_success = catalog.newest_in_state(State::Succeeded).await?;
+            let oldest = if self.engine.continuous() {
+                catalog.oldest_in_state(State::Succeeded).await?
+            } else {
+                None
+            };
             let last_failure = catalog.newest_in_state(State::Failed).await?;
             let last_restore = catalog.last_restore().await?;
             let count = catalog.count_complete().await?;
@@ -380,7 +385,7 @@ impl BackupService for Service {
                 }
             }
             Ok::<_, crate::catalog::CatalogError>((
-                last_success,
+                (last_success, oldest),
                 last_failure,
                 last_restore,
                 count,
@@ -389,16 +394,22 @@ impl BackupService for Service {
             ))
         }
         .await;
-        let (last_success, last_failure, last_restore, count, running_backup, running_restore) =
-            match records {
-                Ok(r) => r,
-                Err(e) => {
-                    return Err(Status::unavailable(format!(
-                        "catalog: {}",
-                        catalog.unreachable(&e).await
-                    )))
-                }
-            };
+        let (
+            (last_success, oldest),
+            last_failure,
+            last_restore,
+            count,
+            running_backup,
+            running_restore,
+        ) = match records {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(Status::unavailable(format!(
+                    "catalog: {}",
+                    catalog.unreachable(&e).await
+                )))
+            }
+        };
         let es = cfg.event_store.clone();
         let dest = cfg.destination.clone();
         let (event_store, destination) = tokio::join!(
@@ -410,7 +421,22 @@ impl BackupService for Service {
                 dest.probe().await.map_err(anyhow::Error::new)
             })
         );
+        let continuous = self.engine.continuous().then(|| {
+            let (lag, segments) = crate::ops::metrics::get().continuous();
+            let time = |t: Option<&String>| ts(t.map(String::as_str));
+            pb::Continuous {
+                lag_seconds: lag,
+                segments,
+                earliest: time(oldest.as_ref().and_then(|r| r.first_event_time.as_ref())),
+                latest: time(
+                    last_success
+                        .as_ref()
+                        .and_then(|r| r.last_event_time.as_ref()),
+                ),
+            }
+        });
         Ok(Response::new(pb::GetStatusResponse {
+            continuous,
             last_success: last_success.map(|r| backup_pb(&r, &base)),
             last_failure: last_failure.map(|r| backup_pb(&r, &base)),
             running_backup,

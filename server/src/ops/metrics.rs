@@ -214,6 +214,11 @@ impl Metrics {
         self.continuous_lag.set(seconds);
     }
 
+    /// The continuous backup's lag and the segments written, as last set.
+    pub fn continuous(&self) -> (f64, u64) {
+        (self.continuous_lag.get(), self.segments.get())
+    }
+
     /// A restore drill succeeded.
     pub fn drill_succeeded(&self) {
         self.drill_success.set(now());
