@@ -99,6 +99,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page of backupctl (roff) to stdout.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -108,6 +116,28 @@ fn main() -> ExitCode {
     if std::env::var_os("MBK_PARSE_ONLY").is_some() {
         println!("arguments ok: {:?}", cli.command);
         return ExitCode::SUCCESS;
+    }
+    // Generated from the CLI's own definition; no server needed.
+    match &cli.command {
+        Command::Completions { .. } | Command::Man => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            let made = match &cli.command {
+                Command::Completions { shell } => {
+                    clap_complete::generate(*shell, &mut Cli::command(), "backupctl", &mut out);
+                    Ok(())
+                }
+                _ => clap_mangen::Man::new(Cli::command()).render(&mut out),
+            };
+            // A closed pipe (`| head`) ends the output quietly.
+            return match made.and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &out))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            };
+        }
+        _ => {}
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -147,6 +177,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         } => restore::run(&mut client, id, until, drop_existing, via_api, wait, yes).await,
         Command::Drill { id, json } => drill::run(&mut client, &id, json).await,
         Command::Status { json } => status::run(&mut client, json).await,
+        Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -136,3 +136,60 @@ async fn grpc_health_probe_sees_serving_then_not_serving_while_it_drains() {
     });
     assert!(exited.is_some_and(|st| st.success()), "{exited:?}");
 }
+
+/// Shell completions and man pages, generated from the CLI definitions: every command is in
+/// them; a closed pipe ends them quietly.
+#[test]
+fn completions_and_man_pages_come_from_the_cli_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = monoskope_backup_tests::run("backup-server", &["completions", shell], &[]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        for cmd in ["serve", "restore", "rewrap", "retention", "verify"] {
+            assert!(out.stdout.contains(cmd), "{shell}: {cmd} missing");
+        }
+        let out = monoskope_backup_tests::run("backupctl", &["completions", shell], &[]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(
+            out.stdout.contains("drill") && out.stdout.contains("status"),
+            "{shell}"
+        );
+    }
+    let out = monoskope_backup_tests::run("backup-server", &["man"], &[]);
+    assert!(
+        out.stdout.starts_with(".ie") && out.stdout.contains(".TH backup-server 1"),
+        "{}",
+        &out.stdout[..200.min(out.stdout.len())]
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path().to_str().expect("utf8");
+    let out = monoskope_backup_tests::run("backup-server", &["man", "--out", d], &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for page in [
+        "backup-server.1",
+        "backup-server-restore.1",
+        "backup-server-rewrap.1",
+        "backup-server-retention-plan.1",
+    ] {
+        assert!(dir.path().join(page).exists(), "{page} missing");
+    }
+    let out = monoskope_backup_tests::run("backupctl", &["man"], &[]);
+    assert!(out.stdout.contains(".TH backupctl 1"), "{out:?}");
+    // Into a closed pipe: exit 0, nothing on stderr.
+    for (bin, args) in [
+        ("backup-server", vec!["completions", "bash"]),
+        ("backupctl", vec!["man"]),
+    ] {
+        let mut c = monoskope_backup_tests::command(bin, &args);
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("spawn");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{bin}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -59,6 +59,11 @@ pub enum Command {
     Verify(service::VerifyArgs),
     /// Restore a backup into the events table (--events-db) or, with --via-api, through the EventStore API.
     Restore(service::RestoreArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(CompletionsArgs),
+    /// Print the man page of backup-server (roff) to stdout, or write one page per command into
+    /// --out DIR.
+    Man(ManArgs),
     /// Re-wrap backups' data keys to the current key or recipients without re-encrypting them
     /// (key rotation); with --remove-old, only the new key reads them afterwards.
     Rewrap(rewrap::RewrapArgs),
@@ -100,6 +105,22 @@ pub struct DevstoreArgs {
     /// `bytewise` (as CockroachDB's JSONB); drills compare JSON as values either way.
     #[arg(long, value_enum, default_value_t = crate::devstore::jsonb::KeyOrder::Postgres)]
     pub jsonb_key_order: crate::devstore::jsonb::KeyOrder,
+}
+
+/// `backup-server completions`.
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `backup-server man`.
+#[derive(Debug, clap::Args)]
+pub struct ManArgs {
+    /// Write `backup-server.1` and one `backup-server-COMMAND.1` per command into this directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `backup-server keygen`.
@@ -269,6 +290,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(a) => service::restore(a).await,
         Command::Catalog(a) => service::catalog(a).await,
         Command::Rewrap(a) => rewrap::run(a).await,
+        Command::Completions(a) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            let mut out = Vec::new();
+            clap_complete::generate(a.shell, &mut cmd, "backup-server", &mut out);
+            std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+            Ok(())
+        }
+        Command::Man(a) => {
+            use clap::CommandFactory;
+            let cmd = Cli::command();
+            match a.out {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)?;
+                    clap_mangen::generate_to(cmd, &dir)?;
+                    println!("wrote the man pages to {}", dir.display());
+                }
+                None => {
+                    let mut out = Vec::new();
+                    clap_mangen::Man::new(cmd).render(&mut out)?;
+                    std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+                }
+            }
+            Ok(())
+        }
         Command::Retention(a) => retention::run(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Import(a) => import::run(a).await,
