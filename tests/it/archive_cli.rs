@@ -192,9 +192,12 @@ fn the_quickstart_demo_backs_up_lists_verifies_and_prints_commands_that_work() {
         ": 800 events, ",
         "4. ListBackups -> 1 backup(s): ",
         " -> ok: every chunk authenticated, 800 events, footer and manifest agree",
+        "6. Restore into a second embedded EventStore on ",
+        " -> 800 events, every one back (digest ",
     ] {
         assert!(out.stdout.contains(step), "{step:?} in {}", out.stdout);
     }
+    assert!(!out.stdout.contains("backups/backups/"), "{}", out.stdout);
     let tries: Vec<&str> = out
         .stdout
         .lines()

@@ -193,3 +193,32 @@ fn completions_and_man_pages_come_from_the_cli_definitions() {
         );
     }
 }
+
+/// `serve` without any key refuses to start, in one line, rather than fail at the first backup.
+#[test]
+fn serve_without_a_key_does_not_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let dest = format!("file://{}", dir.path().join("dest").display());
+    let catalog = format!("sqlite://{}", dir.path().join("c.db").display());
+    let out = monoskope_backup_tests::output_within(
+        monoskope_backup_tests::command(
+            "backup-server",
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--destination",
+                &dest,
+                "--catalog",
+                &catalog,
+            ],
+        ),
+        std::time::Duration::from_secs(20),
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("no encryption key") && out.stderr.contains("did not start"),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("listening"), "{out:?}");
+}

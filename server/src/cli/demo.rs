@@ -70,7 +70,7 @@ pub(super) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let key = MasterKey::generate();
     let key_file = run_dir.join("backup.key");
     crate::ops::secrets::write_key_file(&key_file, &key)?;
-    let backups = run_dir.join("backups");
+    let backups = run_dir.join("destination");
     let destination = crate::destination::open(
         &format!("file://{}", backups.display()),
         &S3Options::default(),
@@ -156,6 +156,76 @@ pub(super) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         report.id, report.events
     );
 
+    // 6. A restore into a second, empty embedded store, and a check that every event came back.
+    let es2_listener = crate::devstore::bind("127.0.0.1:0".parse()?).await?;
+    let es2_addr = es2_listener.local_addr()?;
+    let db2 = run_dir.join("restored.db");
+    let es2_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.changed().await;
+        }
+    };
+    let es2_task = tokio::spawn({
+        let db2 = db2.clone();
+        async move { crate::devstore::serve(&db2, es2_listener, Default::default(), es2_stop).await }
+    });
+    let mut cfg2 = engine.config().clone();
+    cfg2.event_store = EventStoreAddr {
+        addr: es2_addr.to_string(),
+        ca_file: None,
+    };
+    cfg2.catalog = crate::catalog::Catalog::connect(crate::catalog::MEMORY).await?;
+    cfg2.emit_events = false;
+    let restorer = Engine::new(cfg2);
+    let (rec, _) = restorer
+        .start_restore(crate::engine::restore::RestoreRequest {
+            backup_id: b.id.clone(),
+            until: None,
+            drop_existing: false,
+            via_api: true,
+            caller: super::cli_identity(),
+        })
+        .await?;
+    let done = restorer
+        .wait_restore(&rec.id)
+        .await
+        .context("the restore ended without a result")?;
+    if let Some(e) = &done.error {
+        anyhow::bail!("restore failed: {e}");
+    }
+    // The store also holds the BackupCompleted event the service stored after the backup.
+    let digest = |addr: std::net::SocketAddr| async move {
+        let store = EventStoreAddr {
+            addr: addr.to_string(),
+            ca_file: None,
+        };
+        let mut d = crate::engine::drill::SetDigest::default();
+        let mut events = std::pin::pin!(store.retrieve_all().await?);
+        while let Some(r) = futures::StreamExt::next(&mut events).await {
+            let e = crate::source::event_from_record(r?);
+            if e.aggregate_type != crate::ops::events::BACKUP_AGGREGATE {
+                d.add(&e);
+            }
+        }
+        anyhow::Ok(d)
+    };
+    let (original, restored) = (digest(es_addr).await?, digest(es2_addr).await?);
+    anyhow::ensure!(
+        original.count == restored.count && original.hex() == restored.hex(),
+        "the restored store differs: {} events (digest {}) restored, {} (digest {}) in the original",
+        restored.count,
+        restored.hex(),
+        original.count,
+        original.hex()
+    );
+    println!(
+        "6. Restore into a second embedded EventStore on {es2_addr} ({}) -> {} events, every one back (digest {})",
+        db2.display(),
+        restored.count,
+        &restored.hex()[..16]
+    );
+
     println!();
     println!("Try it yourself:");
     println!(
@@ -183,5 +253,6 @@ pub(super) async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     svc_task.await??;
     es_task.await??;
+    es2_task.await??;
     Ok(())
 }
