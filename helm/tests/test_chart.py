@@ -42,6 +42,7 @@ VALUE_SETS = {
             "drill": {"schedule": "0 4 * * 0"},
             "incremental": {"enabled": True, "fullEvery": 11},
             "retention": {"keepDaily": 7, "keepWeekly": 5, "keepMonthly": 12, "keepYearly": 3},
+            "copies": ["s3://m8-backups-copy/eventstore"],
             "restore": {"enabled": True, "backupIdentifier": "20261124T101500123Z-1a2b3c4d",
                         "dropExisting": True},
         },

@@ -7,6 +7,7 @@ mod auth_gateway;
 mod bench;
 mod cockroach;
 mod continuous;
+mod copies;
 mod db_tls;
 mod destination;
 mod devstore_contract;

@@ -1,6 +1,7 @@
 //! The `backup-server` command line.
 
 mod bench;
+mod copier;
 mod demo;
 mod follow;
 mod import;

@@ -301,6 +301,13 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(s) = drill_schedule {
         scheduled.push(tokio::spawn(super::schedule::run_drills(engine.clone(), s)));
     }
+    if !settings.copy_urls.is_empty() {
+        let copies = settings.copies().await?;
+        scheduled.push(tokio::spawn(super::copier::run(
+            engine.config().destination.clone(),
+            copies,
+        )));
+    }
     if let Some((db, interval)) = continuous {
         scheduled.push(tokio::spawn(super::follow::run(
             engine.clone(),

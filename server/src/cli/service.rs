@@ -82,6 +82,7 @@ pub struct CatalogResyncArgs {
 async fn start(
     common: &CommonArgs,
     op: Op,
+    read_id: Option<&str>,
 ) -> anyhow::Result<(super::settings::Settings, crate::engine::Engine)> {
     let settings = match common.resolve() {
         Ok(mut s) => {
@@ -105,7 +106,15 @@ async fn start(
             return Err(e);
         }
     };
-    match settings.engine().await {
+    let engine = match read_id {
+        // A restore reads a copy when the primary cannot be read or lacks the backup.
+        Some(id) => match settings.destination_for_reading(id).await {
+            Ok(d) => settings.engine_on(d).await,
+            Err(e) => Err(e),
+        },
+        None => settings.engine().await,
+    };
+    match engine {
         Ok(engine) => Ok((settings, engine)),
         Err(e) => {
             super::trace::early_failure(op, super::trace::Known::of(&settings), &e).await;
@@ -115,7 +124,7 @@ async fn start(
 }
 
 pub(super) async fn backup(a: BackupArgs) -> anyhow::Result<()> {
-    let (_settings, engine) = start(&a.common, Op::Backup).await?;
+    let (settings, engine) = start(&a.common, Op::Backup, None).await?;
     let who = super::cli_identity();
     let r = super::interruptible(
         &engine,
@@ -135,6 +144,30 @@ pub(super) async fn backup(a: BackupArgs) -> anyhow::Result<()> {
     }
     if let Some(e) = &r.error {
         bail!("backup {} failed: {e}", r.id);
+    }
+    // Copies in a second place: a copy destination that is down does not fail the backup.
+    if !settings.copy_urls.is_empty() {
+        let copies = match settings.copies().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!(
+                    "not copied: {}; the backup itself is complete",
+                    monoskope_backup_client::error_line(e.as_ref())
+                );
+                Vec::new()
+            }
+        };
+        let mut down = std::collections::HashMap::new();
+        let primary = engine.config().destination.clone();
+        for (url, err) in super::copier::pass(primary.as_ref(), &copies, &mut down).await {
+            match err {
+                None => eprintln!("copied to {}", crate::redact::url(&url)),
+                Some(e) => eprintln!(
+                    "not copied to {} ({e}); the next backup or `serve` copies it",
+                    crate::redact::url(&url)
+                ),
+            }
+        }
     }
     if !a.json {
         if let Some(n) = &r.note {
@@ -159,7 +192,7 @@ pub(super) async fn backup(a: BackupArgs) -> anyhow::Result<()> {
 
 pub(super) async fn list(a: ListArgs) -> anyhow::Result<()> {
     let settings = a.common.resolve()?;
-    let dest = settings.destination().await?;
+    let dest = settings.destination_for_reading("latest").await?;
     let manifests = crate::destination::manifest::list_complete(dest.as_ref()).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&manifests)?);
@@ -345,7 +378,7 @@ pub struct RestoreArgs {
 }
 
 pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
-    let (_settings, engine) = start(&a.common, Op::Restore).await?;
+    let (_settings, engine) = start(&a.common, Op::Restore, Some(&a.id)).await?;
     let until = a.until;
     let who = super::cli_identity();
     if a.dry_run {

@@ -50,6 +50,16 @@ pub struct CommonArgs {
     /// Catalog database: sqlite://PATH or postgres://USER@HOST/DB (password via this variable, not a flag).
     #[arg(long, env = "BACKUP_CATALOG")]
     pub catalog: Option<String>,
+    /// A second place every complete backup is copied to and verified at (3-2-1): another
+    /// bucket, region or endpoint (s3://BUCKET/PREFIX, with the S3 options above) or a directory
+    /// (file:///DIR). Repeatable (the environment variable takes a comma-separated list). `list`
+    /// and `restore` read a copy when the primary cannot be read or lacks the backup.
+    #[arg(
+        long = "copy-destination",
+        env = "BACKUP_COPY_DESTINATIONS",
+        value_delimiter = ','
+    )]
+    pub copy_destinations: Vec<String>,
     /// Where keys come from.
     #[command(flatten)]
     pub keys: KeyArgs,
@@ -122,6 +132,8 @@ pub struct Settings {
     pub s3: S3Options,
     /// Catalog URL.
     pub catalog_url: String,
+    /// Copy destinations (3-2-1).
+    pub copy_urls: Vec<String>,
     /// Whether the catalog was named (flag, environment or file) rather than defaulted.
     pub catalog_given: bool,
     /// Whether the EventStore was named rather than defaulted.
@@ -284,6 +296,11 @@ impl CommonArgs {
             event_store,
             destination_url: self.destination.clone().or(file_dest),
             s3,
+            copy_urls: if self.copy_destinations.is_empty() {
+                b.copies.clone().unwrap_or_default()
+            } else {
+                self.copy_destinations.clone()
+            },
             catalog_given: self.catalog.is_some()
                 || file.catalog.as_ref().and_then(|c| c.url.as_ref()).is_some(),
             event_store_given: self.event_store.is_some() || es.address.is_some(),
@@ -359,9 +376,61 @@ impl Settings {
         Ok(catalog)
     }
 
+    /// The copy destinations, opened.
+    pub async fn copies(&self) -> anyhow::Result<Vec<Arc<dyn Destination>>> {
+        let mut out = Vec::new();
+        for url in &self.copy_urls {
+            out.push(destination::open(url, &self.s3).await?);
+        }
+        Ok(out)
+    }
+
+    /// The destination to read `id` (or `latest`) from: the primary, or — when the primary
+    /// cannot be listed or does not hold it — the first copy that does, said in one line.
+    pub async fn destination_for_reading(&self, id: &str) -> anyhow::Result<Arc<dyn Destination>> {
+        let primary = self.destination().await?;
+        if self.copy_urls.is_empty() {
+            return Ok(primary);
+        }
+        // Holds the backup: its manifest, and its archive object at the manifest's size.
+        let holds = |dest: Arc<dyn Destination>| async move {
+            let all = destination::manifest::list_complete(dest.as_ref()).await?;
+            let Some(m) = all.iter().find(|m| id == "latest" || m.id == id) else {
+                return anyhow::Ok(false);
+            };
+            let objects = dest.list(destination::layout::BACKUPS_DIR).await?;
+            anyhow::Ok(
+                objects
+                    .iter()
+                    .any(|o| o.key == m.archive_key && o.size == m.archive_bytes),
+            )
+        };
+        let why = match holds(primary.clone()).await {
+            Ok(true) => return Ok(primary),
+            Ok(false) => format!("does not hold {id} whole"),
+            Err(e) => monoskope_backup_client::error_line(e.as_ref()),
+        };
+        for c in self.copies().await? {
+            if matches!(holds(c.clone()).await, Ok(true)) {
+                eprintln!(
+                    "the primary destination {} {why}: reading the copy at {}",
+                    crate::redact::url(&primary.url()),
+                    crate::redact::url(&c.url())
+                );
+                return Ok(c);
+            }
+        }
+        Ok(primary)
+    }
+
     /// Builds the engine (destination, catalog, keys).
     pub async fn engine(&self) -> anyhow::Result<Engine> {
         let destination = self.destination().await?;
+        self.engine_on(destination).await
+    }
+
+    /// Builds the engine on `destination` (the primary, or a copy to read from).
+    pub async fn engine_on(&self, destination: Arc<dyn Destination>) -> anyhow::Result<Engine> {
         let catalog = self.catalog(destination.as_ref()).await?;
         Ok(Engine::new(EngineConfig {
             event_store: self.event_store.clone(),

@@ -5,6 +5,7 @@
 //! [`manifest`]; the trait itself knows nothing about backups. Both implementations run the same
 //! behaviour suite (tests/it/destination.rs).
 
+pub mod copies;
 pub mod keyfile;
 pub mod layout;
 mod local;

@@ -151,6 +151,8 @@ pub struct BackupConfig {
     pub incremental: Option<IncrementalConfig>,
     /// Continuous backup (`serve`).
     pub continuous: Option<ContinuousConfig>,
+    /// Copy destinations (3-2-1): URLs every complete backup is copied to.
+    pub copies: Option<Vec<String>>,
 }
 
 /// `backup.continuous`.

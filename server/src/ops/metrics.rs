@@ -86,6 +86,7 @@ pub struct Metrics {
     drill_success: Gauge,
     continuous_lag: Gauge,
     segments: prometheus::IntCounter,
+    copy_lag: prometheus::GaugeVec,
     runs: IntCounterVec,
     rpc_total: IntCounterVec,
     rpc_seconds: HistogramVec,
@@ -112,6 +113,14 @@ pub fn get() -> &'static Metrics {
             "monoskope_backup_continuous_segments_total",
             "Continuous backup: segments written to the destination by this process.",
         ))
+        .expect("valid");
+        let copy_lag = prometheus::GaugeVec::new(
+            Opts::new(
+                "monoskope_backup_copy_lag_seconds",
+                "Copies (3-2-1): seconds since the oldest complete backup the copy destination does not hold yet was completed (or since the copy stopped answering); 0 when it holds every backup.",
+            ),
+            &["destination"],
+        )
         .expect("valid");
         let runs = IntCounterVec::new(
             Opts::new(
@@ -141,6 +150,7 @@ pub fn get() -> &'static Metrics {
             Box::new(drill_success.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(continuous_lag.clone()),
             Box::new(segments.clone()),
+            Box::new(copy_lag.clone()),
             Box::new(runs.clone()),
             Box::new(rpc_total.clone()),
             Box::new(rpc_seconds.clone()),
@@ -154,6 +164,7 @@ pub fn get() -> &'static Metrics {
             drill_success,
             continuous_lag,
             segments,
+            copy_lag,
             runs,
             rpc_total,
             rpc_seconds,
@@ -212,6 +223,11 @@ impl Metrics {
     /// The continuous backup's lag in seconds (0: caught up).
     pub fn set_continuous_lag(&self, seconds: f64) {
         self.continuous_lag.set(seconds);
+    }
+
+    /// How far the copy at `destination` is behind, in seconds (0: it holds every backup).
+    pub fn set_copy_lag(&self, destination: &str, seconds: f64) {
+        self.copy_lag.with_label_values(&[destination]).set(seconds);
     }
 
     /// The continuous backup's lag and the segments written, as last set.
