@@ -158,12 +158,6 @@ async fn authenticator(
 
 pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let settings = a.common.resolve()?;
-    // Fail at start, not at the first backup (whose caller cannot fix the service's keys).
-    if settings.protection.is_none() {
-        anyhow::bail!(
-            "no encryption key: give --key-file, BACKUP_ENCRYPTION_KEY, BACKUP_PASSPHRASE or --recipient-file (or --no-encryption to write unencrypted archives); the service did not start"
-        );
-    }
     let listen = match (a.listen, settings.file.listen.as_deref()) {
         (Some(l), _) => l,
         (None, Some(l)) => l
@@ -172,6 +166,12 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         (None, None) => "127.0.0.1:50051".parse()?,
     };
     let auth = authenticator(&a, settings.file.auth.clone(), &listen).await?;
+    // Fail at start, not at the first backup (whose caller cannot fix the service's keys).
+    if settings.protection.is_none() {
+        anyhow::bail!(
+            "no encryption key: give --key-file, BACKUP_ENCRYPTION_KEY, BACKUP_PASSPHRASE or --recipient-file (or --no-encryption to write unencrypted archives); the service did not start"
+        );
+    }
     let metrics_address = match (
         a.metrics_address,
         settings
