@@ -231,3 +231,81 @@ fn continuous_without_the_events_table_is_a_usage_error() {
         "{out:?}"
     );
 }
+
+/// The destination down: segments wait, the lag grows (and is exported), nothing is lost when it
+/// returns — every event stored meanwhile reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_destination_down_lag_grows_and_nothing_is_lost_when_it_returns() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let db = fresh_events_db(&pg).await;
+    let pool = sqlx::PgPool::connect(&db).await.expect("pg");
+    sqlx::query(monoskope_backup::events_table::CREATE_TABLE)
+        .execute(&pool)
+        .await
+        .expect("table");
+    let aggregates: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    let f = Fixture::new();
+    let catalog = f.catalog();
+    let port = monoskope_backup_tests::free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let _s = Server::start(
+        &[
+            "--events-db",
+            &db,
+            "--destination",
+            &f.dest,
+            "--key-file",
+            &f.key,
+            "--catalog",
+            &catalog,
+            "--continuous",
+            "--continuous-interval",
+            "300ms",
+            "--metrics-address",
+            &metrics,
+        ],
+        &[],
+    );
+    store_rows(&pool, 0, 10, &aggregates).await;
+    assert!(wait_until(
+        Duration::from_secs(15),
+        || events_at_destination(&f).0 == 10
+    ));
+    // Down: the destination directory replaced by a file.
+    let dest_dir = f.dir.path().join("dest");
+    let aside = f.dir.path().join("dest-aside");
+    std::fs::rename(&dest_dir, &aside).expect("aside");
+    std::fs::write(&dest_dir, "down").expect("block");
+    store_rows(&pool, 10, 15, &aggregates).await;
+    let lag = || {
+        monoskope_backup_tests::http_get(&format!("http://{metrics}/metrics"))
+            .ok()
+            .and_then(|(_, body)| {
+                body.lines()
+                    .find(|l| l.starts_with("monoskope_backup_continuous_lag_seconds "))
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || lag() >= 1.0),
+        "the lag does not grow while the destination is down: {}",
+        lag()
+    );
+    // Back: everything stored meanwhile arrives, and the lag returns to 0.
+    std::fs::remove_file(&dest_dir).expect("unblock");
+    std::fs::rename(&aside, &dest_dir).expect("back");
+    assert!(
+        wait_until(Duration::from_secs(20), || events_at_destination(&f).0
+            == 25),
+        "{:?}",
+        events_at_destination(&f)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || lag() == 0.0),
+        "lag {}",
+        lag()
+    );
+}
