@@ -24,7 +24,42 @@ pub(crate) async fn run(
             "{:<30} {:<11} {:<30} {:<10} {:>10} {:>10}  {:<20}  {:<20}  {:<31}  LAST EVENT",
             "ID", "KIND", "PARENT", "STATE", "EVENTS", "SIZE", "CREATED", "KEY", ""
         );
-        for b in &backups {
+        let mut i = 0;
+        while i < backups.len() {
+            // A run of continuous segments (newest first) is one line: the window they cover.
+            let run = backups[i..]
+                .iter()
+                .take_while(|b| !all && b.note == SEGMENT_NOTE && b.error.is_empty())
+                .count();
+            if run > 1 {
+                let (newest, oldest) = (&backups[i], &backups[i + run - 1]);
+                let events: u64 = backups[i..i + run].iter().map(|b| b.event_count).sum();
+                let bytes: u64 = backups[i..i + run].iter().map(|b| b.bytes).sum();
+                println!(
+                    "{:<30} {:<11} {:<30} {:<10} {:>10} {:>10}  {:<20}  {:<20}  {:<31}  {}",
+                    format!("{run} segments"),
+                    "continuous",
+                    oldest.parent_id,
+                    state_name(newest.state),
+                    events,
+                    human_bytes(bytes),
+                    time(oldest.created_at.as_ref()),
+                    newest.key_kind,
+                    key_column(&newest.key_id),
+                    time(newest.last_event_time.as_ref())
+                );
+                println!(
+                    "    restorable to any instant from {} to {} ({} … {}; --all or --json lists each)",
+                    time(oldest.first_event_time.as_ref()),
+                    time(newest.last_event_time.as_ref()),
+                    oldest.id,
+                    newest.id
+                );
+                i += run;
+                continue;
+            }
+            let b = &backups[i];
+            i += 1;
             println!(
                 "{:<30} {:<11} {:<30} {:<10} {:>10} {:>10}  {:<20}  {:<20}  {:<31}  {}",
                 b.id,
@@ -53,6 +88,9 @@ pub(crate) async fn run(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The note of a continuous segment (as the service writes it).
+const SEGMENT_NOTE: &str = "continuous segment";
 
 /// A key id for the list: the first recipient's id and how many more.
 fn key_column(id: &str) -> String {

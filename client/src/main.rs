@@ -59,7 +59,8 @@ enum Command {
         /// Print JSON (one array) instead of a table.
         #[arg(long)]
         json: bool,
-        /// Also list running, failed and incomplete backups.
+        /// Also list running, failed and incomplete backups, and each continuous segment (without,
+        /// a run of segments is one line: the window it covers).
         #[arg(long)]
         all: bool,
     },

@@ -173,6 +173,17 @@ async fn every_stored_event_reaches_the_destination_within_seconds_exactly_once(
         events_at_destination(&f)
     );
     drop(s);
+    // The list shows the window the segments cover, not one row each.
+    let out = run(
+        "backup-server",
+        &["list", "--destination", &f.dest, "--catalog", &f.catalog()],
+        &[],
+    );
+    assert!(
+        out.stdout.contains(" segments ") && out.stdout.contains("restorable to any instant from"),
+        "{}",
+        out.stdout
+    );
 
     // A restore of latest holds every stored event exactly once: the whole table compared.
     let restored = fresh_events_db(&pg).await;

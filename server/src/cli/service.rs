@@ -203,7 +203,40 @@ pub(super) async fn list(a: ListArgs) -> anyhow::Result<()> {
             "{:<30} {:<11} {:>10} {:>12}  {:<24}  {:<11} {:<20}  LAST EVENT",
             "ID", "KIND", "EVENTS", "BYTES", "COMPLETED", "KEY", ""
         );
-        for m in &manifests {
+        let mut i = 0;
+        while i < manifests.len() {
+            // A run of continuous segments (newest first) is one line: the window it covers.
+            let run = manifests[i..]
+                .iter()
+                .take_while(|m| m.note.as_deref() == Some(crate::engine::SEGMENT_NOTE))
+                .count();
+            if run > 1 {
+                let (newest, oldest) = (&manifests[i], &manifests[i + run - 1]);
+                let events: u64 = manifests[i..i + run].iter().map(|m| m.event_count).sum();
+                let bytes: u64 = manifests[i..i + run].iter().map(|m| m.archive_bytes).sum();
+                println!(
+                    "{:<30} {:<11} {:>10} {:>12}  {:<24}  {:<11} {:<20}  {}",
+                    format!("{run} segments"),
+                    "continuous",
+                    events,
+                    bytes,
+                    newest.completed_at,
+                    newest.key_kind.as_deref().unwrap_or("-"),
+                    "",
+                    newest.last_event_time.as_deref().unwrap_or("-")
+                );
+                println!(
+                    "    restorable to any instant from {} to {} ({} … {}; --json lists each)",
+                    oldest.first_event_time.as_deref().unwrap_or("-"),
+                    newest.last_event_time.as_deref().unwrap_or("-"),
+                    oldest.id,
+                    newest.id
+                );
+                i += run;
+                continue;
+            }
+            let m = &manifests[i];
+            i += 1;
             let ids: Vec<&str> = m.key_id.split(',').collect();
             let key = if ids.len() > 1 {
                 format!("{} +{}", ids[0], ids.len() - 1)
