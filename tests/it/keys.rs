@@ -352,3 +352,75 @@ fn configurations_that_would_weaken_encryption_are_refused_before_writing() {
         );
     }
 }
+
+/// A write-only service's scheduled check: it cannot drill (no identity), so each tick proves
+/// instead that the destination holds exactly what was written — and says when it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_only_service_verifies_its_stored_backups_on_schedule() {
+    let f = Fixture::new();
+    let dir = f.dir.path();
+    let (_id, recipient) = identity(dir, "op.id");
+    let recipients = dir.join("recipients");
+    std::fs::write(&recipients, format!("{recipient}\n")).expect("write");
+    let src = Devstore::start(&[]);
+    store(&src, sample(50)).await;
+    let log = dir.join("serve.log");
+    let mut cmd = std::process::Command::new(monoskope_backup_tests::bin("backup-server"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--event-store",
+        &src.addr,
+        "--destination",
+        &f.dest,
+        "--recipient-file",
+        recipients.to_str().expect("utf8"),
+        "--catalog",
+        &f.catalog(),
+        "--drill-schedule",
+        "*/1 * * * * *",
+    ])
+    .env("BACKUP_EMIT_EVENTS", "false")
+    .env("RUST_LOG", "info");
+    let (_p, line) = monoskope_backup_tests::spawn_until_line_with(
+        cmd,
+        "backup-server listening on ",
+        std::process::Stdio::from(std::fs::File::create(&log).expect("log")),
+    );
+    let addr = line
+        .trim_start_matches("backup-server listening on ")
+        .trim()
+        .to_string();
+    let opts = monoskope_backup_client::ClientOptions::new(format!("http://{addr}"));
+    let mut c = monoskope_backup_client::BackupClient::connect(&opts)
+        .await
+        .expect("connect");
+    let b = c.create_backup(true, false).await.expect("backup");
+    assert!(b.error.is_empty(), "{}", b.error);
+    let ok = monoskope_backup_tests::wait_for(std::time::Duration::from_secs(15), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("the destination holds exactly what was written")
+            .then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // Damage the stored archive: the next tick says so.
+    let archive = f.archive(&b.id);
+    let mut bytes = std::fs::read(&archive).expect("archive");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&archive, bytes).expect("damage");
+    let failed = monoskope_backup_tests::wait_for(std::time::Duration::from_secs(15), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("scheduled verification failed").then_some(())
+    });
+    assert!(
+        failed.is_some(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

@@ -74,6 +74,13 @@ pub async fn run_drills(engine: Engine, schedule: Schedule) {
             return;
         };
         tokio::time::sleep((next - Utc::now()).to_std().unwrap_or_default()).await;
+        // A write-only service (recipients, no identity) cannot restore what it wrote: its
+        // scheduled check proves instead that the destination holds exactly what was written.
+        if write_only(&engine) {
+            verify_stored(&engine, &next).await;
+            last = next.max(Utc::now());
+            continue;
+        }
         match engine.drill("latest", &who).await {
             Err(e @ (EngineError::Busy { .. } | EngineError::BusyElsewhere { .. })) => {
                 tracing::warn!(tick = %next, "scheduled drill skipped: {e}")
@@ -86,5 +93,38 @@ pub async fn run_drills(engine: Engine, schedule: Schedule) {
         }
         // Ticks that passed while the drill ran are skipped: drills never overlap.
         last = next.max(Utc::now());
+    }
+}
+
+/// Whether the service writes to recipients and holds no identity to read them.
+fn write_only(engine: &Engine) -> bool {
+    let cfg = engine.config();
+    matches!(
+        cfg.protection,
+        Some(crate::archive::Protection::Recipients(_))
+    ) && cfg.keys.identities.is_empty()
+}
+
+/// The scheduled check of a write-only service: the latest backup's stored bytes, header and key
+/// file against its manifest (`verify --no-key`), logged; a failure is an error in the log.
+async fn verify_stored(engine: &Engine, tick: &chrono::DateTime<Utc>) {
+    let dest = engine.config().destination.clone();
+    let m = match crate::engine::verify::resolve(dest.as_ref(), "latest").await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(%tick, "scheduled verification skipped: {e}");
+            return;
+        }
+    };
+    match crate::engine::verify::verify(dest.as_ref(), None, &m).await {
+        Ok(r) if r.ok => {
+            tracing::info!(%tick, backup_id = %r.id, bytes = r.bytes, "scheduled verification (write-only: a drill needs an identity): the destination holds exactly what was written")
+        }
+        Ok(r) => {
+            tracing::error!(%tick, backup_id = %r.id, problems = ?r.problems, "scheduled verification failed: the destination does not hold what was written")
+        }
+        Err(e) => {
+            tracing::error!(%tick, error = %monoskope_backup_client::error_line(e.as_ref()), "scheduled verification could not run")
+        }
     }
 }
