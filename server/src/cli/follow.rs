@@ -69,7 +69,10 @@ pub async fn run(engine: Engine, events_db: String, interval: Duration) {
             continue;
         }
         match engine.segment(&who).await {
-            Ok(r) if r.as_ref().is_none_or(|r| r.error.is_none()) => {
+            Ok(Some(r)) if r.error.is_some() => {
+                tracing::error!(backup_id = %r.id, error = ?r.error, "continuous segment failed; trying again at the next tick");
+            }
+            Ok(r) => {
                 if let Some(r) = &r {
                     tracing::info!(backup_id = %r.id, events = r.event_count, kind = %r.kind, "continuous segment written");
                 }
@@ -77,16 +80,12 @@ pub async fn run(engine: Engine, events_db: String, interval: Duration) {
                 pending_since = None;
                 last_ok = Some(Instant::now());
             }
-            Ok(Some(r)) => {
-                tracing::error!(backup_id = %r.id, error = ?r.error, "continuous segment failed; trying again at the next tick");
-            }
             Err(e @ (EngineError::Busy { .. } | EngineError::BusyElsewhere { .. })) => {
                 tracing::debug!("continuous segment waits: {e}");
             }
             Err(e) => {
                 tracing::error!(error = %e, "continuous segment could not start; trying again at the next tick");
             }
-            Ok(None) => unreachable!("matched above"),
         }
         lag(pending_since);
     }
