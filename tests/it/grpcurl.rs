@@ -133,3 +133,47 @@ async fn grpcurl_old_and_new_list_describe_and_call_every_rpc() {
         assert!(out.contains("Code: Unauthenticated"), "{bin}: {out}");
     }
 }
+
+/// The grpcurl examples of the reference ("The API") are exactly the calls the test above makes:
+/// the same methods with the same request bodies, `list` and `describe`.
+#[test]
+fn the_reference_shows_exactly_the_grpcurl_calls_the_test_makes() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/REFERENCE.md"),
+    )
+    .expect("reference");
+    let mut shown: Vec<(String, String)> = Vec::new();
+    for line in doc.lines().filter(|l| l.starts_with("grpcurl ")) {
+        let data = line
+            .split_once("-d '")
+            .and_then(|(_, rest)| rest.split_once('\''))
+            .map(|(d, _)| d.to_string())
+            .unwrap_or_default();
+        let last = line.split_whitespace().skip(2).collect::<Vec<_>>();
+        let what = if line.ends_with(" list") {
+            "list".to_string()
+        } else if line.contains(" describe ") {
+            format!("describe {}", last.last().copied().unwrap_or_default())
+        } else {
+            last.last().copied().unwrap_or_default().to_string()
+        };
+        shown.push((what, data));
+    }
+    let svc = "monoskope.backup.v1.BackupService";
+    let tested: Vec<(String, String)> = vec![
+        ("list".into(), String::new()),
+        (format!("describe {svc}"), String::new()),
+        (format!("{svc}/CreateBackup"), r#"{"wait": true}"#.into()),
+        (format!("{svc}/ListBackups"), r#"{"page_size": 5}"#.into()),
+        (format!("{svc}/GetStatus"), "{}".into()),
+        (format!("{svc}/Drill"), r#"{"backup_id": "latest"}"#.into()),
+        (
+            format!("{svc}/Restore"),
+            r#"{"backup_id": "latest", "via_api": true, "wait": true}"#.into(),
+        ),
+    ];
+    assert_eq!(
+        shown, tested,
+        "docs/REFERENCE.md's grpcurl lines differ from what the test runs"
+    );
+}
