@@ -28,6 +28,37 @@ async fn store_rows(pool: &sqlx::PgPool, first: u64, n: u64, aggregates: &[uuid:
     }
 }
 
+/// A fresh database with Monoskope's empty `event_records`: its URL and a pool.
+async fn empty_events_table(pg: &str) -> (String, sqlx::PgPool) {
+    let db = fresh_events_db(pg).await;
+    let pool = sqlx::PgPool::connect(&db).await.expect("pg");
+    sqlx::query(monoskope_backup::events_table::CREATE_TABLE)
+        .execute(&pool)
+        .await
+        .expect("table");
+    (db, pool)
+}
+
+/// `serve --continuous` every 300 ms on `db`, the fixture's destination, key and catalog.
+fn serve_continuous(f: &Fixture, db: &str, extra: &[&str]) -> Server {
+    let catalog = f.catalog();
+    let mut args = vec![
+        "--events-db",
+        db,
+        "--destination",
+        &f.dest,
+        "--key-file",
+        &f.key,
+        "--catalog",
+        &catalog,
+        "--continuous",
+        "--continuous-interval",
+        "300ms",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args, &[])
+}
+
 /// The events the destination's complete backups hold, summed over every manifest.
 fn events_at_destination(f: &Fixture) -> (u64, usize, usize) {
     let out = run(
@@ -74,33 +105,10 @@ async fn every_stored_event_reaches_the_destination_within_seconds_exactly_once(
     let Some(pg) = service_env("TEST_PG_URL") else {
         return;
     };
-    let db = fresh_events_db(&pg).await;
-    let pool = sqlx::PgPool::connect(&db).await.expect("pg");
-    sqlx::query(monoskope_backup::events_table::CREATE_TABLE)
-        .execute(&pool)
-        .await
-        .expect("table");
+    let (db, pool) = empty_events_table(&pg).await;
     let aggregates: Vec<uuid::Uuid> = (0..7).map(|_| uuid::Uuid::new_v4()).collect();
     let f = Fixture::new();
-    let catalog = f.catalog();
-    let serve = || {
-        Server::start(
-            &[
-                "--events-db",
-                &db,
-                "--destination",
-                &f.dest,
-                "--key-file",
-                &f.key,
-                "--catalog",
-                &catalog,
-                "--continuous",
-                "--continuous-interval",
-                "300ms",
-            ],
-            &[],
-        )
-    };
+    let serve = || serve_continuous(&f, &db, &[]);
     let mut s = serve();
     store_rows(&pool, 0, 40, &aggregates).await;
     let t = Instant::now();
@@ -250,35 +258,12 @@ async fn the_destination_down_lag_grows_and_nothing_is_lost_when_it_returns() {
     let Some(pg) = service_env("TEST_PG_URL") else {
         return;
     };
-    let db = fresh_events_db(&pg).await;
-    let pool = sqlx::PgPool::connect(&db).await.expect("pg");
-    sqlx::query(monoskope_backup::events_table::CREATE_TABLE)
-        .execute(&pool)
-        .await
-        .expect("table");
+    let (db, pool) = empty_events_table(&pg).await;
     let aggregates: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
     let f = Fixture::new();
-    let catalog = f.catalog();
     let port = monoskope_backup_tests::free_port();
     let metrics = format!("127.0.0.1:{port}");
-    let _s = Server::start(
-        &[
-            "--events-db",
-            &db,
-            "--destination",
-            &f.dest,
-            "--key-file",
-            &f.key,
-            "--catalog",
-            &catalog,
-            "--continuous",
-            "--continuous-interval",
-            "300ms",
-            "--metrics-address",
-            &metrics,
-        ],
-        &[],
-    );
+    let _s = serve_continuous(&f, &db, &["--metrics-address", &metrics]);
     store_rows(&pool, 0, 10, &aggregates).await;
     assert!(wait_until(
         Duration::from_secs(15),

@@ -32,18 +32,6 @@ pub const MAX_KEY_FILE_LEN: usize = 1 << 20;
 /// Largest age file inside a wrap.
 const MAX_AGE_FILE_LEN: usize = 64 * 1024;
 
-/// The kind of key a wrap needs, in words for `list` and manifests: `master-key`, `passphrase`,
-/// `recipients`, `none`.
-pub fn kind_of(kdf: &str) -> &'static str {
-    match kdf {
-        KDF_MASTER_KEY => "master-key",
-        KDF_PASSPHRASE => "passphrase",
-        KDF_RECIPIENTS => "recipients",
-        KDF_NONE => "none",
-        _ => "unknown",
-    }
-}
-
 /// The key id (the recipients' ids joined by commas) and kind of key of archives written with
 /// `protection`, as manifests and `list` show them.
 pub fn protection_ids(protection: &Protection) -> (String, &'static str) {

@@ -30,11 +30,6 @@ pub use recipients::{parse_identities, parse_recipients, Identity, Recipient};
 pub use view::{RecordView, ViewError};
 pub use writer::{chunk_compressor, ArchiveWriter, WriterOptions, DEFAULT_COMPRESSION_LEVEL};
 
-/// The newest format version this build writes, e.g. "1.1".
-pub fn format_version() -> String {
-    format!("{FORMAT_MAJOR}.{FORMAT_MINOR}")
-}
-
 /// The minor version an archive written with `protection` (its wraps in a key file when
 /// `key_file`) is: the lowest that describes it, so that a 1.0 reader still reads every archive
 /// that needs nothing of 1.1 (recipients, a key file).

@@ -51,17 +51,8 @@ impl CatalogError {
         let CatalogError::Destination(e) = self else {
             return false;
         };
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-        while let Some(c) = cause {
-            if matches!(
-                c.downcast_ref(),
-                Some(crate::destination::DestinationError::NotCreated(_))
-            ) {
-                return true;
-            }
-            cause = c.source();
-        }
-        false
+        let first: &(dyn std::error::Error + 'static) = e.as_ref();
+        crate::destination::not_created(std::iter::successors(Some(first), |c| c.source()))
     }
 }
 

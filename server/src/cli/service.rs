@@ -412,16 +412,14 @@ pub struct RestoreArgs {
 
 pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
     let (_settings, engine) = start(&a.common, Op::Restore, Some(&a.id)).await?;
-    let until = a.until;
-    let who = super::cli_identity();
+    let req = crate::engine::restore::RestoreRequest {
+        backup_id: a.id,
+        until: a.until,
+        drop_existing: a.drop_existing,
+        via_api: a.via_api,
+        caller: super::cli_identity(),
+    };
     if a.dry_run {
-        let req = crate::engine::restore::RestoreRequest {
-            backup_id: a.id,
-            until,
-            drop_existing: a.drop_existing,
-            via_api: a.via_api,
-            caller: who,
-        };
         let plan = engine.plan_restore(&req).await?;
         for line in plan.describe(&req) {
             println!("{line}");
@@ -429,15 +427,8 @@ pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         println!("nothing was written (--dry-run)");
         return Ok(());
     }
-    if a.drop_existing && !a.yes {
+    if req.drop_existing && !a.yes {
         // Every check a restore makes first (refusals need no answer), then the question.
-        let req = crate::engine::restore::RestoreRequest {
-            backup_id: a.id.clone(),
-            until,
-            drop_existing: true,
-            via_api: a.via_api,
-            caller: who.clone(),
-        };
         let plan = engine.plan_restore(&req).await?;
         let lines = plan.describe(&req);
         use std::io::IsTerminal;
@@ -465,15 +456,7 @@ pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         }
     }
     let restore = async {
-        let (rec, _) = engine
-            .start_restore(crate::engine::restore::RestoreRequest {
-                backup_id: a.id,
-                until,
-                drop_existing: a.drop_existing,
-                via_api: a.via_api,
-                caller: who,
-            })
-            .await?;
+        let (rec, _) = engine.start_restore(req).await?;
         engine
             .wait_restore(&rec.id)
             .await

@@ -127,16 +127,7 @@ pub async fn sync(from: &dyn Destination, to: &dyn Destination) -> anyhow::Resul
     let held: std::collections::HashSet<String> = match list_complete(to).await {
         Ok(v) => v.into_iter().map(|m| m.id).collect(),
         // A new directory copy: nothing copied yet.
-        Err(e)
-            if e.chain().any(|c| {
-                matches!(
-                    c.downcast_ref::<DestinationError>(),
-                    Some(DestinationError::NotCreated(_))
-                )
-            }) =>
-        {
-            Default::default()
-        }
+        Err(e) if super::not_created(e.chain()) => Default::default(),
         Err(e) => return Err(e),
     };
     let mut report = SyncReport::default();

@@ -60,6 +60,14 @@ pub struct ObjectInfo {
 /// A byte stream read from the destination.
 pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
 
+/// Whether any error of `causes` (an error and its sources, e.g. `anyhow::Error::chain`) says
+/// the destination's directory does not exist yet: nothing was ever written there.
+pub fn not_created<'a>(
+    mut causes: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> bool {
+    causes.any(|c| matches!(c.downcast_ref(), Some(DestinationError::NotCreated(_))))
+}
+
 /// A streaming upload: parts in order, then `complete`; `abort` leaves nothing visible.
 #[async_trait::async_trait]
 pub trait Upload: Send {

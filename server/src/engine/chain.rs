@@ -69,12 +69,7 @@ pub(super) async fn choose_parent(
 /// Whether `e` says the destination's directory does not exist yet (nothing was ever written
 /// there): for writers, an empty destination.
 pub fn is_not_created(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<crate::destination::DestinationError>(),
-            Some(crate::destination::DestinationError::NotCreated(_))
-        )
-    })
+    crate::destination::not_created(e.chain())
 }
 
 /// The chain of `m` among `all` complete backups: its full ancestor first, `m` last. Fails on
