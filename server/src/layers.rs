@@ -10,7 +10,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "values",
         &[
-            "archive", "time", "redact", "identity", "database", "devstore",
+            "archive", "time", "redact", "identity", "database", "bus", "devstore",
         ],
     ),
     (

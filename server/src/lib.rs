@@ -4,8 +4,9 @@
 //! (`layers.rs` tests it; `docs/ARCHITECTURE.md` explains each):
 //! 1. values: [`archive`] (the backup format: byte streams only), [`time`] (range-checked
 //!    times and timeouts), [`redact`] (secrets out of URLs), [`identity`] (who asked),
-//!    [`database`] (connection pools that say why), [`devstore`] (the embedded EventStore,
-//!    standing apart: it shares only the wire contract);
+//!    [`database`] (connection pools that say why), [`bus`] (Monoskope's message bus contract:
+//!    publishing as its EventStore does, listening for new events), [`devstore`] (the embedded
+//!    EventStore, standing apart: it shares only the wire contracts);
 //! 2. the outside: [`destination`] (directory, S3; the layout and manifests), [`catalog`]
 //!    (records, lease), [`eventstore`] (the EventStore API client), [`events_table`] (Monoskope's
 //!    table on PostgreSQL), [`watermark`] (per-aggregate versions of a chain);
@@ -17,6 +18,7 @@
 
 pub mod archive;
 pub mod auth;
+pub mod bus;
 pub mod catalog;
 pub mod cli;
 pub mod database;

@@ -10,26 +10,59 @@ use monoskope_backup_tests::fixture::{fresh_events_db, table_events, Fixture};
 use monoskope_backup_tests::{run, service_env, Server};
 
 /// Stores `n` events as the EventStore does: versions 1.. per aggregate, one transaction each.
-async fn store_rows(pool: &sqlx::PgPool, first: u64, n: u64, aggregates: &[uuid::Uuid]) {
+pub(crate) async fn store_rows(pool: &sqlx::PgPool, first: u64, n: u64, aggregates: &[uuid::Uuid]) {
+    store_and_publish(pool, first, n, aggregates, None).await
+}
+
+/// [`store_rows`], each event then published on the bus as the EventStore does after its insert.
+pub(crate) async fn store_and_publish(
+    pool: &sqlx::PgPool,
+    first: u64,
+    n: u64,
+    aggregates: &[uuid::Uuid],
+    bus: Option<&monoskope_backup::bus::publish::Publisher>,
+) {
     for i in first..first + n {
         let a = aggregates[(i % aggregates.len() as u64) as usize];
         let version = i / aggregates.len() as u64 + 1;
+        let event_type = if version == 1 {
+            "UserCreated"
+        } else {
+            "UserUpdated"
+        };
+        let data = format!(r#"{{"n": {i}}}"#);
         sqlx::query(
             r#"INSERT INTO event_records (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, "timestamp", metadata, data) VALUES ($1, $2, $3, 'User', $4, now(), '{"x-auth-id": "7c1d7a1e-9a8b-4b5c-8d3e-2f1a0b9c8d7e"}'::jsonb, $5::jsonb)"#,
         )
         .bind(uuid::Uuid::new_v4())
-        .bind(if version == 1 { "UserCreated" } else { "UserUpdated" })
+        .bind(event_type)
         .bind(a)
         .bind(version as i64)
-        .bind(format!(r#"{{"n": {i}}}"#))
+        .bind(&data)
         .execute(pool)
         .await
         .expect("insert");
+        if let Some(bus) = bus {
+            let event = monoskope_backup_api::eventsourcing::Event {
+                r#type: event_type.into(),
+                timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+                aggregate_id: a.to_string(),
+                aggregate_type: "User".into(),
+                aggregate_version: Some(version),
+                data: data.into_bytes(),
+                metadata: [(
+                    "x-auth-id".to_string(),
+                    "7c1d7a1e-9a8b-4b5c-8d3e-2f1a0b9c8d7e".to_string(),
+                )]
+                .into(),
+            };
+            bus.publish(&event).await.expect("publish");
+        }
     }
 }
 
 /// A fresh database with Monoskope's empty `event_records`: its URL and a pool.
-async fn empty_events_table(pg: &str) -> (String, sqlx::PgPool) {
+pub(crate) async fn empty_events_table(pg: &str) -> (String, sqlx::PgPool) {
     let db = fresh_events_db(pg).await;
     let pool = sqlx::PgPool::connect(&db).await.expect("pg");
     sqlx::query(monoskope_backup::events_table::CREATE_TABLE)
@@ -40,7 +73,7 @@ async fn empty_events_table(pg: &str) -> (String, sqlx::PgPool) {
 }
 
 /// `serve --continuous` every 300 ms on `db`, the fixture's destination, key and catalog.
-fn serve_continuous(f: &Fixture, db: &str, extra: &[&str]) -> Server {
+pub(crate) fn serve_continuous(f: &Fixture, db: &str, extra: &[&str]) -> Server {
     let catalog = f.catalog();
     let mut args = vec![
         "--events-db",
@@ -60,7 +93,7 @@ fn serve_continuous(f: &Fixture, db: &str, extra: &[&str]) -> Server {
 }
 
 /// The events the destination's complete backups hold, summed over every manifest.
-fn events_at_destination(f: &Fixture) -> (u64, usize, usize) {
+pub(crate) fn events_at_destination(f: &Fixture) -> (u64, usize, usize) {
     let out = run(
         "backup-server",
         &[
@@ -89,7 +122,7 @@ fn events_at_destination(f: &Fixture) -> (u64, usize, usize) {
     (events, all.len(), segments)
 }
 
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
         if f() {
@@ -304,4 +337,50 @@ async fn the_destination_down_lag_grows_and_nothing_is_lost_when_it_returns() {
         "lag {}",
         lag()
     );
+}
+
+/// Every file under `dir`, with its length.
+fn files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let meta = e.metadata().expect("metadata");
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((e.path(), meta.len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Idle, the reconciling segments (here every second) write nothing at the destination — not
+/// even an object deleted again, which a locked bucket would keep until its lock date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_reconciliation_writes_nothing_at_the_destination() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let (db, pool) = empty_events_table(&pg).await;
+    let aggregates: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    store_rows(&pool, 0, 9, &aggregates).await;
+    let f = Fixture::new();
+    let _s = serve_continuous(&f, &db, &["--continuous-reconcile", "1s"]);
+    assert!(wait_until(
+        Duration::from_secs(15),
+        || events_at_destination(&f).0 == 9
+    ));
+    let dest = std::path::PathBuf::from(f.dest.trim_start_matches("file://"));
+    let before = files(&dest);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(files(&dest), before, "files written while idle");
+    // Still following: a new event arrives.
+    store_rows(&pool, 9, 1, &aggregates).await;
+    assert!(wait_until(
+        Duration::from_secs(15),
+        || events_at_destination(&f).0 == 10
+    ));
 }

@@ -5,6 +5,7 @@ mod archive_cli;
 mod auth;
 mod auth_gateway;
 mod bench;
+mod bus;
 mod cockroach;
 mod continuous;
 mod copies;

@@ -29,6 +29,8 @@ struct Shared {
     tripped: AtomicU64,
     /// Stalled connections are held while this is their generation.
     generation: AtomicU64,
+    /// The client side of every connection passed through, for [`FaultProxy::cut_all`].
+    open: Mutex<Vec<TcpStream>>,
 }
 
 /// The proxy; stops (and releases held connections) when dropped.
@@ -48,6 +50,7 @@ impl FaultProxy {
             closed: AtomicBool::new(false),
             tripped: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            open: Mutex::new(Vec::new()),
         });
         let target = target.to_string();
         let s = shared.clone();
@@ -66,6 +69,9 @@ impl FaultProxy {
                 let Ok(server) = TcpStream::connect(&target) else {
                     continue;
                 };
+                if let Ok(c) = client.try_clone() {
+                    s.open.lock().expect("open").push(c);
+                }
                 let s = s.clone();
                 std::thread::spawn(move || relay(client, server, fault, s));
             }
@@ -82,6 +88,14 @@ impl FaultProxy {
     /// said the other side is gone): a server still waiting on one then sees it end.
     pub fn release_stalled(&self) {
         self.shared.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Cuts every connection passed through so far (the network between went away); new ones
+    /// get the current fault.
+    pub fn cut_all(&self) {
+        for c in self.shared.open.lock().expect("open").drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
     }
 
     /// How many connections a fault has hit so far.

@@ -1,18 +1,27 @@
 //! Continuous backup (`serve --continuous`): the events table followed, every new event in a
 //! segment at the destination within seconds of its commit.
 //!
-//! How it follows, and why it is complete: every `interval` it reads PostgreSQL's count of rows
-//! inserted, updated and deleted in `event_records` (`pg_stat_user_tables`, a few bytes, no read
-//! of the table); when it moved, it takes a segment — an incremental backup that compares every
-//! aggregate's highest version in the store with the chain's watermark (one pass over the
-//! table's unique index) and writes exactly the versions above it, so an event can neither be
-//! missed nor written twice, whatever the counter did. The same segment runs at least every
-//! minute (and after every failure) as a reconciliation, so an event the counter did not show
-//! (statistics are flushed within about a second; a reset) is still backed up. A segment that
-//! finds nothing new leaves nothing behind.
+//! How it follows, and why it is complete: what it writes always comes from the table — a
+//! segment is an incremental backup that compares every aggregate's highest version in the store
+//! with the chain's watermark (one pass over the table's unique index) and writes exactly the
+//! versions above it, so an event can neither be missed nor written twice, whatever told it to
+//! look. What tells it to look:
+//! - the message bus (`--bus-url`), when given: Monoskope's EventStore publishes every event
+//!   after storing it, so a message means "a new row is committed"; the first one after a quiet
+//!   spell starts a segment half a second later (gathering the rest of its Store call), and
+//!   while messages keep coming there is one segment per interval;
+//! - every `interval`, PostgreSQL's count of rows inserted, updated and deleted in
+//!   `event_records` (`pg_stat_user_tables`, a few bytes, no read of the table): when it moved,
+//!   a segment — the fallback when the bus is down, not configured or lost a message;
+//! - at least every `reconcile` (and after every failure), a segment anyway, so an event neither
+//!   showed (statistics are flushed within about a second; a reset; a publish the store never
+//!   made because it crashed between insert and publish) is still backed up.
+//!
+//! A segment that finds nothing new writes nothing at the destination.
 
 use std::time::{Duration, Instant};
 
+use crate::bus::BusConfig;
 use crate::engine::{Engine, EngineError};
 use crate::identity::Identity;
 use crate::ops::metrics;
@@ -20,32 +29,78 @@ use crate::ops::metrics;
 /// The count of changes PostgreSQL has recorded for the events table.
 const CHANGES: &str = "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint FROM pg_stat_user_tables WHERE relname = 'event_records'";
 
-/// The longest time between two reconciling segments.
+/// The longest time between two reconciling segments, unless configured.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 
-/// Follows the events table at `events_db` until the task is dropped.
-pub async fn run(engine: Engine, events_db: String, interval: Duration) {
+/// After the first message of a quiet spell, how long to gather the rest of its burst.
+const GATHER: Duration = Duration::from_millis(500);
+
+/// How continuous backup follows the store: a plan, made from the configuration.
+#[derive(Debug, Clone)]
+pub struct Follow {
+    /// The events table's database.
+    pub events_db: String,
+    /// How often to look (and the shortest time between two segments with events).
+    pub interval: Duration,
+    /// The longest time between two reconciling segments.
+    pub reconcile: Duration,
+    /// The message bus to listen on, if any.
+    pub bus: Option<BusConfig>,
+}
+
+/// Follows the events table until the task is dropped.
+pub async fn run(engine: Engine, f: Follow) {
     let who = Identity {
         id: "continuous".into(),
         name: "continuous backup".into(),
         machine: true,
         ..Default::default()
     };
-    tracing::info!(interval = %humantime::format_duration(interval), "continuous backup active: following the events table");
+    let heard = f
+        .bus
+        .clone()
+        .map(|b| crate::bus::listen::spawn(b, |up| metrics::get().set_bus_connected(up)));
+    tracing::info!(
+        interval = %humantime::format_duration(f.interval),
+        reconcile = %humantime::format_duration(f.reconcile),
+        bus = heard.is_some(),
+        "continuous backup active: following the events table"
+    );
     engine.set_continuous();
     let mut pool = None;
     let mut seen: Option<i64> = None;
     let mut pending_since: Option<Instant> = None;
     let mut last_ok: Option<Instant> = None;
-    let mut ticker = tokio::time::interval(interval);
+    let mut last_written: Option<Instant> = None;
+    let mut ticker = tokio::time::interval(f.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let lag = |pending: Option<Instant>| {
         metrics::get().set_continuous_lag(pending.map_or(0.0, |t| t.elapsed().as_secs_f64()));
     };
     loop {
-        ticker.tick().await;
+        let by_bus = match &heard {
+            Some(h) => tokio::select! {
+                _ = ticker.tick() => false,
+                _ = h.notified() => true,
+            },
+            None => {
+                ticker.tick().await;
+                false
+            }
+        };
+        if by_bus {
+            // The events of one Store call arrive together: a moment to gather them; and while
+            // events keep coming, one segment per interval.
+            let gather = Instant::now() + (f.interval / 4).min(GATHER);
+            let next = last_written.map_or(gather, |t| (t + f.interval).max(gather));
+            tokio::time::sleep_until(next.into()).await;
+        }
+        // Taken before the segment reads the table: every event heard of is committed by now.
+        if let Some(at) = heard.as_ref().and_then(|h| h.take()) {
+            pending_since = Some(pending_since.map_or(at, |p| p.min(at)));
+        }
         if pool.is_none() {
-            match crate::events_table::connect(&events_db).await {
+            match crate::events_table::connect(&f.events_db).await {
                 Ok(p) => pool = Some(p),
                 Err(e) => {
                     tracing::warn!(error = %e, "continuous backup: the events database cannot be reached; retrying")
@@ -63,18 +118,22 @@ pub async fn run(engine: Engine, events_db: String, interval: Duration) {
         if changed && pending_since.is_none() {
             pending_since = Some(Instant::now());
         }
-        let reconcile = last_ok.is_none_or(|t| t.elapsed() >= RECONCILE_EVERY);
+        let reconcile = last_ok.is_none_or(|t| t.elapsed() >= f.reconcile);
         lag(pending_since);
         if !changed && !reconcile && pending_since.is_none() {
             continue;
         }
+        let started = Instant::now();
         match engine.segment(&who).await {
             Ok(Some(r)) if r.error.is_some() => {
                 tracing::error!(backup_id = %r.id, error = ?r.error, "continuous segment failed; trying again at the next tick");
             }
             Ok(r) => {
                 if let Some(r) = &r {
-                    tracing::info!(backup_id = %r.id, events = r.event_count, kind = %r.kind, "continuous segment written");
+                    tracing::info!(backup_id = %r.id, events = r.event_count, kind = %r.kind, by_bus, "continuous segment written");
+                    if r.event_count > 0 {
+                        last_written = Some(started);
+                    }
                 }
                 seen = changes;
                 pending_since = None;

@@ -106,6 +106,18 @@ pub struct DevstoreArgs {
     /// `bytewise` (as CockroachDB's JSONB); drills compare JSON as values either way.
     #[arg(long, value_enum, default_value_t = crate::devstore::jsonb::KeyOrder::Postgres)]
     pub jsonb_key_order: crate::devstore::jsonb::KeyOrder,
+    /// Publish every stored event to this RabbitMQ (amqp://…), as Monoskope's EventStore does:
+    /// exchange `m8_events`, routing key `<prefix>.<AggregateType>.<EventType>` (the same
+    /// variable as the EventStore; without it, storing publishes nothing).
+    #[arg(long, env = "BUS_URL")]
+    pub bus_url: Option<String>,
+    /// Routing key prefix of the published messages.
+    #[arg(long, env = "ROUTING_KEY_PREFIX", default_value = crate::bus::DEFAULT_PREFIX)]
+    pub bus_routing_key_prefix: String,
+    /// How long a failed publish is retried before `Store` fails with `could not publish event`
+    /// (the event stays stored), as the EventStore's one minute.
+    #[arg(long, default_value = "60s", value_parser = crate::time::parse_duration)]
+    pub bus_retry_for: std::time::Duration,
 }
 
 /// `backup-server completions`.
@@ -251,11 +263,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_message_size: a.max_message_size,
                 seed_sample: a.seed_sample,
                 key_order: a.jsonb_key_order,
+                bus: a.bus_url.clone().map(|url| {
+                    (
+                        crate::bus::BusConfig {
+                            url,
+                            prefix: a.bus_routing_key_prefix.clone(),
+                            ..Default::default()
+                        },
+                        a.bus_retry_for,
+                    )
+                }),
             };
+            let bus = opts.bus.is_some();
             let db = a.db.clone();
             crate::devstore::serve(&a.db, listener, opts, async move {
                 println!("devstore listening on {addr} (database {})", db.display());
-                tracing::info!(%addr, db = %db.display(), "embedded EventStore listening (no message bus)");
+                tracing::info!(%addr, db = %db.display(), bus, "embedded EventStore listening");
                 shutdown_signal().await
             })
             .await

@@ -83,6 +83,28 @@ pub struct ServeArgs {
     /// How often continuous backup looks for new events (config `backup.continuous.interval`).
     #[arg(long, env = "BACKUP_CONTINUOUS_INTERVAL")]
     pub continuous_interval: Option<String>,
+    /// The longest time between two reconciling segments, which find any event the bus and the
+    /// table's statistics did not show (config `backup.continuous.reconcile`; default 60s).
+    #[arg(long, env = "BACKUP_CONTINUOUS_RECONCILE")]
+    pub continuous_reconcile: Option<String>,
+    /// Continuous backup hears of new events on Monoskope's message bus (RabbitMQ) the moment
+    /// they are stored: amqp://… or amqps://…?auth_mechanism=external. The same variable as
+    /// Monoskope's EventStore (its `m8-messagebus-client-config` secret); prefer it to the flag
+    /// when the URL holds a password (config `backup.continuous.bus.url`).
+    #[arg(long, env = "BUS_URL")]
+    pub bus_url: Option<String>,
+    /// Routing key prefix of the bus (config `backup.continuous.bus.routingKeyPrefix`).
+    #[arg(long, env = "ROUTING_KEY_PREFIX")]
+    pub bus_routing_key_prefix: Option<String>,
+    /// PEM CA certificate to trust for amqps:// (config `backup.continuous.bus.caFile`).
+    #[arg(long, env = "BUS_CA_FILE")]
+    pub bus_ca_file: Option<PathBuf>,
+    /// PEM client certificate for amqps:// (config `backup.continuous.bus.certFile`).
+    #[arg(long, env = "BUS_CERT_FILE")]
+    pub bus_cert_file: Option<PathBuf>,
+    /// Its PEM key (config `backup.continuous.bus.keyFile`).
+    #[arg(long, env = "BUS_KEY_FILE")]
+    pub bus_key_file: Option<PathBuf>,
 }
 
 fn is_loopback(addr: &SocketAddr) -> bool {
@@ -220,7 +242,46 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 "--continuous follows the events table: give --events-db (the EventStore API offers no way to see new events without reading the whole store)",
             ));
         };
-        Some((db, interval))
+        let reconcile = match a.continuous_reconcile.clone().or(cont.reconcile) {
+            Some(t) => crate::time::parse_duration(&t)
+                .map_err(|e| super::usage(format!("--continuous-reconcile: {e}")))?,
+            None => super::follow::RECONCILE_EVERY,
+        };
+        let bus_file = cont.bus.unwrap_or_default();
+        let bus = a
+            .bus_url
+            .clone()
+            .or(bus_file.url)
+            .filter(|u| !u.trim().is_empty())
+            .map(|url| crate::bus::BusConfig {
+                url,
+                prefix: a
+                    .bus_routing_key_prefix
+                    .clone()
+                    .or(bus_file.routing_key_prefix)
+                    .unwrap_or_else(|| crate::bus::DEFAULT_PREFIX.into()),
+                ca_file: a.bus_ca_file.clone().or(bus_file.ca_file),
+                cert_file: a.bus_cert_file.clone().or(bus_file.cert_file),
+                key_file: a.bus_key_file.clone().or(bus_file.key_file),
+            });
+        if let Some(b) = &bus {
+            if !(b.url.starts_with("amqp://") || b.url.starts_with("amqps://")) {
+                return Err(super::usage(
+                    "--bus-url: an amqp:// or amqps:// URL (Monoskope's BUS_URL)",
+                ));
+            }
+            if b.cert_file.is_some() != b.key_file.is_some() {
+                return Err(super::usage(
+                    "--bus-cert-file and --bus-key-file go together",
+                ));
+            }
+        }
+        Some(super::follow::Follow {
+            events_db: db,
+            interval,
+            reconcile,
+            bus,
+        })
     } else {
         None
     };
@@ -308,12 +369,8 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             copies,
         )));
     }
-    if let Some((db, interval)) = continuous {
-        scheduled.push(tokio::spawn(super::follow::run(
-            engine.clone(),
-            db,
-            interval,
-        )));
+    if let Some(follow) = continuous {
+        scheduled.push(tokio::spawn(super::follow::run(engine.clone(), follow)));
     }
     tracing::info!(%addr, destination = %engine.config().destination.url(), event_store = %crate::redact::url(&engine.config().event_store.addr), catalog = engine.config().catalog.kind(), tls = tls.is_some(), auth = auth.mode.name(), "BackupService listening");
     println!("backup-server listening on {addr}");

@@ -3,7 +3,8 @@
 //! It exists because Monoskope's Go EventStore cannot run here, yet the demo and every test need
 //! a faithful peer to back up and restore. It honours the documented contract
 //! (`docs/MONOSKOPE.md`), including its surprises, and names the documented fact where it
-//! does. It has no message bus, so storing through it republishes nothing.
+//! does. Given a message bus, it publishes every stored event there as the EventStore does
+//! (`crate::bus`); without one, storing publishes nothing.
 
 pub mod jsonb;
 pub mod sample;
@@ -36,6 +37,7 @@ const STREAM_BUFFER: usize = 64;
 #[derive(Clone, Debug)]
 pub struct DevStore {
     storage: Storage,
+    bus: Option<std::sync::Arc<crate::bus::publish::Publisher>>,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;
@@ -43,7 +45,13 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'st
 impl DevStore {
     /// A service over `storage`.
     pub fn new(storage: Storage) -> Self {
-        Self { storage }
+        Self { storage, bus: None }
+    }
+
+    /// Publishes every stored event with `publisher`, as the EventStore does.
+    pub fn with_bus(mut self, publisher: crate::bus::publish::Publisher) -> Self {
+        self.bus = Some(std::sync::Arc::new(publisher));
+        self
     }
 
     /// The underlying storage.
@@ -76,8 +84,9 @@ fn double_wrapped(status: &Status) -> Status {
 
 #[tonic::async_trait]
 impl EventStore for DevStore {
-    /// Sequential, one event per transaction, no atomicity across the stream, no version check
-    /// beyond the UNIQUE constraint, every error INTERNAL (§2.1). An empty stream succeeds.
+    /// Sequential, one event per transaction, each published after it is stored (when a bus is
+    /// given), no atomicity across the stream, no version check beyond the UNIQUE constraint,
+    /// every error INTERNAL (§2.1). An empty stream succeeds.
     async fn store(&self, request: Request<Streaming<Event>>) -> Result<Response<()>, Status> {
         let mut stream = request.into_inner();
         loop {
@@ -90,7 +99,14 @@ impl EventStore for DevStore {
                 return Err(double_wrapped(&Status::invalid_argument(msg)));
             }
             match self.storage.insert(&event).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    if let Some(bus) = &self.bus {
+                        if let Err(err) = bus.publish(&event).await {
+                            tracing::warn!(error = %err, "could not publish event");
+                            return Err(Status::internal("could not publish event"));
+                        }
+                    }
+                }
                 Err(InsertError::Conflict) => {
                     return Err(Status::internal(
                         "event aggregate version already exists in store",
@@ -158,6 +174,8 @@ pub struct DevStoreOptions {
     pub seed_sample: u64,
     /// How stored JSON orders object keys (PostgreSQL's jsonb, or bytewise as CockroachDB).
     pub key_order: jsonb::KeyOrder,
+    /// The message bus to publish every stored event to, and how long to retry a publish.
+    pub bus: Option<(crate::bus::BusConfig, std::time::Duration)>,
 }
 
 impl Default for DevStoreOptions {
@@ -166,6 +184,7 @@ impl Default for DevStoreOptions {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             seed_sample: 0,
             key_order: jsonb::KeyOrder::Postgres,
+            bus: None,
         }
     }
 }
@@ -188,7 +207,11 @@ pub async fn serve(
             .await?;
         tracing::info!(events = stored, "seeded the store with sample events");
     }
-    let store = EventStoreServer::new(DevStore::new(storage))
+    let mut devstore = DevStore::new(storage);
+    if let Some((cfg, retry_for)) = opts.bus {
+        devstore = devstore.with_bus(crate::bus::publish::Publisher::new(cfg, retry_for));
+    }
+    let store = EventStoreServer::new(devstore)
         .max_decoding_message_size(opts.max_message_size)
         .max_encoding_message_size(opts.max_message_size.max(DEFAULT_MAX_MESSAGE_SIZE));
     let (health_reporter, health) = tonic_health::server::health_reporter();

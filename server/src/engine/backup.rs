@@ -124,6 +124,10 @@ fn batches(
 pub(super) struct Attempt {
     pub deadline: tokio::time::Instant,
     pub order: crate::source::table::Order,
+    /// A continuous segment: when the source holds nothing new, the upload is aborted before
+    /// it completes and the attempt ends with [`AttemptError::NothingNew`] — no object is
+    /// written (and none has to be deleted, which a locked bucket would refuse).
+    pub segment: bool,
 }
 
 /// One attempt. It fails with [`AttemptError::ChainMismatch`] when an incremental cannot
@@ -149,6 +153,7 @@ pub(super) async fn run(
     // (SIGTERM) stops the same steps the same way. Either is a [`Cut`]: what the upload left is
     // cleaned up by its key.
     let deadline = attempt.deadline;
+    let segment = attempt.segment;
     let timed_out = |waiting: &str| {
         anyhow::Error::new(Cut(format!(
             "timed out after {}{waiting}",
@@ -410,6 +415,10 @@ pub(super) async fn run(
                 return Err(e);
             }
         };
+        if segment && parent_id.is_some() && footer.event_count == 0 {
+            upload.abort().await;
+            return Err(anyhow::Error::new(NothingNew));
+        }
         upload
             .complete()
             .await
@@ -497,6 +506,7 @@ pub(super) async fn run(
         .await;
     match result {
         Ok(r) => Ok(r),
+        Err(e) if e.is::<NothingNew>() => Err(AttemptError::NothingNew),
         Err(e) if e.chain().any(|c| c.is::<Cut>()) => Err(AttemptError::Failed(
             clean_up_after_cut(cleaner.as_ref(), &running.id, e).await,
         )),
@@ -513,6 +523,8 @@ pub enum AttemptError {
     Unordered(String),
     /// The backup failed; nothing is left at the destination.
     Failed(anyhow::Error),
+    /// A continuous segment found no new event; nothing was written.
+    NothingNew,
 }
 
 impl AttemptError {
@@ -544,6 +556,7 @@ impl AttemptError {
         match self {
             AttemptError::ChainMismatch(m) | AttemptError::Unordered(m) => anyhow!(m),
             AttemptError::Failed(e) => e,
+            AttemptError::NothingNew => anyhow!("nothing new"),
         }
     }
 }
@@ -553,6 +566,11 @@ impl From<anyhow::Error> for AttemptError {
         AttemptError::Failed(e)
     }
 }
+
+/// A segment's source held nothing new (see [`Attempt::segment`]).
+#[derive(Debug, thiserror::Error)]
+#[error("nothing new")]
+struct NothingNew;
 
 /// A backup stopped by its deadline or an interrupt, wherever it was.
 #[derive(Debug, thiserror::Error)]

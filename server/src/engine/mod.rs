@@ -284,6 +284,7 @@ impl Engine {
         let attempt = backup::Attempt {
             deadline,
             order: order(),
+            segment,
         };
         let mut result = backup::run(
             &self.cfg,
@@ -316,6 +317,7 @@ impl Engine {
             let attempt = backup::Attempt {
                 deadline,
                 order: order(),
+                segment,
             };
             result = backup::run(
                 &self.cfg,
@@ -329,6 +331,13 @@ impl Engine {
             .await;
         }
         match result {
+            // A segment that found nothing new wrote nothing; its running record goes.
+            Err(backup::AttemptError::NothingNew) => {
+                let _ = report(self.cfg.catalog.delete_backup(&record.id)).await;
+                record.note = Some(NOTHING_NEW.into());
+                metrics::get().not_running(Op::Backup);
+                return record;
+            }
             Ok(done) => {
                 record = done;
                 tracing::info!(backup_id = %record.id, events = record.event_count, bytes = record.archive_bytes, seconds = started.elapsed().as_secs_f64(), "backup complete");
@@ -341,28 +350,6 @@ impl Engine {
                 record.error = Some(error_line(e.as_ref()));
                 tracing::error!(backup_id = %record.id, error = %error_line(e.as_ref()), "backup failed");
             }
-        }
-        // A segment that found nothing new leaves nothing: its objects and record go.
-        if segment
-            && record.state == crate::catalog::State::Succeeded
-            && record.kind == "incremental"
-            && record.event_count == 0
-        {
-            let dest = self.cfg.destination.as_ref();
-            let archive = crate::destination::layout::archive_key(&record.id);
-            for key in [
-                crate::destination::layout::manifest_key(&record.id),
-                crate::destination::layout::keys_key(&archive),
-                archive,
-                crate::destination::layout::watermark_key(&record.id),
-            ] {
-                if let Err(e) = dest.delete(&key).await {
-                    tracing::warn!(key, error = %e, "could not delete an empty segment's object; retention removes it later");
-                }
-            }
-            let _ = report(self.cfg.catalog.delete_backup(&record.id)).await;
-            record.note = Some(NOTHING_NEW.into());
-            return record;
         }
         if segment && record.state == crate::catalog::State::Succeeded {
             metrics::get().segment_written();

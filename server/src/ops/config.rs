@@ -163,6 +163,26 @@ pub struct ContinuousConfig {
     pub enabled: Option<bool>,
     /// How often to look for new events, e.g. `5s`.
     pub interval: Option<String>,
+    /// The longest time between two reconciling segments, e.g. `60s`.
+    pub reconcile: Option<String>,
+    /// Hear of new events on Monoskope's message bus.
+    pub bus: Option<BusConfigFile>,
+}
+
+/// `backup.continuous.bus`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BusConfigFile {
+    /// AMQP URL (`amqp://…`, `amqps://…?auth_mechanism=external`).
+    pub url: Option<String>,
+    /// Routing key prefix (`m8`).
+    pub routing_key_prefix: Option<String>,
+    /// PEM CA certificate for `amqps://`.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for `amqps://`.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Its key.
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// `backup.incremental`.

@@ -86,6 +86,7 @@ pub struct Metrics {
     drill_success: Gauge,
     continuous_lag: Gauge,
     segments: prometheus::IntCounter,
+    bus_connected: Gauge,
     copy_lag: prometheus::GaugeVec,
     runs: IntCounterVec,
     rpc_total: IntCounterVec,
@@ -112,6 +113,11 @@ pub fn get() -> &'static Metrics {
         let segments = prometheus::IntCounter::with_opts(Opts::new(
             "monoskope_backup_continuous_segments_total",
             "Continuous backup: segments written to the destination by this process.",
+        ))
+        .expect("valid");
+        let bus_connected = Gauge::with_opts(Opts::new(
+            "monoskope_backup_continuous_bus_connected",
+            "Continuous backup: 1 while it listens on Monoskope's message bus for new events, 0 when the bus is down or not configured (new events are then found by polling).",
         ))
         .expect("valid");
         let copy_lag = prometheus::GaugeVec::new(
@@ -150,6 +156,7 @@ pub fn get() -> &'static Metrics {
             Box::new(drill_success.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(continuous_lag.clone()),
             Box::new(segments.clone()),
+            Box::new(bus_connected.clone()),
             Box::new(copy_lag.clone()),
             Box::new(runs.clone()),
             Box::new(rpc_total.clone()),
@@ -164,6 +171,7 @@ pub fn get() -> &'static Metrics {
             drill_success,
             continuous_lag,
             segments,
+            bus_connected,
             copy_lag,
             runs,
             rpc_total,
@@ -190,6 +198,11 @@ impl Metrics {
     /// An operation started.
     pub fn started(&self, op: Op) {
         self.gauges(op).running.set(1.0);
+    }
+
+    /// An operation ended without a result to count (a continuous segment that found nothing).
+    pub fn not_running(&self, op: Op) {
+        self.gauges(op).running.set(0.0);
     }
 
     /// An operation ended.
@@ -223,6 +236,11 @@ impl Metrics {
     /// The continuous backup's lag in seconds (0: caught up).
     pub fn set_continuous_lag(&self, seconds: f64) {
         self.continuous_lag.set(seconds);
+    }
+
+    /// Whether continuous backup listens on the message bus.
+    pub fn set_bus_connected(&self, connected: bool) {
+        self.bus_connected.set(if connected { 1.0 } else { 0.0 });
     }
 
     /// How far the copy at `destination` is behind, in seconds (0: it holds every backup).
