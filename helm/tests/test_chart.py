@@ -222,7 +222,10 @@ check(config["eventStore"]["address"] == "m8-eventstore:8080", "m8: EventStore a
 check(config["auth"] == {"mode": "gateway", "gateway": "m8-gateway:8080", "admins": [],
                          "machineIdentities": [], "readers": []}, f"m8: auth {config['auth']}")
 check(config["catalog"]["url"].startswith("sqlite://"), "m8: embedded catalog")
-check(config["backup"].get("continuous") == {"enabled": True, "interval": "5s"}, f"m8: continuous {config['backup'].get('continuous')}")
+check(config["backup"].get("continuous") == {
+    "enabled": True, "interval": "5s", "reconcile": "60s",
+    "bus": {"caFile": "/etc/monoskope-backup/bus/ca.crt", "certFile": "/etc/monoskope-backup/bus/tls.crt",
+            "keyFile": "/etc/monoskope-backup/bus/tls.key"}}, f"m8: continuous {config['backup'].get('continuous')}")
 dep = [d for (k, _), d in m8.items() if k == "Deployment"][0]
 spec = pod_spec(dep)
 vols = {v["name"]: v for v in spec["volumes"]}
@@ -231,8 +234,14 @@ check(vols.get("events-db", {}).get("secret") == {"secretName": "m8-db-client-au
 mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
 check(mounts.get("events-db") == {"name": "events-db", "mountPath": "/etc/monoskope-backup/events-db", "readOnly": True},
       f"m8: events-db mount {mounts.get('events-db')}")
+# Monoskope's bus secrets as they are: BUS_URL/ROUTING_KEY_PREFIX as environment, the client
+# certificate mounted where the config points.
+check(vols.get("bus", {}).get("secret") == {"secretName": "m8-messagebus-client-auth-cert", "defaultMode": 0o440},
+      f"m8: bus volume {vols.get('bus')}")
+check(mounts.get("bus") == {"name": "bus", "mountPath": "/etc/monoskope-backup/bus", "readOnly": True},
+      f"m8: bus mount {mounts.get('bus')}")
 env_from = [e["secretRef"]["name"] for e in spec["containers"][0]["envFrom"]]
-check(env_from == ["m8-backup"], f"m8: envFrom {env_from}")
+check(env_from == ["m8-backup", "m8-messagebus-client-config"], f"m8: envFrom {env_from}")
 cron = [d for (k, _), d in m8.items() if k == "CronJob"][0]
 cspec = pod_spec(cron)
 check({"name": "token", "secret": {"secretName": "m8-backup-cron-token"}} in cspec["volumes"]
