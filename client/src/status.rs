@@ -33,6 +33,12 @@ pub(crate) async fn run(client: &mut BackupClient, json: bool) -> Result<ExitCod
                 "earliest": time(c.earliest.as_ref()),
                 "latest": time(c.latest.as_ref()),
             })),
+            "copies": s.copies.iter().map(|c| serde_json::json!({
+                "destination": c.destination,
+                "lag_seconds": c.lag_seconds,
+                "error": (!c.error.is_empty()).then_some(&c.error),
+                "checked_at": time(c.checked_at.as_ref()),
+            })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
@@ -149,6 +155,20 @@ fn print_status(s: &pb::GetStatusResponse) {
             c.segments,
             time(c.earliest.as_ref()),
             time(c.latest.as_ref())
+        );
+    }
+    for c in &s.copies {
+        let state = if !c.error.is_empty() {
+            format!("{:.0} s behind: {}", c.lag_seconds, c.error)
+        } else if c.lag_seconds > 0.0 {
+            format!("{:.0} s behind", c.lag_seconds)
+        } else {
+            "holds every backup".to_string()
+        };
+        println!(
+            "copy              {} — {state} (checked {})",
+            c.destination,
+            time(c.checked_at.as_ref())
         );
     }
 }

@@ -517,7 +517,7 @@ fn every_metric_the_alert_rules_use_is_exported() {
     assert!(used.len() >= 3, "{used:?}");
     // What `/metrics` serves (the same registry the Pushgateway pushes come from). A labelled
     // metric appears once it has a series: the copy lag, once a copy destination is configured.
-    monoskope_backup::ops::metrics::get().set_copy_lag("file:///a-copy", 0.0);
+    monoskope_backup::ops::metrics::get().set_copy("file:///a-copy", 0.0, None);
     let exported = monoskope_backup::ops::metrics::get().text();
     for name in &used {
         assert!(

@@ -48,7 +48,7 @@ pub async fn pass(
                 ((now - since).num_milliseconds() as f64 / 1000.0, Some(why))
             }
         };
-        metrics::get().set_copy_lag(&crate::redact::url(&url), lag.max(0.0));
+        metrics::get().set_copy(&crate::redact::url(&url), lag.max(0.0), err.clone());
         out.push((url, err));
     }
     out

@@ -372,7 +372,8 @@ pub(super) async fn catalog(a: CatalogArgs) -> anyhow::Result<()> {
     match a.command {
         CatalogCommand::Resync(r) => {
             let settings = r.common.resolve()?;
-            let dest = settings.destination().await?;
+            // The primary, or the copy that holds the backups when it cannot be read (said).
+            let dest = settings.destination_for_reading("latest").await?;
             let catalog = crate::catalog::Catalog::connect(&settings.catalog_url).await?;
             let n = catalog.resync(dest.as_ref()).await?;
             println!("catalog rebuilt from {}: {n} complete backups", dest.url());
@@ -410,8 +411,23 @@ pub struct RestoreArgs {
     pub yes: bool,
 }
 
+/// Runs a restore on `engine` to its end (interruptible, with progress).
+async fn restore_to_end(
+    engine: &crate::engine::Engine,
+    req: crate::engine::restore::RestoreRequest,
+) -> anyhow::Result<crate::catalog::RestoreRecord> {
+    let restore = async {
+        let (rec, _) = engine.start_restore(req).await?;
+        engine
+            .wait_restore(&rec.id)
+            .await
+            .context("the restore task ended without a result")
+    };
+    super::interruptible(engine, super::with_progress(engine, restore)).await
+}
+
 pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
-    let (_settings, engine) = start(&a.common, Op::Restore, Some(&a.id)).await?;
+    let (settings, engine) = start(&a.common, Op::Restore, Some(&a.id)).await?;
     let req = crate::engine::restore::RestoreRequest {
         backup_id: a.id,
         until: a.until,
@@ -455,14 +471,28 @@ pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let restore = async {
-        let (rec, _) = engine.start_restore(req).await?;
-        engine
-            .wait_restore(&rec.id)
-            .await
-            .context("the restore task ended without a result")
-    };
-    let done = super::interruptible(&engine, super::with_progress(&engine, restore)).await?;
+    let mut done = restore_to_end(&engine, req.clone()).await?;
+    // A backup damaged at the primary (nothing of it was written: a restore is all or nothing)
+    // is restored from a copy that holds it whole, said in one line.
+    if done.error.is_some()
+        && engine.restore_failure(&done.id).await == Some(crate::engine::Failure::Corrupt)
+    {
+        for copy in settings.copies().await? {
+            let from_copy = settings.engine_on(copy.clone()).await?;
+            if from_copy.plan_restore(&req).await.is_err() {
+                continue;
+            }
+            eprintln!(
+                "backup {} is damaged at {} ({}): restoring it from the copy at {}",
+                done.backup_id,
+                crate::redact::url(&engine.config().destination.url()),
+                done.error.as_deref().unwrap_or_default(),
+                crate::redact::url(&copy.url())
+            );
+            done = restore_to_end(&from_copy, req.clone()).await?;
+            break;
+        }
+    }
     if let Some(e) = &done.error {
         bail!("restore of backup {} failed: {e}", done.backup_id);
     }

@@ -221,6 +221,7 @@ impl CommonArgs {
             virtual_hosted: false,
             attempt_timeout: None,
             object_lock,
+            credentials_env: None,
         };
         let es = file.event_store.clone().unwrap_or_default();
         let event_store = EventStoreAddr {
@@ -408,7 +409,10 @@ impl Settings {
         let why = match holds(primary.clone()).await {
             Ok(true) => return Ok(primary),
             Ok(false) => format!("does not hold {id} whole"),
-            Err(e) => monoskope_backup_client::error_line(e.as_ref()),
+            Err(e) => format!(
+                "cannot be read ({})",
+                monoskope_backup_client::error_line(e.as_ref())
+            ),
         };
         for c in self.copies().await? {
             if matches!(holds(c.clone()).await, Ok(true)) {

@@ -126,7 +126,37 @@ pub trait Destination: Send + Sync + std::fmt::Debug {
     async fn cleanup_stale_uploads(&self, max_age_secs: i64) -> Result<u64, DestinationError>;
 }
 
-/// Opens the destination named by `url`: `file:///DIR` or `s3://BUCKET[/PREFIX]`.
+/// The options of an `s3://BUCKET/PREFIX?…` URL: `endpoint`, `region`, `disable-ssl=true`,
+/// `credentials=NAME` (`NAME_ACCESS_KEY`/`NAME_SECRET_KEY` from the environment) and
+/// `object-lock=none` override `base` for this destination alone (a copy in another region,
+/// endpoint or account). No secret is ever part of the URL.
+pub fn s3_url_options(base: &S3Options, query: &str) -> anyhow::Result<S3Options> {
+    let mut o = base.clone();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        anyhow::ensure!(!v.is_empty(), "s3 URL option {k:?} needs a value ({k}=…)");
+        match k {
+            "endpoint" => o.endpoint = Some(v.to_string()),
+            "region" => o.region = Some(v.to_string()),
+            "disable-ssl" => o.disable_ssl = v == "true",
+            "credentials" => {
+                anyhow::ensure!(
+                    v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "s3 URL option credentials names environment variables: letters, digits and _ (got {v:?})"
+                );
+                o.credentials_env = Some(v.to_string());
+            }
+            "object-lock" if v == "none" => o.object_lock = None,
+            other => anyhow::bail!(
+                "unknown s3 URL option {other:?}: endpoint, region, disable-ssl, credentials or object-lock=none"
+            ),
+        }
+    }
+    Ok(o)
+}
+
+/// Opens the destination named by `url`: `file:///DIR` or `s3://BUCKET[/PREFIX][?OPTIONS]`
+/// (see [`s3_url_options`]).
 pub async fn open(url: &str, s3: &S3Options) -> anyhow::Result<Arc<dyn Destination>> {
     if let Some(path) = url.strip_prefix("file://") {
         anyhow::ensure!(
@@ -136,12 +166,14 @@ pub async fn open(url: &str, s3: &S3Options) -> anyhow::Result<Arc<dyn Destinati
         return Ok(Arc::new(LocalDir::new(path.into())));
     }
     if let Some(rest) = url.strip_prefix("s3://") {
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         anyhow::ensure!(
             !bucket.is_empty(),
             "s3 destinations need a bucket: s3://BUCKET/PREFIX (got {url})"
         );
-        return Ok(Arc::new(S3Destination::new(bucket, prefix, s3)?));
+        let opts = s3_url_options(s3, query)?;
+        return Ok(Arc::new(S3Destination::new(bucket, prefix, &opts)?));
     }
     anyhow::bail!("unsupported destination {url:?}: use file:///DIR or s3://BUCKET/PREFIX")
 }

@@ -34,6 +34,9 @@ pub struct S3Options {
     /// S3 Object Lock: every object written gets this mode and a retention date this many days
     /// ahead; the bucket must have object lock enabled.
     pub object_lock: Option<ObjectLock>,
+    /// Read the credentials from `<NAME>_ACCESS_KEY` and `<NAME>_SECRET_KEY` instead of
+    /// `S3_ACCESS_KEY`/`S3_SECRET_KEY` (a copy in another account).
+    pub credentials_env: Option<String>,
 }
 
 /// S3 Object Lock of every object a backup writes.
@@ -105,8 +108,17 @@ impl S3Options {
     }
 }
 
-fn credentials_from_env() -> Result<Credentials, DestinationError> {
+fn credentials_from_env(name: Option<&str>) -> Result<Credentials, DestinationError> {
     let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(n) = name {
+        let (a, s) = (format!("{n}_ACCESS_KEY"), format!("{n}_SECRET_KEY"));
+        return match (get(&a), get(&s)) {
+            (Some(ak), Some(sk)) => Ok(Credentials::new(ak, sk, None, None, "environment")),
+            _ => Err(DestinationError::PermissionDenied(format!(
+                "no S3 credentials for this destination: set {a} and {s} (its URL names credentials={n})"
+            ))),
+        };
+    }
     let (ak, sk, token) = match (get("S3_ACCESS_KEY"), get("S3_SECRET_KEY")) {
         (Some(a), Some(s)) => (a, s, None),
         _ => match (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
@@ -133,7 +145,7 @@ pub struct S3Destination {
 impl S3Destination {
     /// A destination for `bucket` under `prefix`, configured from `opts` and the environment.
     pub fn new(bucket: &str, prefix: &str, opts: &S3Options) -> anyhow::Result<Self> {
-        let creds = credentials_from_env()?;
+        let creds = credentials_from_env(opts.credentials_env.as_deref())?;
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,

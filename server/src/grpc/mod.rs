@@ -435,8 +435,22 @@ impl BackupService for Service {
                 ),
             }
         });
+        let copies = crate::ops::metrics::get()
+            .copies()
+            .into_iter()
+            .map(|(destination, c)| pb::CopyStatus {
+                destination,
+                lag_seconds: c.lag_seconds,
+                error: c.error.unwrap_or_default(),
+                checked_at: Some(prost_types::Timestamp {
+                    seconds: c.checked_at.timestamp(),
+                    nanos: c.checked_at.timestamp_subsec_nanos() as i32,
+                }),
+            })
+            .collect();
         Ok(Response::new(pb::GetStatusResponse {
             continuous,
+            copies,
             last_success: last_success.map(|r| backup_pb(&r, &base)),
             last_failure: last_failure.map(|r| backup_pb(&r, &base)),
             running_backup,

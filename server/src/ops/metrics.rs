@@ -88,9 +88,21 @@ pub struct Metrics {
     segments: prometheus::IntCounter,
     bus_connected: Gauge,
     copy_lag: prometheus::GaugeVec,
+    copies: std::sync::Mutex<std::collections::BTreeMap<String, CopyState>>,
     runs: IntCounterVec,
     rpc_total: IntCounterVec,
     rpc_seconds: HistogramVec,
+}
+
+/// A copy destination as the last pass over it found it.
+#[derive(Debug, Clone)]
+pub struct CopyState {
+    /// See `monoskope_backup_copy_lag_seconds`.
+    pub lag_seconds: f64,
+    /// Why it is not up to date.
+    pub error: Option<String>,
+    /// When the pass ended.
+    pub checked_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The process's metrics.
@@ -173,6 +185,7 @@ pub fn get() -> &'static Metrics {
             segments,
             bus_connected,
             copy_lag,
+            copies: Default::default(),
             runs,
             rpc_total,
             rpc_seconds,
@@ -243,9 +256,24 @@ impl Metrics {
         self.bus_connected.set(if connected { 1.0 } else { 0.0 });
     }
 
-    /// How far the copy at `destination` is behind, in seconds (0: it holds every backup).
-    pub fn set_copy_lag(&self, destination: &str, seconds: f64) {
+    /// How far the copy at `destination` is behind, in seconds (0: it holds every backup), and
+    /// why, as the pass that ended now found it.
+    pub fn set_copy(&self, destination: &str, seconds: f64, error: Option<String>) {
         self.copy_lag.with_label_values(&[destination]).set(seconds);
+        self.copies.lock().expect("copies").insert(
+            destination.to_string(),
+            CopyState {
+                lag_seconds: seconds,
+                error,
+                checked_at: chrono::Utc::now(),
+            },
+        );
+    }
+
+    /// Every copy destination as its last pass found it, by URL.
+    pub fn copies(&self) -> Vec<(String, CopyState)> {
+        let m = self.copies.lock().expect("copies");
+        m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     /// The continuous backup's lag and the segments written, as last set.
