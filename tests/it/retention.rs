@@ -59,8 +59,8 @@ async fn retention_plan_shows_what_retention_then_does() {
     );
     assert_eq!(
         plan["delete_backups"],
-        serde_json::json!([ids[0], ids[1]]),
-        "oldest first"
+        serde_json::json!([ids[1], ids[0]]),
+        "newest first"
     );
     assert_eq!(listing(), before, "a plan changes nothing");
     // The text form says the same.
@@ -129,4 +129,127 @@ async fn retention_plan_shows_what_retention_then_does() {
         4,
         "the new backup's archive, key file, watermark and manifest: {left:?}"
     );
+}
+
+/// Retention cut off midway (one object cannot be deleted): every backup still listed restores
+/// whole — an incremental is deleted before what it builds on, so no listed backup has lost its
+/// chain — and the next run, the obstacle gone, deletes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_cut_off_midway_leaves_only_whole_backups_and_converges() {
+    let f = Fixture::new();
+    let src = Devstore::start(&[]);
+    let catalog = f.catalog();
+    let backup = |extra: &[&str]| {
+        let mut args = vec![
+            "backup",
+            "--event-store",
+            &src.addr,
+            "--destination",
+            &f.dest,
+            "--key-file",
+            &f.key,
+            "--catalog",
+            &catalog,
+        ];
+        args.extend_from_slice(extra);
+        let out = run("backup-server", &args, &[]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        out.stdout.lines().last().expect("id").to_string()
+    };
+    let more = |seed: u64| {
+        monoskope_backup::devstore::sample::events(20, 2, 1_700_000_000 + seed as i64 * 1000, seed)
+            .collect::<Vec<_>>()
+    };
+    // Chain A: a full and two incrementals.
+    store(&src, more(1)).await;
+    let a0 = backup(&[]);
+    store(&src, more(2)).await;
+    let a1 = backup(&["--incremental"]);
+    store(&src, more(3)).await;
+    let _a2 = backup(&["--incremental"]);
+    // The middle incremental's watermark cannot be deleted (a directory is in its place).
+    let watermark = f.dir.path().join(format!("dest/backups/{a1}.watermark"));
+    std::fs::remove_file(&watermark).expect("watermark");
+    std::fs::create_dir_all(watermark.join("in-the-way")).expect("obstacle");
+    // A new full with keep-last 1: retention deletes chain A and is cut off at a1.
+    store(&src, more(4)).await;
+    let catalog2 = catalog.clone();
+    let args = [
+        "backup",
+        "--event-store",
+        &src.addr,
+        "--destination",
+        &f.dest,
+        "--key-file",
+        &f.key,
+        "--catalog",
+        &catalog2,
+        "--retention-count",
+        "1",
+    ];
+    let out = run("backup-server", &args, &[]);
+    assert!(
+        out.stderr.contains("retention"),
+        "the failed retention is reported: {out:?}"
+    );
+    // Every listed backup verifies with its chain.
+    let list = run(
+        "backup-server",
+        &[
+            "list",
+            "--json",
+            "--destination",
+            &f.dest,
+            "--catalog",
+            &catalog,
+        ],
+        &[],
+    );
+    let listed: Vec<String> = serde_json::from_str::<serde_json::Value>(&list.stdout)
+        .expect("json")
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| m["id"].as_str().expect("id").to_string())
+        .collect();
+    assert!(
+        listed.contains(&a0),
+        "the full of chain A is still there: {listed:?}"
+    );
+    assert!(!listed.contains(&a1), "{listed:?}");
+    for id in &listed {
+        let restored = Devstore::start(&[]);
+        let out = f.restore(&[id, "--event-store", &restored.addr, "--via-api"]);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "listed backup {id} does not restore: {out:?}"
+        );
+    }
+    // The obstacle gone, the next run converges: only the newest backup is left.
+    std::fs::remove_dir_all(&watermark).expect("clear");
+    store(&src, more(5)).await;
+    let out = run("backup-server", &args, &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let newest = out.stdout.lines().last().expect("id").to_string();
+    let list = run(
+        "backup-server",
+        &[
+            "list",
+            "--json",
+            "--destination",
+            &f.dest,
+            "--catalog",
+            &catalog,
+        ],
+        &[],
+    );
+    let listed: Vec<String> = serde_json::from_str::<serde_json::Value>(&list.stdout)
+        .expect("json")
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| m["id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(listed, vec![newest]);
 }

@@ -24,7 +24,9 @@ pub const LEFTOVER_AGE_SECS: i64 = 24 * 3600;
 pub struct RetentionPlan {
     /// Complete backups kept, newest first.
     pub keep: Vec<String>,
-    /// Complete backups deleted (manifest first, then archive), oldest first.
+    /// Complete backups deleted (manifest first, then archive), newest first: an incremental
+    /// before the backups it builds on, so a run cut off midway never leaves a listed backup
+    /// whose chain is gone (the next run deletes the rest).
     pub delete_backups: Vec<String>,
     /// Object keys of incomplete leftovers deleted.
     pub delete_leftovers: Vec<String>,
@@ -170,7 +172,6 @@ pub fn plan(
             .collect(),
         delete_backups: complete
             .iter()
-            .rev()
             .filter(|id| !kept.contains(**id))
             .map(|s| s.to_string())
             .collect(),
@@ -298,7 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn keeps_newest_n_and_deletes_oldest_first() {
+    fn keeps_newest_n_and_deletes_newest_first() {
         let ids = ids(5);
         let objects: Vec<ObjectInfo> = ids
             .iter()
@@ -313,7 +314,7 @@ mod tests {
         assert_eq!(p.keep, vec![ids[4].clone(), ids[3].clone()]);
         assert_eq!(
             p.delete_backups,
-            vec![ids[0].clone(), ids[1].clone(), ids[2].clone()]
+            vec![ids[2].clone(), ids[1].clone(), ids[0].clone()]
         );
         assert!(
             plan_n(&objects, &HashMap::new(), 0, 1_000_000)
@@ -327,6 +328,41 @@ mod tests {
                 .is_empty(),
             "< 1 keeps all"
         );
+    }
+
+    /// A lock date in the future keeps a backup (saying until when); one in the past does not.
+    #[test]
+    fn a_lock_keeps_a_backup_until_its_date_and_not_after() {
+        let ids = ids(3);
+        let objects: Vec<ObjectInfo> = ids
+            .iter()
+            .flat_map(|id| {
+                [
+                    obj(layout::archive_key(id), 0),
+                    obj(layout::manifest_key(id), 0),
+                ]
+            })
+            .collect();
+        let now = 1_000_000;
+        let at = |secs: i64| DateTime::from_timestamp(now + secs, 0);
+        let known: HashMap<String, Known> = [(0, at(-86_400)), (1, at(86_400)), (2, None)]
+            .into_iter()
+            .map(|(i, until)| {
+                let k = Known {
+                    parent: None,
+                    locked_until: until,
+                    segment: false,
+                };
+                (ids[i].clone(), k)
+            })
+            .collect();
+        let p = plan(&objects, &known, Policy::last(1), now);
+        assert_eq!(p.keep, vec![ids[2].clone(), ids[1].clone()]);
+        assert_eq!(
+            p.reasons[&ids[1]],
+            vec!["locked until 1970-01-13T13:46:40Z".to_string()]
+        );
+        assert_eq!(p.delete_backups, vec![ids[0].clone()], "its lock is over");
     }
 
     #[test]
@@ -408,7 +444,7 @@ mod tests {
         }
         let p = plan_n(&objects, &parents, 1, 1_000_000);
         assert_eq!(p.keep, vec![b2.clone(), b1.clone(), b0.clone()]);
-        assert_eq!(p.delete_backups, vec![a0.clone(), a1.clone(), a2.clone()]);
+        assert_eq!(p.delete_backups, vec![a2.clone(), a1.clone(), a0.clone()]);
         assert!(plan_n(&objects, &parents, 4, 1_000_000)
             .delete_backups
             .is_empty());
@@ -491,6 +527,17 @@ mod properties {
                 while let Some(Some(parent)) = known.get(&at).map(|k| k.parent.clone()) {
                     prop_assert!(kept.contains(&parent), "{} needs {}, which would go", id, parent);
                     at = parent;
+                }
+            }
+            // Cut off after any number of deletions, no remaining backup's parent is gone: a
+            // backup is deleted before its parent.
+            let pos: HashMap<&String, usize> =
+                p.delete_backups.iter().enumerate().map(|(i, id)| (id, i)).collect();
+            for (id, i) in &pos {
+                if let Some(Some(parent)) = known.get(*id).map(|k| &k.parent) {
+                    if let Some(j) = pos.get(parent) {
+                        prop_assert!(i < j, "{} is deleted after its parent {}", id, parent);
+                    }
                 }
             }
             for (id, k) in &known {
