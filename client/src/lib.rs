@@ -17,6 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod exit;
 pub mod term;
 
 pub use monoskope_backup_api::backup::v1 as pb;
@@ -47,12 +48,24 @@ pub enum ClientError {
     /// The token is valid but lacks the right for this call.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
-    /// The server refused the request as things stand (`FAILED_PRECONDITION`): another backup
-    /// or restore is running, the store holds events and `drop_existing` was not given, the
-    /// restore needs `via_api`, the service's keys do not open the backup… The message says
+    /// The server refused the request as things stand (`FAILED_PRECONDITION`): the store holds
+    /// events and `drop_existing` was not given, the restore needs `via_api`… The message says
     /// which and what to do; nothing was written.
     #[error("refused: {0}")]
     Refused(String),
+    /// Another backup or restore runs (`FAILED_PRECONDITION`, reason `busy`); try again later.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The service has no key that a backup needs (`FAILED_PRECONDITION`, reason
+    /// `key-missing`).
+    #[error("key missing: {0}")]
+    KeyMissing(String),
+    /// The service's keys do not open the backup (`FAILED_PRECONDITION`, reason `key-wrong`).
+    #[error("wrong key: {0}")]
+    KeyWrong(String),
+    /// Bad arguments, or a confirmation that could not be asked; nothing was sent.
+    #[error("{0}")]
+    Usage(String),
     /// The backup does not exist.
     #[error("not found: {0}")]
     NotFound(String),
@@ -144,13 +157,46 @@ fn add_causes(line: &mut String, mut cause: Option<&(dyn std::error::Error + 'st
     }
 }
 
+impl ClientError {
+    /// The exit code this error ends a command with.
+    pub fn exit(&self) -> exit::Exit {
+        use exit::Exit;
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::Unavailable(_)
+            | ClientError::DeadlineExceeded(_) => Exit::Unreachable,
+            ClientError::Unauthenticated(_) | ClientError::PermissionDenied(_) => Exit::NotAllowed,
+            ClientError::Busy(_) => Exit::Busy,
+            ClientError::KeyMissing(_) => Exit::KeyMissing,
+            ClientError::KeyWrong(_) => Exit::KeyWrong,
+            ClientError::DataLoss(_) => Exit::Damaged,
+            ClientError::NotFound(_) => Exit::NotFound,
+            ClientError::Usage(_) | ClientError::InvalidArgument(_) => Exit::Usage,
+            ClientError::Refused(_)
+            | ClientError::Unimplemented(_)
+            | ClientError::Other { .. }
+            | ClientError::Local(_) => Exit::Failed,
+        }
+    }
+}
+
 impl From<Status> for ClientError {
     fn from(s: Status) -> Self {
         let m = status_message(&s);
         match s.code() {
             Code::Unauthenticated => ClientError::Unauthenticated(m),
             Code::PermissionDenied => ClientError::PermissionDenied(m),
-            Code::FailedPrecondition => ClientError::Refused(m),
+            Code::FailedPrecondition => match s
+                .metadata()
+                .get(exit::REASON)
+                .and_then(|v| v.to_str().ok())
+                .and_then(exit::Exit::named)
+            {
+                Some(exit::Exit::Busy) => ClientError::Busy(m),
+                Some(exit::Exit::KeyMissing) => ClientError::KeyMissing(m),
+                Some(exit::Exit::KeyWrong) => ClientError::KeyWrong(m),
+                _ => ClientError::Refused(m),
+            },
             Code::NotFound => ClientError::NotFound(m),
             Code::InvalidArgument => ClientError::InvalidArgument(m),
             Code::Unavailable => ClientError::Unavailable(m),
@@ -403,6 +449,26 @@ impl BackupClient {
     }
 
     /// Starts (or, with `wait`, runs) a restore.
+    /// Every check a restore makes before writing, and its plan; writes nothing. Refusals (a
+    /// store that is not empty, a wrong key, a damaged chain) are errors.
+    pub async fn plan_restore(
+        &mut self,
+        mut req: pb::RestoreRequest,
+    ) -> Result<pb::RestorePlan, ClientError> {
+        req.dry_run = true;
+        req.wait = false;
+        let mut inner = self.inner.clone();
+        let resp = self
+            .bounded(async move { Ok(inner.restore(req).await?) })
+            .await?;
+        resp.into_inner().plan.ok_or_else(|| {
+            ClientError::Local(
+                "the server returned no restore plan (a service older than dry_run)".into(),
+            )
+        })
+    }
+
+    /// Starts a restore (or, with `wait`, runs it to its end).
     pub async fn restore(&mut self, req: pb::RestoreRequest) -> Result<pb::Restore, ClientError> {
         let wait = req.wait;
         let mut inner = self.inner.clone();

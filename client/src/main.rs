@@ -1,5 +1,7 @@
 //! `backupctl`: the command line of monoskope-backup's BackupService — what `monoctl backup …`
-//! offers. Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
+//! offers. Exit codes: [`monoskope_backup_client::exit::Exit`] (0 success, 1 failure, 2 usage,
+//! 3 unreachable, 4 not allowed, 5 key missing, 6 wrong key, 7 damaged, 8 busy, 9 not found);
+//! a failure is one line on stderr.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,6 +85,10 @@ enum Command {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// Have the service make every check a restore makes before writing and print the plan
+        /// (the chain, the target and its events); write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Restore a backup into a scratch EventStore (never the live one) and check it against its
     /// archive and the live store; exit 1 unless everything matched. Admins and machine identities.
@@ -149,7 +155,10 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(code) => code,
-        Err(e) => fail(&e.to_string()),
+        Err(e) => {
+            eprintln!("backupctl: error: {e}");
+            e.exit().into()
+        }
     }
 }
 
@@ -175,7 +184,17 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             via_api,
             wait,
             yes,
-        } => restore::run(&mut client, id, until, drop_existing, via_api, wait, yes).await,
+            dry_run,
+        } => {
+            let flags = restore::Flags {
+                drop_existing,
+                via_api,
+                wait,
+                yes,
+                dry_run,
+            };
+            restore::run(&mut client, id, until, flags).await
+        }
         Command::Drill { id, json } => drill::run(&mut client, &id, json).await,
         Command::Status { json } => status::run(&mut client, json).await,
         Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),

@@ -1,24 +1,37 @@
-//! `backupctl restore`: say which backup, ask for its id on a terminal, restore it, and with
-//! `--wait` follow it to its end.
+//! `backupctl restore`: have the service check everything a restore checks before writing, say
+//! which backup goes where, ask for its id on a terminal, restore it, and with `--wait` follow it
+//! to its end.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use monoskope_backup_client::{pb, sink_words, BackupClient, ClientError};
 
-use crate::show::*;
 use crate::watch::*;
+
+/// The switches of `restore`.
+pub(crate) struct Flags {
+    pub drop_existing: bool,
+    pub via_api: bool,
+    pub wait: bool,
+    pub yes: bool,
+    pub dry_run: bool,
+}
 
 /// Runs `restore`.
 pub(crate) async fn run(
     client: &mut BackupClient,
     id: String,
     until: Option<String>,
-    drop_existing: bool,
-    via_api: bool,
-    wait: bool,
-    yes: bool,
+    flags: Flags,
 ) -> Result<ExitCode, ClientError> {
+    let Flags {
+        drop_existing,
+        via_api,
+        wait,
+        yes,
+        dry_run,
+    } = flags;
     let until = match until {
         Some(u) => {
             // Years 1 to 9999, as the service accepts: nothing else becomes "no until".
@@ -26,7 +39,7 @@ pub(crate) async fn run(
                     .ok()
                     .filter(|t| t.timestamp() >= -62_135_596_800)
                     .ok_or_else(|| {
-                        ClientError::Local(format!(
+                        ClientError::Usage(format!(
                             "--until: {u:?} is not an RFC 3339 time of years 1 to 9999 (e.g. 2026-11-24T10:15:00Z)"
                         ))
                     })?;
@@ -37,18 +50,27 @@ pub(crate) async fn run(
         }
         None => None,
     };
-    let id = if yes {
-        id
-    } else {
-        confirm(client, id, until.as_ref(), drop_existing).await?
-    };
-    let req = pb::RestoreRequest {
+    let mut req = pb::RestoreRequest {
         backup_id: id,
         until,
         drop_existing,
         via_api,
         wait,
+        dry_run: false,
     };
+    if dry_run || !yes {
+        // Every refusal first: nothing is asked that the service would refuse anyway.
+        let plan = client.plan_restore(req.clone()).await?;
+        if dry_run {
+            for l in &plan.lines {
+                println!("{l}");
+            }
+            println!("nothing was written (--dry-run)");
+            return Ok(ExitCode::SUCCESS);
+        }
+        // Exactly the backup confirmed, whatever completes meanwhile.
+        req.backup_id = confirm(&plan)?;
+    }
     let r = if wait {
         restore_and_watch(client, req).await?
     } else {
@@ -84,83 +106,37 @@ pub(crate) async fn run(
     }
 }
 
-// Asks on the terminal for the backup's id before a restore, after saying which backup it is
-/// and what happens to the store. `latest` (without `until`) is resolved first, and the restore
-/// then asks for exactly that backup, whatever completes meanwhile. Returns the id to restore;
-/// refuses without a terminal.
-async fn confirm(
-    client: &mut BackupClient,
-    id: String,
-    until: Option<&prost_types::Timestamp>,
-    drop_existing: bool,
-) -> Result<String, ClientError> {
+/// Asks on the terminal, after every check the service makes before writing (so a refusal needs
+/// no answer), naming the backup, its chain and the target with its event count, for the id of
+/// the backup that will be restored (`latest` resolved). Refuses without a terminal.
+fn confirm(plan: &pb::RestorePlan) -> Result<String, ClientError> {
+    let id = plan.chain.last().cloned().unwrap_or_default();
     if !std::io::stdin().is_terminal() {
-        return Err(ClientError::Local(
-            "refusing to restore without confirmation: run on a terminal or pass --yes".into(),
-        ));
+        return Err(ClientError::Usage(format!(
+            "refusing to restore backup {id} into {} without confirmation: run on a terminal or pass --yes",
+            plan.target
+        )));
     }
-    let backups = client.list_all(false).await?;
-    let target = match (id.as_str(), until) {
-        ("latest", None) => Some(
-            backups
-                .first()
-                .cloned()
-                .ok_or_else(|| ClientError::NotFound("no complete backup to restore".into()))?,
-        ),
-        ("latest", Some(_)) => None,
-        (id, _) => backups.iter().find(|b| b.id == id).cloned(),
+    for l in &plan.lines {
+        eprintln!("  {l}");
+    }
+    let what = if plan.existing_events > 0 {
+        format!(
+            "REPLACES the {} events of {}",
+            plan.existing_events, plan.target
+        )
+    } else {
+        format!("writes into {} (empty now)", plan.target)
     };
-    let what = match &target {
-        Some(b) => {
-            // An incremental restores its whole chain: say what that holds.
-            let chain: Vec<&pb::Backup> = std::iter::successors(Some(b), |x| {
-                backups
-                    .iter()
-                    .find(|p| !x.parent_id.is_empty() && p.id == x.parent_id)
-            })
-            .take(backups.len())
-            .collect();
-            let events: u64 = chain.iter().map(|l| l.event_count).sum();
-            let last = chain
-                .iter()
-                .filter_map(|l| l.last_event_time.as_ref())
-                .max_by_key(|t| (t.seconds, t.nanos));
-            format!(
-                "backup {} ({}{}: {events} events, last event {})",
-                b.id,
-                kind_name(b.kind),
-                if chain.len() > 1 {
-                    format!(", with the {} backups of its chain", chain.len())
-                } else {
-                    String::new()
-                },
-                time(last)
-            )
-        }
-        None if id == "latest" => "the backup the service picks for that time (latest)".into(),
-        None => format!("backup {id}"),
-    };
-    eprintln!(
-        "Restoring {what} into the EventStore{}{}.",
-        until
-            .map(|u| format!(", the events up to {}", time(Some(u))))
-            .unwrap_or_default(),
-        if drop_existing {
-            ", REPLACING every event it holds now"
-        } else {
-            " (it must be empty)"
-        }
-    );
-    let expected = target.map(|b| b.id).unwrap_or(id);
-    eprint!("Type {expected} to confirm: ");
+    eprint!("This restore {what}. Type the backup id ({id}) to go on: ");
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
         .map_err(|e| ClientError::Local(e.to_string()))?;
-    if line.trim() != expected {
+    if line.trim() != id {
         return Err(ClientError::Local(
             "confirmation did not match the backup id; nothing was restored".into(),
         ));
     }
-    Ok(expected)
+    Ok(id)
 }

@@ -176,6 +176,7 @@ mod tests {
             drop_existing: true,
             via_api: false,
             wait: true,
+            dry_run: false,
         };
         let j = request_json(
             "/monoskope.backup.v1.BackupService/Restore",

@@ -248,10 +248,15 @@ fn fail(e: &anyhow::Error) -> ExitCode {
         "backup-server: error: {}",
         crate::redact::text(&monoskope_backup_client::error_line(e.as_ref()))
     );
+    exit_of(e).into()
+}
+
+/// The exit code `e` ends a command with (`monoskope_backup_client::exit`).
+pub fn exit_of(e: &anyhow::Error) -> crate::engine::Exit {
     if e.chain().any(|c| c.is::<UsageError>()) {
-        return ExitCode::from(2);
+        return crate::engine::Exit::Usage;
     }
-    ExitCode::from(1)
+    crate::engine::exit_of(e)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -143,7 +143,10 @@ pub(super) async fn backup(a: BackupArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(e) = &r.error {
-        bail!("backup {} failed: {e}", r.id);
+        return Err(anyhow::Error::new(crate::engine::Ended {
+            exit: engine.backup_exit(&r.id).await.unwrap_or(crate::engine::Exit::Failed),
+            message: format!("backup {} failed: {e}", r.id),
+        }));
     }
     // Copies in a second place: a copy destination that is down does not fail the backup.
     if !settings.copy_urls.is_empty() {
@@ -194,6 +197,22 @@ pub(super) async fn list(a: ListArgs) -> anyhow::Result<()> {
     let settings = a.common.resolve()?;
     let dest = settings.destination_for_reading("latest").await?;
     let manifests = crate::destination::manifest::list_complete(dest.as_ref()).await?;
+    // A destination that holds nothing of ours is a wrong path, not an empty list.
+    if manifests.is_empty()
+        && dest
+            .list(crate::destination::layout::BACKUPS_DIR)
+            .await?
+            .is_empty()
+    {
+        return Err(anyhow::Error::new(crate::engine::Ended {
+            exit: crate::engine::Exit::NotFound,
+            message: format!(
+                "nothing of monoskope-backup at {} (no {}/ under it): check --destination",
+                dest.url(),
+                crate::destination::layout::BACKUPS_DIR.trim_end_matches('/')
+            ),
+        }));
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&manifests)?);
     } else if manifests.is_empty() {
@@ -284,6 +303,12 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     if targets.is_empty() && broken.is_empty() {
         bail!("no complete backup at {}", dest.url());
     }
+    if settings.keys.is_empty() && !a.no_key {
+        return Err(anyhow::Error::new(crate::engine::Ended {
+            exit: crate::engine::Exit::KeyMissing,
+            message: "no key to decrypt the backups with: give --key-file, --identity-file, BACKUP_ENCRYPTION_KEY or BACKUP_PASSPHRASE — or --no-key to check only the stored bytes against their manifests".into(),
+        }));
+    }
     let mut reports = Vec::with_capacity(targets.len() + broken.len());
     for m in &targets {
         let keys = (!a.no_key).then_some(&settings.keys);
@@ -328,6 +353,7 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
             events: 0,
             bytes: 0,
             decrypted: false,
+            exit: None,
         });
     }
     if a.all {
@@ -363,7 +389,25 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         }
     }
     if failed > 0 {
-        bail!("{failed} of {} backups failed verification", reports.len());
+        // Only wrong or missing keys: the backups may be fine — say it is the key.
+        let failures: Vec<_> = reports.iter().filter(|r| !r.ok).map(|r| r.exit).collect();
+        let all = |e| failures.iter().all(|f| *f == Some(e));
+        let exit = if all(crate::engine::Exit::KeyWrong) {
+            crate::engine::Exit::KeyWrong
+        } else if all(crate::engine::Exit::KeyMissing) {
+            crate::engine::Exit::KeyMissing
+        } else {
+            crate::engine::Exit::Damaged
+        };
+        let what = match exit {
+            crate::engine::Exit::KeyWrong => "could not be opened with the keys given",
+            crate::engine::Exit::KeyMissing => "need a key that was not given",
+            _ => "failed verification",
+        };
+        return Err(anyhow::Error::new(crate::engine::Ended {
+            exit,
+            message: format!("{failed} of {} backups {what}", reports.len()),
+        }));
     }
     Ok(())
 }
@@ -494,7 +538,13 @@ pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(e) = &done.error {
-        bail!("restore of backup {} failed: {e}", done.backup_id);
+        return Err(anyhow::Error::new(crate::engine::Ended {
+            exit: engine
+                .restore_failure(&done.id)
+                .await
+                .map_or(crate::engine::Exit::Failed, crate::engine::Failure::exit),
+            message: format!("restore of backup {} failed: {e}", done.backup_id),
+        }));
     }
     println!(
         "restored backup {} into the {}: {} events",

@@ -2,6 +2,7 @@
 //! of failure kept beside a record whose error is text.
 
 use monoskope_backup_client::error_line;
+pub use monoskope_backup_client::exit::Exit;
 
 /// Why the engine refused or failed an operation, as a caller must decide.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +34,15 @@ pub enum EngineError {
     /// A request is malformed.
     #[error("{0}")]
     Invalid(String),
-    /// The request cannot be carried out as asked (non-empty store, missing via_api, wrong key…).
+    /// The request cannot be carried out as asked (non-empty store, missing via_api…).
     #[error("{0}")]
     Refused(String),
+    /// No key that opens the backup was given (or its key file is gone).
+    #[error("{0}")]
+    KeyMissing(String),
+    /// The keys given do not open the backup.
+    #[error("{0}")]
+    KeyWrong(String),
     /// The backup is damaged; nothing was written.
     #[error("{0}")]
     Corrupt(String),
@@ -51,8 +58,14 @@ pub enum EngineError {
 /// caller that waited gets the status the failure deserves (a damaged backup: `DATA_LOSS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// [`EngineError::Refused`] (and busy).
+    /// [`EngineError::Refused`].
     Refused,
+    /// [`EngineError::Busy`] and [`EngineError::BusyElsewhere`].
+    Busy,
+    /// [`EngineError::KeyMissing`].
+    KeyMissing,
+    /// [`EngineError::KeyWrong`].
+    KeyWrong,
     /// [`EngineError::Corrupt`].
     Corrupt,
     /// [`EngineError::NotFound`].
@@ -69,14 +82,107 @@ impl EngineError {
     /// The kind of this failure.
     pub fn failure(&self) -> Failure {
         match self {
-            EngineError::Busy { .. }
-            | EngineError::BusyElsewhere { .. }
-            | EngineError::Refused(_) => Failure::Refused,
+            EngineError::Busy { .. } | EngineError::BusyElsewhere { .. } => Failure::Busy,
+            EngineError::Refused(_) => Failure::Refused,
+            EngineError::KeyMissing(_) => Failure::KeyMissing,
+            EngineError::KeyWrong(_) => Failure::KeyWrong,
             EngineError::Corrupt(_) => Failure::Corrupt,
             EngineError::NotFound(_) => Failure::NotFound,
             EngineError::Invalid(_) => Failure::Invalid,
             EngineError::Unavailable(_) => Failure::Unavailable,
             EngineError::Internal(_) => Failure::Internal,
+        }
+    }
+}
+
+/// The exit code an error ends a command with: the first cause in its chain that says (a usage
+/// error is the commands' to tell; see `cli::exit_of`).
+pub fn exit_of(e: &anyhow::Error) -> Exit {
+    use crate::archive::ArchiveError as A;
+    use crate::catalog::CatalogError as C;
+    use crate::destination::DestinationError as D;
+    use crate::source::SourceError as S;
+    for c in e.chain() {
+        if let Some(e) = c.downcast_ref::<EngineError>() {
+            match e.failure() {
+                Failure::Internal => continue,
+                f => return f.exit(),
+            }
+        }
+        if let Some(e) = c.downcast_ref::<Ended>() {
+            return e.exit;
+        }
+        if let Some(e) = c.downcast_ref::<A>() {
+            return match e {
+                A::WrongKey { .. } | A::WrongPassphrase => Exit::KeyWrong,
+                A::KeyRequired { .. } | A::KeyFileMissing { .. } => Exit::KeyMissing,
+                A::Io(_) | A::InvalidKey(_) => continue,
+                _ => Exit::Damaged,
+            };
+        }
+        if let Some(e) = c.downcast_ref::<D>() {
+            return match e {
+                D::Unavailable(_) => Exit::Unreachable,
+                D::PermissionDenied(_) => Exit::NotAllowed,
+                D::NotFound(_) | D::NotCreated(_) | D::Missing(_) => Exit::NotFound,
+                D::Other(_) => continue,
+            };
+        }
+        if let Some(e) = c.downcast_ref::<C>() {
+            match e {
+                C::Unreachable(_) => return Exit::Unreachable,
+                C::LeaseRace => return Exit::Busy,
+                _ => continue,
+            }
+        }
+        if let Some(e) = c.downcast_ref::<S>() {
+            match e {
+                S::Connect(_) => return Exit::Unreachable,
+                S::Busy(_) => return Exit::Busy,
+                _ => continue,
+            }
+        }
+        if let Some(e) = c.downcast_ref::<monoskope_backup_client::ClientError>() {
+            return e.exit();
+        }
+        if let Some(s) = c.downcast_ref::<tonic::Status>() {
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            ) {
+                return Exit::Unreachable;
+            }
+        }
+        if c.is::<tonic::transport::Error>() {
+            return Exit::Unreachable;
+        }
+    }
+    Exit::Failed
+}
+
+/// An operation that ended failed, with the exit its failure deserves.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Ended {
+    /// How the command exits.
+    pub exit: Exit,
+    /// What failed.
+    pub message: String,
+}
+
+impl Failure {
+    /// The exit code of a command that failed this way.
+    pub fn exit(self) -> Exit {
+        match self {
+            Failure::Refused => Exit::Failed,
+            Failure::Busy => Exit::Busy,
+            Failure::KeyMissing => Exit::KeyMissing,
+            Failure::KeyWrong => Exit::KeyWrong,
+            Failure::Corrupt => Exit::Damaged,
+            Failure::NotFound => Exit::NotFound,
+            Failure::Invalid => Exit::Usage,
+            Failure::Unavailable => Exit::Unreachable,
+            Failure::Internal => Exit::Failed,
         }
     }
 }

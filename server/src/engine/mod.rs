@@ -19,7 +19,7 @@ pub mod verify;
 pub use crate::watermark;
 use chain::choose_parent;
 pub use chain::{chain_of, is_not_created};
-pub use error::{EngineError, Failure};
+pub use error::{exit_of, Ended, EngineError, Exit, Failure};
 pub use interrupt::Interrupt;
 use slot::{final_value, report, Running};
 pub use slot::{Progress, RunningOp, REPORT_WITHIN};
@@ -90,6 +90,8 @@ pub struct Engine {
     restores: Arc<Mutex<std::collections::HashMap<String, watch::Receiver<Option<RestoreRecord>>>>>,
     /// The kind of failure of each restore of this process that failed.
     restore_failures: Arc<Mutex<std::collections::HashMap<String, Failure>>>,
+    /// How each backup of this process that failed ends a command.
+    backup_exits: Arc<Mutex<std::collections::HashMap<String, Exit>>>,
     interrupt: Interrupt,
     /// A full backup read the events table in physical order and found it too far from store
     /// order: this process's later backups read it sorted, until a restore writes the table
@@ -117,6 +119,7 @@ impl Engine {
             done: Arc::new(Mutex::new(std::collections::HashMap::new())),
             restores: Arc::new(Mutex::new(std::collections::HashMap::new())),
             restore_failures: Arc::default(),
+            backup_exits: Arc::default(),
             interrupt: Interrupt::default(),
             read_sorted: Arc::default(),
             continuous: Arc::default(),
@@ -229,6 +232,11 @@ impl Engine {
             let _ = tx.send(Some(final_record));
         });
         Ok((record, rx))
+    }
+
+    /// How the failed backup `id` of this process ends a command (its failure's kind).
+    pub async fn backup_exit(&self, id: &str) -> Option<Exit> {
+        self.backup_exits.lock().await.get(id).copied()
     }
 
     /// Runs a full backup to its end (used by the one-shot command and the scheduler).
@@ -344,6 +352,10 @@ impl Engine {
             }
             Err(e) => {
                 let e = e.into_error();
+                self.backup_exits
+                    .lock()
+                    .await
+                    .insert(record.id.clone(), exit_of(&e));
                 record.state = crate::catalog::State::Failed;
                 record.completed_at =
                     Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));

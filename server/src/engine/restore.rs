@@ -135,6 +135,8 @@ pub struct RestorePlan {
     pub chain: Vec<Manifest>,
     /// Events the store holds now (replaced when `drop_existing`).
     pub existing: u64,
+    /// Where the events go, named (database and table, or the EventStore's address).
+    pub target: String,
 }
 
 impl RestorePlan {
@@ -164,8 +166,14 @@ impl RestorePlan {
             },
         );
         let into = match &self.sink {
-            Sink::Table(_) => "the events table (one transaction, nothing published to the bus)",
-            Sink::Api => "the EventStore API (every event republished to its bus, if it has one)",
+            Sink::Table(_) => format!(
+                "{} (one transaction, nothing published to the bus)",
+                self.target
+            ),
+            Sink::Api => format!(
+                "{} through its API (every event republished to its bus, if it has one)",
+                self.target
+            ),
         };
         v.push(match (self.existing, req.drop_existing) {
             (0, _) => format!("into {into}, which is empty"),
@@ -213,13 +221,19 @@ pub(super) async fn prepare(
         Sink::Table(t) => t.count().await.map_err(sink_err)?,
         Sink::Api => sink::api::count(&cfg.event_store).await.map_err(sink_err)?,
     };
+    let target = match (&sink, &cfg.events_db) {
+        (Sink::Table(_), Some(url)) => format!(
+            "the events table event_records of {}",
+            crate::redact::url(url)
+        ),
+        _ => format!(
+            "the EventStore at {}",
+            crate::redact::url(&cfg.event_store.addr)
+        ),
+    };
     if existing > 0 && !req.drop_existing {
-        let place = match &sink {
-            Sink::Table(_) => "event_records",
-            Sink::Api => "the EventStore",
-        };
         return Err(sink_err(SinkError::StoreNotEmpty(format!(
-            "{place} holds {existing} events"
+            "{target} holds {existing} events"
         ))));
     }
     // A wrong or missing key is found before anything is written.
@@ -267,6 +281,7 @@ pub(super) async fn prepare(
         sink,
         chain,
         existing,
+        target,
     })
 }
 
@@ -279,10 +294,13 @@ struct Damaged(String);
 /// Archive errors that mean "this backup cannot be restored with this configuration".
 fn archive_err(e: ArchiveError) -> EngineError {
     match e {
-        ArchiveError::WrongKey { .. }
-        | ArchiveError::WrongPassphrase
-        | ArchiveError::KeyRequired { .. }
-        | ArchiveError::UnsupportedVersion { .. } => EngineError::Refused(e.to_string()),
+        ArchiveError::WrongKey { .. } | ArchiveError::WrongPassphrase => {
+            EngineError::KeyWrong(e.to_string())
+        }
+        ArchiveError::KeyRequired { .. } | ArchiveError::KeyFileMissing { .. } => {
+            EngineError::KeyMissing(e.to_string())
+        }
+        ArchiveError::UnsupportedVersion { .. } => EngineError::Refused(e.to_string()),
         other => EngineError::Corrupt(other.to_string()),
     }
 }

@@ -6,7 +6,7 @@ use std::io::Read;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
-use crate::archive::{ArchiveReader, Keys};
+use crate::archive::{ArchiveError, ArchiveReader, Keys};
 use crate::destination::manifest::Manifest;
 use crate::destination::{layout, Destination};
 
@@ -26,6 +26,10 @@ pub struct VerifyReport {
     /// Whether the archive was decrypted and every chunk authenticated (`false`: `--no-key`,
     /// only the stored bytes, header and key file were checked).
     pub decrypted: bool,
+    /// How a command ends for this report's failure: a wrong or missing key is not a damaged
+    /// backup (`None`: damaged, or ok).
+    #[serde(skip)]
+    pub exit: Option<super::Exit>,
 }
 
 /// Refuses a name that is neither a backup id nor `latest`, before anything is looked up.
@@ -274,6 +278,7 @@ pub async fn verify(
                 None
             }
         };
+        let mut key_exit = None;
         let opened = match &keys {
             Some(keys) => ArchiveReader::open_with_key_file(&mut hr, keys, key_file.as_ref())
                 .and_then(|mut r| {
@@ -294,7 +299,16 @@ pub async fn verify(
                     problems.extend(footer_problems(&m, &footer));
                 }
             }
-            Err(e) => problems.push(e.to_string()),
+            Err(e) => {
+                key_exit = match &e {
+                    ArchiveError::WrongKey { .. } | ArchiveError::WrongPassphrase => {
+                        Some(super::Exit::KeyWrong)
+                    }
+                    ArchiveError::KeyRequired { .. } => Some(super::Exit::KeyMissing),
+                    _ => None,
+                };
+                problems.push(e.to_string())
+            }
         }
         // Read what the archive reader left (after an error) so the digest covers the object.
         let _ = std::io::copy(&mut hr, &mut std::io::sink());
@@ -314,6 +328,7 @@ pub async fn verify(
             problems.push("archive SHA-256 differs from the manifest".into());
         }
         Ok(VerifyReport {
+            exit: key_exit.filter(|_| !problems.is_empty()),
             id: m.id.clone(),
             ok: problems.is_empty(),
             problems,

@@ -40,8 +40,21 @@ pub fn status_of(e: EngineError) -> Status {
 /// The status of a failure of kind `f`, with `message` (passwords in URLs masked).
 pub fn status_for(f: Failure, message: String) -> Status {
     let m = crate::redact::text(&message).into_owned();
+    // The finer reasons of FAILED_PRECONDITION, for clients to tell apart (exit codes).
+    let reason = |m: String, exit: monoskope_backup_client::exit::Exit| {
+        let mut s = Status::failed_precondition(m);
+        s.metadata_mut().insert(
+            monoskope_backup_client::exit::REASON,
+            tonic::metadata::MetadataValue::from_static(exit.name()),
+        );
+        s
+    };
+    use monoskope_backup_client::exit::Exit;
     match f {
         Failure::Refused => Status::failed_precondition(m),
+        Failure::Busy => reason(m, Exit::Busy),
+        Failure::KeyMissing => reason(m, Exit::KeyMissing),
+        Failure::KeyWrong => reason(m, Exit::KeyWrong),
         Failure::Corrupt => Status::data_loss(m),
         Failure::NotFound => Status::not_found(m),
         Failure::Invalid => Status::invalid_argument(m),
@@ -261,15 +274,27 @@ impl BackupService for Service {
         if let Some(u) = &req.until {
             crate::time::check_timestamp("until", u).map_err(Status::invalid_argument)?;
         }
+        let request = crate::engine::restore::RestoreRequest {
+            backup_id: req.backup_id,
+            until: req.until,
+            drop_existing: req.drop_existing,
+            via_api: req.via_api,
+            caller: who,
+        };
+        if req.dry_run {
+            let plan = self
+                .engine
+                .plan_restore(&request)
+                .await
+                .map_err(status_of)?;
+            return Ok(Response::new(pb::RestoreResponse {
+                restore: None,
+                plan: Some(plan_pb(&plan, &request)),
+            }));
+        }
         let (record, _) = self
             .engine
-            .start_restore(crate::engine::restore::RestoreRequest {
-                backup_id: req.backup_id,
-                until: req.until,
-                drop_existing: req.drop_existing,
-                via_api: req.via_api,
-                caller: who,
-            })
+            .start_restore(request)
             .await
             .map_err(status_of)?;
         let record = if req.wait {
@@ -293,7 +318,10 @@ impl BackupService for Service {
         if record.state == State::Succeeded {
             r.next_steps = crate::engine::restore::next_steps(&record.sink);
         }
-        Ok(Response::new(pb::RestoreResponse { restore: Some(r) }))
+        Ok(Response::new(pb::RestoreResponse {
+            restore: Some(r),
+            plan: None,
+        }))
     }
 
     async fn drill(
@@ -531,6 +559,20 @@ pub async fn serve(
     Ok(())
 }
 
+/// A restore plan as the API shows it.
+fn plan_pb(
+    plan: &crate::engine::restore::RestorePlan,
+    req: &crate::engine::restore::RestoreRequest,
+) -> pb::RestorePlan {
+    pb::RestorePlan {
+        chain: plan.chain.iter().map(|m| m.id.clone()).collect(),
+        target: plan.target.clone(),
+        existing_events: plan.existing,
+        events: plan.chain.iter().map(|m| m.event_count).sum(),
+        lines: plan.describe(req),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -598,3 +640,4 @@ mod tests {
         }
     }
 }
+
