@@ -80,6 +80,36 @@ impl Exit {
         }
     }
 
+    /// What it means, as the reference says.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Exit::Ok => "it did what was asked",
+            Exit::Failed => "it failed for a reason none of the codes below names (the message says which); nothing half-done is left",
+            Exit::Usage => "a flag, environment variable or config value is malformed, out of range or in conflict with another, or a confirmation was needed and there is no terminal: nothing ran",
+            Exit::Unreachable => "the service, the EventStore, a database, the destination or the catalog did not answer (refused, timed out, unreachable)",
+            Exit::NotAllowed => "the token is missing, invalid or lacks the right (or the destination refused the credentials)",
+            Exit::KeyMissing => "no key was given that the backup needs (or its key file is gone)",
+            Exit::KeyWrong => "the keys given do not open the backup",
+            Exit::Damaged => "a backup is damaged or does not match its manifest; verification failed",
+            Exit::Busy => "another backup or restore runs, in this service or a process sharing its catalog",
+            Exit::NotFound => "no such backup, or nothing of monoskope-backup at the destination",
+        }
+    }
+
+    /// The reference's table of exit codes (`docs/REFERENCE.md` holds exactly this).
+    pub fn markdown_table() -> String {
+        let mut t = String::from("| code | name | meaning |\n|---|---|---|\n");
+        for e in Exit::ALL {
+            t.push_str(&format!(
+                "| {} | `{}` | {} |\n",
+                e.code(),
+                e.name(),
+                e.meaning()
+            ));
+        }
+        t
+    }
+
     /// The exit named `name`.
     pub fn named(name: &str) -> Option<Exit> {
         Exit::ALL.into_iter().find(|e| e.name() == name)

@@ -158,6 +158,48 @@ fn add_causes(line: &mut String, mut cause: Option<&(dyn std::error::Error + 'st
 }
 
 impl ClientError {
+    /// The error with what to do when it says the wrong thing is at `server`: nothing listening,
+    /// another gRPC service, a server that does not speak gRPC, TLS on one side only.
+    pub fn explained(self, server: &str) -> Self {
+        let connect = |message: String| ClientError::Connect {
+            server: server.to_string(),
+            message,
+        };
+        match self {
+            ClientError::Connect { message, .. } if message.contains("Connection refused") => {
+                connect(format!(
+                    "{message} — is `backup-server serve` running there? Set --server or BACKUP_SERVER to its address"
+                ))
+            }
+            ClientError::Connect { message, .. }
+                if message.contains("InvalidContentType") || message.contains("corrupt message") =>
+            {
+                connect(format!(
+                    "the server does not speak TLS ({message}): use http://, or give the service --tls-cert"
+                ))
+            }
+            ClientError::Unimplemented(m) if m.contains("grpc-status header missing") => {
+                connect(format!(
+                    "the server answered plain HTTP, not gRPC ({m}): is --server the BackupService's gRPC port (not its metrics port)?"
+                ))
+            }
+            ClientError::Unimplemented(m) => connect(format!(
+                "the server does not offer monoskope.backup.v1.BackupService (it answered UNIMPLEMENTED{}): is --server (BACKUP_SERVER) the BackupService's gRPC address, not another service's?",
+                if m.is_empty() { String::new() } else { format!(": {m}") }
+            )),
+            ClientError::Other { code, message }
+                if code == Code::Internal
+                    && (message.contains("frame with invalid size")
+                        || message.contains("h2 protocol error")) =>
+            {
+                connect(format!(
+                    "the server does not speak gRPC over HTTP/2 ({message}): is --server the BackupService's gRPC port (not its metrics port), and http:// or https:// as it serves?"
+                ))
+            }
+            other => other,
+        }
+    }
+
     /// The exit code this error ends a command with.
     pub fn exit(&self) -> exit::Exit {
         use exit::Exit;

@@ -153,9 +153,11 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e.to_string()),
     };
+    let server = cli.server.clone();
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
+            let e = e.explained(&server);
             eprintln!("backupctl: error: {e}");
             e.exit().into()
         }

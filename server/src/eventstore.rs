@@ -17,6 +17,16 @@ use monoskope_backup_client::status_line;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+/// `Retrieve` failed: its status code (what the exit code is decided on) and the line to show.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct RetrieveError {
+    /// The status code.
+    pub code: tonic::Code,
+    /// What happened, with what to do.
+    pub message: String,
+}
+
 /// How to reach the EventStore's gRPC API.
 #[derive(Debug, Clone)]
 pub struct EventStoreAddr {
@@ -73,12 +83,31 @@ impl EventStoreAddr {
         let stream = client
             .retrieve(EventFilter::default())
             .await
-            .map_err(|s| anyhow::anyhow!("EventStore {} Retrieve: {}", self.addr, status_line(&s)))?
+            .map_err(|s| self.retrieve_failed(&s))?
             .into_inner();
         Ok(stream.map(|r| {
             r.map(record_from_event)
                 .map_err(|s| anyhow::anyhow!("EventStore stream failed: {}", status_line(&s)))
         }))
+    }
+
+    /// A failed `Retrieve`, with what to do when the address is not an EventStore's.
+    fn retrieve_failed(&self, s: &tonic::Status) -> anyhow::Error {
+        let line = status_line(s);
+        let hint = match s.code() {
+            tonic::Code::Unimplemented => " — this is not Monoskope's EventStore (it does not offer eventsourcing.EventStore/Retrieve): check --event-store (BACKUP_EVENT_STORE)",
+            tonic::Code::Internal
+                if line.contains("frame with invalid size") || line.contains("h2 protocol error") =>
+            {
+                " — the address does not speak gRPC over HTTP/2: check --event-store (the EventStore's API port, plaintext HOST:PORT)"
+            }
+            tonic::Code::Unavailable => " — is the EventStore running and reachable there? check --event-store (BACKUP_EVENT_STORE)",
+            _ => "",
+        };
+        anyhow::Error::new(RetrieveError {
+            code: s.code(),
+            message: format!("EventStore {} Retrieve: {line}{hint}", self.addr),
+        })
     }
 
     /// Whether the store answers its gRPC health check.

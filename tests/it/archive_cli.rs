@@ -112,19 +112,19 @@ fn inspect_reads_the_format_1_1_vectors() {
     }
     // The recipients' archive under a master key, and a key-file archive without its key file.
     let (code, _, err) = inspect(&vectors.join("recipients.mbk"), "--key-file", "keyfile.key");
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(5), "no key for it: {err}");
     assert!(err.contains("--identity-file"), "{err}");
     let dir = tempfile::tempdir().expect("tempdir");
     let alone = dir.path().join("keyfile.mbk");
     std::fs::copy(vectors.join("keyfile.mbk"), &alone).expect("copy");
     let (code, _, err) = inspect(&alone, "--key-file", "keyfile.key");
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(5), "its key file is gone: {err}");
     assert!(err.contains("key file") && err.contains("missing"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]
-fn inspect_errors_are_one_clear_line_with_exit_1() {
+fn inspect_errors_are_one_clear_line_with_their_exit_codes() {
     let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors/v1");
     let run = |archive: &str, env_key: Option<&str>| {
         let mut cmd = Command::new(bin("backup-server"));
@@ -142,14 +142,14 @@ fn inspect_errors_are_one_clear_line_with_exit_1() {
         )
     };
     let (code, err) = run("encrypted.mbk", None);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(5), "key missing");
     assert!(err.contains("archive is encrypted (key id"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     let (code, err) = run(
         "encrypted.mbk",
         Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
     );
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(6), "wrong key");
     assert!(err.contains("wrong key (archive key id"), "{err}");
     for (damaged, msg) in [
         ("damaged-bitflip.mbk", "failed authentication"),
@@ -157,7 +157,7 @@ fn inspect_errors_are_one_clear_line_with_exit_1() {
     ] {
         let key = std::fs::read_to_string(vectors.join("encrypted.key")).expect("key");
         let (code, err) = run(damaged, Some(key.trim()));
-        assert_eq!(code, Some(1), "{damaged}");
+        assert_eq!(code, Some(7), "damaged: {damaged}");
         assert!(err.contains(msg), "{damaged}: {err}");
     }
 }

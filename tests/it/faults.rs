@@ -220,7 +220,8 @@ async fn seeded_faults_and_kills_never_lose_or_forge_anything() {
         let killed = out.code.is_none();
         let signalled = sig != Sig::None;
         if !killed && out.code != Some(0) {
-            assert_eq!(out.code, Some(1), "{ctx}: {out:?}");
+            // Failed (interrupted, cut off) or a peer that stopped answering.
+            assert!(matches!(out.code, Some(1) | Some(3)), "{ctx}: {out:?}");
             assert_eq!(
                 out.stderr
                     .lines()

@@ -115,7 +115,7 @@ async fn manifests_that_lie_fail_verify_and_restore_writes_nothing() {
     std::fs::write(&ma, &bb).expect("swap");
     std::fs::write(&mb, &ba).expect("swap");
     let v = p.run("verify", &[&a]);
-    assert_eq!(v.code, Some(1), "{v:?}");
+    assert_eq!(v.code, Some(7), "{v:?}");
     assert!(
         v.stderr.contains(&format!(
             "the manifest at backups/{a}.manifest.json names backup {b}"
@@ -496,7 +496,7 @@ async fn damaged_backups_and_malformed_requests_get_their_documented_codes() {
         ],
         &[],
     );
-    assert_eq!(cli.code, Some(1), "{cli:?}");
+    assert_eq!(cli.code, Some(7), "damaged: {cli:?}");
     assert!(
         cli.stderr
             .starts_with("backupctl: error: damaged backup: restore restore-"),
@@ -542,7 +542,7 @@ fn listing_reads_only_the_backup_layout_and_refuses_missing_or_foreign_directori
     };
     let started = Instant::now();
     let root = list("file:///");
-    assert_eq!(root.code, Some(1), "{root:?}");
+    assert_eq!(root.code, Some(9), "{root:?}");
     assert!(
         root.stderr.contains("/ is not a backup destination"),
         "{root:?}"
@@ -552,11 +552,16 @@ fn listing_reads_only_the_backup_layout_and_refuses_missing_or_foreign_directori
         "no walk of the filesystem"
     );
     let missing = list(&format!("file://{}/nope", dir.path().display()));
-    assert_eq!(missing.code, Some(1), "{missing:?}");
+    assert_eq!(missing.code, Some(9), "{missing:?}");
     assert!(missing.stderr.contains("does not exist"), "{missing:?}");
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).expect("mkdir");
     let new = list(&format!("file://{}", empty.display()));
-    assert_eq!(new.code, Some(0), "{new:?}");
-    assert!(new.stdout.starts_with("no complete backups"), "{new:?}");
+    // A directory that holds nothing of ours is a wrong path, not an empty list.
+    assert_eq!(new.code, Some(9), "{new:?}");
+    assert!(
+        new.stderr.contains("nothing of monoskope-backup at")
+            && new.stderr.contains("check --destination"),
+        "{new:?}"
+    );
 }

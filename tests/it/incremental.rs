@@ -413,7 +413,11 @@ async fn a_missing_or_damaged_middle_link_fails_before_touching_the_store() {
     let saved = std::fs::read(&manifest).expect("manifest");
     std::fs::remove_file(&manifest).expect("rm");
     let out = f.restore(&[&ids[2], "--events-db", &dst, "--drop-existing", "--yes"]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(
+        out.code,
+        Some(7),
+        "a broken chain is a damaged backup: {out:?}"
+    );
     assert!(
         out.stderr.contains(&format!("link {}", ids[1])),
         "{}",

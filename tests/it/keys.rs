@@ -95,8 +95,11 @@ async fn a_write_only_service_backs_up_what_only_an_identity_restores() {
     );
     let args: Vec<&str> = ["verify", "latest"].iter().copied().chain(common).collect();
     let out = run("backup-server", &args, &[]);
-    assert_ne!(out.code, Some(0));
-    assert!(out.stdout.contains("--identity-file"), "{out:?}");
+    assert_eq!(out.code, Some(5), "no key given: {out:?}");
+    assert!(
+        out.stderr.contains("--identity-file") && out.stderr.contains("--no-key"),
+        "{out:?}"
+    );
     let args: Vec<&str> = ["verify", "latest", "--identity-file", &bg_id]
         .iter()
         .copied()
@@ -214,7 +217,7 @@ async fn rotation_rewraps_without_rewriting_and_the_old_key_is_refused_after() {
     assert!(out.stdout.contains("wrong key"), "{out:?}");
     let dst = Devstore::start(&[]);
     let old = f.restore(&[&second, "--event-store", &dst.addr, "--via-api"]);
-    assert_eq!(old.code, Some(1), "{old:?}");
+    assert_eq!(old.code, Some(6), "wrong key: {old:?}");
     assert!(old.stderr.contains("wrong key"), "{old:?}");
     let mut cmd = f.restore_command(&[&second, "--event-store", &dst.addr, "--via-api"]);
     let args: Vec<String> = cmd

@@ -12,6 +12,7 @@ mod copies;
 mod db_tls;
 mod destination;
 mod devstore_contract;
+mod errors;
 mod faults;
 mod go_client;
 mod grpcurl;

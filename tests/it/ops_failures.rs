@@ -13,10 +13,10 @@ use monoskope_backup_tests::{
 #[allow(unused_imports)]
 use super::ops::*;
 
-/// The last line of a failed command's standard error, checked to be one readable line: exit 1,
-/// `prefix` first, no debug structures, no cause said twice in a row.
+/// The last line of a failed command's standard error, checked to be one readable line: exit 3
+/// (unreachable), `prefix` first, no debug structures, no cause said twice in a row.
 fn error_line(out: &monoskope_backup_tests::Out, prefix: &str) -> String {
-    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.code, Some(3), "unreachable: {out:?}");
     let line = out
         .stderr
         .trim()
@@ -200,7 +200,7 @@ async fn drill_restores_into_a_scratch_store_and_compares_with_archive_and_live_
     bytes[mid] ^= 0x40;
     std::fs::write(&archive, bytes).expect("write");
     let out = run("backupctl", &["drill", &b.id], &envs);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(7), "damaged: {out:?}");
     assert!(
         out.stderr.contains("failed authentication"),
         "{}",
@@ -314,8 +314,8 @@ async fn keys_passwords_and_credentials_never_reach_the_output() {
         ],
         &envs,
     ));
-    assert_eq!(outputs[2].code, Some(1));
-    assert_eq!(outputs[3].code, Some(1));
+    assert_eq!(outputs[2].code, Some(9), "no such bucket: {:?}", outputs[2]);
+    assert_ne!(outputs[3].code, Some(0), "{:?}", outputs[3]);
     for o in &outputs {
         let text = format!("{}{}", o.stdout, o.stderr);
         assert!(
@@ -462,7 +462,7 @@ async fn runs_that_fail_before_they_start_leave_a_trace() {
                 ("BACKUP_EMIT_EVENTS", "true"),
             ],
         );
-        assert!(matches!(out.code, Some(1) | Some(2)), "{what}: {out:?}");
+        assert!(matches!(out.code, Some(1..=3)), "{what}: {out:?}");
         let group = [
             ("job", "monoskope_backup"),
             ("namespace", ns.as_str()),

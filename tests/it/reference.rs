@@ -90,3 +90,15 @@ fn every_flag_and_environment_variable_is_in_the_reference() {
         missing.join("\n")
     );
 }
+
+/// The reference's table of exit codes is the one both CLIs exit with.
+#[test]
+fn the_reference_lists_exactly_the_exit_codes() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/REFERENCE.md"))
+        .expect("reference");
+    let table = monoskope_backup_client::exit::Exit::markdown_table();
+    assert!(
+        doc.contains(&table),
+        "docs/REFERENCE.md does not hold the exit-code table:\n{table}"
+    );
+}

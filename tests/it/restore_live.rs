@@ -344,36 +344,57 @@ async fn backupctl_restore_asks_for_the_resolved_backup_id_on_a_terminal() {
         monoskope_backup_tests::output_of(child, Duration::from_secs(60))
     };
 
-    let no_terminal = tokio::task::spawn_blocking({
+    // A refusal needs no answer: without --drop-existing the non-empty table is refused first,
+    // terminal or not.
+    let refused = tokio::task::spawn_blocking({
         let url = s.url();
         move || run("backupctl", &["--server", &url, "restore", "latest"], &[])
     })
     .await
     .expect("join");
-    assert_eq!(no_terminal.code, Some(1), "{no_terminal:?}");
-    assert_eq!(
-        no_terminal.stderr.trim(),
-        "backupctl: error: refusing to restore without confirmation: run on a terminal or pass --yes"
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused.stderr.contains(
+            "refused: the event store is not empty (the events table event_records of postgres://"
+        ) && refused.stderr.contains("holds 20 events"),
+        "{refused:?}"
     );
-    let prompt = format!(
-        "Restoring backup {} (full: 20 events, last event {}) into the EventStore, REPLACING every event it holds now.",
-        newest.id,
-        newest
-            .last_event_time
-            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32))
-            .expect("last event time")
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    // Everything checked, but no terminal to ask on: a usage error (2), nothing restored.
+    let no_terminal = tokio::task::spawn_blocking({
+        let url = s.url();
+        move || {
+            run(
+                "backupctl",
+                &["--server", &url, "restore", "latest", "--drop-existing"],
+                &[],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(no_terminal.code, Some(2), "{no_terminal:?}");
+    assert!(
+        no_terminal.stderr.contains(&format!(
+            "refusing to restore backup {} into the events table event_records of postgres://",
+            newest.id
+        )) && no_terminal
+            .stderr
+            .contains("without confirmation: run on a terminal or pass --yes"),
+        "{no_terminal:?}"
     );
+    // On a terminal: the plan, the target with its event count, and the id to type.
     let wrong = on_a_terminal("latest").await;
     assert_eq!(wrong.code, Some(1), "{wrong:?}");
-    assert!(wrong.stdout.contains(&prompt), "{wrong:?}");
-    assert!(
-        wrong.stdout.contains(&format!(
-            "Type {} to confirm: backupctl: error: confirmation did not match the backup id; nothing was restored",
+    for want in [
+        format!("backup {}: a chain of 1 ({}), 20 events", newest.id, newest.id),
+        "This restore REPLACES the 20 events of the events table event_records of postgres://".to_string(),
+        format!(
+            "Type the backup id ({}) to go on: backupctl: error: confirmation did not match the backup id; nothing was restored",
             newest.id
-        )),
-        "{wrong:?}"
-    );
+        ),
+    ] {
+        assert!(wrong.stdout.contains(&want), "{want:?} in {wrong:?}");
+    }
     assert_eq!(table_events(&db).await, before, "nothing was restored");
 
     let right = on_a_terminal(&newest.id).await;
@@ -406,7 +427,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
     })
     .await
     .expect("join");
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(8), "busy: {}", out.stderr);
     let line = out.stderr.trim().lines().last().unwrap_or_default();
     assert!(
         line.contains(
@@ -480,7 +501,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
     })
     .await
     .expect("join");
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.code, Some(8), "busy: {}", out.stderr);
     let line = out.stderr.trim().lines().last().unwrap_or_default();
     assert!(
         line.contains("reading the events table failed: event_records is in use: the backup waited 1s to lock it; held by pid ")
@@ -528,7 +549,7 @@ async fn a_restore_into_a_store_that_never_answers_fails_at_its_timeout() {
         .await
         .expect("join");
     let stderr = out.stderr;
-    assert_eq!(out.code, Some(1), "{stderr}");
+    assert_eq!(out.code, Some(3), "unreachable: {stderr}");
     assert!(
         stderr.trim().lines().last().unwrap_or_default().ends_with(
             "timed out after 2s checking the backup and the store before the restore (nothing was written): the destination, the EventStore or the events database did not answer"

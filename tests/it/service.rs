@@ -105,13 +105,13 @@ async fn serve_backupctl_and_reflection_on_a_directory() {
     assert_eq!(v.code, Some(0), "{}{}", v.stdout, v.stderr);
     assert_eq!(v.stdout.lines().filter(|l| l.starts_with("ok")).count(), 2);
 
-    // Errors as a user meets them: a server that is not there, one clear line, exit 1.
+    // Errors as a user meets them: a server that is not there, one clear line, exit 3.
     let down = run(
         "backupctl",
         &["--server", "http://127.0.0.1:1", "status"],
         &[],
     );
-    assert_eq!(down.code, Some(1));
+    assert_eq!(down.code, Some(3), "unreachable: {down:?}");
     assert!(
         down.stderr
             .starts_with("backupctl: error: cannot connect to http://127.0.0.1:1"),
@@ -192,10 +192,11 @@ async fn two_create_backup_at_once_one_runs_one_is_refused() {
     };
     assert_eq!(ok.state, pb::OperationState::Running as i32);
     match refused {
-        ClientError::Refused(m) => {
+        // FAILED_PRECONDITION with reason busy.
+        ClientError::Busy(m) => {
             assert_eq!(m, format!("another operation is running: backup {}", ok.id))
         }
-        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+        other => panic!("expected FAILED_PRECONDITION (busy), got {other:?}"),
     }
     // The running one finishes, and then a new one is accepted.
     let done = status_after_backup(&s).await;
@@ -343,7 +344,7 @@ async fn verify_finds_a_damaged_archive() {
         ],
         &[],
     );
-    assert_eq!(v.code, Some(1));
+    assert_eq!(v.code, Some(7), "damaged: {v:?}");
     assert!(
         v.stdout.contains(&format!("FAILED  {id}: chunk "))
             && v.stdout.contains("failed authentication"),
@@ -556,7 +557,7 @@ async fn serve_with_tls_and_backupctl_with_a_ca_file() {
             .expect("join");
     assert_eq!(
         untrusted.code,
-        Some(1),
+        Some(3),
         "a server certificate from an unknown CA is refused"
     );
     assert!(

@@ -398,10 +398,13 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
         .expect("join")
         .expect("one-shot ends");
     match refused {
-        Err(ClientError::Refused(m)) => {
+        // FAILED_PRECONDITION with reason busy.
+        Err(ClientError::Busy(m)) => {
             assert!(m.contains(&format!("backup {} (process ", seen.id)), "{m}")
         }
-        other => panic!("expected FAILED_PRECONDITION, got {other:?}; the one-shot: {out:?}"),
+        other => {
+            panic!("expected FAILED_PRECONDITION (busy), got {other:?}; the one-shot: {out:?}")
+        }
     }
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);

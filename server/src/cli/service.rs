@@ -144,7 +144,10 @@ pub(super) async fn backup(a: BackupArgs) -> anyhow::Result<()> {
     }
     if let Some(e) = &r.error {
         return Err(anyhow::Error::new(crate::engine::Ended {
-            exit: engine.backup_exit(&r.id).await.unwrap_or(crate::engine::Exit::Failed),
+            exit: engine
+                .backup_exit(&r.id)
+                .await
+                .unwrap_or(crate::engine::Exit::Failed),
             message: format!("backup {} failed: {e}", r.id),
         }));
     }

@@ -28,6 +28,10 @@ pub enum EngineError {
         /// When it started (RFC 3339).
         since: String,
     },
+    /// What the operation must lock is held by someone else (the events table by another
+    /// session); try again when they let go.
+    #[error("{0}")]
+    Locked(String),
     /// The named backup does not exist (or is not complete).
     #[error("{0}")]
     NotFound(String),
@@ -60,7 +64,7 @@ pub enum EngineError {
 pub enum Failure {
     /// [`EngineError::Refused`].
     Refused,
-    /// [`EngineError::Busy`] and [`EngineError::BusyElsewhere`].
+    /// [`EngineError::Busy`], [`EngineError::BusyElsewhere`] and [`EngineError::Locked`].
     Busy,
     /// [`EngineError::KeyMissing`].
     KeyMissing,
@@ -82,7 +86,9 @@ impl EngineError {
     /// The kind of this failure.
     pub fn failure(&self) -> Failure {
         match self {
-            EngineError::Busy { .. } | EngineError::BusyElsewhere { .. } => Failure::Busy,
+            EngineError::Busy { .. }
+            | EngineError::BusyElsewhere { .. }
+            | EngineError::Locked(_) => Failure::Busy,
             EngineError::Refused(_) => Failure::Refused,
             EngineError::KeyMissing(_) => Failure::KeyMissing,
             EngineError::KeyWrong(_) => Failure::KeyWrong,
@@ -144,6 +150,14 @@ pub fn exit_of(e: &anyhow::Error) -> Exit {
         }
         if let Some(e) = c.downcast_ref::<monoskope_backup_client::ClientError>() {
             return e.exit();
+        }
+        if let Some(r) = c.downcast_ref::<crate::eventstore::RetrieveError>() {
+            if matches!(
+                r.code,
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            ) {
+                return Exit::Unreachable;
+            }
         }
         if let Some(s) = c.downcast_ref::<tonic::Status>() {
             if matches!(

@@ -72,10 +72,10 @@ fn ts_le(a: &prost_types::Timestamp, b: &prost_types::Timestamp) -> bool {
 /// Maps a sink refusal to the engine's errors.
 fn sink_err(e: SinkError) -> EngineError {
     match e {
-        SinkError::StoreNotEmpty(_)
-        | SinkError::Unsupported(_)
-        | SinkError::InUse(_)
-        | SinkError::WouldEmpty(_) => EngineError::Refused(e.to_string()),
+        SinkError::StoreNotEmpty(_) | SinkError::Unsupported(_) | SinkError::WouldEmpty(_) => {
+            EngineError::Refused(e.to_string())
+        }
+        SinkError::InUse(_) => EngineError::Locked(e.to_string()),
         SinkError::Unavailable(m) => EngineError::Unavailable(m),
         SinkError::Other(e) => EngineError::Internal(e),
     }
