@@ -12,12 +12,20 @@ pub(crate) async fn run(
     client: &mut BackupClient,
     wait: bool,
     incremental: bool,
+    json: bool,
 ) -> Result<ExitCode, ClientError> {
     let b = if wait {
         create_and_watch(client, incremental).await?
     } else {
         client.create_backup(false, incremental).await?
     };
+    if json {
+        print_json(&backup_json(&b));
+        return Ok(match pb::OperationState::try_from(b.state) {
+            Ok(pb::OperationState::Failed) => ExitCode::from(1),
+            _ => ExitCode::SUCCESS,
+        });
+    }
     match pb::OperationState::try_from(b.state) {
         Ok(pb::OperationState::Failed) => {
             eprintln!("backupctl: error: backup {} failed: {}", b.id, b.error);

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod exit;
+pub mod json;
 pub mod term;
 
 pub use monoskope_backup_api::backup::v1 as pb;

@@ -16,7 +16,7 @@ pub(crate) async fn run(
     let backups = client.list_all(all).await?;
     if json {
         let v: Vec<_> = backups.iter().map(backup_json).collect();
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        print_json(&v);
     } else if backups.is_empty() {
         println!("no backups");
     } else {

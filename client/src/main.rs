@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod create;
+mod describe;
 mod drill;
 mod list;
 mod restore;
@@ -55,6 +56,9 @@ enum Command {
         /// Back up only what the newest backup chain does not hold.
         #[arg(long)]
         incremental: bool,
+        /// Print the backup as JSON (docs/JSON.md).
+        #[arg(long)]
+        json: bool,
     },
     /// List backups, newest first (a failed backup's error and a backup's note under its row).
     List {
@@ -68,7 +72,7 @@ enum Command {
     },
     /// Restore a backup into the EventStore (admins only). Shows which backup (`latest` resolved) and asks for its id on a terminal unless --yes.
     Restore {
-        /// Backup id, or `latest`.
+        /// Backup id, a unique prefix of one (e.g. 20261206T16), or `latest`.
         id: String,
         /// Restore exactly the events with timestamps up to and including this time (RFC 3339).
         #[arg(long)]
@@ -89,14 +93,26 @@ enum Command {
         /// (the chain, the target and its events); write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the restore (or with --dry-run its plan) as JSON (docs/JSON.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Restore a backup into a scratch EventStore (never the live one) and check it against its
     /// archive and the live store; exit 1 unless everything matched. Admins and machine identities.
     Drill {
-        /// Backup id, or `latest`.
+        /// Backup id, a unique prefix of one (e.g. 20261206T16), or `latest`.
         #[arg(default_value = "latest")]
         id: String,
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one backup in full: its chain (what a restore of it reads), size, events and their
+    /// time range, key, lock, location, and the copy destinations' state.
+    Describe {
+        /// Backup id, a unique prefix of one (e.g. 20261206T16), or `latest`.
+        id: String,
+        /// Print JSON (docs/JSON.md): {backup, chain, copies}.
         #[arg(long)]
         json: bool,
     },
@@ -177,7 +193,11 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         .with_token_from_env_or_file(cli.token_file.as_deref())?;
     let mut client = BackupClient::connect(&opts).await?;
     match cli.command {
-        Command::Create { wait, incremental } => create::run(&mut client, wait, incremental).await,
+        Command::Create {
+            wait,
+            incremental,
+            json,
+        } => create::run(&mut client, wait, incremental, json).await,
         Command::List { json, all } => list::run(&mut client, json, all).await,
         Command::Restore {
             id,
@@ -187,8 +207,10 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             wait,
             yes,
             dry_run,
+            json,
         } => {
             let flags = restore::Flags {
+                json,
                 drop_existing,
                 via_api,
                 wait,
@@ -198,6 +220,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             restore::run(&mut client, id, until, flags).await
         }
         Command::Drill { id, json } => drill::run(&mut client, &id, json).await,
+        Command::Describe { id, json } => describe::run(&mut client, &id, json).await,
         Command::Status { json } => status::run(&mut client, json).await,
         Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
     }

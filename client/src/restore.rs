@@ -7,10 +7,12 @@ use std::process::ExitCode;
 
 use monoskope_backup_client::{pb, sink_words, BackupClient, ClientError};
 
+use crate::show::*;
 use crate::watch::*;
 
 /// The switches of `restore`.
 pub(crate) struct Flags {
+    pub json: bool,
     pub drop_existing: bool,
     pub via_api: bool,
     pub wait: bool,
@@ -26,6 +28,7 @@ pub(crate) async fn run(
     flags: Flags,
 ) -> Result<ExitCode, ClientError> {
     let Flags {
+        json,
         drop_existing,
         via_api,
         wait,
@@ -61,6 +64,10 @@ pub(crate) async fn run(
     if dry_run || !yes {
         // Every refusal first: nothing is asked that the service would refuse anyway.
         let plan = client.plan_restore(req.clone()).await?;
+        if dry_run && json {
+            print_json(&monoskope_backup_client::json::RestorePlan::from(&plan));
+            return Ok(ExitCode::SUCCESS);
+        }
         if dry_run {
             for l in &plan.lines {
                 println!("{l}");
@@ -76,6 +83,13 @@ pub(crate) async fn run(
     } else {
         client.restore(req).await?
     };
+    if json {
+        print_json(&restore_json(&r));
+        return Ok(match pb::OperationState::try_from(r.state) {
+            Ok(pb::OperationState::Failed) => ExitCode::from(1),
+            _ => ExitCode::SUCCESS,
+        });
+    }
     match pb::OperationState::try_from(r.state) {
         Ok(pb::OperationState::Failed) => {
             eprintln!(

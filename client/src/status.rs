@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use monoskope_backup_client::{human_bytes, pb, sink_words, BackupClient, ClientError};
+use monoskope_backup_client::{human_bytes, json, pb, sink_words, BackupClient, ClientError};
 
 use crate::show::*;
 
@@ -17,11 +17,7 @@ pub(crate) async fn run(client: &mut BackupClient, json: bool) -> Result<ExitCod
             "version": s.version,
             "last_success": s.last_success.as_ref().map(backup_json),
             "last_failure": s.last_failure.as_ref().map(backup_json),
-            "running_backup": s.running_backup.as_ref().map(|b| {
-                let mut v = backup_json(b);
-                if let Some(p) = &b.progress { v["progress"] = serde_json::json!({"events": p.events, "bytes": p.bytes}); }
-                v
-            }),
+            "running_backup": s.running_backup.as_ref().map(backup_json),
             "running_restore": s.running_restore.as_ref().map(restore_json),
             "last_restore": s.last_restore.as_ref().map(restore_json),
             "event_store": reach(&s.event_store),
@@ -30,17 +26,17 @@ pub(crate) async fn run(client: &mut BackupClient, json: bool) -> Result<ExitCod
             "continuous": s.continuous.as_ref().map(|c| serde_json::json!({
                 "lag_seconds": c.lag_seconds,
                 "segments": c.segments,
-                "earliest": time(c.earliest.as_ref()),
-                "latest": time(c.latest.as_ref()),
+                "earliest": json::time(c.earliest.as_ref()),
+                "latest": json::time(c.latest.as_ref()),
             })),
             "copies": s.copies.iter().map(|c| serde_json::json!({
                 "destination": c.destination,
                 "lag_seconds": c.lag_seconds,
                 "error": (!c.error.is_empty()).then_some(&c.error),
-                "checked_at": time(c.checked_at.as_ref()),
+                "checked_at": json::time(c.checked_at.as_ref()),
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        print_json(&v);
     } else {
         print_status(&s);
     }

@@ -118,7 +118,7 @@ async fn client_certificates_reach_the_events_database_and_the_catalog() {
             "a key others can read",
             url(&port, &certs, &restored, Some((&crt, &open))),
             "is readable or writable by others than its owner (mode 0644)",
-            2,
+            1,
         ),
     ];
     for (what, bad, says, code) in cases {

@@ -124,14 +124,14 @@ async fn manifests_that_lie_fail_verify_and_restore_writes_nothing() {
     );
     assert!(!v.stdout.contains("ok "), "{v:?}");
     let all = p.run("verify", &["--all"]);
-    assert_eq!(all.code, Some(1), "{all:?}");
+    assert_eq!(all.code, Some(7), "damaged: {all:?}");
     assert!(
         all.stdout.contains(&format!("FAILED  {a}"))
             && all.stdout.contains(&format!("FAILED  {b}")),
         "{all:?}"
     );
     let (r, dst) = restore_into_fresh(&a);
-    assert_eq!(r.code, Some(1), "{r:?}");
+    assert_eq!(r.code, Some(7), "damaged: {r:?}");
     assert!(r.stderr.contains("cannot be trusted"), "{r:?}");
     assert_eq!(count(&dst).await, 0, "nothing was restored");
     std::fs::write(&ma, &ba).expect("restore a");

@@ -434,7 +434,7 @@ async fn a_missing_or_damaged_middle_link_fails_before_touching_the_store() {
     bytes[mid] ^= 0x01;
     std::fs::write(&archive, bytes).expect("write");
     let out = f.restore(&[&ids[2], "--events-db", &dst, "--drop-existing", "--yes"]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(7), "damaged: {out:?}");
     assert!(
         out.stderr
             .contains(&format!("backup {} (link 2 of 3 of the chain)", ids[1])),

@@ -118,7 +118,7 @@ async fn a_write_only_service_backs_up_what_only_an_identity_restores() {
         "--identity-file",
         &stranger,
     ]);
-    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert_eq!(refused.code, Some(6), "wrong key: {refused:?}");
     assert!(refused.stderr.contains("wrong key"), "{refused:?}");
     assert!(all_events(dst.url()).await.is_empty(), "nothing written");
     let out = f.restore(&[

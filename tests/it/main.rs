@@ -21,6 +21,7 @@ mod hostile;
 mod hostile_peers;
 mod import;
 mod incremental;
+mod json_model;
 mod keys;
 mod object_lock;
 mod operator;

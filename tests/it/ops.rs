@@ -108,7 +108,7 @@ async fn pushgateway_keeps_the_last_success_when_a_run_fails() {
     std::thread::sleep(Duration::from_millis(1100));
     let down = format!("127.0.0.1:{}", free_port());
     let failed = backup(&down);
-    assert_eq!(failed.code, Some(1), "{}", failed.stdout);
+    assert_eq!(failed.code, Some(3), "unreachable: {}", failed.stdout);
     let text = scrape();
     let after = metric_value(
         &text,

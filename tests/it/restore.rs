@@ -441,11 +441,12 @@ async fn refusals_have_precise_statuses_and_messages() {
         })
         .await
     {
-        Err(ClientError::Refused(m)) => assert_eq!(
+        // FAILED_PRECONDITION with reason busy.
+        Err(ClientError::Busy(m)) => assert_eq!(
             m,
             format!("another operation is running: restore {}", first.id)
         ),
-        other => panic!("expected FAILED_PRECONDITION while a restore runs, got {other:?}"),
+        other => panic!("expected FAILED_PRECONDITION (busy) while a restore runs, got {other:?}"),
     }
     // The first one completes; the catalog records who, when, which backup, how many events.
     let mut last = None;

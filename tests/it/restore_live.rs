@@ -519,7 +519,7 @@ async fn restores_and_backups_wait_for_sessions_holding_the_table_then_name_them
     .expect("join");
     let line = out.stderr.trim().lines().last().unwrap_or_default();
     assert!(
-        out.code == Some(1)
+        out.code == Some(8)
             && line.contains("event_records is in use: the restore wrote nothing; it waited 1s to lock it; held by pid ")
             && line.contains("AccessExclusiveLock"),
         "{line}"

@@ -57,7 +57,9 @@ async fn a_timeout_fails_the_backup_cleanly() {
         &["list", "--destination", &dest, "--json"],
         &[],
     );
-    assert_eq!(listed.stdout.trim(), "[]");
+    // Nothing there at all: `list` says so (exit 9), no empty list that hides a wrong path.
+    assert_eq!(listed.code, Some(9), "{listed:?}");
+    assert!(listed.stdout.is_empty(), "{listed:?}");
 }
 
 /// An EventStore that takes connections and never answers (a hung process, a stuck database
@@ -231,7 +233,7 @@ async fn s3_endpoint_dying_mid_upload_fails_cleanly_and_a_later_backup_succeeds(
         dead.load(Ordering::SeqCst),
         "the endpoint died during the upload"
     );
-    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert_eq!(out.code, Some(3), "unreachable: {}", out.stdout);
     assert!(
         out.stderr.contains("uploading the archive failed")
             && out.stderr.contains("destination unavailable"),
@@ -308,7 +310,7 @@ async fn a_second_process_on_the_catalog_waits_its_turn_and_leaves_a_running_bac
         &key,
     ];
     let refused = run("backup-server", &one_shot, &[]);
-    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert_eq!(refused.code, Some(8), "busy: {refused:?}");
     let line = refused.stderr.trim();
     assert_eq!(line.lines().count(), 1, "one line: {line}");
     assert!(

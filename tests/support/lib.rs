@@ -4,6 +4,7 @@
 pub mod fixture;
 pub mod gateway;
 pub mod proxy;
+pub mod schema;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -29,7 +29,7 @@ pub const MEMORY: &str = "sqlite::memory:";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-const BACKUP_COLUMNS: &str = "id, kind, state, parent_id, created_at, completed_at, created_by, source, event_count, archive_bytes, archive_sha256, archive_key, first_event_time, last_event_time, events_sha256, key_id, format_version, error, note";
+const BACKUP_COLUMNS: &str = "id, kind, state, parent_id, created_at, completed_at, created_by, source, event_count, archive_bytes, archive_sha256, archive_key, first_event_time, last_event_time, events_sha256, key_id, format_version, error, note, locked_until";
 
 impl Catalog {
     /// Connects to `sqlite://PATH` (created when missing) or `postgres://…` and migrates.
@@ -107,7 +107,7 @@ impl Catalog {
             .execute(&mut *tx)
             .await?;
         sqlx::query(&format!(
-            "INSERT INTO backups ({BACKUP_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+            "INSERT INTO backups ({BACKUP_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
         ))
         .bind(&r.id)
         .bind(&r.kind)
@@ -128,6 +128,7 @@ impl Catalog {
         .bind(&r.format_version)
         .bind(&r.error)
         .bind(&r.note)
+        .bind(&r.locked_until)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

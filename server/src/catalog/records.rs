@@ -87,6 +87,8 @@ pub struct BackupRecord {
     pub error: Option<String>,
     /// Why the backup is not what was asked for (an incremental that became full).
     pub note: Option<String>,
+    /// Its objects are locked (S3 Object Lock) until then (RFC 3339).
+    pub locked_until: Option<String>,
 }
 
 impl RestoreRecord {
@@ -134,6 +136,7 @@ impl BackupRecord {
             format_version: Some(m.format_version.clone()),
             error: None,
             note: m.note.clone(),
+            locked_until: m.locked_until.clone(),
         }
     }
 }
@@ -198,6 +201,7 @@ impl BackupRecord {
             format_version: None,
             error: None,
             note: None,
+            locked_until: None,
         }
     }
 }
@@ -232,6 +236,7 @@ pub(super) fn backup_from_row(r: &AnyRow) -> Result<BackupRecord, CatalogError> 
         format_version: r.try_get("format_version")?,
         error: r.try_get("error")?,
         note: r.try_get("note")?,
+        locked_until: r.try_get("locked_until")?,
     })
 }
 

@@ -11,7 +11,7 @@ pub struct RewrapArgs {
     /// wraps to --recipient-file when given, else to the first key of the first --key-file.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Backup id, or `latest`.
+    /// Backup id, a unique prefix of one (e.g. 20261206T16), or `latest`.
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     pub id: Option<String>,
     /// Every complete backup.

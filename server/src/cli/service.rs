@@ -13,7 +13,7 @@ pub struct BackupArgs {
     /// Shared options.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Print a JSON summary instead of text (the id is still the `id` field).
+    /// Print the backup as JSON (docs/JSON.md) instead of text.
     #[arg(long)]
     pub json: bool,
     /// Store only the events the newest complete backup chain does not hold (a full backup,
@@ -28,7 +28,7 @@ pub struct ListArgs {
     /// Shared options.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Print the manifests as a JSON array.
+    /// Print the backups as a JSON array (docs/JSON.md).
     #[arg(long)]
     pub json: bool,
 }
@@ -39,13 +39,13 @@ pub struct VerifyArgs {
     /// Shared options.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Backup id, or `latest`; an incremental is verified with every link of its chain.
+    /// Backup id, a unique prefix of one, or `latest`; an incremental is verified with every link of its chain.
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     pub id: Option<String>,
     /// Verify every complete backup, and that every incremental's chain is whole and none of its links failed.
     #[arg(long)]
     pub all: bool,
-    /// Print JSON reports.
+    /// Print the reports as a JSON array (docs/JSON.md).
     #[arg(long)]
     pub json: bool,
     /// Check only that the destination holds exactly what was written (size and SHA-256 of the
@@ -132,15 +132,7 @@ pub(super) async fn backup(a: BackupArgs) -> anyhow::Result<()> {
     )
     .await?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "id": r.id, "kind": r.kind, "parent_id": r.parent_id, "note": r.note,
-                "state": r.state.as_str(), "event_count": r.event_count, "bytes": r.archive_bytes,
-                "first_event_time": r.first_event_time, "last_event_time": r.last_event_time,
-                "sha256": r.archive_sha256, "key_id": r.key_id, "destination": engine.config().destination.url(), "error": r.error,
-            }))?
-        );
+        print_json(&backup_json(&r, &engine.config().destination.url()))?;
     }
     if let Some(e) = &r.error {
         return Err(anyhow::Error::new(crate::engine::Ended {
@@ -217,7 +209,12 @@ pub(super) async fn list(a: ListArgs) -> anyhow::Result<()> {
         }));
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&manifests)?);
+        let url = dest.url();
+        let all: Vec<_> = manifests
+            .iter()
+            .map(|m| backup_json(&crate::catalog::BackupRecord::from_manifest(m), &url))
+            .collect();
+        print_json(&all)?;
     } else if manifests.is_empty() {
         println!("no complete backups at {}", dest.url());
     } else {
@@ -365,7 +362,7 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let mut failed = 0;
     for r in &reports {
         if a.json {
-            println!("{}", serde_json::to_string(r)?);
+            // One array after the loop.
         } else if r.ok {
             let lock = targets
                 .iter()
@@ -390,6 +387,9 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         if !r.ok {
             failed += 1;
         }
+    }
+    if a.json {
+        print_json(&reports)?;
     }
     if failed > 0 {
         // Only wrong or missing keys: the backups may be fine — say it is the key.
@@ -435,7 +435,7 @@ pub struct RestoreArgs {
     /// Shared options (restores into --events-db, or with --via-api through --event-store).
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Backup id, or `latest`.
+    /// Backup id, a unique prefix of one (e.g. 20261206T16), or `latest`.
     pub id: String,
     /// Restore exactly the events with timestamps up to and including this time (RFC 3339,
     /// years 1 to 9999; anything else is a usage error, exit 2).
@@ -456,6 +456,23 @@ pub struct RestoreArgs {
     /// on a terminal, naming the store and what it holds, and refuses elsewhere (exit 2).
     #[arg(long)]
     pub yes: bool,
+    /// Print the restore (with --dry-run: its plan) as JSON (docs/JSON.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A backup record in the one JSON model (`monoskope_backup_client::json`).
+fn backup_json(
+    r: &crate::catalog::BackupRecord,
+    destination: &str,
+) -> monoskope_backup_client::json::Backup {
+    (&crate::grpc::backup_pb(r, destination)).into()
+}
+
+/// Prints `v` as pretty JSON.
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 /// Runs a restore on `engine` to its end (interruptible, with progress).
@@ -484,6 +501,11 @@ pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
     };
     if a.dry_run {
         let plan = engine.plan_restore(&req).await?;
+        if a.json {
+            return print_json(&monoskope_backup_client::json::RestorePlan::from(
+                &crate::grpc::plan_pb(&plan, &req),
+            ));
+        }
         for line in plan.describe(&req) {
             println!("{line}");
         }
@@ -548,6 +570,11 @@ pub(super) async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
                 .map_or(crate::engine::Exit::Failed, crate::engine::Failure::exit),
             message: format!("restore of backup {} failed: {e}", done.backup_id),
         }));
+    }
+    if a.json {
+        return print_json(&monoskope_backup_client::json::Restore::from(
+            &crate::grpc::restore_pb(&done),
+        ));
     }
     println!(
         "restored backup {} into the {}: {} events",

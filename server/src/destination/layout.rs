@@ -74,14 +74,24 @@ pub fn new_id(now: chrono::DateTime<chrono::Utc>) -> String {
 
 /// Whether `id` has the shape of a backup id (and so is safe inside an object key).
 pub fn valid_id(id: &str) -> bool {
-    id.len() == 28
-        && id.bytes().enumerate().all(|(i, b)| match i {
-            8 => b == b'T',
-            18 => b == b'Z',
-            19 => b == b'-',
-            20..=27 => b.is_ascii_hexdigit(),
-            _ => b.is_ascii_digit(),
-        })
+    id.len() == 28 && id_shaped(id)
+}
+
+/// Whether `p` can start a backup id (at least 6 characters, e.g. `20261206T16` or a whole
+/// date): what operators type instead of the whole id.
+pub fn valid_prefix(p: &str) -> bool {
+    (6..28).contains(&p.len()) && id_shaped(p)
+}
+
+fn id_shaped(id: &str) -> bool {
+    id.bytes().enumerate().all(|(i, b)| match i {
+        8 => b == b'T',
+        18 => b == b'Z',
+        19 => b == b'-',
+        20..=27 => b.is_ascii_hexdigit(),
+        28.. => false,
+        _ => b.is_ascii_digit(),
+    })
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ impl Engine {
         use super::Failure;
         if !matches!(
             e.failure(),
-            Failure::Unavailable | Failure::Corrupt | Failure::Internal
+            Failure::Unavailable | Failure::Interrupted | Failure::Corrupt | Failure::Internal
         ) {
             return;
         }

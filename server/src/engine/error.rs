@@ -50,6 +50,9 @@ pub enum EngineError {
     /// The backup is damaged; nothing was written.
     #[error("{0}")]
     Corrupt(String),
+    /// The process is stopping (a signal): the service answers UNAVAILABLE, a command exits 1.
+    #[error("{0}")]
+    Interrupted(String),
     /// A peer (EventStore, destination, catalog) cannot be reached.
     #[error("{0}")]
     Unavailable(String),
@@ -78,6 +81,8 @@ pub enum Failure {
     Invalid,
     /// [`EngineError::Unavailable`].
     Unavailable,
+    /// [`EngineError::Interrupted`].
+    Interrupted,
     /// [`EngineError::Internal`] (timeouts and interrupts too).
     Internal,
 }
@@ -96,6 +101,7 @@ impl EngineError {
             EngineError::NotFound(_) => Failure::NotFound,
             EngineError::Invalid(_) => Failure::Invalid,
             EngineError::Unavailable(_) => Failure::Unavailable,
+            EngineError::Interrupted(_) => Failure::Interrupted,
             EngineError::Internal(_) => Failure::Internal,
         }
     }
@@ -196,6 +202,7 @@ impl Failure {
             Failure::NotFound => Exit::NotFound,
             Failure::Invalid => Exit::Usage,
             Failure::Unavailable => Exit::Unreachable,
+            Failure::Interrupted => Exit::Failed,
             Failure::Internal => Exit::Failed,
         }
     }

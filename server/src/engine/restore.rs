@@ -97,7 +97,12 @@ pub async fn resolve_chain(
     let scan = crate::destination::manifest::scan(dest)
         .await
         .map_err(|e| EngineError::Unavailable(error_line(e.as_ref())))?;
-    super::plan::choose_chain(&scan, backup_id, until, &dest.url())
+    let backup_id = super::verify::unique_id(
+        scan.complete.iter().map(|m| m.id.as_str()),
+        backup_id,
+        &dest.url(),
+    )?;
+    super::plan::choose_chain(&scan, &backup_id, until, &dest.url())
 }
 
 /// Refuses an `until` before every event of the chain: such a restore would write no event

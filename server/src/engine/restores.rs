@@ -31,7 +31,7 @@ impl Engine {
                     "timed out after {} checking the backup and the store before the restore (nothing was written): the destination, the EventStore or the events database did not answer",
                     humantime::format_duration(self.cfg.restore_timeout)
                 )),
-                |why| EngineError::Unavailable(format!(
+                |why| EngineError::Interrupted(format!(
                     "interrupted by {why} while checking the backup and the store (nothing was written)"
                 )),
             )

@@ -34,12 +34,37 @@ pub struct VerifyReport {
 
 /// Refuses a name that is neither a backup id nor `latest`, before anything is looked up.
 pub fn check_id(id: &str) -> Result<(), super::EngineError> {
-    if id == "latest" || layout::valid_id(id) {
+    if id == "latest" || layout::valid_id(id) || layout::valid_prefix(id) {
         return Ok(());
     }
     Err(super::EngineError::Invalid(format!(
-        "{id:?} is not a backup id (expected e.g. 20261124T101500123Z-1a2b3c4d, or \"latest\")"
+        "{id:?} is not a backup id (expected e.g. 20261124T101500123Z-1a2b3c4d, a unique prefix of one such as 20261124T1015, or \"latest\")"
     )))
+}
+
+/// The one id among `ids` that is `given` or starts with it; `given` itself when it is a whole
+/// id or `latest` (looked up later, as before). Several: refused, naming them; none: not found.
+pub fn unique_id<'a>(
+    ids: impl IntoIterator<Item = &'a str>,
+    given: &str,
+    at: &str,
+) -> Result<String, super::EngineError> {
+    if given == "latest" || layout::valid_id(given) {
+        return Ok(given.to_string());
+    }
+    let matches: Vec<&str> = ids.into_iter().filter(|id| id.starts_with(given)).collect();
+    match matches.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => Err(super::EngineError::NotFound(format!(
+            "no complete backup at {at} has an id starting with {given}"
+        ))),
+        many => Err(super::EngineError::Invalid(format!(
+            "{given} is ambiguous: {} backups start with it ({}{}); give more of the id",
+            many.len(),
+            many.iter().take(5).copied().collect::<Vec<_>>().join(", "),
+            if many.len() > 5 { ", …" } else { "" }
+        ))),
+    }
 }
 
 /// The manifest of `id`, or of the newest complete backup for `latest`. The manifest must name
@@ -48,6 +73,18 @@ pub fn check_id(id: &str) -> Result<(), super::EngineError> {
 /// older backup without a word.
 pub async fn resolve(dest: &dyn Destination, id: &str) -> Result<Manifest, super::EngineError> {
     check_id(id)?;
+    let whole;
+    let id = if id == "latest" || layout::valid_id(id) {
+        id
+    } else {
+        let complete = crate::destination::manifest::list_complete(dest)
+            .await
+            .map_err(|e| {
+                super::EngineError::Unavailable(monoskope_backup_client::error_line(e.as_ref()))
+            })?;
+        whole = unique_id(complete.iter().map(|m| m.id.as_str()), id, &dest.url())?;
+        whole.as_str()
+    };
     if id == "latest" {
         let scan = crate::destination::manifest::scan(dest)
             .await

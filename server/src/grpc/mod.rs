@@ -58,7 +58,7 @@ pub fn status_for(f: Failure, message: String) -> Status {
         Failure::Corrupt => Status::data_loss(m),
         Failure::NotFound => Status::not_found(m),
         Failure::Invalid => Status::invalid_argument(m),
-        Failure::Unavailable => Status::unavailable(m),
+        Failure::Unavailable | Failure::Interrupted => Status::unavailable(m),
         Failure::Internal => Status::internal(m),
     }
 }
@@ -128,6 +128,7 @@ pub fn backup_pb(r: &BackupRecord, location_base: &str) -> pb::Backup {
             .unwrap_or_default()
             .to_string(),
         format_version: r.format_version.clone().unwrap_or_default(),
+        locked_until: ts(r.locked_until.as_deref()),
         sha256: r.archive_sha256.clone().unwrap_or_default(),
         created_by: r.created_by.clone(),
         error: r.error.clone().unwrap_or_default(),
@@ -560,7 +561,7 @@ pub async fn serve(
 }
 
 /// A restore plan as the API shows it.
-fn plan_pb(
+pub fn plan_pb(
     plan: &crate::engine::restore::RestorePlan,
     req: &crate::engine::restore::RestoreRequest,
 ) -> pb::RestorePlan {
