@@ -111,10 +111,7 @@ pub(crate) fn events_at_destination(f: &Fixture) -> (u64, usize, usize) {
     }
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
     let all = v.as_array().cloned().unwrap_or_default();
-    let events = all
-        .iter()
-        .map(|m| m["event_count"].as_u64().unwrap_or(0))
-        .sum();
+    let events = all.iter().map(|m| m["events"].as_u64().unwrap_or(0)).sum();
     let segments = all
         .iter()
         .filter(|m| m["note"] == "continuous segment")

@@ -170,3 +170,51 @@ async fn every_error_names_what_to_do_with_its_exit_code() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// `serve` checks what it needs before it accepts work and names every problem, one line each:
+/// a destination it cannot write and a catalog it cannot create, both at once.
+#[test]
+fn serve_names_every_problem_before_it_starts() {
+    let f = Fixture::new();
+    let blocker = f.dir.path().join("blocker");
+    std::fs::write(&blocker, "a file, not a directory").expect("blocker");
+    let dest = format!("file://{}/backups-here", blocker.display());
+    let catalog = format!("sqlite://{}/catalog.db", blocker.display());
+    let out = run(
+        "backup-server",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--destination",
+            &dest,
+            "--catalog",
+            &catalog,
+            "--key-file",
+            &f.key,
+            "--event-store",
+            "127.0.0.1:1",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("backup-server: error: "))
+        .collect();
+    assert_eq!(errors.len(), 3, "{out:?}");
+    assert!(
+        errors[0].contains(&format!("destination {dest}")),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].starts_with("backup-server: error: catalog: "),
+        "{errors:?}"
+    );
+    assert_eq!(
+        errors[2],
+        "backup-server: error: 2 problem(s) above; the service did not start"
+    );
+    assert!(!out.stdout.contains("listening"), "{out:?}");
+}

@@ -174,13 +174,13 @@ async fn manifests_that_lie_fail_verify_and_restore_writes_nothing() {
     for (field, edit, said) in edits {
         let before = edit_manifest(&mc, edit);
         let v = p.run("verify", &[&c]);
-        assert_eq!(v.code, Some(1), "{field}: {v:?}");
+        assert_eq!(v.code, Some(7), "damaged: {field}: {v:?}");
         assert!(
             v.stdout.contains(&format!("FAILED  {c}")) && v.stdout.contains(said),
             "{field}: {v:?}"
         );
         let (r, dst) = restore_into_fresh(&c);
-        assert_eq!(r.code, Some(1), "{field}: {r:?}");
+        assert_eq!(r.code, Some(7), "damaged: {field}: {r:?}");
         assert_eq!(count(&dst).await, 0, "{field}: nothing was restored");
         std::fs::write(&mc, before).expect("put back");
     }

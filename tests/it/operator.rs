@@ -222,3 +222,103 @@ fn serve_without_a_key_does_not_start() {
     );
     assert!(!out.stdout.contains("listening"), "{out:?}");
 }
+
+/// `backupctl describe` shows one backup in full, and a unique prefix of an id works wherever an
+/// id does (`describe`, `restore`, `verify`); a prefix that fits several is refused naming them
+/// (exit 2), one that fits none is not found (exit 9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_and_unique_id_prefixes() {
+    use monoskope_backup_tests::fixture::{sample, store, Fixture};
+    let f = Fixture::new();
+    let es = monoskope_backup_tests::Devstore::start(&[]);
+    store(&es, sample(40)).await;
+    let first = f.backup(&es);
+    store(
+        &es,
+        monoskope_backup::devstore::sample::events(10, 2, 1_800_000_000, 4).collect(),
+    )
+    .await;
+    let out = run(
+        "backup-server",
+        &[
+            "backup",
+            "--incremental",
+            "--event-store",
+            &es.addr,
+            "--destination",
+            &f.dest,
+            "--key-file",
+            &f.key,
+            "--catalog",
+            &f.catalog(),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let second = out.stdout.lines().last().expect("id").to_string();
+    // The two ids share their first characters (the date); their whole time part tells them apart.
+    let shared = &first[..8];
+    let unique = &second[..19];
+    assert!(!first.starts_with(unique));
+
+    let s = monoskope_backup_tests::fixture::serve(&es.addr, &f.dest, &f.catalog(), &f.key, &[]);
+    let url = s.url();
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["--server", url.as_str()];
+        all.extend_from_slice(args);
+        run("backupctl", &all, &[])
+    };
+    let d = ctl(&["describe", unique]);
+    assert_eq!(d.code, Some(0), "{d:?}");
+    for want in [
+        format!("Backup       {second} (incremental, succeeded)"),
+        "Chain        2 backup(s), full first; a restore of it reads 50 events".to_string(),
+        format!("  {first} full"),
+        "Lock         none (no S3 Object Lock)".to_string(),
+        "Copies       none configured".to_string(),
+        format!("`backupctl drill {second}`"),
+    ] {
+        assert!(d.stdout.contains(&want), "{want:?} in\n{}", d.stdout);
+    }
+    let j = ctl(&["describe", unique, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&j.stdout).expect("json");
+    assert_eq!(v["backup"]["id"], second.as_str());
+    assert_eq!(v["chain"][0]["id"], first.as_str());
+    let ambiguous = ctl(&["describe", shared]);
+    assert_eq!(ambiguous.code, Some(2), "{ambiguous:?}");
+    assert!(
+        ambiguous
+            .stderr
+            .contains(&format!("{shared} is ambiguous: 2 backups start with it")),
+        "{ambiguous:?}"
+    );
+    let none = ctl(&["describe", "19990101T00"]);
+    assert_eq!(none.code, Some(9), "{none:?}");
+    drop(s);
+
+    // backup-server: verify and restore take the prefix too (resolved by the engine).
+    let v = run(
+        "backup-server",
+        &[
+            "verify",
+            unique,
+            "--destination",
+            &f.dest,
+            "--key-file",
+            &f.key,
+        ],
+        &[],
+    );
+    assert_eq!(v.code, Some(0), "{v:?}");
+    assert!(v.stdout.contains(&format!("ok      {second}")), "{v:?}");
+    let dst = monoskope_backup_tests::Devstore::start(&[]);
+    let r = f.restore(&[unique, "--event-store", &dst.addr, "--via-api"]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("restored backup {second}")),
+        "{r:?}"
+    );
+    let r = f.restore(&[shared, "--event-store", &dst.addr, "--via-api"]);
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(r.stderr.contains("is ambiguous"), "{r:?}");
+}

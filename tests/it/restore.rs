@@ -208,7 +208,7 @@ async fn cross_store_devstore_backup_into_the_postgres_events_table() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let summary: serde_json::Value = serde_json::from_str(&out.stdout).expect("json summary");
     let table_backup = summary["id"].as_str().expect("id").to_string();
-    assert_eq!(summary["event_count"], 2000);
+    assert_eq!(summary["events"], 2000);
     let dst = Devstore::start(&[]);
     let out = f.restore(&[&table_backup, "--event-store", &dst.addr, "--via-api"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -353,7 +353,7 @@ async fn refusals_have_precise_statuses_and_messages() {
     match c.restore(req("nope")).await {
         Err(ClientError::InvalidArgument(m)) => assert_eq!(
             m,
-            r#""nope" is not a backup id (expected e.g. 20261124T101500123Z-1a2b3c4d, or "latest")"#
+            r#""nope" is not a backup id (expected e.g. 20261124T101500123Z-1a2b3c4d, a unique prefix of one such as 20261124T1015, or "latest")"#
         ),
         other => panic!("expected INVALID_ARGUMENT for a malformed id, got {other:?}"),
     }

@@ -228,7 +228,7 @@ async fn backupctl_follows_a_restore_while_it_runs_and_after() {
     assert!(json["running_restore"].is_null(), "{json}");
     assert_eq!(json["last_restore"]["id"], started.id.as_str());
     assert_eq!(json["last_restore"]["state"], "succeeded");
-    assert_eq!(json["last_restore"]["event_count"], 300);
+    assert_eq!(json["last_restore"]["events"], 300);
     assert_eq!(json["last_restore"]["chain"], serde_json::json!([id]));
 }
 

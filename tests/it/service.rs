@@ -61,7 +61,7 @@ async fn serve_backupctl_and_reflection_on_a_directory() {
     assert_eq!(list.len(), 2, "retention keeps the newest 2: {list:?}");
     assert!(list
         .iter()
-        .all(|b| b["event_count"] == 3000 && b["state"] == "complete"));
+        .all(|b| b["events"] == 3000 && b["state"] == "succeeded"));
     assert!(
         !list.iter().any(|b| b["id"] == first_id.as_str()),
         "the oldest was deleted"

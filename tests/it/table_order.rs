@@ -164,7 +164,7 @@ async fn a_full_backup_is_in_store_order_whatever_the_tables_physical_order() {
         );
         assert_eq!(out.code, Some(0), "{name}: {}", out.stderr);
         let b: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
-        assert_eq!(b["event_count"], 10_000, "{name}");
+        assert_eq!(b["events"], 10_000, "{name}");
         let sorted_again = out
             .stderr
             .contains("the events table is not in store order");

@@ -309,6 +309,7 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => bail!("TLS needs both --tls-cert and --tls-key"),
     };
+    preflight(&settings).await?;
     let engine = settings.engine().await?;
     seed_metrics(&engine).await;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -427,4 +428,67 @@ async fn seed_metrics(engine: &crate::engine::Engine) {
         ok.as_ref().and_then(|r| t(r.completed_at.as_deref())),
         bad.as_ref().and_then(|r| t(r.completed_at.as_deref())),
     );
+}
+
+/// Everything `serve` needs, checked before it accepts work: the destination reachable and
+/// writable (and locking, when asked), the catalog reachable and migrated. Each problem is one
+/// line; with any, the service does not start (exit 3 when all are peers that did not answer).
+/// The EventStore (or the events database) not answering yet is a warning: it may start later.
+async fn preflight(settings: &super::settings::Settings) -> anyhow::Result<()> {
+    use crate::engine::Exit;
+    let line = |e: &anyhow::Error| {
+        crate::redact::text(&monoskope_backup_client::error_line(e.as_ref())).into_owned()
+    };
+    let mut problems: Vec<(Exit, String)> = Vec::new();
+    match settings.destination().await {
+        Ok(d) => {
+            if let Err(e) = d.probe().await {
+                let e = anyhow::Error::new(e);
+                problems.push((
+                    crate::engine::exit_of(&e),
+                    format!("destination {}: {}", crate::redact::url(&d.url()), line(&e)),
+                ));
+            }
+        }
+        Err(e) => problems.push((super::exit_of(&e), format!("destination: {}", line(&e)))),
+    }
+    if let Err(e) = crate::catalog::Catalog::connect(&settings.catalog_url).await {
+        let e = anyhow::Error::new(e);
+        problems.push((crate::engine::exit_of(&e), format!("catalog: {}", line(&e))));
+    }
+    // In the background: a store that is down must not hold up the start (its pool retries).
+    let es = settings.event_store.clone();
+    let events_db = settings.events_db.clone();
+    tokio::spawn(async move {
+        match events_db {
+            Some(url) => {
+                if let Err(e) = crate::events_table::connect(&url).await {
+                    tracing::warn!(error = %e, "the events database does not answer yet; backups will fail until it does");
+                }
+            }
+            None => {
+                if let Err(e) = es.probe().await {
+                    tracing::warn!(event_store = %crate::redact::url(&es.addr), error = %monoskope_backup_client::error_line(e.as_ref()), "the EventStore does not answer yet; backups will fail until it does");
+                }
+            }
+        }
+    });
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for (_, p) in &problems {
+        eprintln!("backup-server: error: {p}");
+    }
+    let exit = if problems.iter().all(|(e, _)| *e == Exit::Unreachable) {
+        Exit::Unreachable
+    } else {
+        Exit::Failed
+    };
+    Err(anyhow::Error::new(crate::engine::Ended {
+        exit,
+        message: format!(
+            "{} problem(s) above; the service did not start",
+            problems.len()
+        ),
+    }))
 }
