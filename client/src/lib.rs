@@ -193,9 +193,15 @@ impl ClientError {
                     && (message.contains("frame with invalid size")
                         || message.contains("h2 protocol error")) =>
             {
-                connect(format!(
-                    "the server does not speak gRPC over HTTP/2 ({message}): is --server the BackupService's gRPC port (not its metrics port), and http:// or https:// as it serves?"
-                ))
+                connect(if server.starts_with("http://") {
+                    format!(
+                        "the server does not speak plaintext gRPC ({message}): if it serves TLS, use https:// (and --ca-file); else check that --server is the BackupService's gRPC port"
+                    )
+                } else {
+                    format!(
+                        "the server does not speak gRPC over HTTP/2 ({message}): is --server the BackupService's gRPC port?"
+                    )
+                })
             }
             other => other,
         }

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod context;
 mod create;
 mod describe;
 mod drill;
@@ -24,14 +25,13 @@ use monoskope_backup_client::{BackupClient, ClientError, ClientOptions};
 #[derive(Debug, Parser)]
 #[command(name = "backupctl", version, propagate_version = true)]
 struct Cli {
-    /// The BackupService: http://HOST:PORT or https://HOST:PORT.
-    #[arg(
-        long,
-        global = true,
-        env = "BACKUP_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    server: String,
+    /// The BackupService: http://HOST:PORT or https://HOST:PORT (default: the context's, else
+    /// http://127.0.0.1:50051).
+    #[arg(long, global = true, env = "BACKUP_SERVER")]
+    server: Option<String>,
+    /// The context to use (see `backupctl context`; default: the file's current context).
+    #[arg(long, global = true, env = "BACKUPCTL_CONTEXT")]
+    context: Option<String>,
     /// PEM CA certificate to trust for https:// (system roots otherwise).
     #[arg(long, global = true, env = "BACKUP_SERVER_CA")]
     ca_file: Option<PathBuf>,
@@ -39,11 +39,30 @@ struct Cli {
     #[arg(long, global = true, env = "BACKUP_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Longest a call may wait for an answer (connecting, listing, status; a `--wait` also
-    /// stops once the service stops answering its status), e.g. 30s.
-    #[arg(long, global = true, env = "BACKUP_CLIENT_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
-    timeout: std::time::Duration,
+    /// stops once the service stops answering its status), e.g. 30s (default: the context's,
+    /// else 30s).
+    #[arg(long, global = true, env = "BACKUP_CLIENT_TIMEOUT", value_parser = parse_timeout)]
+    timeout: Option<std::time::Duration>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum ContextCommand {
+    /// List the contexts; the current one is marked with `*`.
+    List,
+    /// Make NAME the current context.
+    Use {
+        /// The context.
+        name: String,
+    },
+    /// Add or change the context NAME from the --server, --token-file, --ca-file and --timeout
+    /// given on this command line (only those change; the token itself is never stored), and
+    /// make it current if there is none.
+    Set {
+        /// The context.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +141,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Named contexts (server, token file, CA, timeout) in ~/.config/monoskope-backup/backupctl.yaml
+    /// (or BACKUPCTL_CONFIG), as kubectl keeps its contexts.
+    Context {
+        #[command(subcommand)]
+        command: ContextCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         /// The shell.
@@ -133,7 +158,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     monoskope_backup_client::term::quiet_on_closed_pipe();
     // A check for deployment manifests (the Helm chart's tests): the arguments parse, nothing runs.
     if std::env::var_os("MBK_PARSE_ONLY").is_some() {
@@ -143,7 +173,6 @@ fn main() -> ExitCode {
     // Generated from the CLI's own definition; no server needed.
     match &cli.command {
         Command::Completions { .. } | Command::Man => {
-            use clap::CommandFactory;
             let mut out = Vec::new();
             let made = match &cli.command {
                 Command::Completions { shell } => {
@@ -160,8 +189,24 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             };
         }
+        Command::Context { command } => {
+            return match contexts(command, &cli, &matches) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("backupctl: error: {e}");
+                    e.exit().into()
+                }
+            };
+        }
         _ => {}
     }
+    let target = match Target::of(&cli) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("backupctl: error: {e}");
+            return e.exit().into();
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -169,8 +214,8 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e.to_string()),
     };
-    let server = cli.server.clone();
-    match rt.block_on(run(cli)) {
+    let server = target.server.clone();
+    match rt.block_on(run(cli, target)) {
         Ok(code) => code,
         Err(e) => {
             let e = e.explained(&server);
@@ -185,12 +230,128 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
-    let mut opts = ClientOptions::new(cli.server.clone());
-    opts.timeout = Some(cli.timeout);
+/// Where the service is and how to reach it: flags and environment, then the context, then the
+/// defaults.
+struct Target {
+    server: String,
+    token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    timeout: std::time::Duration,
+}
+
+impl Target {
+    fn of(cli: &Cli) -> Result<Self, ClientError> {
+        let ctx = match context::path() {
+            Some(p) => context::ContextFile::load(&p)?
+                .pick(cli.context.as_deref())?
+                .map(|(_, c)| c)
+                .unwrap_or_default(),
+            None if cli.context.is_some() => {
+                return Err(ClientError::Usage(
+                    "--context: no context file (set HOME or BACKUPCTL_CONFIG)".into(),
+                ))
+            }
+            None => context::Context::default(),
+        };
+        let timeout = match (cli.timeout, &ctx.timeout) {
+            (Some(t), _) => t,
+            (None, Some(t)) => parse_timeout(t)
+                .map_err(|e| ClientError::Usage(format!("the context's timeout: {e}")))?,
+            (None, None) => monoskope_backup_client::DEFAULT_TIMEOUT,
+        };
+        Ok(Target {
+            server: cli
+                .server
+                .clone()
+                .or(ctx.server)
+                .unwrap_or_else(|| "http://127.0.0.1:50051".into()),
+            token_file: cli.token_file.clone().or(ctx.token_file),
+            ca_file: cli.ca_file.clone().or(ctx.ca_file),
+            timeout,
+        })
+    }
+}
+
+/// `backupctl context …`: read and write the context file; no server involved.
+fn contexts(
+    command: &ContextCommand,
+    cli: &Cli,
+    matches: &clap::ArgMatches,
+) -> Result<(), ClientError> {
+    let path = context::path().ok_or_else(|| {
+        ClientError::Usage("no context file: set HOME or BACKUPCTL_CONFIG".into())
+    })?;
+    let mut file = context::ContextFile::load(&path)?;
+    match command {
+        ContextCommand::List => {
+            if file.contexts.is_empty() {
+                println!("no contexts in {}", path.display());
+            }
+            for (name, c) in &file.contexts {
+                let mark = if file.current.as_deref() == Some(name) {
+                    "*"
+                } else {
+                    " "
+                };
+                println!(
+                    "{mark} {name:<16} {}{}",
+                    c.server.as_deref().unwrap_or("-"),
+                    c.token_file
+                        .as_ref()
+                        .map(|t| format!("  token {}", t.display()))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        ContextCommand::Use { name } => {
+            file.pick(Some(name))?;
+            file.current = Some(name.clone());
+            file.save(&path)?;
+            println!("current context: {name}");
+            Ok(())
+        }
+        ContextCommand::Set { name } => {
+            // Only what is on this command line: a BACKUP_SERVER in the environment is not a
+            // wish to store it.
+            let given = |id: &str| {
+                matches
+                    .subcommand_matches("context")
+                    .and_then(|m| m.subcommand_matches("set"))
+                    .and_then(|m| m.value_source(id))
+                    == Some(clap::parser::ValueSource::CommandLine)
+            };
+            let c = file.contexts.entry(name.clone()).or_default();
+            if given("server") {
+                c.server = cli.server.clone();
+            }
+            if given("token_file") {
+                c.token_file = cli.token_file.clone();
+            }
+            if given("ca_file") {
+                c.ca_file = cli.ca_file.clone();
+            }
+            if given("timeout") {
+                c.timeout = cli
+                    .timeout
+                    .map(|t| humantime::format_duration(t).to_string());
+            }
+            if file.current.is_none() {
+                file.current = Some(name.clone());
+            }
+            file.save(&path)?;
+            println!("context {name} saved in {}", path.display());
+            Ok(())
+        }
+    }
+}
+
+async fn run(cli: Cli, target: Target) -> Result<ExitCode, ClientError> {
+    let mut opts = ClientOptions::new(target.server.clone());
+    opts.timeout = Some(target.timeout);
     let opts = opts
-        .with_ca_file(cli.ca_file.clone())
-        .with_token_from_env_or_file(cli.token_file.as_deref())?;
+        .with_ca_file(target.ca_file.clone())
+        .with_token_from_env_or_file(target.token_file.as_deref())?;
     let mut client = BackupClient::connect(&opts).await?;
     match cli.command {
         Command::Create {
@@ -222,7 +383,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         Command::Drill { id, json } => drill::run(&mut client, &id, json).await,
         Command::Describe { id, json } => describe::run(&mut client, &id, json).await,
         Command::Status { json } => status::run(&mut client, json).await,
-        Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
+        Command::Completions { .. } | Command::Man | Command::Context { .. } => {
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -113,3 +113,43 @@ pub fn quiet_on_closed_pipe() {
         previous(info);
     }));
 }
+
+/// `done of total events (N%), about T left` when the total is known, else `done events`; the
+/// time left from the rate so far (none before a second has passed or an event was handled).
+pub fn events_progress(done: u64, total: u64, elapsed: Duration) -> String {
+    if total == 0 {
+        return format!("{done} events");
+    }
+    let pct = (done as f64 / total as f64 * 100.0).min(100.0);
+    let left = (done > 0 && elapsed >= Duration::from_secs(1) && done < total).then(|| {
+        let rate = done as f64 / elapsed.as_secs_f64();
+        Duration::from_secs(((total - done) as f64 / rate).ceil() as u64)
+    });
+    match left {
+        Some(l) => format!(
+            "{done} of {total} events ({pct:.0}%), about {} left",
+            humantime::format_duration(l)
+        ),
+        None => format!("{done} of {total} events ({pct:.0}%)"),
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    #[test]
+    fn progress_says_how_far_and_how_long_when_the_total_is_known() {
+        let s = Duration::from_secs;
+        assert_eq!(events_progress(120, 0, s(5)), "120 events");
+        assert_eq!(
+            events_progress(500, 1000, s(10)),
+            "500 of 1000 events (50%), about 10s left"
+        );
+        assert_eq!(events_progress(0, 1000, s(3)), "0 of 1000 events (0%)");
+        assert_eq!(
+            events_progress(1000, 1000, s(3)),
+            "1000 of 1000 events (100%)"
+        );
+    }
+}

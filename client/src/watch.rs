@@ -34,10 +34,14 @@ pub(crate) async fn restore_and_watch(
     watch(client, call, "restore", |s| {
         s.running_restore.as_ref().map(|r| {
             let p = r.progress.unwrap_or_default();
+            let elapsed = p
+                .elapsed
+                .and_then(|d| std::time::Duration::try_from(d).ok())
+                .unwrap_or_default();
             format!(
-                "restore of backup {}: {} events, {} of archive read",
+                "restore of backup {}: {}, {} of archive read",
                 r.backup_id,
-                p.events,
+                monoskope_backup_client::term::events_progress(p.events, p.total_events, elapsed),
                 human_bytes(p.bytes)
             )
         })

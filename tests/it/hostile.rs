@@ -191,7 +191,7 @@ async fn manifests_that_lie_fail_verify_and_restore_writes_nothing() {
     let before = std::fs::read(&mc).expect("c");
     std::fs::write(&mc, &before[..before.len() / 2]).expect("truncate");
     let all = p.run("verify", &["--all"]);
-    assert_eq!(all.code, Some(1), "{all:?}");
+    assert_eq!(all.code, Some(7), "{all:?}");
     assert!(
         all.stdout
             .contains(&format!("FAILED  {c}: its manifest cannot be trusted")),
@@ -202,9 +202,9 @@ async fn manifests_that_lie_fail_verify_and_restore_writes_nothing() {
         "{all:?}"
     );
     let latest = p.run("verify", &["latest"]);
-    assert_eq!(latest.code, Some(1), "{latest:?}");
+    assert_eq!(latest.code, Some(7), "{latest:?}");
     let (r, dst) = restore_into_fresh("latest");
-    assert_eq!(r.code, Some(1), "{r:?}");
+    assert_eq!(r.code, Some(7), "{r:?}");
     assert!(
         r.stderr
             .contains(&format!("the newest backup {c} cannot be read"))

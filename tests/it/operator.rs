@@ -322,3 +322,113 @@ async fn describe_and_unique_id_prefixes() {
     assert_eq!(r.code, Some(2), "{r:?}");
     assert!(r.stderr.contains("is ambiguous"), "{r:?}");
 }
+
+/// `backupctl context`: the server and token file kept under a name (the file 0600, the token
+/// itself never in it), used without flags; flags still win; an unknown context is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backupctl_contexts_keep_the_server_and_token_file() {
+    let es = devstore_with(20).await;
+    let f = monoskope_backup_tests::fixture::Fixture::new();
+    let s = serve(&es.addr, &f.dest, &f.catalog(), &f.key, &[]);
+    let home = tempfile::tempdir().expect("home");
+    let file = home.path().join("backupctl.yaml");
+    let token = home.path().join("token");
+    std::fs::write(&token, "not-needed-on-loopback").expect("token");
+    let env = [("BACKUPCTL_CONFIG", file.to_str().expect("utf8"))];
+    let out = run(
+        "backupctl",
+        &[
+            "context",
+            "set",
+            "local",
+            "--server",
+            &s.url(),
+            "--token-file",
+            token.to_str().expect("utf8"),
+            "--timeout",
+            "10s",
+        ],
+        &env,
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).expect("file").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let text = std::fs::read_to_string(&file).expect("file");
+    assert!(
+        text.contains("current: local") && text.contains(&s.url()),
+        "{text}"
+    );
+    assert!(
+        !text.contains("not-needed-on-loopback"),
+        "the token itself is never stored"
+    );
+    // Without flags: the current context's server.
+    let out = run("backupctl", &["list"], &env);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = run("backupctl", &["context", "list"], &env);
+    assert!(
+        out.stdout
+            .contains(&format!("* local            {}", s.url())),
+        "{out:?}"
+    );
+    // A flag wins over the context.
+    let out = run(
+        "backupctl",
+        &["--server", "http://127.0.0.1:1", "list"],
+        &env,
+    );
+    assert_eq!(out.code, Some(3), "{out:?}");
+    let out = run("backupctl", &["--context", "prod", "list"], &env);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("no context \"prod\" (known: local)"),
+        "{out:?}"
+    );
+}
+
+/// Help shows the flags a command uses: `list`'s help names the destination's flags and not the
+/// EventStore's, the keys' or the schedule's (which it still accepts, so one set of flags works
+/// for every command of a script).
+#[test]
+fn help_shows_only_the_flags_a_command_uses() {
+    let help = run("backup-server", &["list", "--help"], &[]);
+    assert_eq!(help.code, Some(0), "{help:?}");
+    for shown in [
+        "--destination",
+        "--s3-endpoint",
+        "--copy-destination",
+        "--json",
+    ] {
+        assert!(help.stdout.contains(shown), "{shown} in {}", help.stdout);
+    }
+    for hidden in [
+        "--event-store",
+        "--events-db",
+        "--key-file",
+        "--pushgateway-url",
+        "--keep-daily",
+    ] {
+        assert!(!help.stdout.contains(hidden), "{hidden} in {}", help.stdout);
+    }
+    let verify = run("backup-server", &["verify", "--help"], &[]);
+    assert!(verify.stdout.contains("--key-file") && !verify.stdout.contains("--events-db"));
+    let plan = run("backup-server", &["retention", "plan", "--help"], &[]);
+    assert!(plan.stdout.contains("--keep-daily") && !plan.stdout.contains("--event-store"));
+    // Still accepted.
+    let dir = tempfile::tempdir().expect("dir");
+    let out = run(
+        "backup-server",
+        &[
+            "list",
+            "--event-store",
+            "127.0.0.1:1",
+            "--destination",
+            &format!("file://{}", dir.path().display()),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(9), "parsed, then nothing there: {out:?}");
+}

@@ -573,7 +573,18 @@ async fn serve_with_tls_and_backupctl_with_a_ca_file() {
     })
     .await
     .expect("join");
-    assert_eq!(plain.code, Some(1), "plaintext to a TLS port fails");
+    assert_eq!(
+        plain.code,
+        Some(3),
+        "plaintext to a TLS port fails: {plain:?}"
+    );
+    assert!(
+        plain
+            .stderr
+            .contains("does not speak plaintext gRPC (h2 protocol error")
+            && plain.stderr.contains("if it serves TLS, use https://"),
+        "{plain:?}"
+    );
 }
 
 /// ListBackups pages newest first: every backup exactly once for any page size, an empty token

@@ -55,8 +55,10 @@ pub enum Command {
     /// Take one backup now, as CreateBackup does; prints the new backup's id as the last line.
     Backup(service::BackupArgs),
     /// List the complete backups straight from the destination's manifests (no catalog needed).
+    #[command(mut_args(shows_only(DESTINATION_FLAGS)))]
     List(service::ListArgs),
-    /// Read every byte of backups at the destination and check chunks, footer and manifest (for an incremental, every link of its chain); exit 1 on any problem.
+    /// Read every byte of backups at the destination and check chunks, footer and manifest (for an incremental, every link of its chain); exit 7 on any damage.
+    #[command(mut_args(shows_only(VERIFY_FLAGS)))]
     Verify(service::VerifyArgs),
     /// Restore a backup into the events table (--events-db) or, with --via-api, through the EventStore API.
     Restore(service::RestoreArgs),
@@ -146,6 +148,90 @@ pub struct KeygenArgs {
     /// 0600), its recipient (`age1…`, the public key for --recipient-file) printed.
     #[arg(long, requires = "out")]
     pub recipient: bool,
+}
+
+/// Every flag [`settings::CommonArgs`] shares with every command that takes it.
+const COMMON_FLAGS: &[&str] = &[
+    "config",
+    "event_store",
+    "event_store_ca",
+    "destination",
+    "s3_endpoint",
+    "s3_region",
+    "s3_disable_ssl",
+    "s3_object_lock_mode",
+    "s3_object_lock_days",
+    "catalog",
+    "copy_destinations",
+    "key_file",
+    "recipient_file",
+    "identity_file",
+    "no_encryption",
+    "retention_count",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+    "timeout",
+    "events_db",
+    "restore_timeout",
+    "lock_wait_timeout",
+    "compression_level",
+    "pushgateway_url",
+    "emit_events",
+    "full_every",
+];
+
+/// What a command that only reads the destination uses.
+pub(super) const DESTINATION_FLAGS: &[&str] = &[
+    "config",
+    "destination",
+    "s3_endpoint",
+    "s3_region",
+    "s3_disable_ssl",
+    "catalog",
+    "copy_destinations",
+];
+
+/// What `verify` uses: the destination and the keys that read it.
+const VERIFY_FLAGS: &[&str] = &[
+    "config",
+    "destination",
+    "s3_endpoint",
+    "s3_region",
+    "s3_disable_ssl",
+    "catalog",
+    "copy_destinations",
+    "key_file",
+    "identity_file",
+];
+
+/// What `retention plan` uses: the destination and the retention policy.
+pub(super) const RETENTION_FLAGS: &[&str] = &[
+    "config",
+    "destination",
+    "s3_endpoint",
+    "s3_region",
+    "s3_disable_ssl",
+    "catalog",
+    "retention_count",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+];
+
+/// Hides from a command's help the shared flags it does not use (they are still accepted, so a
+/// script passing the same flags to every command keeps working).
+pub(super) fn shows_only(uses: &'static [&'static str]) -> impl FnMut(clap::Arg) -> clap::Arg {
+    move |a| {
+        let id = a.get_id().as_str();
+        if COMMON_FLAGS.contains(&id) && !uses.contains(&id) {
+            a.hide(true)
+        } else {
+            a
+        }
+    }
 }
 
 /// Options that locate encryption keys (never the key itself).
@@ -420,10 +506,10 @@ pub async fn with_progress<F: std::future::Future>(
         }
         shown.tick(engine.running().await.map(|op| {
             format!(
-                "{} {}: {} events, {} {}",
+                "{} {}: {}, {} {}",
                 op.kind,
                 op.id,
-                op.events,
+                monoskope_backup_client::term::events_progress(op.events, op.total, op.elapsed),
                 monoskope_backup_client::human_bytes(op.bytes),
                 if op.kind == "backup" {
                     "written"

@@ -14,6 +14,7 @@ pub struct RetentionArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum RetentionCommand {
     /// Print what retention would keep (with why) and delete, without changing anything.
+    #[command(mut_args(super::shows_only(super::RETENTION_FLAGS)))]
     Plan(RetentionPlanArgs),
 }
 

@@ -66,6 +66,7 @@ pub struct CatalogArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum CatalogCommand {
     /// Rebuild the catalog's backup records from the manifests at the destination.
+    #[command(mut_args(super::shows_only(super::DESTINATION_FLAGS)))]
     Resync(CatalogResyncArgs),
 }
 

@@ -16,10 +16,14 @@ use crate::ops::config::{parse_duration, FileConfig};
 use crate::ops::secrets;
 use crate::source::EventStoreAddr;
 
+/// The config file read when none is given (`--config ""` reads none).
+pub const DEFAULT_CONFIG: &str = "/etc/monoskope-backup/config.yaml";
+
 /// Options shared by `serve`, `backup`, `list`, `verify` and `catalog`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
     /// YAML config file (see the README); flags and environment variables override it.
+    /// Default: /etc/monoskope-backup/config.yaml when it exists (where the Helm chart mounts it).
     #[arg(long, env = "BACKUP_CONFIG")]
     pub config: Option<PathBuf>,
     /// The EventStore's gRPC API: HOST:PORT (plaintext, as Monoskope serves it) or https://HOST:PORT.
@@ -179,7 +183,17 @@ impl CommonArgs {
     }
 
     fn resolve_with(&self, rewrap: bool) -> anyhow::Result<Settings> {
-        let file = match &self.config {
+        let default = std::path::Path::new(DEFAULT_CONFIG);
+        let config = match &self.config {
+            Some(p) if !p.as_os_str().is_empty() => Some(p.as_path()),
+            Some(_) => None,
+            None if default.exists() => {
+                tracing::info!(config = %default.display(), "using the default config file");
+                Some(default)
+            }
+            None => None,
+        };
+        let file = match config {
             Some(p) => FileConfig::load(p)
                 .map_err(|e| super::usage(monoskope_backup_client::error_line(e.as_ref())))?,
             None => FileConfig::default(),

@@ -64,6 +64,10 @@ impl Engine {
         let now = chrono::Utc::now();
         let id = format!("restore-{}", crate::destination::layout::new_id(now));
         let progress = self.claim("restore", &id).await?;
+        progress.total.store(
+            chain.iter().map(|m| m.event_count).sum(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let record = RestoreRecord {
             id: id.clone(),
             backup_id: manifest.id.clone(),

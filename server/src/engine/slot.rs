@@ -64,6 +64,8 @@ pub struct Progress {
     pub events: AtomicU64,
     /// Archive bytes written or read.
     pub bytes: AtomicU64,
+    /// Events the operation will handle when known (0: not known).
+    pub total: AtomicU64,
 }
 
 /// A snapshot of the running operation.
@@ -77,6 +79,8 @@ pub struct RunningOp {
     pub events: u64,
     /// Bytes so far.
     pub bytes: u64,
+    /// Events in all when known (0: not known).
+    pub total: u64,
     /// Time since start.
     pub elapsed: Duration,
 }
@@ -121,6 +125,7 @@ impl Engine {
             id: r.id.clone(),
             events: r.progress.events.load(Ordering::Relaxed),
             bytes: r.progress.bytes.load(Ordering::Relaxed),
+            total: r.progress.total.load(Ordering::Relaxed),
             elapsed: r.started.elapsed(),
         })
     }

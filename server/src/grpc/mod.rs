@@ -99,6 +99,7 @@ fn progress(op: &RunningOp) -> pb::Progress {
     pb::Progress {
         events: op.events,
         bytes: op.bytes,
+        total_events: op.total,
         elapsed: prost_types::Duration::try_from(op.elapsed).ok(),
     }
 }
