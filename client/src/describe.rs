@@ -63,8 +63,19 @@ pub(crate) async fn run(
     let links = chain(&all, b);
     let status = client.get_status().await?;
     if as_json {
+        let check = |c: &Option<pb::Check>| {
+            c.as_ref().map(|c| {
+                serde_json::json!({
+                    "checked_at": json::time(c.checked_at.as_ref()),
+                    "ok": c.ok,
+                    "detail": c.detail,
+                })
+            })
+        };
         print_json(&serde_json::json!({
             "backup": backup_json(b),
+            "last_drill": check(&b.last_drill),
+            "last_verify": check(&b.last_verify),
             "chain": links.iter().map(|l| backup_json(l)).collect::<Vec<_>>(),
             "copies": status.copies.iter().map(|c| serde_json::json!({
                 "destination": c.destination,
@@ -185,11 +196,30 @@ pub(crate) async fn run(
             ),
         );
     }
+    let check = |c: &Option<pb::Check>, never: &str| match c {
+        Some(c) => format!(
+            "{} at {}: {}",
+            if c.ok { "ok" } else { "FAILED" },
+            time(c.checked_at.as_ref()),
+            c.detail
+        ),
+        None => never.to_string(),
+    };
     row(
-        "Checks",
-        format!(
-            "`backupctl drill {}` restores it into a scratch store and compares; `backup-server verify {}` reads every byte at the destination",
-            b.id, b.id
+        "Last drill",
+        check(
+            &b.last_drill,
+            &format!(
+                "never (`backupctl drill {}` restores it into a scratch store and compares)",
+                b.id
+            ),
+        ),
+    );
+    row(
+        "Last verify",
+        check(
+            &b.last_verify,
+            &format!("never by the service (`backup-server verify {}` reads every byte at the destination)", b.id),
         ),
     );
     Ok(ExitCode::SUCCESS)

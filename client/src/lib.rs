@@ -188,10 +188,13 @@ impl ClientError {
                 "the server does not offer monoskope.backup.v1.BackupService (it answered UNIMPLEMENTED{}): is --server (BACKUP_SERVER) the BackupService's gRPC address, not another service's?",
                 if m.is_empty() { String::new() } else { format!(": {m}") }
             )),
+            // A TLS server read as plaintext answers with bytes that are no HTTP/2 frame, or
+            // closes the stream: which of the two comes first is a race.
             ClientError::Other { code, message }
-                if code == Code::Internal
+                if matches!(code, Code::Internal | Code::Unknown | Code::Cancelled)
                     && (message.contains("frame with invalid size")
-                        || message.contains("h2 protocol error")) =>
+                        || message.contains("h2 protocol error")
+                        || message.contains("transport error")) =>
             {
                 connect(if server.starts_with("http://") {
                     format!(

@@ -98,6 +98,22 @@ async fn every_error_names_what_to_do_with_its_exit_code() {
             ],
         },
         Case {
+            what: "a backup without a key",
+            out: run(
+                "backup-server",
+                &[
+                    "backup",
+                    "--event-store",
+                    &es.addr,
+                    "--destination",
+                    &f.dest,
+                ],
+                &[],
+            ),
+            code: 5,
+            says: vec!["no encryption key: give --key-file".into()],
+        },
+        Case {
             what: "no key",
             out: verify(&[]),
             code: 5,

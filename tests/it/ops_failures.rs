@@ -175,6 +175,14 @@ async fn drill_restores_into_a_scratch_store_and_compares_with_archive_and_live_
     assert_eq!(r["restored_events"], 300);
     assert_eq!(r["live_events"], 300);
     assert!(drill_metric().is_some_and(|t| t > 1.7e9));
+    // The drill is recorded with the backup: describe shows it.
+    let d = run("backupctl", &["describe", &b.id], &envs);
+    assert!(
+        d.stdout.contains("Last drill   ok at ")
+            && d.stdout
+                .contains("300 events restored into a scratch store match"),
+        "{d:?}"
+    );
 
     // An event committed late with an old timestamp: the live store no longer matches.
     let mut late: Event = monoskope_backup::devstore::sample::events(1, 1, 1_700_000_000, 99)
@@ -193,6 +201,9 @@ async fn drill_restores_into_a_scratch_store_and_compares_with_archive_and_live_
         out.stderr
     );
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    let d = run("backupctl", &["describe", &b.id, "--json"], &envs);
+    let v: serde_json::Value = serde_json::from_str(&d.stdout).expect("json");
+    assert_eq!(v["last_drill"]["ok"], false, "{v}");
 
     // A damaged archive: the drill fails, and the live store is untouched.
     let archive = backups.join(format!("backups/{}.mbk", b.id));

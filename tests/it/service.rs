@@ -579,9 +579,7 @@ async fn serve_with_tls_and_backupctl_with_a_ca_file() {
         "plaintext to a TLS port fails: {plain:?}"
     );
     assert!(
-        plain
-            .stderr
-            .contains("does not speak plaintext gRPC (h2 protocol error")
+        plain.stderr.contains("does not speak plaintext gRPC (")
             && plain.stderr.contains("if it serves TLS, use https://"),
         "{plain:?}"
     );

@@ -4,6 +4,7 @@
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
+use sqlx::Row;
 
 use crate::destination::Destination;
 
@@ -16,6 +17,21 @@ pub use lease::{lease_holder_name, LeaseHolder, LEASE_RENEW_EVERY, LEASE_TTL};
 use lease::{now_ms, this_host};
 use records::{backup_from_row, restore_from_row};
 pub use records::{BackupRecord, Page, RestoreRecord, State};
+
+/// The outcome of a check of a backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// The backup checked.
+    pub backup_id: String,
+    /// `drill` or `verify`.
+    pub kind: String,
+    /// When (RFC 3339).
+    pub checked_at: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What it found, in words.
+    pub detail: String,
+}
 
 /// The catalog database.
 #[derive(Debug, Clone)]
@@ -223,6 +239,51 @@ impl Catalog {
             .fetch_one(&self.pool)
             .await?;
         Ok(n as u64)
+    }
+
+    /// Records the outcome of a check of backup `backup_id`: `kind` `drill` or `verify`.
+    pub async fn record_check(
+        &self,
+        backup_id: &str,
+        kind: &str,
+        ok: bool,
+        detail: &str,
+    ) -> Result<(), CatalogError> {
+        sqlx::query(
+            "INSERT INTO checks (backup_id, kind, checked_at, ok, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(backup_id)
+        .bind(kind)
+        .bind(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .bind(i64::from(ok))
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest check of each kind of each of `ids`.
+    pub async fn last_checks(&self, ids: &[String]) -> Result<Vec<Check>, CatalogError> {
+        let mut out: std::collections::BTreeMap<(String, String), Check> = Default::default();
+        // One read of the (small: a row per drill or verification) table, folded here.
+        let rows = sqlx::query(
+            "SELECT backup_id, kind, checked_at, ok, detail FROM checks ORDER BY checked_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            let c = Check {
+                backup_id: r.try_get("backup_id")?,
+                kind: r.try_get("kind")?,
+                checked_at: r.try_get("checked_at")?,
+                ok: r.try_get::<i64, _>("ok")? != 0,
+                detail: r.try_get("detail")?,
+            };
+            if ids.contains(&c.backup_id) {
+                out.insert((c.backup_id.clone(), c.kind.clone()), c);
+            }
+        }
+        Ok(out.into_values().collect())
     }
 
     /// Removes a backup record.

@@ -53,6 +53,7 @@ pub enum Command {
     /// Run the BackupService (gRPC, with health and reflection).
     Serve(Box<serve::ServeArgs>),
     /// Take one backup now, as CreateBackup does; prints the new backup's id as the last line.
+    #[command(mut_args(shows_only(BACKUP_FLAGS)))]
     Backup(service::BackupArgs),
     /// List the complete backups straight from the destination's manifests (no catalog needed).
     #[command(mut_args(shows_only(DESTINATION_FLAGS)))]
@@ -61,6 +62,7 @@ pub enum Command {
     #[command(mut_args(shows_only(VERIFY_FLAGS)))]
     Verify(service::VerifyArgs),
     /// Restore a backup into the events table (--events-db) or, with --via-api, through the EventStore API.
+    #[command(mut_args(shows_only(RESTORE_FLAGS)))]
     Restore(service::RestoreArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions(CompletionsArgs),
@@ -150,83 +152,66 @@ pub struct KeygenArgs {
     pub recipient: bool,
 }
 
-/// Every flag [`settings::CommonArgs`] shares with every command that takes it.
-const COMMON_FLAGS: &[&str] = &[
+/// The shared flags ([`settings::CommonArgs`]) in groups, each named once; a command's help
+/// shows the groups it uses.
+const READ: &[&str] = &[
     "config",
-    "event_store",
-    "event_store_ca",
     "destination",
     "s3_endpoint",
     "s3_region",
     "s3_disable_ssl",
-    "s3_object_lock_mode",
-    "s3_object_lock_days",
     "catalog",
     "copy_destinations",
-    "key_file",
-    "recipient_file",
-    "identity_file",
-    "no_encryption",
+];
+const LOCK: &[&str] = &["s3_object_lock_mode", "s3_object_lock_days"];
+const RETENTION: &[&str] = &[
     "retention_count",
     "keep_daily",
     "keep_weekly",
     "keep_monthly",
     "keep_yearly",
-    "timeout",
+];
+const STORE: &[&str] = &[
+    "event_store",
+    "event_store_ca",
     "events_db",
-    "restore_timeout",
     "lock_wait_timeout",
+];
+const REPORT: &[&str] = &["pushgateway_url", "emit_events"];
+const WRITE: &[&str] = &[
+    "key_file",
+    "recipient_file",
+    "no_encryption",
+    "timeout",
     "compression_level",
-    "pushgateway_url",
-    "emit_events",
     "full_every",
+];
+const READ_KEYS: &[&str] = &["key_file", "identity_file"];
+const RESTORE: &[&str] = &["restore_timeout"];
+const ALL_GROUPS: &[&[&str]] = &[
+    READ, LOCK, RETENTION, STORE, REPORT, WRITE, READ_KEYS, RESTORE,
 ];
 
 /// What a command that only reads the destination uses.
-pub(super) const DESTINATION_FLAGS: &[&str] = &[
-    "config",
-    "destination",
-    "s3_endpoint",
-    "s3_region",
-    "s3_disable_ssl",
-    "catalog",
-    "copy_destinations",
-];
-
-/// What `verify` uses: the destination and the keys that read it.
-const VERIFY_FLAGS: &[&str] = &[
-    "config",
-    "destination",
-    "s3_endpoint",
-    "s3_region",
-    "s3_disable_ssl",
-    "catalog",
-    "copy_destinations",
-    "key_file",
-    "identity_file",
-];
-
-/// What `retention plan` uses: the destination and the retention policy.
-pub(super) const RETENTION_FLAGS: &[&str] = &[
-    "config",
-    "destination",
-    "s3_endpoint",
-    "s3_region",
-    "s3_disable_ssl",
-    "catalog",
-    "retention_count",
-    "keep_daily",
-    "keep_weekly",
-    "keep_monthly",
-    "keep_yearly",
-];
+pub(super) const DESTINATION_FLAGS: &[&[&str]] = &[READ];
+/// `verify`: the destination and the keys that read it.
+const VERIFY_FLAGS: &[&[&str]] = &[READ, READ_KEYS];
+/// `backup`: everything but what only reads or restores.
+const BACKUP_FLAGS: &[&[&str]] = &[READ, LOCK, RETENTION, STORE, REPORT, WRITE];
+/// `restore`: where the backup is, the keys that read it, and where it goes.
+const RESTORE_FLAGS: &[&[&str]] = &[READ, READ_KEYS, STORE, REPORT, RESTORE];
+/// `retention plan`: the destination and the policy.
+pub(super) const RETENTION_FLAGS: &[&[&str]] = &[READ, RETENTION];
 
 /// Hides from a command's help the shared flags it does not use (they are still accepted, so a
 /// script passing the same flags to every command keeps working).
-pub(super) fn shows_only(uses: &'static [&'static str]) -> impl FnMut(clap::Arg) -> clap::Arg {
+pub(super) fn shows_only(
+    uses: &'static [&'static [&'static str]],
+) -> impl FnMut(clap::Arg) -> clap::Arg {
     move |a| {
         let id = a.get_id().as_str();
-        if COMMON_FLAGS.contains(&id) && !uses.contains(&id) {
+        let shared = ALL_GROUPS.iter().any(|g| g.contains(&id));
+        if shared && !uses.iter().any(|g| g.contains(&id)) {
             a.hide(true)
         } else {
             a

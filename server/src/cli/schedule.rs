@@ -116,7 +116,28 @@ async fn verify_stored(engine: &Engine, tick: &chrono::DateTime<Utc>) {
             return;
         }
     };
-    match crate::engine::verify::verify(dest.as_ref(), None, &m).await {
+    let result = crate::engine::verify::verify(dest.as_ref(), None, &m).await;
+    // Recorded with the backup (describe shows it).
+    let (ok, detail) = match &result {
+        Ok(r) if r.ok => (
+            true,
+            format!(
+                "the destination holds exactly the {} bytes written (not decrypted)",
+                r.bytes
+            ),
+        ),
+        Ok(r) => (false, r.problems.join("; ")),
+        Err(e) => (false, monoskope_backup_client::error_line(e.as_ref())),
+    };
+    if let Err(e) = engine
+        .config()
+        .catalog
+        .record_check(&m.id, "verify", ok, &detail)
+        .await
+    {
+        tracing::warn!(error = %e, "could not record the verification in the catalog");
+    }
+    match result {
         Ok(r) if r.ok => {
             tracing::info!(%tick, backup_id = %r.id, bytes = r.bytes, "scheduled verification (write-only: a drill needs an identity): the destination holds exactly what was written")
         }

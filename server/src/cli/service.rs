@@ -126,6 +126,15 @@ async fn start(
 
 pub(super) async fn backup(a: BackupArgs) -> anyhow::Result<()> {
     let (settings, engine) = start(&a.common, Op::Backup, None).await?;
+    // Checked before anything runs (no object is written); the failure leaves its trace as any
+    // run that fails before it starts.
+    if engine.config().protection.is_none() {
+        let e = anyhow::Error::new(crate::engine::EngineError::KeyMissing(
+            crate::engine::backup::NO_KEY.into(),
+        ));
+        super::trace::early_failure(Op::Backup, super::trace::Known::of(&settings), &e).await;
+        return Err(e);
+    }
     let who = super::cli_identity();
     let r = super::interruptible(
         &engine,

@@ -118,6 +118,9 @@ fn batches(
     ))
 }
 
+/// What a backup without a key to encrypt with says.
+pub const NO_KEY: &str = "no encryption key: give --key-file, --recipient-file, BACKUP_ENCRYPTION_KEY or BACKUP_PASSPHRASE (or --no-encryption to write unencrypted archives)";
+
 /// One attempt at a backup: until when it may run (the backup's deadline: an attempt after a
 /// failed one has what is left) and how a full backup's read of the events table comes into
 /// store order.
@@ -143,9 +146,10 @@ pub(super) async fn run(
     attempt: Attempt,
     stop: &super::Interrupt,
 ) -> Result<BackupRecord, AttemptError> {
-    let protection = cfg.protection.clone().context(
-        "no encryption key: give --key-file, BACKUP_ENCRYPTION_KEY or BACKUP_PASSPHRASE (or --no-encryption to write unencrypted archives)",
-    )?;
+    let protection = cfg
+        .protection
+        .clone()
+        .ok_or_else(|| anyhow::Error::new(super::EngineError::KeyMissing(NO_KEY.into())))?;
     let parent_id = parent.as_ref().map(|p| p.manifest.id.clone());
     // The timeout covers starting the upload, opening the source and reading it: a store or
     // database that takes the connection and never answers fails the backup (and frees the

@@ -472,6 +472,23 @@ impl Engine {
                     |why| EngineError::Internal(anyhow::anyhow!("drill interrupted by {why}")),
                 )
                 .await;
+            let check = match &res {
+                Ok(r) if r.ok => format!(
+                    "{} events restored into a scratch store match the archive and the live store (digest {})",
+                    r.restored_events, r.events_digest
+                ),
+                Ok(r) => r.problems.join("; "),
+                Err(e) => e.to_string(),
+            };
+            let ok = matches!(&res, Ok(r) if r.ok);
+            if let Err(e) = engine
+                .cfg
+                .catalog
+                .record_check(&manifest.id, "drill", ok, &check)
+                .await
+            {
+                tracing::warn!(error = %e, "could not record the drill's outcome in the catalog");
+            }
             match &res {
                 Ok(r) if r.ok => {
                     metrics::get().drill_succeeded();

@@ -139,6 +139,8 @@ pub fn backup_pb(r: &BackupRecord, location_base: &str) -> pb::Backup {
             .map(|k| format!("{}/{k}", location_base.trim_end_matches('/')))
             .unwrap_or_default(),
         progress: None,
+        last_drill: None,
+        last_verify: None,
         note: r.note.clone().unwrap_or_default(),
     }
 }
@@ -245,6 +247,25 @@ impl BackupService for Service {
             }
         };
         let running = self.engine.running().await;
+        let ids: Vec<String> = page.backups.iter().map(|r| r.id.clone()).collect();
+        // The checks are an addition: a catalog that cannot read them leaves them out.
+        let checks = self
+            .engine
+            .config()
+            .catalog
+            .last_checks(&ids)
+            .await
+            .unwrap_or_default();
+        let check = |id: &str, kind: &str| {
+            checks
+                .iter()
+                .find(|c| c.backup_id == id && c.kind == kind)
+                .map(|c| pb::Check {
+                    checked_at: ts(Some(&c.checked_at)),
+                    ok: c.ok,
+                    detail: c.detail.clone(),
+                })
+        };
         let backups = page
             .backups
             .iter()
@@ -253,6 +274,8 @@ impl BackupService for Service {
                 if let Some(op) = running.as_ref().filter(|op| op.id == r.id) {
                     b.progress = Some(progress(op));
                 }
+                b.last_drill = check(&r.id, "drill");
+                b.last_verify = check(&r.id, "verify");
                 b
             })
             .collect();
