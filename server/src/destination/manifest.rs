@@ -166,9 +166,18 @@ impl Scan {
 /// Reads every manifest at `dest` (only the backup layout is listed).
 pub async fn scan(dest: &dyn super::Destination) -> anyhow::Result<Scan> {
     let mut out = Scan::default();
-    for o in dest.list(super::layout::BACKUPS_DIR).await? {
+    let url = dest.url();
+    let listed = dest.list(super::layout::BACKUPS_DIR).await?;
+    for o in &listed {
         if let Some((id, true)) = super::layout::parse_key(&o.key) {
-            let bytes = dest.get_bytes(&o.key).await?;
+            let bytes = match cache::get(&url, o) {
+                Some(b) => b,
+                None => {
+                    let b = dest.get_bytes(&o.key).await?;
+                    cache::put(&url, o, &b);
+                    b
+                }
+            };
             match Manifest::parse_at(id, &bytes) {
                 Ok(m) => out.complete.push(m),
                 Err(e) => out.broken.push(Broken {
@@ -178,9 +187,63 @@ pub async fn scan(dest: &dyn super::Destination) -> anyhow::Result<Scan> {
             }
         }
     }
+    cache::keep_only(&url, &listed);
     out.complete.sort_by(|a, b| b.id.cmp(&a.id));
     out.broken.sort_by(|a, b| b.id.cmp(&a.id));
     Ok(out)
+}
+
+/// The manifests this process has read, so that a listing reads only the new ones: continuous
+/// backup lists the destination for every segment, and without it would read every manifest of
+/// the chain each time (thousands a day). An entry is the object's bytes with its size and
+/// modification time; it serves only while both still match, only objects last modified
+/// a while before they were read are kept (a rewrite then has another time), and entries whose
+/// object was not listed any more are dropped, so the cache holds at most what is there.
+mod cache {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    use crate::destination::ObjectInfo;
+
+    /// Objects modified more recently than this are not kept.
+    const SETTLED_SECS: i64 = 5;
+
+    type Entries = HashMap<(String, String), (u64, i64, Vec<u8>)>;
+
+    fn entries() -> &'static Mutex<Entries> {
+        static E: OnceLock<Mutex<Entries>> = OnceLock::new();
+        E.get_or_init(Default::default)
+    }
+
+    pub(super) fn get(url: &str, o: &ObjectInfo) -> Option<Vec<u8>> {
+        let e = entries().lock().ok()?;
+        match e.get(&(url.to_string(), o.key.clone())) {
+            Some((size, modified, bytes)) if *size == o.size && *modified == o.modified_unix => {
+                Some(bytes.clone())
+            }
+            _ => None,
+        }
+    }
+
+    pub(super) fn put(url: &str, o: &ObjectInfo, bytes: &[u8]) {
+        if chrono::Utc::now().timestamp() - o.modified_unix < SETTLED_SECS {
+            return;
+        }
+        if let Ok(mut e) = entries().lock() {
+            e.insert(
+                (url.to_string(), o.key.clone()),
+                (o.size, o.modified_unix, bytes.to_vec()),
+            );
+        }
+    }
+
+    pub(super) fn keep_only(url: &str, listed: &[ObjectInfo]) {
+        if let Ok(mut e) = entries().lock() {
+            let here: std::collections::HashSet<&str> =
+                listed.iter().map(|o| o.key.as_str()).collect();
+            e.retain(|(u, k), _| u != url || here.contains(k.as_str()));
+        }
+    }
 }
 
 /// Every complete backup's manifest at `dest`, newest first; an unreadable or inconsistent
