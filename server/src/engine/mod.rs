@@ -1,6 +1,7 @@
 //! The engine: backups, verification and retention, one operation at a time, each with a
 //! timeout. Heavy steps are split into a plan (a plain value) and its execution.
 
+mod attempt;
 pub mod backup;
 mod chain;
 pub mod drill;
