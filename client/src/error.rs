@@ -73,7 +73,6 @@ pub enum ClientError {
     Local(String),
 }
 
-
 /// One line for an error and its causes, each after a colon, leaving out a cause whose text the
 /// line already holds (transport errors repeat theirs: "tcp connect error: tcp connect error").
 pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {

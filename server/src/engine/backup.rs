@@ -520,7 +520,6 @@ pub(super) async fn run(
     }
 }
 
-
 /// How long past the deadline the outer bound waits for the inner ones to end the backup.
 const OUTER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 

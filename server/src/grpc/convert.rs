@@ -93,7 +93,6 @@ pub fn restore_pb(r: &RestoreRecord) -> pb::Restore {
     }
 }
 
-
 /// A restore plan as the API shows it.
 pub fn plan_pb(
     plan: &crate::engine::restore::RestorePlan,
