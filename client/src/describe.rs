@@ -77,12 +77,7 @@ pub(crate) async fn run(
             "last_drill": check(&b.last_drill),
             "last_verify": check(&b.last_verify),
             "chain": links.iter().map(|l| backup_json(l)).collect::<Vec<_>>(),
-            "copies": status.copies.iter().map(|c| serde_json::json!({
-                "destination": c.destination,
-                "lag_seconds": c.lag_seconds,
-                "error": (!c.error.is_empty()).then_some(&c.error),
-                "checked_at": json::time(c.checked_at.as_ref()),
-            })).collect::<Vec<_>>(),
+            "copies": status.copies.iter().map(copy_json).collect::<Vec<_>>(),
         }));
         return Ok(ExitCode::SUCCESS);
     }
@@ -180,21 +175,7 @@ pub(crate) async fn run(
         row("Copies", "none configured (backup.copies)".into());
     }
     for c in &status.copies {
-        let state = if !c.error.is_empty() {
-            format!("{:.0} s behind: {}", c.lag_seconds, c.error)
-        } else if c.lag_seconds > 0.0 {
-            format!("{:.0} s behind", c.lag_seconds)
-        } else {
-            "holds every backup".into()
-        };
-        row(
-            "Copies",
-            format!(
-                "{} — {state} (checked {})",
-                c.destination,
-                time(c.checked_at.as_ref())
-            ),
-        );
+        row("Copies", copy_words(c));
     }
     let check = |c: &Option<pb::Check>, never: &str| match c {
         Some(c) => format!(

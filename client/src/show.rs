@@ -48,3 +48,29 @@ pub(crate) fn restore_json(r: &pb::Restore) -> serde_json::Value {
 pub(crate) fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
+
+/// A copy destination as JSON (status and describe).
+pub(crate) fn copy_json(c: &pb::CopyStatus) -> serde_json::Value {
+    serde_json::json!({
+        "destination": c.destination,
+        "lag_seconds": c.lag_seconds,
+        "error": (!c.error.is_empty()).then_some(&c.error),
+        "checked_at": json::time(c.checked_at.as_ref()),
+    })
+}
+
+/// A copy destination in words: how far behind and why, and when it was checked.
+pub(crate) fn copy_words(c: &pb::CopyStatus) -> String {
+    let state = if !c.error.is_empty() {
+        format!("{:.0} s behind: {}", c.lag_seconds, c.error)
+    } else if c.lag_seconds > 0.0 {
+        format!("{:.0} s behind", c.lag_seconds)
+    } else {
+        "holds every backup".to_string()
+    };
+    format!(
+        "{} — {state} (checked {})",
+        c.destination,
+        time(c.checked_at.as_ref())
+    )
+}

@@ -29,12 +29,7 @@ pub(crate) async fn run(client: &mut BackupClient, json: bool) -> Result<ExitCod
                 "earliest": json::time(c.earliest.as_ref()),
                 "latest": json::time(c.latest.as_ref()),
             })),
-            "copies": s.copies.iter().map(|c| serde_json::json!({
-                "destination": c.destination,
-                "lag_seconds": c.lag_seconds,
-                "error": (!c.error.is_empty()).then_some(&c.error),
-                "checked_at": json::time(c.checked_at.as_ref()),
-            })).collect::<Vec<_>>(),
+            "copies": s.copies.iter().map(copy_json).collect::<Vec<_>>(),
         });
         print_json(&v);
     } else {
@@ -154,17 +149,6 @@ fn print_status(s: &pb::GetStatusResponse) {
         );
     }
     for c in &s.copies {
-        let state = if !c.error.is_empty() {
-            format!("{:.0} s behind: {}", c.lag_seconds, c.error)
-        } else if c.lag_seconds > 0.0 {
-            format!("{:.0} s behind", c.lag_seconds)
-        } else {
-            "holds every backup".to_string()
-        };
-        println!(
-            "copy              {} — {state} (checked {})",
-            c.destination,
-            time(c.checked_at.as_ref())
-        );
+        println!("copy              {}", copy_words(c));
     }
 }

@@ -298,18 +298,22 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn keeps_newest_n_and_deletes_newest_first() {
-        let ids = ids(5);
-        let objects: Vec<ObjectInfo> = ids
-            .iter()
+    /// The archive and manifest of each of `ids`: complete backups.
+    fn complete(ids: &[String]) -> Vec<ObjectInfo> {
+        ids.iter()
             .flat_map(|id| {
                 [
                     obj(layout::archive_key(id), 0),
                     obj(layout::manifest_key(id), 0),
                 ]
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn keeps_newest_n_and_deletes_newest_first() {
+        let ids = ids(5);
+        let objects = complete(&ids);
         let p = plan_n(&objects, &HashMap::new(), 2, 1_000_000);
         assert_eq!(p.keep, vec![ids[4].clone(), ids[3].clone()]);
         assert_eq!(
@@ -334,15 +338,7 @@ mod tests {
     #[test]
     fn a_lock_keeps_a_backup_until_its_date_and_not_after() {
         let ids = ids(3);
-        let objects: Vec<ObjectInfo> = ids
-            .iter()
-            .flat_map(|id| {
-                [
-                    obj(layout::archive_key(id), 0),
-                    obj(layout::manifest_key(id), 0),
-                ]
-            })
-            .collect();
+        let objects = complete(&ids);
         let now = 1_000_000;
         let at = |secs: i64| DateTime::from_timestamp(now + secs, 0);
         let known: HashMap<String, Known> = [(0, at(-86_400)), (1, at(86_400)), (2, None)]
