@@ -264,7 +264,11 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::new(e)),
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // What the runtime's tasks still log while they wind down (a pool's connections released)
+    // comes before the error line, so the error stays the last line a script reads.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
