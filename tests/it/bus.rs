@@ -14,7 +14,8 @@ use monoskope_backup_tests::proxy::{Fault, FaultProxy};
 use monoskope_backup_tests::{http_get, metric_value, run, service_env, Devstore, Server};
 
 use crate::continuous::{
-    empty_events_table, events_at_destination, store_and_publish, store_rows, wait_until,
+    empty_events_table, events_at_destination, restore_holds_the_whole_table, store_and_publish,
+    store_rows, wait_until,
 };
 
 fn bus(url: &str) -> BusConfig {
@@ -242,14 +243,7 @@ async fn continuous_backup_hears_new_events_on_the_bus_and_polls_when_it_is_down
     );
 
     // Every stored event, exactly once.
-    let restored = fresh_events_db(&pg).await;
-    let out = f.restore(&["latest", "--events-db", &restored]);
-    assert_eq!(out.code, Some(0), "{out:?}");
-    let mut want = table_events(&db).await;
-    let mut got = table_events(&restored).await;
-    want.sort_by(|a, b| a.0.cmp(&b.0));
-    got.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(got == want, "the restored table differs from the store");
+    restore_holds_the_whole_table(&f, &pg, &db).await;
 }
 
 /// A restore into the events table replays nothing onto the bus: the running services are not

@@ -61,6 +61,20 @@ pub(crate) async fn store_and_publish(
     }
 }
 
+/// `restore latest` into a fresh database holds exactly the events of `db`: every stored event
+/// once, the whole table compared (not a count).
+pub(crate) async fn restore_holds_the_whole_table(f: &Fixture, pg: &str, db: &str) {
+    let restored = fresh_events_db(pg).await;
+    let out = f.restore(&["latest", "--events-db", &restored]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let mut want = table_events(db).await;
+    let mut got = table_events(&restored).await;
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the restored table differs from the store");
+}
+
 /// A fresh database with Monoskope's empty `event_records`: its URL and a pool.
 pub(crate) async fn empty_events_table(pg: &str) -> (String, sqlx::PgPool) {
     let db = fresh_events_db(pg).await;
@@ -224,15 +238,7 @@ async fn every_stored_event_reaches_the_destination_within_seconds_exactly_once(
     );
 
     // A restore of latest holds every stored event exactly once: the whole table compared.
-    let restored = fresh_events_db(&pg).await;
-    let out = f.restore(&["latest", "--events-db", &restored]);
-    assert_eq!(out.code, Some(0), "{out:?}");
-    let mut want = table_events(&db).await;
-    let mut got = table_events(&restored).await;
-    want.sort_by(|a, b| a.0.cmp(&b.0));
-    got.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(got.len(), want.len());
-    assert!(got == want, "the restored table differs from the store");
+    restore_holds_the_whole_table(&f, &pg, &db).await;
 
     // To an instant inside the window: exactly the events stored up to it.
     let (mid,): (chrono::DateTime<chrono::Utc>,) = sqlx::query_as(
@@ -428,12 +434,5 @@ async fn the_events_database_restarting_loses_nothing() {
         "after the database came back: {:?}",
         events_at_destination(&f)
     );
-    let restored = fresh_events_db(&pg).await;
-    let out = f.restore(&["latest", "--events-db", &restored]);
-    assert_eq!(out.code, Some(0), "{out:?}");
-    let mut want = table_events(&db).await;
-    let mut got = table_events(&restored).await;
-    want.sort_by(|a, b| a.0.cmp(&b.0));
-    got.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(got == want, "the restored table differs from the store");
+    restore_holds_the_whole_table(&f, &pg, &db).await;
 }

@@ -193,25 +193,7 @@ async fn retention_cut_off_midway_leaves_only_whole_backups_and_converges() {
         "the failed retention is reported: {out:?}"
     );
     // Every listed backup verifies with its chain.
-    let list = run(
-        "backup-server",
-        &[
-            "list",
-            "--json",
-            "--destination",
-            &f.dest,
-            "--catalog",
-            &catalog,
-        ],
-        &[],
-    );
-    let listed: Vec<String> = serde_json::from_str::<serde_json::Value>(&list.stdout)
-        .expect("json")
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|m| m["id"].as_str().expect("id").to_string())
-        .collect();
+    let listed = listed_ids(&f, &catalog);
     assert!(
         listed.contains(&a0),
         "the full of chain A is still there: {listed:?}"
@@ -232,6 +214,12 @@ async fn retention_cut_off_midway_leaves_only_whole_backups_and_converges() {
     let out = run("backup-server", &args, &[]);
     assert_eq!(out.code, Some(0), "{out:?}");
     let newest = out.stdout.lines().last().expect("id").to_string();
+    let listed = listed_ids(&f, &catalog);
+    assert_eq!(listed, vec![newest]);
+}
+
+/// The ids `backup-server list --json` shows at the fixture's destination.
+fn listed_ids(f: &Fixture, catalog: &str) -> Vec<String> {
     let list = run(
         "backup-server",
         &[
@@ -240,16 +228,15 @@ async fn retention_cut_off_midway_leaves_only_whole_backups_and_converges() {
             "--destination",
             &f.dest,
             "--catalog",
-            &catalog,
+            catalog,
         ],
         &[],
     );
-    let listed: Vec<String> = serde_json::from_str::<serde_json::Value>(&list.stdout)
+    serde_json::from_str::<serde_json::Value>(&list.stdout)
         .expect("json")
         .as_array()
         .expect("array")
         .iter()
         .map(|m| m["id"].as_str().expect("id").to_string())
-        .collect();
-    assert_eq!(listed, vec![newest]);
+        .collect()
 }
