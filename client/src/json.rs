@@ -126,7 +126,16 @@ pub fn text(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
-/// The name of an operation state.
+/// The name of a backup kind.
+pub fn kind(k: i32) -> &'static str {
+    match pb::BackupKind::try_from(k) {
+        Ok(pb::BackupKind::Incremental) => "incremental",
+        Ok(pb::BackupKind::Segment) => "segment",
+        _ => "full",
+    }
+}
+
+/// A state's name in the model.
 pub fn state(s: i32) -> &'static str {
     match pb::OperationState::try_from(s) {
         Ok(pb::OperationState::Running) => "running",
@@ -141,11 +150,7 @@ impl From<&pb::Backup> for Backup {
     fn from(b: &pb::Backup) -> Self {
         Backup {
             id: b.id.clone(),
-            kind: match pb::BackupKind::try_from(b.kind) {
-                Ok(pb::BackupKind::Incremental) => "incremental",
-                _ => "full",
-            }
-            .into(),
+            kind: kind(b.kind).into(),
             state: state(b.state).into(),
             parent_id: text(&b.parent_id),
             created_at: time(b.created_at.as_ref()),

@@ -29,7 +29,10 @@ pub(crate) async fn run(
             // A run of continuous segments (newest first) is one line: the window they cover.
             let run = backups[i..]
                 .iter()
-                .take_while(|b| !all && b.note == SEGMENT_NOTE && b.error.is_empty())
+                .take_while(|b| {
+                    !all && (kind_name(b.kind) == "segment" || b.note == SEGMENT_NOTE)
+                        && b.error.is_empty()
+                })
                 .count();
             if run > 1 {
                 let (newest, oldest) = (&backups[i], &backups[i + run - 1]);
@@ -89,7 +92,7 @@ pub(crate) async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The note of a continuous segment (as the service writes it).
+/// The note of a continuous segment written before segments had a kind of their own.
 const SEGMENT_NOTE: &str = "continuous segment";
 
 /// A key id for the list: the first recipient's id and how many more.

@@ -19,10 +19,7 @@ pub(crate) fn state_name(s: i32) -> &'static str {
 }
 
 pub(crate) fn kind_name(k: i32) -> &'static str {
-    match pb::BackupKind::try_from(k) {
-        Ok(pb::BackupKind::Incremental) => "incremental",
-        _ => "full",
-    }
+    monoskope_backup_client::json::kind(k)
 }
 
 /// A backup in the one JSON model (`monoskope_backup_client::json`), with its progress while it

@@ -123,6 +123,46 @@ fn inspect_reads_the_format_1_1_vectors() {
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
+/// Format 1.2: a continuous segment, read with its parent's key; `--summary` shows its kind and
+/// its link, the SHA-256 of the 1.1 archive it continues.
+#[test]
+fn inspect_reads_the_format_1_2_vectors() {
+    use sha2::Digest;
+    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors");
+    let inspect = |extra: &[&str]| {
+        let out = Command::new(bin("backup-server"))
+            .arg("inspect")
+            .arg(vectors.join("v1.2/segment.mbk"))
+            .arg("--key-file")
+            .arg(vectors.join("v1.1/keyfile.key"))
+            .args(extra)
+            .env_remove("BACKUP_ENCRYPTION_KEY")
+            .env_remove("BACKUP_PASSPHRASE")
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let expected =
+        std::fs::read_to_string(vectors.join("v1.2/expected.jsonl")).expect("expected lines");
+    assert_eq!(inspect(&[]), expected);
+    let summary: serde_json::Value = serde_json::from_str(&inspect(&["--summary"])).expect("json");
+    let parent = std::fs::read(vectors.join("v1.1/keyfile.mbk")).expect("1.1 vector");
+    let sha: String = sha2::Sha256::digest(&parent)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(summary["format_version"], "1.2");
+    assert_eq!(summary["kind"], "segment");
+    assert_eq!(summary["parent_id"], "20261206T120000000Z-00000011");
+    assert_eq!(summary["parent_sha256"], sha.as_str());
+    assert_eq!(summary["event_count"], 2);
+}
+
 #[test]
 fn inspect_errors_are_one_clear_line_with_their_exit_codes() {
     let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors/v1");

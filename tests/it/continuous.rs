@@ -128,7 +128,7 @@ pub(crate) fn events_at_destination(f: &Fixture) -> (u64, usize, usize) {
     let events = all.iter().map(|m| m["events"].as_u64().unwrap_or(0)).sum();
     let segments = all
         .iter()
-        .filter(|m| m["note"] == "continuous segment")
+        .filter(|m| m["kind"] == "segment" && m["note"] == "continuous segment")
         .count();
     (events, all.len(), segments)
 }

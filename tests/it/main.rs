@@ -7,6 +7,7 @@ mod auth_gateway;
 mod bench;
 mod bus;
 mod cockroach;
+mod compaction;
 mod continuous;
 mod copies;
 mod db_tls;

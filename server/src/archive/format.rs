@@ -9,8 +9,10 @@ use sha2::{Digest, Sha256};
 pub const MAGIC: &[u8; 8] = b"MSKBKP\x00\x01";
 /// Major format version this build writes and reads.
 pub const FORMAT_MAJOR: u16 = 1;
-/// Minor format version this build writes.
-pub const FORMAT_MINOR: u16 = 1;
+/// Highest minor format version this build writes (1.1: recipients and key files; 1.2: the
+/// link to the parent archive, `Header.parent_sha256`, of continuous segments and their
+/// compactions).
+pub const FORMAT_MINOR: u16 = 2;
 /// Largest header or key envelope a reader accepts.
 pub const MAX_HEADER_LEN: u32 = 64 * 1024;
 /// Default uncompressed bytes per chunk.

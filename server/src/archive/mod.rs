@@ -31,21 +31,24 @@ pub use view::{RecordView, ViewError};
 pub use writer::{chunk_compressor, ArchiveWriter, WriterOptions, DEFAULT_COMPRESSION_LEVEL};
 
 /// The minor version an archive written with `protection` (its wraps in a key file when
-/// `key_file`) is: the lowest that describes it, so that a 1.0 reader still reads every archive
-/// that needs nothing of 1.1 (recipients, a key file).
-pub fn minor_for(protection: &Protection, key_file: bool) -> u16 {
+/// `key_file`; linked to its parent's bytes when `linked`) is: the lowest that describes it, so
+/// that a 1.0 reader still reads every archive that needs nothing of 1.1 (recipients, a key
+/// file) and a 1.1 reader every archive without the link of 1.2.
+pub fn minor_for(protection: &Protection, key_file: bool, linked: bool) -> u16 {
     let encrypted = !matches!(protection, Protection::Unencrypted);
-    if matches!(protection, Protection::Recipients(_)) || (key_file && encrypted) {
-        FORMAT_MINOR
+    if linked {
+        2
+    } else if matches!(protection, Protection::Recipients(_)) || (key_file && encrypted) {
+        1
     } else {
         0
     }
 }
 
-/// The format version, as manifests state it, of an archive written with `protection` and
-/// `key_file` ([`minor_for`]).
-pub fn version_for(protection: &Protection, key_file: bool) -> String {
-    format!("{FORMAT_MAJOR}.{}", minor_for(protection, key_file))
+/// The format version, as manifests state it, of an archive written with `protection`,
+/// `key_file` and `linked` ([`minor_for`]).
+pub fn version_for(protection: &Protection, key_file: bool, linked: bool) -> String {
+    format!("{FORMAT_MAJOR}.{}", minor_for(protection, key_file, linked))
 }
 
 #[cfg(test)]

@@ -575,3 +575,116 @@ fn write_test_vectors_1_1() {
     }
     std::fs::write(dir.join("expected.jsonl"), lines).expect("write");
 }
+
+/// Writes the frozen format 1.2 vectors of tests/vectors/v1.2 (run once, by hand): a continuous
+/// segment continuing the master-key archive of tests/vectors/v1.1, under its key:
+/// `MBK_WRITE_VECTORS=DIR cargo test -p monoskope-backup write_test_vectors_1_2 -- --ignored`
+#[test]
+#[ignore = "writes the frozen test vectors; run by hand only"]
+fn write_test_vectors_1_2() {
+    use sha2::Digest;
+    let Some(dir) = std::env::var_os("MBK_WRITE_VECTORS") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let v1_1 = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors/v1.1");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let parent = std::fs::read(v1_1.join("keyfile.mbk")).expect("the 1.1 vector");
+    let key = MasterKey::from_base64(
+        std::fs::read_to_string(v1_1.join("keyfile.key"))
+            .expect("key")
+            .trim(),
+    )
+    .expect("key");
+    let records = segment_vector_records();
+    let mut opts = WriterOptions::new("20261206T120005000Z-00000012", Protection::Key(key));
+    opts.chunk_size = 4096;
+    opts.key_file = true;
+    opts.kind = "segment".into();
+    opts.parent_id = Some("20261206T120000000Z-00000011".into());
+    opts.parent_sha256 = Some(sha2::Sha256::digest(&parent).into());
+    let mut w = ArchiveWriter::new(Vec::new(), opts).expect("writer");
+    let kf = w.key_file().cloned().expect("key file");
+    for r in &records {
+        w.append(r).expect("append");
+    }
+    let bytes = w.finish().expect("finish").0;
+    std::fs::write(dir.join("segment.mbk"), bytes).expect("write");
+    std::fs::write(
+        dir.join("segment.mbk.keys"),
+        super::envelope::encode_key_file(&kf),
+    )
+    .expect("write");
+    let mut lines = String::new();
+    for r in &records {
+        lines.push_str(&serde_json::to_string(&crate::cli::record_json(r)).expect("json"));
+        lines.push('\n');
+    }
+    std::fs::write(dir.join("expected.jsonl"), lines).expect("write");
+}
+
+/// The two events of the frozen segment: the next versions of two aggregates of
+/// [`vector_records`].
+fn segment_vector_records() -> Vec<Record> {
+    let base = vector_records();
+    vec![
+        Record {
+            aggregate_version: 3,
+            event_type: "UserUpdated".into(),
+            data: br#"{"name": "Jane Roe"}"#.to_vec(),
+            timestamp: Some(prost_types::Timestamp {
+                seconds: 1_710_955_700,
+                nanos: 5,
+            }),
+            event_id: "8a7b6c5d-4e3f-4a1b-9c8d-7e6f5a4b3c2d".into(),
+            ..base[0].clone()
+        },
+        Record {
+            aggregate_version: 2,
+            event_type: "TenantDeleted".into(),
+            data: Vec::new(),
+            metadata: BTreeMap::new(),
+            timestamp: Some(prost_types::Timestamp {
+                seconds: 1_710_955_701,
+                nanos: 0,
+            }),
+            ..base[2].clone()
+        },
+    ]
+}
+
+/// The frozen 1.2 segment: a 1.2 header, kind `segment`, linked to the bytes of the 1.1 archive
+/// it continues; its records read with that archive's key.
+#[test]
+fn the_frozen_segment_links_to_its_parents_bytes() {
+    use sha2::Digest;
+    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors");
+    let seg = std::fs::read(vectors.join("v1.2/segment.mbk")).expect("1.2 vector");
+    let parent = std::fs::read(vectors.join("v1.1/keyfile.mbk")).expect("1.1 vector");
+    let (head, header) = super::read_head(&mut seg.as_slice()).expect("head");
+    assert_eq!(head.version, (1, 2));
+    assert_eq!(header.kind, "segment");
+    assert_eq!(header.parent_id, "20261206T120000000Z-00000011");
+    assert_eq!(header.parent_sha256, sha2::Sha256::digest(&parent).to_vec());
+    let key = MasterKey::from_base64(
+        std::fs::read_to_string(vectors.join("v1.1/keyfile.key"))
+            .expect("key")
+            .trim(),
+    )
+    .expect("key");
+    let kf = super::envelope::parse_key_file(
+        &std::fs::read(vectors.join("v1.2/segment.mbk.keys")).expect("key file"),
+    )
+    .expect("key file parses");
+    let mut r = ArchiveReader::open_with_key_file(
+        seg.as_slice(),
+        &Keys::keyring(Keyring::new(vec![key]).expect("ring")),
+        Some(&kf),
+    )
+    .expect("opens");
+    let mut got = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        got.push(rec);
+    }
+    assert_eq!(got, segment_vector_records());
+}

@@ -24,8 +24,11 @@ pub struct WriterOptions {
     pub backup_id: String,
     /// The parent backup of an incremental backup.
     pub parent_id: Option<String>,
-    /// "full" or "incremental".
+    /// "full", "incremental", "segment" or "watermark".
     pub kind: String,
+    /// SHA-256 of the parent's archive object, which a continuous segment (and an incremental
+    /// compacted from segments) carries in its authenticated header (format 1.2).
+    pub parent_sha256: Option<[u8; 32]>,
     /// Creation time.
     pub created_at: prost_types::Timestamp,
     /// zstd level.
@@ -76,6 +79,7 @@ impl WriterOptions {
             backup_id: backup_id.into(),
             parent_id: None,
             kind: "full".into(),
+            parent_sha256: None,
             created_at: prost_types::Timestamp::from(now),
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             tuned_match_finder: true,
@@ -210,7 +214,11 @@ impl<W: Write> ArchiveWriter<W> {
         if encrypted {
             rng.fill_bytes(&mut nonce_prefix);
         }
-        let minor = super::minor_for(&opts.protection, opts.key_file);
+        let minor = super::minor_for(
+            &opts.protection,
+            opts.key_file,
+            opts.parent_sha256.is_some(),
+        );
         let header = Header {
             format_major: u32::from(FORMAT_MAJOR),
             format_minor: u32::from(minor),
@@ -231,6 +239,7 @@ impl<W: Write> ArchiveWriter<W> {
             },
             chunk_size,
             kind: opts.kind,
+            parent_sha256: opts.parent_sha256.map(|s| s.to_vec()).unwrap_or_default(),
         };
         let header_bytes = header.encode_to_vec();
         let mut prefix = Vec::with_capacity(16 + header_bytes.len());

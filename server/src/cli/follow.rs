@@ -32,6 +32,12 @@ const CHANGES: &str = "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0
 /// The longest time between two reconciling segments, unless configured.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 
+/// How old a chain's oldest segment gets before compaction, unless configured.
+pub const COMPACT_AFTER: Duration = Duration::from_secs(3600);
+
+/// The longest time between two looks for segments to compact.
+const COMPACT_CHECK: Duration = Duration::from_secs(60);
+
 /// After the first message of a quiet spell, how long to gather the rest of its burst.
 const GATHER: Duration = Duration::from_millis(500);
 
@@ -44,6 +50,8 @@ pub struct Follow {
     pub interval: Duration,
     /// The longest time between two reconciling segments.
     pub reconcile: Duration,
+    /// How old a chain's oldest segment gets before its segments are compacted (`None`: never).
+    pub compact: Option<Duration>,
     /// The message bus to listen on, if any.
     pub bus: Option<BusConfig>,
 }
@@ -72,6 +80,7 @@ pub async fn run(engine: Engine, f: Follow) {
     let mut pending_since: Option<Instant> = None;
     let mut last_ok: Option<Instant> = None;
     let mut last_written: Option<Instant> = None;
+    let mut last_compact_look = Instant::now();
     let mut ticker = tokio::time::interval(f.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let lag = |pending: Option<Instant>| {
@@ -147,5 +156,23 @@ pub async fn run(engine: Engine, f: Follow) {
             }
         }
         lag(pending_since);
+        if let Some(age) = f.compact {
+            if last_compact_look.elapsed() >= age.min(COMPACT_CHECK) {
+                last_compact_look = Instant::now();
+                compact(&engine, &who, age).await;
+            }
+        }
+    }
+}
+
+/// Compacts what is due; a failure is logged (and recorded by the engine), and tried again at
+/// the next look.
+async fn compact(engine: &Engine, who: &Identity, age: Duration) {
+    match engine.compact(who, age).await {
+        Ok(_) => {}
+        Err(e @ (EngineError::Busy { .. } | EngineError::BusyElsewhere { .. })) => {
+            tracing::debug!("compaction waits: {e}");
+        }
+        Err(e) => tracing::error!(error = %e, "compaction could not start; trying again later"),
     }
 }

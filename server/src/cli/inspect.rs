@@ -50,6 +50,7 @@ pub fn summary_json(h: &Header, key_id: &str, f: &Footer, bytes: u64) -> serde_j
         "backup_id": h.backup_id,
         "parent_id": h.parent_id,
         "kind": h.kind,
+        "parent_sha256": h.parent_sha256.iter().map(|b| format!("{b:02x}")).collect::<String>(),
         "created_at": rfc3339(h.created_at.as_ref()),
         "compression": h.compression,
         "protection": h.protection,

@@ -87,6 +87,11 @@ pub struct ServeArgs {
     /// table's statistics did not show (config `backup.continuous.reconcile`; default 60s).
     #[arg(long, env = "BACKUP_CONTINUOUS_RECONCILE")]
     pub continuous_reconcile: Option<String>,
+    /// Compact a chain's continuous segments into one incremental once its oldest segment is
+    /// this old, so a day is 24 archives, not thousands; 0 never compacts (config
+    /// `backup.continuous.compact`; default 1h).
+    #[arg(long, env = "BACKUP_CONTINUOUS_COMPACT")]
+    pub continuous_compact: Option<String>,
     /// Continuous backup hears of new events on Monoskope's message bus (RabbitMQ) the moment
     /// they are stored: amqp://… or amqps://…?auth_mechanism=external. The same variable as
     /// Monoskope's EventStore (its `m8-messagebus-client-config` secret); prefer it to the flag
@@ -247,6 +252,14 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 .map_err(|e| super::usage(format!("--continuous-reconcile: {e}")))?,
             None => super::follow::RECONCILE_EVERY,
         };
+        let compact = match a.continuous_compact.clone().or(cont.compact) {
+            Some(t) if t.trim() == "0" => None,
+            Some(t) => Some(
+                crate::time::parse_duration(&t)
+                    .map_err(|e| super::usage(format!("--continuous-compact: {e}")))?,
+            ),
+            None => Some(super::follow::COMPACT_AFTER),
+        };
         let bus_file = cont.bus.unwrap_or_default();
         let bus = a
             .bus_url
@@ -280,6 +293,7 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             events_db: db,
             interval,
             reconcile,
+            compact,
             bus,
         })
     } else {

@@ -235,10 +235,7 @@ pub(super) async fn list(a: ListArgs) -> anyhow::Result<()> {
         let mut i = 0;
         while i < manifests.len() {
             // A run of continuous segments (newest first) is one line: the window it covers.
-            let run = manifests[i..]
-                .iter()
-                .take_while(|m| m.note.as_deref() == Some(crate::engine::SEGMENT_NOTE))
-                .count();
+            let run = manifests[i..].iter().take_while(|m| m.is_segment()).count();
             if run > 1 {
                 let (newest, oldest) = (&manifests[i], &manifests[i + run - 1]);
                 let events: u64 = manifests[i..i + run].iter().map(|m| m.event_count).sum();
@@ -323,7 +320,7 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     for m in &targets {
         let keys = (!a.no_key).then_some(&settings.keys);
         let mut r = verify::verify(dest.as_ref(), keys, m).await?;
-        if m.kind == "incremental" && m.watermark_key.is_none() {
+        if crate::destination::manifest::has_parent(&m.kind) && m.watermark_key.is_none() {
             r.ok = false;
             r.problems
                 .push("an incremental backup without a watermark".into());

@@ -6,6 +6,25 @@ use serde::{Deserialize, Serialize};
 /// Value of the manifest's `format` field.
 pub const MANIFEST_FORMAT: &str = "monoskope-backup-manifest/v1";
 
+/// The kind of a continuous segment (archive format 1.2).
+pub const SEGMENT: &str = "segment";
+
+/// The note of a continuous segment's manifest (the only mark of segments written before they
+/// had a kind of their own).
+pub const SEGMENT_NOTE: &str = "continuous segment";
+
+/// Which continuous segments an incremental was compacted from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compacted {
+    /// The oldest segment's id.
+    pub first: String,
+    /// The newest segment's id.
+    pub last: String,
+    /// How many segments.
+    pub segments: u64,
+}
+
 /// A complete backup, as described at the destination.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -14,7 +33,7 @@ pub struct Manifest {
     pub format: String,
     /// Backup id.
     pub id: String,
-    /// "full" or "incremental".
+    /// "full", "incremental" or "segment" (a continuous segment).
     pub kind: String,
     /// Parent backup of an incremental backup.
     pub parent_id: Option<String>,
@@ -60,9 +79,23 @@ pub struct Manifest {
     /// Why the backup is not what was asked for (an incremental request that became full).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// For an incremental compacted from continuous segments: which. They are deleted once it
+    /// is complete; any an interruption left behind, by the next compaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted: Option<Compacted>,
+}
+
+/// Whether a backup of `kind` builds on a parent.
+pub fn has_parent(kind: &str) -> bool {
+    kind == "incremental" || kind == SEGMENT
 }
 
 impl Manifest {
+    /// Whether this is a continuous segment (by its kind, or by its note before it had one).
+    pub fn is_segment(&self) -> bool {
+        self.kind == SEGMENT || self.note.as_deref() == Some(SEGMENT_NOTE)
+    }
+
     /// Parses and checks a manifest.
     pub fn parse(bytes: &[u8]) -> anyhow::Result<Self> {
         let m: Manifest = serde_json::from_slice(bytes)?;
@@ -107,7 +140,8 @@ impl Manifest {
         }
         match (m.kind.as_str(), &m.parent_id) {
             ("full", None) => {}
-            ("incremental", Some(p)) if super::layout::valid_id(p) && p.as_str() < id => {}
+            ("incremental" | SEGMENT, Some(p)) if super::layout::valid_id(p) && p.as_str() < id => {
+            }
             (kind, parent) => {
                 anyhow::bail!("the manifest's kind {kind:?} and parent {parent:?} do not agree")
             }

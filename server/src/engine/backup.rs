@@ -133,6 +133,8 @@ pub(super) struct Attempt {
     /// it completes and the attempt ends with [`AttemptError::NothingNew`] — no object is
     /// written (and none has to be deleted, which a locked bucket would refuse).
     pub segment: bool,
+    /// A compaction: the segments its records come from (the `custom` stream).
+    pub compacted: Option<crate::destination::manifest::Compacted>,
 }
 
 /// One attempt. It fails with [`AttemptError::ChainMismatch`] when an incremental cannot
@@ -153,6 +155,17 @@ pub(super) async fn run(
         .clone()
         .ok_or_else(|| anyhow::Error::new(super::EngineError::KeyMissing(NO_KEY.into())))?;
     let parent_id = parent.as_ref().map(|p| p.manifest.id.clone());
+    // Segments and compactions carry the SHA-256 of their parent's bytes (format 1.2).
+    let linked = attempt.segment || attempt.compacted.is_some();
+    let parent_sha256 = match &parent {
+        Some(p) if linked => Some(sha256_bytes(&p.manifest.archive_sha256).ok_or_else(|| {
+            anyhow!(
+                "the manifest of {} states no valid archive SHA-256",
+                p.manifest.id
+            )
+        })?),
+        _ => None,
+    };
     // The timeout covers starting the upload, opening the source and reading it: a store or
     // database that takes the connection and never answers fails the backup (and frees the
     // operation slot) like a slow read does; so does every step after it (below). An interrupt
@@ -160,6 +173,7 @@ pub(super) async fn run(
     // cleaned up by its key.
     let deadline = attempt.deadline;
     let segment = attempt.segment;
+    let attempt_compacted = attempt.compacted.clone();
     let timed_out = |waiting: &str| {
         anyhow::Error::new(Cut(format!(
             "timed out after {}{waiting}",
@@ -201,6 +215,9 @@ pub(super) async fn run(
         // the new one once the read is done (one entry per aggregate, held once).
         let before = parent.map(|p| p.watermark);
         let from_table = cfg.events_db.is_some();
+        // A source that holds only what is new (the events table's incremental read, a
+        // compaction's segments), not every event of the store.
+        let only_new = from_table || custom.is_some();
         let (source, silent) = match (&custom, from_table) {
             (Some(_), _) => ("the backup being imported", ""),
             (None, true) => ("the events table", " (the events database did not answer)"),
@@ -256,6 +273,7 @@ pub(super) async fn run(
         opts.compression_level = cfg.compression_level;
         opts.kind = running.kind.clone();
         opts.parent_id = parent_id.clone();
+        opts.parent_sha256 = parent_sha256;
         // The data key's wraps go into the archive's key file, which a rewrap can replace.
         opts.key_file = true;
         let enc_cancel = cancelled.clone();
@@ -307,7 +325,7 @@ pub(super) async fn run(
                     batch.retain(|rec| {
                         let a = keys.key(rec.aggregate_type(), rec.aggregate_id());
                         let version = rec.aggregate_version();
-                        if !from_table {
+                        if !only_new {
                             let m = store_max.entry(a.clone()).or_insert(0);
                             *m = (*m).max(version);
                         }
@@ -347,7 +365,7 @@ pub(super) async fn run(
                 }
             }
             if let Some(b) = &before {
-                if !from_table {
+                if !only_new {
                     let mut behind: Vec<String> = b
                         .map
                         .iter()
@@ -478,7 +496,7 @@ pub(super) async fn run(
                 .collect(),
             key_id,
             key_kind: Some(key_kind.to_string()),
-            format_version: crate::archive::version_for(&protection, true),
+            format_version: crate::archive::version_for(&protection, true, parent_sha256.is_some()),
             watermark_key: Some(watermark_key.clone()),
             // Asked for now, just before the manifest (the last object) is written: every object
             // of the backup is locked at least until then.
@@ -486,6 +504,7 @@ pub(super) async fn run(
                 .object_lock_until()
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             note: running.note.clone(),
+            compacted: attempt_compacted,
         };
         if let Err(e) = dest
             .put(&layout::manifest_key(&running.id), manifest.to_json())
@@ -564,4 +583,16 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The 32 bytes of a lowercase-hex SHA-256, as manifests state them.
+fn sha256_bytes(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }

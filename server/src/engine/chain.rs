@@ -80,7 +80,7 @@ pub fn chain_of(
 ) -> Result<Vec<crate::destination::manifest::Manifest>, String> {
     let mut chain = vec![m.clone()];
     let mut cur = m.clone();
-    while cur.kind == "incremental" {
+    while crate::destination::manifest::has_parent(&cur.kind) {
         let pid = cur
             .parent_id
             .clone()

@@ -4,11 +4,13 @@
 mod attempt;
 pub mod backup;
 mod chain;
+pub mod compact;
 pub mod drill;
 mod ended;
 mod error;
 mod interrupt;
 pub mod plan;
+mod read_chain;
 pub mod restore;
 mod restores;
 pub mod retention;
@@ -43,7 +45,7 @@ use crate::source::EventStoreAddr;
 pub use crate::redact::url as redact_url;
 
 /// The note of a continuous segment's record and manifest.
-pub const SEGMENT_NOTE: &str = "continuous segment";
+pub use crate::destination::manifest::SEGMENT_NOTE;
 /// The note of a segment that found nothing new (never stored).
 const NOTHING_NEW: &str = "nothing new";
 
@@ -139,8 +141,15 @@ impl Engine {
         caller: &Identity,
         incremental: bool,
     ) -> Result<(BackupRecord, watch::Receiver<Option<BackupRecord>>), EngineError> {
-        self.start_backup_with(caller, incremental, None, false)
-            .await
+        self.start_backup_with(
+            caller,
+            if incremental {
+                What::Incremental
+            } else {
+                What::Full
+            },
+        )
+        .await
     }
 
     /// Marks continuous backup as running in this process (GetStatus reports it).
@@ -159,7 +168,7 @@ impl Engine {
     /// in the catalog, and nothing is reported. Segments emit no event and push nothing (they
     /// come every few seconds); their metrics count as backups.
     pub async fn segment(&self, caller: &Identity) -> Result<Option<BackupRecord>, EngineError> {
-        let (_, rx) = self.start_backup_with(caller, true, None, true).await?;
+        let (_, rx) = self.start_backup_with(caller, What::Segment).await?;
         let r = final_value(rx).await.ok_or_else(|| {
             EngineError::Internal(anyhow::anyhow!("backup task ended without a result"))
         })?;
@@ -175,7 +184,13 @@ impl Engine {
         records: backup::RecordStream,
     ) -> Result<BackupRecord, EngineError> {
         let (_, rx) = self
-            .start_backup_with(caller, false, Some((source.to_string(), records)), false)
+            .start_backup_with(
+                caller,
+                What::Import {
+                    source: source.to_string(),
+                    records,
+                },
+            )
             .await?;
         final_value(rx).await.ok_or_else(|| {
             EngineError::Internal(anyhow::anyhow!("backup task ended without a result"))
@@ -185,13 +200,15 @@ impl Engine {
     async fn start_backup_with(
         &self,
         caller: &Identity,
-        incremental: bool,
-        custom: Option<(String, backup::RecordStream)>,
-        segment: bool,
+        what: What,
     ) -> Result<(BackupRecord, watch::Receiver<Option<BackupRecord>>), EngineError> {
-        let (custom_source, custom) = match custom {
-            Some((s, r)) => (Some(s), Some(r)),
-            None => (None, None),
+        let custom_source = match &what {
+            What::Import { source, .. } => Some(source.clone()),
+            What::Compaction { parent, .. } => Some(format!(
+                "compaction:{}",
+                parent.manifest.source.trim_start_matches("compaction:")
+            )),
+            _ => None,
         };
         let now = chrono::Utc::now();
         let id = crate::destination::layout::new_id(now);
@@ -204,7 +221,11 @@ impl Engine {
         };
         let record = BackupRecord::running(
             &id,
-            if incremental { "incremental" } else { "full" },
+            match what {
+                What::Full | What::Import { .. } => "full",
+                What::Incremental | What::Compaction { .. } => "incremental",
+                What::Segment => crate::destination::manifest::SEGMENT,
+            },
             now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             caller.label(),
             match (&custom_source, &self.cfg.events_db) {
@@ -226,9 +247,7 @@ impl Engine {
         let running = record.clone();
         let caller = caller.clone();
         tokio::spawn(async move {
-            let final_record = engine
-                .finish_backup(running, progress, &caller, custom, segment)
-                .await;
+            let final_record = engine.finish_backup(running, progress, &caller, what).await;
             engine.release().await;
             let _ = tx.send(Some(final_record));
         });
@@ -257,17 +276,38 @@ impl Engine {
         mut record: BackupRecord,
         progress: Arc<Progress>,
         caller: &Identity,
-        custom: Option<backup::RecordStream>,
-        segment: bool,
+        what: What,
     ) -> BackupRecord {
-        if segment {
-            record.note = Some(SEGMENT_NOTE.into());
+        let segment = matches!(what, What::Segment);
+        let mut parent = None;
+        let mut custom = None;
+        let mut compacted = None;
+        match what {
+            What::Segment => record.note = Some(SEGMENT_NOTE.into()),
+            What::Import { records, .. } => custom = Some(records),
+            What::Compaction {
+                parent: p,
+                segments,
+                records,
+            } => {
+                record.parent_id = Some(p.manifest.id.clone());
+                record.note = Some(format!(
+                    "compacted from {} continuous segments ({} … {})",
+                    segments.segments, segments.first, segments.last
+                ));
+                parent = Some(*p);
+                custom = Some(records);
+                compacted = Some(segments);
+            }
+            What::Full | What::Incremental => {}
         }
+        // Continuous work (segments, compactions) every few seconds or each hour: counted, not
+        // pushed, not stored as events (an event would be new for the next segment to back up).
+        let continuous = segment || compacted.is_some();
         let started = Instant::now();
         metrics::get().started(Op::Backup);
         tracing::info!(backup_id = %record.id, created_by = %record.created_by, source = %record.source, destination = %self.cfg.destination.url(), "backup started");
-        let mut parent = None;
-        if record.kind == "incremental" {
+        if parent.is_none() && crate::destination::manifest::has_parent(&record.kind) {
             match choose_parent(&self.cfg, segment).await {
                 Ok(p) => {
                     record.parent_id = Some(p.manifest.id.clone());
@@ -294,6 +334,7 @@ impl Engine {
             deadline,
             order: order(),
             segment,
+            compacted: compacted.clone(),
         };
         let mut result = backup::run(
             &self.cfg,
@@ -308,6 +349,10 @@ impl Engine {
         // At most two more attempts: an incremental that cannot continue its chain becomes a
         // full backup, whose read in physical order may find the table out of order.
         for _ in 0..2 {
+            if compacted.is_some() {
+                // A compaction builds on what it was given or not at all.
+                break;
+            }
             match &result {
                 Err(backup::AttemptError::ChainMismatch(why)) => {
                     tracing::warn!(backup_id = %record.id, reason = %why, "taking a full backup instead of an incremental one");
@@ -327,6 +372,7 @@ impl Engine {
                 deadline,
                 order: order(),
                 segment,
+                compacted: None,
             };
             result = backup::run(
                 &self.cfg,
@@ -386,9 +432,7 @@ impl Engine {
             "createdAt": record.created_at, "completedAt": record.completed_at,
             "error": record.error,
         });
-        if segment {
-            // Every few seconds: counted, neither pushed nor stored as an event (which would be
-            // a new event for the next segment to back up).
+        if continuous {
             metrics::get().finished(
                 Op::Backup,
                 ok,
@@ -514,4 +558,26 @@ impl Engine {
         let rx = self.done.lock().await.get(id).cloned()?;
         final_value(rx).await
     }
+}
+
+/// What a backup is asked to be.
+enum What {
+    /// Every event.
+    Full,
+    /// What is new since the newest chain (full when it cannot build on it).
+    Incremental,
+    /// A continuous segment: what is new since the newest backup, linked to its bytes.
+    Segment,
+    /// Every event of `records` (an import), recorded as coming from `source`.
+    Import {
+        source: String,
+        records: backup::RecordStream,
+    },
+    /// An incremental on `parent` holding `records`, the events of the continuous segments it
+    /// replaces.
+    Compaction {
+        parent: Box<backup::Parent>,
+        segments: crate::destination::manifest::Compacted,
+        records: backup::RecordStream,
+    },
 }

@@ -121,6 +121,7 @@ mod tests {
             format_version: "1.0".into(),
             watermark_key: None,
             note: None,
+            compacted: None,
         }
     }
 

@@ -4,19 +4,17 @@
 //! archive is verified completely first, because `Store` cannot be rolled back.
 
 use monoskope_backup_client::error_line;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
 
+use super::read_chain::{spawn_reader, Counted};
 use super::{EngineConfig, EngineError, Progress};
-use crate::archive::{ArchiveError, ArchiveReader, Record, RecordView};
+use crate::archive::{ArchiveError, ArchiveReader, Record};
 use crate::destination::manifest::Manifest;
-use crate::sink::table::{CopyRows, EventsTable, ROW_BATCH_BYTES};
+use crate::sink::table::{CopyRows, EventsTable};
 use crate::sink::{self, SinkError};
-use crate::source::RECORD_BATCH;
-use crate::watermark::{check_continuity, span_add_parts, AggregateKeys, Watermark};
 
 /// What a restore was asked to do.
 #[derive(Debug, Clone)]
@@ -63,10 +61,6 @@ pub fn next_steps(sink: &str) -> Vec<String> {
     v.push("Restart the QueryHandler, the Gateway and every reactor so they rebuild their state from the restored store: kubectl rollout restart deployment -l app.kubernetes.io/part-of=monoskope".into());
     v.push("Keep the CommandHandler from running against the store while it was empty: if it started before the restore, check for duplicate super-user events.".into());
     v
-}
-
-fn ts_le(a: &prost_types::Timestamp, b: &prost_types::Timestamp) -> bool {
-    (a.seconds, a.nanos) <= (b.seconds, b.nanos)
 }
 
 /// Maps a sink refusal to the engine's errors.
@@ -294,7 +288,7 @@ pub(super) async fn prepare(
 /// a link that does not continue its chain): like a damaged archive, nothing of it is written.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct Damaged(String);
+pub(super) struct Damaged(pub(super) String);
 
 /// Archive errors that mean "this backup cannot be restored with this configuration".
 fn archive_err(e: ArchiveError) -> EngineError {
@@ -310,226 +304,6 @@ fn archive_err(e: ArchiveError) -> EngineError {
     }
 }
 
-/// What the archive reader fills with records for a sink: rows in the events table's COPY
-/// form (written on the reader's thread straight from the archive's bytes), or messages for
-/// the `Store` API.
-trait Fill: Send + 'static {
-    fn empty() -> Self;
-    fn add(&mut self, r: &RecordView<'_>) -> anyhow::Result<()>;
-    fn count(&self) -> usize;
-    fn full(&self) -> bool;
-}
-
-impl Fill for CopyRows {
-    fn empty() -> Self {
-        CopyRows::with_capacity(ROW_BATCH_BYTES + (64 << 10))
-    }
-    fn add(&mut self, r: &RecordView<'_>) -> anyhow::Result<()> {
-        self.push(r)
-    }
-    fn count(&self) -> usize {
-        self.len()
-    }
-    fn full(&self) -> bool {
-        self.bytes() >= ROW_BATCH_BYTES
-    }
-}
-
-impl Fill for Vec<Record> {
-    fn empty() -> Self {
-        Vec::with_capacity(RECORD_BATCH)
-    }
-    fn add(&mut self, r: &RecordView<'_>) -> anyhow::Result<()> {
-        self.push(r.to_record());
-        Ok(())
-    }
-    fn count(&self) -> usize {
-        self.len()
-    }
-    fn full(&self) -> bool {
-        self.len() >= RECORD_BATCH
-    }
-}
-
-/// What [`spawn_reader`] sends: batches, then `Ok(None)`, or the error that ends the read.
-type Batches<F> = mpsc::Receiver<anyhow::Result<Option<F>>>;
-
-/// Records only counted: the API sink's first pass, which reads the whole chain to check it
-/// before the first `Store` call.
-struct Counted(usize);
-
-impl Fill for Counted {
-    fn empty() -> Self {
-        Counted(0)
-    }
-    fn add(&mut self, _: &RecordView<'_>) -> anyhow::Result<()> {
-        self.0 += 1;
-        Ok(())
-    }
-    fn count(&self) -> usize {
-        self.0
-    }
-    fn full(&self) -> bool {
-        self.0 >= RECORD_BATCH
-    }
-}
-
-/// Reads the chain's archives in order on a blocking thread and sends their records (up to
-/// `until`): `Ok(Some)` per batch, then `Ok(None)` once every link checked out, or an `Err`
-/// naming the link — never a record of an unauthenticated chunk. Each link must be the backup
-/// its manifest names, name the link before it as parent, hold the manifest's event count, and
-/// continue the versions of the links before it exactly (no gap, no overlap).
-fn spawn_reader<F: Fill>(
-    cfg: &EngineConfig,
-    chain: &[Manifest],
-    until: Option<prost_types::Timestamp>,
-    progress: Arc<Progress>,
-) -> (Batches<F>, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(4);
-    let dest = cfg.destination.clone();
-    let keys = cfg.keys.clone();
-    let chain = chain.to_vec();
-    let handle = tokio::spawn(async move {
-        let n = chain.len();
-        let mut held = Watermark::default();
-        let mut bytes_before = 0u64;
-        for (i, m) in chain.iter().enumerate() {
-            let link = if n > 1 {
-                format!("backup {} (link {} of {} of the chain)", m.id, i + 1, n)
-            } else {
-                format!("backup {}", m.id)
-            };
-            let key_file =
-                match crate::destination::keyfile::load(dest.as_ref(), &m.archive_key).await {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let _ = tx.send(Err(anyhow::Error::new(e).context(link))).await;
-                        return;
-                    }
-                };
-            let reader = match dest.get(&m.archive_key).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = tx.send(Err(anyhow::Error::new(e).context(link))).await;
-                    return;
-                }
-            };
-            let parent = if i == 0 {
-                String::new()
-            } else {
-                chain[i - 1].id.clone()
-            };
-            let (m2, keys2, tx2, progress2) =
-                (m.clone(), keys.clone(), tx.clone(), progress.clone());
-            let track = n > 1;
-            let result = tokio::task::spawn_blocking(move || {
-                let mut hashed = super::verify::HashingReader::new(std::io::BufReader::with_capacity(
-                    1 << 20,
-                    tokio_util::io::SyncIoBridge::new(reader),
-                ));
-                let mut spans = std::collections::HashMap::new();
-                let mut keys = AggregateKeys::default();
-                let mut r = ArchiveReader::open_with_key_file(&mut hashed, &keys2, key_file.as_ref())?;
-                let mut batch = F::empty();
-                let h = r.header().clone();
-                if h.backup_id != m2.id || h.parent_id != parent {
-                    return Err(Damaged(format!(
-                        "the archive is backup {} with parent {:?}, the chain expects {} with parent {:?}",
-                        h.backup_id, h.parent_id, m2.id, parent
-                    )).into());
-                }
-                while let Some(rec) = r.next_view()? {
-                    if track {
-                        span_add_parts(
-                            &mut spans,
-                            rec.aggregate_type,
-                            rec.aggregate_id,
-                            rec.aggregate_version,
-                            &mut keys,
-                        );
-                    }
-                    if until
-                        .as_ref()
-                        .is_some_and(|u| !ts_le(&rec.timestamp.unwrap_or_default(), u))
-                    {
-                        continue;
-                    }
-                    batch.add(&rec)?;
-                    if batch.full() {
-                        progress2
-                            .bytes
-                            .store(bytes_before + r.bytes_read(), Ordering::Relaxed);
-                        progress2
-                            .events
-                            .fetch_add(batch.count() as u64, Ordering::Relaxed);
-                        let full = std::mem::replace(&mut batch, F::empty());
-                        if tx2.blocking_send(Ok(Some(full))).is_err() {
-                            anyhow::bail!("the restore stopped");
-                        }
-                    }
-                }
-                // The archive authenticated to its end: hand on the rest of its records.
-                progress2
-                    .bytes
-                    .store(bytes_before + r.bytes_read(), Ordering::Relaxed);
-                progress2
-                    .events
-                    .fetch_add(batch.count() as u64, Ordering::Relaxed);
-                if batch.count() > 0 && tx2.blocking_send(Ok(Some(batch))).is_err() {
-                    anyhow::bail!("the restore stopped");
-                }
-                // Everything the manifest says of the archive, checked before the sink commits
-                // (the table's transaction) or stores anything (the API's first pass).
-                let footer = r.footer().cloned().unwrap_or_default();
-                let read = r.bytes_read();
-                drop(r);
-                let mut problems = super::verify::footer_problems(&m2, &footer);
-                let (sha, size) = hashed.finish();
-                if size != m2.archive_bytes {
-                    problems.push(format!("archive is {size} bytes, manifest says {}", m2.archive_bytes));
-                }
-                if sha != m2.archive_sha256 {
-                    problems.push("archive SHA-256 differs from the manifest".into());
-                }
-                if !problems.is_empty() {
-                    return Err(Damaged(format!("the archive does not match its manifest: {}", problems.join("; "))).into());
-                }
-                Ok((spans, read))
-            })
-            .await;
-            let (spans, read) = match result {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => {
-                    let _ = tx.send(Err(e.context(link))).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx
-                        .send(Err(anyhow::anyhow!("{link}: reader failed: {e}")))
-                        .await;
-                    return;
-                }
-            };
-            bytes_before += read;
-            if n > 1 {
-                if i > 0 {
-                    if let Err(p) = check_continuity(&held, &spans) {
-                        let _ = tx
-                            .send(Err(anyhow::Error::new(Damaged(format!(
-                                "{link} does not continue the chain: {p}"
-                            )))))
-                            .await;
-                        return;
-                    }
-                }
-                held.raise(spans);
-            }
-        }
-        let _ = tx.send(Ok(None)).await;
-    });
-    (rx, handle)
-}
-
 /// Runs the restore into `sink`; returns the number of events written.
 pub(super) async fn run(
     cfg: &EngineConfig,
@@ -540,7 +314,7 @@ pub(super) async fn run(
 ) -> Result<u64, EngineError> {
     match sink {
         Sink::Table(table) => {
-            let (rx, reader) = spawn_reader::<CopyRows>(cfg, chain, req.until, progress);
+            let (rx, reader) = spawn_reader::<CopyRows>(cfg, chain, None, req.until, progress);
             let res = table.restore(rx, req.drop_existing).await;
             reader.abort();
             res.map_err(|e| match e {
@@ -560,7 +334,7 @@ pub(super) async fn run(
             // Pass 1: every link must authenticate and continue the chain before the first
             // Store call.
             let (mut rx, reader) =
-                spawn_reader::<Counted>(cfg, chain, req.until, Arc::new(Progress::default()));
+                spawn_reader::<Counted>(cfg, chain, None, req.until, Arc::new(Progress::default()));
             loop {
                 match rx.recv().await {
                     Some(Ok(Some(_))) => {}
@@ -580,7 +354,8 @@ pub(super) async fn run(
                 }
             }
             // Pass 2: stream the records to Store.
-            let (mut rx, reader) = spawn_reader::<Vec<Record>>(cfg, chain, req.until, progress);
+            let (mut rx, reader) =
+                spawn_reader::<Vec<Record>>(cfg, chain, None, req.until, progress);
             let (tx, store_rx) = mpsc::channel::<Record>(1024);
             let forward = tokio::spawn(async move {
                 while let Some(item) = rx.recv().await {

@@ -246,10 +246,11 @@ mod tests {
                 .collect(),
             key_id: key.id().to_string(),
             key_kind: Some("master-key".into()),
-            format_version: crate::archive::version_for(&Protection::Key(key.clone()), true),
+            format_version: crate::archive::version_for(&Protection::Key(key.clone()), true, false),
             watermark_key: Some(wk),
             locked_until: None,
             note: None,
+            compacted: None,
         };
         dest.put(&layout::manifest_key(id), m.to_json())
             .await

@@ -297,6 +297,20 @@ pub async fn verify(
         .get(&manifest.archive_key)
         .await
         .with_context(|| format!("cannot read {}", manifest.archive_key))?;
+    // The parent a link of format 1.2 names (a segment's, a compaction's): its manifest.
+    let parent = match &manifest.parent_id {
+        Some(p) => match dest.get_bytes(&layout::manifest_key(p)).await {
+            Ok(b) => Manifest::parse_at(p, &b).ok(),
+            Err(crate::destination::DestinationError::NotFound(_)) => None,
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot read the manifest of {p}, the parent of {}",
+                    manifest.id
+                )))
+            }
+        },
+        None => None,
+    };
     let keys = keys.cloned();
     let m = manifest.clone();
     tokio::task::spawn_blocking(move || {
@@ -331,6 +345,7 @@ pub async fn verify(
         match opened {
             Ok((header, key_ids, footer)) => {
                 problems.extend(header_problems(&m, &header, &key_ids));
+                problems.extend(super::read_chain::link_problem(&header, parent.as_ref()));
                 if let Some(footer) = footer {
                     events = footer.event_count;
                     problems.extend(footer_problems(&m, &footer));

@@ -35,10 +35,10 @@ pub(crate) fn progress(op: &RunningOp) -> pb::Progress {
 pub fn backup_pb(r: &BackupRecord, location_base: &str) -> pb::Backup {
     pb::Backup {
         id: r.id.clone(),
-        kind: (if r.kind == "incremental" {
-            pb::BackupKind::Incremental
-        } else {
-            pb::BackupKind::Full
+        kind: (match r.kind.as_str() {
+            "incremental" => pb::BackupKind::Incremental,
+            crate::destination::manifest::SEGMENT => pb::BackupKind::Segment,
+            _ => pb::BackupKind::Full,
         }) as i32,
         state: state(r.state),
         parent_id: r.parent_id.clone().unwrap_or_default(),

@@ -165,6 +165,9 @@ pub struct ContinuousConfig {
     pub interval: Option<String>,
     /// The longest time between two reconciling segments, e.g. `60s`.
     pub reconcile: Option<String>,
+    /// How old a chain's oldest segment gets before its segments are compacted into one
+    /// incremental, e.g. `1h`; `0` never compacts.
+    pub compact: Option<String>,
     /// Hear of new events on Monoskope's message bus.
     pub bus: Option<BusConfigFile>,
 }

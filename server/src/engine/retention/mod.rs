@@ -48,8 +48,9 @@ pub struct Known {
     pub parent: Option<String>,
     /// Until when its objects are locked against deletion (object lock), if at all.
     pub locked_until: Option<DateTime<Utc>>,
-    /// A continuous segment: not a restore point of its own for the policy's counts; kept
-    /// with the backup it continues.
+    /// A continuous segment, or an incremental compacted from segments: not a restore point of
+    /// its own for the policy's counts; kept with the backup it continues (a full with its
+    /// incrementals, compactions and segments is one unit).
     pub segment: bool,
 }
 
@@ -210,12 +211,14 @@ pub async fn plan_for(dest: &dyn Destination, policy: Policy) -> anyhow::Result<
                 .as_deref()
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&Utc));
+            // Compactions are the segments they replace, in one archive.
+            let segment = m.is_segment() || m.compacted.is_some();
             (
                 m.id,
                 Known {
                     parent: m.parent_id,
                     locked_until,
-                    segment: m.note.as_deref() == Some(crate::engine::SEGMENT_NOTE),
+                    segment,
                 },
             )
         })
@@ -228,18 +231,26 @@ pub async fn plan_for(dest: &dyn Destination, policy: Policy) -> anyhow::Result<
     ))
 }
 
+/// Deletes the complete backup `id` from the destination and the catalog: its manifest first, so
+/// that it is invisible before its archive goes (an interruption leaves an incomplete backup,
+/// which retention removes once it is a day old).
+pub async fn delete_backup(cfg: &EngineConfig, id: &str) -> anyhow::Result<()> {
+    let dest = cfg.destination.as_ref();
+    dest.delete(&layout::manifest_key(id)).await?;
+    dest.delete(&layout::archive_key(id)).await?;
+    dest.delete(&layout::keys_key(&layout::archive_key(id)))
+        .await?;
+    dest.delete(&layout::watermark_key(id)).await?;
+    cfg.catalog.delete_backup(id).await?;
+    Ok(())
+}
+
 /// Plans and executes retention, updating the catalog.
 pub async fn run(cfg: &EngineConfig) -> anyhow::Result<RetentionPlan> {
     let dest = cfg.destination.as_ref();
     let plan = plan_for(dest, cfg.retention).await?;
     for id in &plan.delete_backups {
-        // Manifest first: the backup becomes invisible before its archive goes.
-        dest.delete(&layout::manifest_key(id)).await?;
-        dest.delete(&layout::archive_key(id)).await?;
-        dest.delete(&layout::keys_key(&layout::archive_key(id)))
-            .await?;
-        dest.delete(&layout::watermark_key(id)).await?;
-        cfg.catalog.delete_backup(id).await?;
+        delete_backup(cfg, id).await?;
     }
     for key in &plan.delete_leftovers {
         dest.delete(key).await?;
