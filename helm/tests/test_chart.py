@@ -223,7 +223,7 @@ check(config["auth"] == {"mode": "gateway", "gateway": "m8-gateway:8080", "admin
                          "machineIdentities": [], "readers": []}, f"m8: auth {config['auth']}")
 check(config["catalog"]["url"].startswith("sqlite://"), "m8: embedded catalog")
 check(config["backup"].get("continuous") == {
-    "enabled": True, "interval": "5s", "reconcile": "60s",
+    "enabled": True, "interval": "5s", "reconcile": "60s", "compact": "1h",
     "bus": {"caFile": "/etc/monoskope-backup/bus/ca.crt", "certFile": "/etc/monoskope-backup/bus/tls.crt",
             "keyFile": "/etc/monoskope-backup/bus/tls.key"}}, f"m8: continuous {config['backup'].get('continuous')}")
 dep = [d for (k, _), d in m8.items() if k == "Deployment"][0]

@@ -88,6 +88,14 @@ pub fn plan(
     plans
 }
 
+/// Whether `m`'s objects are locked against deletion at `now` (object lock).
+fn locked(m: &Manifest, now: DateTime<Utc>) -> bool {
+    m.locked_until
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| t > now)
+}
+
 /// The segments among `all` that a complete compaction already holds (left behind by an
 /// interruption between the compaction's manifest and their deletion), newest first.
 pub fn leftovers(all: &[Manifest]) -> Vec<String> {
@@ -117,7 +125,10 @@ impl Engine {
         let all = crate::destination::manifest::list_complete(dest)
             .await
             .map_err(|e| EngineError::Unavailable(error_line(e.as_ref())))?;
-        for id in leftovers(&all) {
+        let now = Utc::now();
+        let unlocked = |id: &str| all.iter().any(|m| m.id == id && !locked(m, now));
+        // Locked ones wait for their lock to end (retention never deletes before it either).
+        for id in leftovers(&all).into_iter().filter(|id| unlocked(id)) {
             match super::retention::delete_backup(&self.cfg, &id).await {
                 Ok(()) => {
                     tracing::info!(backup_id = %id, "deleted a continuous segment an earlier compaction holds")
@@ -128,7 +139,7 @@ impl Engine {
             }
         }
         let mut done = Vec::new();
-        for p in plan(&all, Utc::now(), min_age) {
+        for p in plan(&all, now, min_age) {
             let key = p.parent.watermark_key.clone().ok_or_else(|| {
                 EngineError::Refused(format!(
                     "cannot compact the segments after {}: it has no watermark",
@@ -163,7 +174,7 @@ impl Engine {
             })?;
             if r.state == State::Succeeded {
                 tracing::info!(backup_id = %r.id, segments = p.segments.len(), events = r.event_count, parent = %p.parent.id, "continuous segments compacted");
-                for s in p.segments.iter().rev() {
+                for s in p.segments.iter().rev().filter(|s| !locked(s, now)) {
                     if let Err(e) = super::retention::delete_backup(&self.cfg, &s.id).await {
                         tracing::warn!(backup_id = %s.id, error = %error_line(e.as_ref()), "could not delete a compacted segment; the next compaction deletes it");
                         break;
