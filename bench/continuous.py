@@ -11,6 +11,16 @@ requests it sent to S3 (counted by a counting proxy in front of moto).
 
     python3 bench/continuous.py --rate 200 --seconds 120 --interval 5s [--bus] [--out FILE]
 
+Two more measurements:
+
+    python3 bench/continuous.py --idle-events 1000000 --seconds 300
+        the idle cost: a store of that many events, its first (full) backup done, then no writes:
+        the service's CPU, its S3 requests and the rows it read from the events table, per hour;
+    python3 bench/continuous.py --rate 1000 --seconds 240 --interval 1s --compact 10s
+        compaction: segments compacted every 10 s stand for a day's hourly compactions (24 in
+        240 s); then `restore latest` of that chain against a restore of one full backup of the
+        same events (best of three each), and the archives each reads.
+
 Needs the services of .ci/test (PostgreSQL, moto S3, RabbitMQ: `bash bench/continuous`
 starts them) and psycopg 3 (`pip install "psycopg[binary]"`).
 """
@@ -117,6 +127,9 @@ def main():
     ap.add_argument("--interval", default="5s")
     ap.add_argument("--bus", action="store_true", help="publish each event to RabbitMQ too")
     ap.add_argument("--out")
+    ap.add_argument("--idle-events", type=int, default=0,
+                    help="measure the idle cost on a store of this many events")
+    ap.add_argument("--compact", help="--continuous-compact for the run; then compare restores")
     a = ap.parse_args()
     pg = os.environ["TEST_PG_URL"]
     s3 = os.environ["TEST_S3_ENDPOINT"]
@@ -139,13 +152,20 @@ def main():
     if a.bus:
         env["BUS_URL"] = os.environ["TEST_AMQP_URL"]
     dest = f"s3://{bucket}/m8"
+    if a.idle_events:
+        preload(url, a.idle_events)
+    extra = ["--continuous-compact", a.compact] if a.compact else []
     srv = subprocess.Popen(
         [SERVER, "serve", "--listen", "127.0.0.1:0", "--events-db", url, "--destination", dest,
          "--s3-endpoint", proxy_url, "--key-file", key, "--catalog", catalog, "--continuous",
-         "--continuous-interval", a.interval],
+         "--continuous-interval", a.interval] + extra,
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     srv.stdout.readline()  # listening
     time.sleep(2)
+    if a.idle_events:
+        result = idle(a, srv, counter, url, dest, s3, env)
+        finish(a, srv, proxy, pg, db, result)
+        return
     publisher = None
     if a.bus:
         import pika  # noqa: PLC0415 - only with --bus
@@ -191,6 +211,10 @@ def main():
             if sum(m["events"] for m in manifests) >= n:
                 break
         time.sleep(1)
+    if a.compact:
+        result = compaction(a, n, url, dest, s3, env, key, catalog)
+        finish(a, srv, proxy, pg, db, result)
+        return
     cpu1, rss = proc_cpu_rss(srv.pid)
     requests = {k: v - requests0.get(k, 0) for k, v in counter.by_method.items()}
     srv.terminate()
@@ -236,6 +260,125 @@ def main():
         "s3_cost_per_month_usd": round((puts / hours * PUT_PER_1000 + gets / hours * GET_PER_1000)
                                        / 1000 * 24 * 30, 2),
     }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    with psycopg.connect(pg, autocommit=True) as c:
+        c.execute(f"DROP DATABASE {db} WITH (FORCE)")
+
+
+def preload(url, n):
+    """n events in 1,000 aggregates, stored in batches of 100,000 (one statement each)."""
+    with psycopg.connect(url, autocommit=True) as c:
+        for first in range(0, n, 100_000):
+            c.execute(
+                "INSERT INTO event_records SELECT gen_random_uuid(), 'UserUpdated', "
+                "('00000000-0000-4000-8000-' || lpad(to_hex(i % 1000), 12, '0'))::uuid, 'User', "
+                "i / 1000 + 1, now(), '{\"x-auth-id\": \"bench\"}'::jsonb, "
+                "jsonb_build_object('n', i) FROM generate_series(%s, %s) AS i",
+                (first, min(n, first + 100_000) - 1))
+
+
+def table_reads(url):
+    """Rows PostgreSQL has read from event_records (sequential and index scans), and scans."""
+    with psycopg.connect(url) as c:
+        row = c.execute(
+            "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0), "
+            "coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+            "WHERE relname = 'event_records'").fetchone()
+        idx = c.execute(
+            "SELECT coalesce(sum(idx_tup_read), 0) FROM pg_stat_user_indexes "
+            "WHERE relname = 'event_records'").fetchone()[0]
+    return int(row[0]) + int(idx), int(row[1])
+
+
+def idle(a, srv, counter, url, dest, s3, env):
+    """The idle cost: after the first full backup, no writes for a.seconds."""
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        out = subprocess.run([SERVER, "list", "--json", "--destination", dest, "--s3-endpoint", s3],
+                             env=env, capture_output=True, text=True)
+        if out.returncode == 0 and sum(m["events"] for m in json.loads(out.stdout)) >= a.idle_events:
+            break
+        time.sleep(2)
+    time.sleep(5)  # the statistics of the full backup's read settle
+    cpu0, _ = proc_cpu_rss(srv.pid)
+    req0 = dict(counter.by_method)
+    rows0, scans0 = table_reads(url)
+    time.sleep(a.seconds)
+    cpu1, rss = proc_cpu_rss(srv.pid)
+    rows1, scans1 = table_reads(url)
+    req = {k: v - req0.get(k, 0) for k, v in counter.by_method.items() if v - req0.get(k, 0)}
+    per_hour = 3600 / a.seconds
+    return {
+        "mode": "idle", "store_events": a.idle_events, "seconds": a.seconds,
+        "interval": a.interval,
+        "cpu_s_per_hour": round((cpu1 - cpu0) * per_hour, 2),
+        "peak_rss_mib": round(rss / 2**20, 1),
+        "s3_requests_per_hour": {k: round(v * per_hour) for k, v in req.items()},
+        "table_rows_read_per_hour": round((rows1 - rows0) * per_hour),
+        "whole_store_reads_per_hour": round((rows1 - rows0) * per_hour / a.idle_events, 1),
+        "table_scans_per_hour": round((scans1 - scans0) * per_hour),
+    }
+
+
+def restore_seconds(env, args, url_base, tag, runs=3):
+    """Best of `runs` restores (`args` name the backup and where it is) into fresh databases."""
+    best = None
+    for k in range(runs):
+        db = f"bench_restore_{tag}_{k}"
+        with psycopg.connect(url_base + "/postgres", autocommit=True) as c:
+            c.execute(f"CREATE DATABASE {db}")
+        t = time.time()
+        out = subprocess.run([SERVER, "restore"] + args + ["--events-db", f"{url_base}/{db}"],
+                             env=env, capture_output=True, text=True)
+        took = time.time() - t
+        if out.returncode != 0:
+            raise SystemExit(f"restore failed: {out.stderr}")
+        with psycopg.connect(url_base + "/postgres", autocommit=True) as c:
+            c.execute(f"DROP DATABASE {db} WITH (FORCE)")
+        best = took if best is None else min(best, took)
+    return best
+
+
+def compaction(a, n, url, dest, s3, env, key, catalog):
+    """After the run: wait for the last compaction, then compare restore latest of the chain with
+    a restore of one full backup of the same events."""
+    deadline = time.time() + 180
+    chain = []
+    while time.time() < deadline:
+        out = subprocess.run([SERVER, "list", "--json", "--destination", dest, "--s3-endpoint", s3],
+                             env=env, capture_output=True, text=True)
+        chain = json.loads(out.stdout) if out.returncode == 0 else []
+        if sum(m["events"] for m in chain) == n and sum(m["kind"] == "segment" for m in chain) <= 1:
+            break
+        time.sleep(1)
+    base = url.rsplit("/", 1)[0]
+    common = ["--s3-endpoint", s3, "--key-file", key, "--catalog", catalog.replace(".db", "-r.db")]
+    chain_s = restore_seconds(env, ["latest", "--destination", dest] + common, base, "chain")
+    full_dest = dest + "-full"
+    out = subprocess.run([SERVER, "backup", "--events-db", url, "--destination", full_dest] + common,
+                         env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"full backup failed: {out.stderr}")
+    full_s = restore_seconds(env, ["latest", "--destination", full_dest] + common, base, "full")
+    return {
+        "mode": "compaction", "rate": a.rate, "seconds": a.seconds, "interval": a.interval,
+        "compact": a.compact, "events": n,
+        "chain": {"archives": len(chain),
+                  "kinds": {k: sum(m["kind"] == k for m in chain) for k in ("full", "incremental", "segment")},
+                  "compacted": sum(1 for m in chain if (m.get("note") or "").startswith("compacted from"))},
+        "restore_chain_s": round(chain_s, 2), "restore_full_s": round(full_s, 2),
+        "ratio": round(chain_s / full_s, 2),
+    }
+
+
+def finish(a, srv, proxy, pg, db, result):
+    srv.terminate()
+    srv.wait()
+    proxy.shutdown()
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:

@@ -9,15 +9,19 @@
 //! - the message bus (`--bus-url`), when given: Monoskope's EventStore publishes every event
 //!   after storing it, so a message means "a new row is committed"; the first one after a quiet
 //!   spell starts a segment half a second later (gathering the rest of its Store call), and
-//!   while messages keep coming there is one segment per interval;
+//!   while messages keep coming there is one segment per interval (segments start the interval
+//!   less the last one's duration apart, so each is durable about an interval after the one
+//!   before);
 //! - every `interval`, PostgreSQL's count of rows inserted, updated and deleted in
 //!   `event_records` (`pg_stat_user_tables`, a few bytes, no read of the table): when it moved,
-//!   a segment — the fallback when the bus is down, not configured or lost a message;
+//!   a segment — the fallback when the bus is down, not configured or lost a message (not on
+//!   CockroachDB, which keeps no such counter: there the bus and reconciliation alone);
 //! - at least every `reconcile` (and after every failure), a segment anyway, so an event neither
 //!   showed (statistics are flushed within about a second; a reset; a publish the store never
 //!   made because it crashed between insert and publish) is still backed up.
 //!
-//! A segment that finds nothing new writes nothing at the destination.
+//! A segment that finds nothing new writes nothing at the destination. Once a chain's oldest
+//! segment is `compact` old, its segments become one incremental (`engine::compact`).
 
 use std::time::{Duration, Instant};
 
@@ -77,31 +81,38 @@ pub async fn run(engine: Engine, f: Follow) {
     engine.set_continuous();
     let mut pool = None;
     let mut seen: Option<i64> = None;
+    let mut counterless = false;
     let mut pending_since: Option<Instant> = None;
     let mut last_ok: Option<Instant> = None;
     let mut last_written: Option<Instant> = None;
     let mut last_compact_look = Instant::now();
-    let mut ticker = tokio::time::interval(f.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When to look next: every interval; while events keep coming, the interval less the last
+    // segment's own duration after its start, so that a segment is durable at most about one
+    // interval after the one before it (an event stored just after a segment read the table
+    // waits for the next one to start and finish).
+    let mut next_look = tokio::time::Instant::now() + f.interval;
+    let mut last_took = Duration::ZERO;
     let lag = |pending: Option<Instant>| {
         metrics::get().set_continuous_lag(pending.map_or(0.0, |t| t.elapsed().as_secs_f64()));
     };
     loop {
         let by_bus = match &heard {
             Some(h) => tokio::select! {
-                _ = ticker.tick() => false,
+                _ = tokio::time::sleep_until(next_look) => false,
                 _ = h.notified() => true,
             },
             None => {
-                ticker.tick().await;
+                tokio::time::sleep_until(next_look).await;
                 false
             }
         };
+        next_look = tokio::time::Instant::now() + f.interval;
         if by_bus {
             // The events of one Store call arrive together: a moment to gather them; and while
-            // events keep coming, one segment per interval.
+            // events keep coming, one segment per interval (less the last one's duration).
             let gather = Instant::now() + (f.interval / 4).min(GATHER);
-            let next = last_written.map_or(gather, |t| (t + f.interval).max(gather));
+            let next =
+                last_written.map_or(gather, |t| (t + cadence(f.interval, last_took)).max(gather));
             tokio::time::sleep_until(next.into()).await;
         }
         // Taken before the segment reads the table: every event heard of is committed by now.
@@ -110,13 +121,28 @@ pub async fn run(engine: Engine, f: Follow) {
         }
         if pool.is_none() {
             match crate::events_table::connect(&f.events_db).await {
-                Ok(p) => pool = Some(p),
+                Ok(p) => {
+                    // CockroachDB keeps no per-table change counter to poll (its
+                    // pg_stat_user_tables is empty): there, the bus and reconciliation alone
+                    // prompt segments — never a read of the table every interval.
+                    match crate::events_table::dialect(&p).await {
+                        Ok(d) if d.is_cockroach() => {
+                            if !counterless {
+                                tracing::warn!(database = %d.name(), bus = heard.is_some(), reconcile = %humantime::format_duration(f.reconcile), "continuous backup on CockroachDB: no change counter to poll; new events are found by the bus (when configured) and by reconciliation");
+                            }
+                            counterless = true;
+                        }
+                        _ => counterless = false,
+                    }
+                    pool = Some(p);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "continuous backup: the events database cannot be reached; retrying")
                 }
             }
         }
         let changes = match &pool {
+            Some(_) if counterless => Some(0),
             Some(p) => sqlx::query_scalar::<_, i64>(CHANGES)
                 .fetch_one(p)
                 .await
@@ -142,6 +168,8 @@ pub async fn run(engine: Engine, f: Follow) {
                     tracing::info!(backup_id = %r.id, events = r.event_count, kind = %r.kind, by_bus, "continuous segment written");
                     if r.event_count > 0 {
                         last_written = Some(started);
+                        last_took = started.elapsed();
+                        next_look = (started + cadence(f.interval, last_took)).into();
                     }
                 }
                 seen = changes;
@@ -165,6 +193,12 @@ pub async fn run(engine: Engine, f: Follow) {
     }
 }
 
+/// The time from one segment's start to the next while events keep coming: the interval less
+/// the last segment's duration `took`, and at least half the interval.
+fn cadence(interval: Duration, took: Duration) -> Duration {
+    interval.saturating_sub(took).max(interval / 2)
+}
+
 /// Compacts what is due; a failure is logged (and recorded by the engine), and tried again at
 /// the next look.
 async fn compact(engine: &Engine, who: &Identity, age: Duration) {
@@ -174,5 +208,20 @@ async fn compact(engine: &Engine, who: &Identity, age: Duration) {
             tracing::debug!("compaction waits: {e}");
         }
         Err(e) => tracing::error!(error = %e, "compaction could not start; trying again later"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_start_an_interval_less_their_duration_apart_and_at_least_half_of_it() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(cadence(s(5), ms(150)), ms(4850));
+        assert_eq!(cadence(s(5), Duration::ZERO), s(5));
+        assert_eq!(cadence(s(5), s(4)), ms(2500));
+        assert_eq!(cadence(s(1), s(3)), ms(500));
     }
 }
