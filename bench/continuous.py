@@ -223,26 +223,7 @@ def main():
     # Each event's segment: the first (oldest) whose last event is at or after it. The events'
     # own timestamps are the database's now() at insert; commit times are the writer's clock
     # on the same machine.
-    with psycopg.connect(url) as c:
-        ts = {str(r[0]): r[1].timestamp() for r in c.execute(
-            'SELECT event_id, "timestamp" FROM event_records')}
-    segs = sorted(
-        ((time_of(m["last_event_time"]), time_of(m["completed_at"])) for m in manifests
-         if m["events"] > 0),
-    )
-    lat = []
-    j = 0
-    for eid, t_commit in sorted(committed, key=lambda x: ts[x[0]]):
-        e_ts = ts[eid]
-        while j < len(segs) and segs[j][0] < e_ts - 1e-3:
-            j += 1
-        if j == len(segs):
-            break
-        lat.append(segs[j][1] - t_commit)
-    lat.sort()
-
-    def pct(p):
-        return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else None
+    lat = latencies(url, manifests, committed)
 
     hours = wrote / 3600
     puts = sum(v for k, v in requests.items() if k in ("PUT", "POST", "DELETE"))
@@ -251,8 +232,7 @@ def main():
         "rate": a.rate, "seconds": a.seconds, "interval": a.interval, "bus": a.bus,
         "events": n, "written_in_s": round(wrote, 1),
         "segments": sum(1 for m in manifests if m["note"] == "continuous segment"),
-        "latency_s": {"p50": pct(50), "p99": pct(99), "max": lat[-1] if lat else None,
-                      "measured": len(lat)},
+        "latency_s": summary(lat),
         "cpu_s_per_1000_events": round((cpu1 - cpu0) / n * 1000, 3),
         "peak_rss_mib": round(rss / 2**20, 1),
         "s3_requests": requests,
@@ -269,15 +249,45 @@ def main():
         c.execute(f"DROP DATABASE {db} WITH (FORCE)")
 
 
+def latencies(url, manifests, committed):
+    """For each committed (event id, commit time): the time until the segment that holds it (the
+    oldest whose last event is at or after it) completed, sorted."""
+    with psycopg.connect(url) as c:
+        ts = {str(r[0]): r[1].timestamp() for r in c.execute(
+            'SELECT event_id, "timestamp" FROM event_records')}
+    segs = sorted(
+        ((time_of(m["last_event_time"]), time_of(m["completed_at"])) for m in manifests
+         if m["events"] > 0),
+    )
+    lat = []
+    j = 0
+    for eid, t_commit in sorted(committed, key=lambda x: ts[x[0]]):
+        e_ts = ts[eid]
+        while j < len(segs) and segs[j][0] < e_ts - 1e-3:
+            j += 1
+        if j == len(segs):
+            break
+        lat.append(segs[j][1] - t_commit)
+    return sorted(lat)
+
+
+def summary(lat):
+    """p50, p99 and max of sorted latencies."""
+    def pct(p):
+        return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))], 3) if lat else None
+    return {"p50": pct(50), "p99": pct(99), "max": round(lat[-1], 3) if lat else None,
+            "measured": len(lat)}
+
+
 def preload(url, n):
     """n events in 1,000 aggregates, stored in batches of 100,000 (one statement each)."""
     with psycopg.connect(url, autocommit=True) as c:
         for first in range(0, n, 100_000):
             c.execute(
                 "INSERT INTO event_records SELECT gen_random_uuid(), 'UserUpdated', "
-                "('00000000-0000-4000-8000-' || lpad(to_hex(i % 1000), 12, '0'))::uuid, 'User', "
+                "('00000000-0000-4000-8000-' || lpad(to_hex(i %% 1000), 12, '0'))::uuid, 'User', "
                 "i / 1000 + 1, now(), '{\"x-auth-id\": \"bench\"}'::jsonb, "
-                "jsonb_build_object('n', i) FROM generate_series(%s, %s) AS i",
+                "jsonb_build_object('n', i) FROM generate_series(%s::bigint, %s::bigint) AS i",
                 (first, min(n, first + 100_000) - 1))
 
 

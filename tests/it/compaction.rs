@@ -10,32 +10,9 @@ use monoskope_backup_tests::fixture::{fresh_events_db, table_events, Fixture};
 use monoskope_backup_tests::{run, service_env};
 
 use crate::continuous::{
-    empty_events_table, restore_holds_the_whole_table, serve_continuous, store_rows, wait_until,
+    empty_events_table, listed, restore_holds_the_whole_table, serve_continuous, store_rows,
+    wait_until,
 };
-
-/// The destination's complete backups (`backup-server list --json`), newest first.
-fn backups(f: &Fixture) -> Vec<serde_json::Value> {
-    let out = run(
-        "backup-server",
-        &[
-            "list",
-            "--json",
-            "--destination",
-            &f.dest,
-            "--catalog",
-            &f.catalog(),
-        ],
-        &[],
-    );
-    if out.code != Some(0) {
-        return Vec::new();
-    }
-    serde_json::from_str::<serde_json::Value>(&out.stdout)
-        .expect("json")
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
 
 fn events(all: &[serde_json::Value]) -> u64 {
     all.iter().map(|b| b["events"].as_u64().unwrap_or(0)).sum()
@@ -66,30 +43,30 @@ async fn segments_become_one_incremental_and_the_chain_goes_on_from_it() {
     let s = serve_continuous(&f, &db, &["--continuous-compact", "2s"]);
     store_rows(&pool, 0, 10, &aggregates).await;
     assert!(
-        wait_until(Duration::from_secs(15), || events(&backups(&f)) == 10),
+        wait_until(Duration::from_secs(15), || events(&listed(&f)) == 10),
         "{:?}",
-        backups(&f)
+        listed(&f)
     );
     // Three more bursts, each its own segment.
     for k in 1..4 {
         store_rows(&pool, k * 10, 10, &aggregates).await;
         let want = (k + 1) * 10;
         assert!(
-            wait_until(Duration::from_secs(15), || events(&backups(&f)) >= want),
+            wait_until(Duration::from_secs(15), || events(&listed(&f)) >= want),
             "{:?}",
-            backups(&f)
+            listed(&f)
         );
     }
     // Within a few seconds the segments are one incremental, and gone.
     assert!(
         wait_until(Duration::from_secs(30), || {
-            let all = backups(&f);
+            let all = listed(&f);
             compactions(&all).len() == 1 && of_kind(&all, "segment").is_empty()
         }),
         "no compaction: {:#?}",
-        backups(&f)
+        listed(&f)
     );
-    let all = backups(&f);
+    let all = listed(&f);
     assert_eq!(events(&all), 40, "every event once: {all:#?}");
     assert_eq!(all.len(), 2, "the full backup and the compaction: {all:#?}");
     let (c, full) = (&all[0], &all[1]);
@@ -115,9 +92,9 @@ async fn segments_become_one_incremental_and_the_chain_goes_on_from_it() {
 
     // The catalog follows: the service lists the full backup and the compaction only.
     let mut client = monoskope_backup_tests::fixture::client(&s).await;
-    let listed = client.list_all(true).await.expect("list");
+    let in_catalog = client.list_all(true).await.expect("list");
     assert_eq!(
-        listed.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+        in_catalog.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
         vec![
             c["id"].as_str().expect("id"),
             full["id"].as_str().expect("id")
@@ -128,12 +105,12 @@ async fn segments_become_one_incremental_and_the_chain_goes_on_from_it() {
     // The chain goes on from the compaction.
     store_rows(&pool, 40, 10, &aggregates).await;
     assert!(
-        wait_until(Duration::from_secs(15), || events(&backups(&f)) == 50),
+        wait_until(Duration::from_secs(15), || events(&listed(&f)) == 50),
         "{:?}",
-        backups(&f)
+        listed(&f)
     );
     drop(s);
-    let all = backups(&f);
+    let all = listed(&f);
     let seg = of_kind(&all, "segment");
     assert_eq!(seg.len(), 1, "{all:#?}");
     assert_eq!(seg[0]["parent_id"], c["id"]);
@@ -213,13 +190,13 @@ async fn a_segment_missing_from_the_middle_is_a_gap_nothing_is_restored_from() {
         store_rows(&pool, k * 6, 6, &aggregates).await;
         let want = (k + 1) * 6;
         assert!(
-            wait_until(Duration::from_secs(15), || events(&backups(&f)) == want),
+            wait_until(Duration::from_secs(15), || events(&listed(&f)) == want),
             "{:?}",
-            backups(&f)
+            listed(&f)
         );
     }
     drop(s);
-    let all = backups(&f);
+    let all = listed(&f);
     let seg = of_kind(&all, "segment");
     assert_eq!(seg.len(), 3, "{all:#?}");
     // The middle segment's objects are gone.
@@ -248,6 +225,26 @@ async fn a_segment_missing_from_the_middle_is_a_gap_nothing_is_restored_from() {
     .await
     .expect("count");
     assert_eq!(tables, 0, "nothing was restored");
+    // Verify finds the segment after the gap linked to a parent that is not there.
+    let v = run(
+        "backup-server",
+        &[
+            "verify",
+            "latest",
+            "--destination",
+            &f.dest,
+            "--key-file",
+            &f.key,
+            "--catalog",
+            &f.catalog(),
+        ],
+        &[],
+    );
+    assert_eq!(v.code, Some(7), "{v:?}");
+    assert!(
+        v.stdout.contains(&gone) && v.stdout.contains("not at the destination"),
+        "{v:?}"
+    );
     // The instants before the gap are still restorable, from the backups before it.
     let until = seg[2]["last_event_time"].as_str().expect("time");
     let out = f.restore(&["latest", "--events-db", &into, "--until", until]);

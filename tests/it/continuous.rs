@@ -106,8 +106,9 @@ pub(crate) fn serve_continuous(f: &Fixture, db: &str, extra: &[&str]) -> Server 
     Server::start(&args, &[])
 }
 
-/// The events the destination's complete backups hold, summed over every manifest.
-pub(crate) fn events_at_destination(f: &Fixture) -> (u64, usize, usize) {
+/// The destination's complete backups (`backup-server list --json`), newest first; none while
+/// it cannot be listed.
+pub(crate) fn listed(f: &Fixture) -> Vec<serde_json::Value> {
     let out = run(
         "backup-server",
         &[
@@ -121,10 +122,18 @@ pub(crate) fn events_at_destination(f: &Fixture) -> (u64, usize, usize) {
         &[],
     );
     if out.code != Some(0) {
-        return (0, 0, 0);
+        return Vec::new();
     }
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
-    let all = v.as_array().cloned().unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&out.stdout)
+        .expect("json")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The events the destination's complete backups hold, summed over every manifest.
+pub(crate) fn events_at_destination(f: &Fixture) -> (u64, usize, usize) {
+    let all = listed(f);
     let events = all.iter().map(|m| m["events"].as_u64().unwrap_or(0)).sum();
     let segments = all
         .iter()

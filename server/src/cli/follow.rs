@@ -39,7 +39,7 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// How old a chain's oldest segment gets before compaction, unless configured.
 pub const COMPACT_AFTER: Duration = Duration::from_secs(3600);
 
-/// The longest time between two looks for segments to compact.
+/// The longest time between two looks for segments to compact (and at most half the age).
 const COMPACT_CHECK: Duration = Duration::from_secs(60);
 
 /// After the first message of a quiet spell, how long to gather the rest of its burst.
@@ -185,7 +185,7 @@ pub async fn run(engine: Engine, f: Follow) {
         }
         lag(pending_since);
         if let Some(age) = f.compact {
-            if last_compact_look.elapsed() >= age.min(COMPACT_CHECK) {
+            if last_compact_look.elapsed() >= (age / 2).min(COMPACT_CHECK) {
                 last_compact_look = Instant::now();
                 compact(&engine, &who, age).await;
             }

@@ -170,6 +170,41 @@ impl Manifest {
     }
 }
 
+#[cfg(test)]
+impl Manifest {
+    /// A manifest for tests: backup `id` of `kind` on `parent`, started at `created_at` and
+    /// complete a second later, holding one event; every other field a placeholder.
+    pub fn for_test(id: &str, kind: &str, parent: Option<&str>, created_at: &str) -> Self {
+        let completed = chrono::DateTime::parse_from_rfc3339(created_at)
+            .map(|t| (t + chrono::Duration::seconds(1)).to_rfc3339())
+            .unwrap_or_else(|_| created_at.to_string());
+        Manifest {
+            format: MANIFEST_FORMAT.into(),
+            id: id.into(),
+            kind: kind.into(),
+            parent_id: parent.map(String::from),
+            created_at: created_at.into(),
+            completed_at: completed,
+            created_by: "test".into(),
+            source: "test".into(),
+            event_count: 1,
+            archive_bytes: 1,
+            archive_sha256: String::new(),
+            archive_key: super::layout::archive_key(id),
+            first_event_time: None,
+            last_event_time: None,
+            events_sha256: String::new(),
+            key_id: "k".into(),
+            key_kind: None,
+            format_version: "1.0".into(),
+            watermark_key: None,
+            locked_until: None,
+            note: None,
+            compacted: None,
+        }
+    }
+}
+
 /// A backup whose manifest is at the destination but cannot be read or does not describe it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Broken {

@@ -192,7 +192,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::destination::manifest::{MANIFEST_FORMAT, SEGMENT};
+    use crate::destination::manifest::SEGMENT;
     use std::time::Duration;
 
     fn id(n: u32) -> String {
@@ -201,30 +201,12 @@ mod tests {
 
     /// Backup `n`, started at minute `n`, of `kind` on `parent`.
     fn m(n: u32, kind: &str, parent: Option<u32>) -> Manifest {
-        Manifest {
-            format: MANIFEST_FORMAT.into(),
-            id: id(n),
-            kind: kind.into(),
-            parent_id: parent.map(id),
-            created_at: format!("2026-01-01T00:{n:02}:00.000Z"),
-            completed_at: format!("2026-01-01T00:{n:02}:01.000Z"),
-            created_by: "test".into(),
-            source: "test".into(),
-            event_count: 1,
-            archive_bytes: 1,
-            archive_sha256: String::new(),
-            archive_key: format!("backups/{}.mbk", id(n)),
-            first_event_time: None,
-            last_event_time: None,
-            events_sha256: String::new(),
-            key_id: "k".into(),
-            key_kind: None,
-            format_version: "1.2".into(),
-            watermark_key: None,
-            locked_until: None,
-            note: None,
-            compacted: None,
-        }
+        Manifest::for_test(
+            &id(n),
+            kind,
+            parent.map(id).as_deref(),
+            &format!("2026-01-01T00:{n:02}:00.000Z"),
+        )
     }
 
     fn at(min: u32) -> DateTime<Utc> {

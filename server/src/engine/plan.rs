@@ -88,40 +88,27 @@ fn covering(all: &[Manifest], u: chrono::DateTime<chrono::Utc>) -> Option<&Manif
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::destination::manifest::{Broken, MANIFEST_FORMAT};
+    use crate::destination::manifest::Broken;
 
     /// A manifest of backup `n` (ids sort by n), created at minute `n`, holding events up to
     /// minute `n`, incremental on `parent` when given.
     fn m(n: u32, parent: Option<u32>) -> Manifest {
         let id = |n: u32| format!("20260101T00{n:02}00000Z-0000000{}", n % 10);
+        let kind = if parent.is_some() {
+            "incremental"
+        } else {
+            "full"
+        };
         Manifest {
-            format: MANIFEST_FORMAT.into(),
-            id: id(n),
-            kind: if parent.is_some() {
-                "incremental"
-            } else {
-                "full"
-            }
-            .into(),
-            parent_id: parent.map(id),
-            created_at: format!("2026-01-01T00:{n:02}:00.000Z"),
             completed_at: format!("2026-01-01T00:{n:02}:30.000Z"),
-            created_by: "test".into(),
-            source: "test".into(),
-            event_count: 1,
-            archive_bytes: 1,
-            archive_sha256: String::new(),
-            archive_key: format!("backups/{}.mbk", id(n)),
             first_event_time: Some("2026-01-01T00:00:00Z".into()),
             last_event_time: Some(format!("2026-01-01T00:{n:02}:00Z")),
-            events_sha256: String::new(),
-            key_id: "k".into(),
-            key_kind: None,
-            locked_until: None,
-            format_version: "1.0".into(),
-            watermark_key: None,
-            note: None,
-            compacted: None,
+            ..Manifest::for_test(
+                &id(n),
+                kind,
+                parent.map(id).as_deref(),
+                &format!("2026-01-01T00:{n:02}:00.000Z"),
+            )
         }
     }
 

@@ -137,24 +137,29 @@ pub(super) fn spawn_reader<F: Fill>(
             None => (None, Watermark::default()),
         };
         let mut bytes_before = 0u64;
+        // The next link's key file and archive stream are requested while this one is read, so
+        // a chain of many archives costs about what one archive of its events does.
+        let mut next = chain
+            .first()
+            .map(|m| fetch(dest.clone(), m.archive_key.clone()));
         for (i, m) in chain.iter().enumerate() {
+            let number = i + 1 + usize::from(base.is_some());
             let link = if n > 1 {
-                format!("backup {} (link {} of {} of the chain)", m.id, i + 1, n)
+                format!("backup {} (link {number} of {n} of the chain)", m.id)
             } else {
                 format!("backup {}", m.id)
             };
-            let key_file =
-                match crate::destination::keyfile::load(dest.as_ref(), &m.archive_key).await {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let _ = tx.send(Err(anyhow::Error::new(e).context(link))).await;
-                        return;
-                    }
-                };
-            let reader = match dest.get(&m.archive_key).await {
-                Ok(r) => r,
+            let fetched = match next.take() {
+                Some(f) => f.await.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}"))),
+                None => Err(anyhow::anyhow!("the link was not requested")),
+            };
+            next = chain
+                .get(i + 1)
+                .map(|m| fetch(dest.clone(), m.archive_key.clone()));
+            let (key_file, reader) = match fetched {
+                Ok(v) => v,
                 Err(e) => {
-                    let _ = tx.send(Err(anyhow::Error::new(e).context(link))).await;
+                    let _ = tx.send(Err(e.context(link))).await;
                     return;
                 }
             };
@@ -278,6 +283,23 @@ pub(super) fn spawn_reader<F: Fill>(
     (rx, handle)
 }
 
+/// Requests an archive's key file and then its stream, on a task of its own.
+fn fetch(
+    dest: Arc<dyn crate::destination::Destination>,
+    archive_key: String,
+) -> tokio::task::JoinHandle<
+    anyhow::Result<(
+        Option<crate::archive::envelope::KeyFile>,
+        crate::destination::ObjectReader,
+    )>,
+> {
+    tokio::spawn(async move {
+        let key_file = crate::destination::keyfile::load(dest.as_ref(), &archive_key).await?;
+        let reader = dest.get(&archive_key).await?;
+        Ok((key_file, reader))
+    })
+}
+
 /// Checks that an archive's authenticated header is the link its chain expects: the backup its
 /// manifest `m` names, of its kind, naming `parent` (`None`: the chain's first link) as its parent
 /// — and, when it carries the link of format 1.2 (continuous segments, their compactions; a
@@ -333,32 +355,12 @@ pub fn link_problem(h: &crate::archive::Header, parent: Option<&Manifest>) -> Op
 mod tests {
     use super::*;
     use crate::archive::Header;
-    use crate::destination::manifest::{MANIFEST_FORMAT, SEGMENT};
+    use crate::destination::manifest::SEGMENT;
 
     fn manifest(id: &str, kind: &str, parent: Option<&str>, sha: &str) -> Manifest {
         Manifest {
-            format: MANIFEST_FORMAT.into(),
-            id: id.into(),
-            kind: kind.into(),
-            parent_id: parent.map(String::from),
-            created_at: "2026-01-01T00:00:00Z".into(),
-            completed_at: "2026-01-01T00:00:01Z".into(),
-            created_by: "test".into(),
-            source: "test".into(),
-            event_count: 1,
-            archive_bytes: 1,
             archive_sha256: sha.into(),
-            archive_key: format!("backups/{id}.mbk"),
-            first_event_time: None,
-            last_event_time: None,
-            events_sha256: String::new(),
-            key_id: "k".into(),
-            key_kind: None,
-            format_version: "1.2".into(),
-            watermark_key: None,
-            locked_until: None,
-            note: None,
-            compacted: None,
+            ..Manifest::for_test(id, kind, parent, "2026-01-01T00:00:00Z")
         }
     }
 
