@@ -36,6 +36,24 @@ async fn suite(d: Arc<dyn Destination>) {
         back[..destination::PART_SIZE].iter().all(|b| *b == 1)
             && back[back.len() - 1000..].iter().all(|b| *b == 3)
     );
+    // The first bytes of an object, and all of a shorter one.
+    let read_prefix = |len: u64| {
+        let d = d.clone();
+        async move {
+            use tokio::io::AsyncReadExt;
+            let mut r = d.get_prefix("backups/big.mbk", len).await.expect("prefix");
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).await.expect("read");
+            v
+        }
+    };
+    assert_eq!(read_prefix(10).await, vec![1; 10]);
+    let all = read_prefix(1 << 40).await;
+    assert_eq!(all.len(), 2 * destination::PART_SIZE + 1000);
+    assert!(matches!(
+        d.get_prefix("backups/missing", 10).await,
+        Err(DestinationError::NotFound(_))
+    ));
     // An aborted upload leaves nothing.
     let mut up = d.upload("backups/aborted.mbk").await.expect("upload");
     up.write_part(part(4)).await.expect("part");

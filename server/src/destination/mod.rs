@@ -93,6 +93,12 @@ pub trait Destination: Send + Sync + std::fmt::Debug {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), DestinationError>;
     /// Reads an object as a stream.
     async fn get(&self, key: &str) -> Result<ObjectReader, DestinationError>;
+    /// Reads the first `len` bytes of an object (all of it when it is shorter) as a stream:
+    /// what is needed of an archive to check its head and keys, without transferring the rest.
+    async fn get_prefix(&self, key: &str, len: u64) -> Result<ObjectReader, DestinationError> {
+        use tokio::io::AsyncReadExt;
+        Ok(Box::pin(self.get(key).await?.take(len)))
+    }
     /// Reads a small object whole.
     async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, DestinationError> {
         use tokio::io::AsyncReadExt;

@@ -390,6 +390,20 @@ impl Destination for S3Destination {
         Ok(Box::pin(out.body.into_async_read()))
     }
 
+    async fn get_prefix(&self, key: &str, len: u64) -> Result<ObjectReader, DestinationError> {
+        let full = self.key(key);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .range(format!("bytes=0-{}", len.max(1) - 1))
+            .send()
+            .await
+            .map_err(|e| classify(&full, &self.bucket, e))?;
+        Ok(Box::pin(out.body.into_async_read()))
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, DestinationError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;

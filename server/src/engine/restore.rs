@@ -254,6 +254,10 @@ pub(super) async fn prepare(
     })
 }
 
+/// The most an archive's head can take: 16 bytes, a header and a key envelope of at most
+/// `archive::MAX_HEADER_LEN` each, and the envelope's length.
+const HEAD_MAX: u64 = 20 + 2 * 64 * 1024;
+
 /// Opens the archive of `m` with the configured keys and checks its authenticated header
 /// against the manifest: a wrong or missing key, a damaged key file or a swapped manifest.
 async fn check_head(cfg: &EngineConfig, m: &Manifest) -> Result<(), EngineError> {
@@ -269,9 +273,10 @@ async fn check_head(cfg: &EngineConfig, m: &Manifest) -> Result<(), EngineError>
             }
             e => EngineError::Unavailable(format!("backup {}: {e}", m.id)),
         })?;
+    // Only the head: the fixed prefix, header and key envelope, each at most 64 KiB.
     let reader = cfg
         .destination
-        .get(&m.archive_key)
+        .get_prefix(&m.archive_key, HEAD_MAX)
         .await
         .map_err(|e| EngineError::Unavailable(format!("backup {}: {e}", m.id)))?;
     let keys = cfg.keys.clone();
