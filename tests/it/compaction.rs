@@ -10,8 +10,8 @@ use monoskope_backup_tests::fixture::{fresh_events_db, table_events, Fixture};
 use monoskope_backup_tests::{run, service_env};
 
 use crate::continuous::{
-    empty_events_table, listed, restore_holds_the_whole_table, serve_continuous, store_rows,
-    wait_until,
+    empty_events_table, listed, restore_holds_the_whole_table,
+    restore_until_holds_the_events_up_to, serve_continuous, store_rows, verify, wait_until,
 };
 
 fn events(all: &[serde_json::Value]) -> u64 {
@@ -117,42 +117,13 @@ async fn segments_become_one_incremental_and_the_chain_goes_on_from_it() {
     assert_eq!(seg[0]["format_version"], "1.2");
 
     // Every backup verifies, links included.
-    let v = run(
-        "backup-server",
-        &[
-            "verify",
-            "--all",
-            "--destination",
-            &f.dest,
-            "--key-file",
-            &f.key,
-            "--catalog",
-            &f.catalog(),
-        ],
-        &[],
-    );
+    let v = verify(&f, "--all");
     assert_eq!(v.code, Some(0), "{v:?}");
 
     // Latest holds every stored event once; an instant inside the compacted window exactly the
     // events stored up to it.
     restore_holds_the_whole_table(&f, &pg, &db).await;
-    let (mid,): (chrono::DateTime<chrono::Utc>,) = sqlx::query_as(
-        r#"SELECT "timestamp" FROM event_records ORDER BY "timestamp" OFFSET 24 LIMIT 1"#,
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("mid");
-    let upto = fresh_events_db(&pg).await;
-    let until = mid.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let out = f.restore(&["latest", "--events-db", &upto, "--until", &until]);
-    assert_eq!(out.code, Some(0), "{out:?}");
-    let n: i64 =
-        sqlx::query_scalar(r#"SELECT count(*) FROM event_records WHERE "timestamp" <= $1"#)
-            .bind(mid)
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-    assert_eq!(table_events(&upto).await.len() as i64, n);
+    restore_until_holds_the_events_up_to(&f, &pg, &pool, 24).await;
 
     // A catalog rebuilt from the destination knows the segment as a segment.
     let fresh = format!("sqlite://{}", f.dir.path().join("resynced.db").display());
@@ -226,20 +197,7 @@ async fn a_segment_missing_from_the_middle_is_a_gap_nothing_is_restored_from() {
     .expect("count");
     assert_eq!(tables, 0, "nothing was restored");
     // Verify finds the segment after the gap linked to a parent that is not there.
-    let v = run(
-        "backup-server",
-        &[
-            "verify",
-            "latest",
-            "--destination",
-            &f.dest,
-            "--key-file",
-            &f.key,
-            "--catalog",
-            &f.catalog(),
-        ],
-        &[],
-    );
+    let v = verify(&f, "latest");
     assert_eq!(v.code, Some(7), "{v:?}");
     assert!(
         v.stdout.contains(&gone) && v.stdout.contains("not at the destination"),
@@ -305,20 +263,7 @@ async fn killed_during_compactions_nothing_is_lost_or_doubled() {
     drop(s);
     let all = listed(&f);
     assert!(!compactions(&all).is_empty(), "compactions ran: {all:#?}");
-    let v = run(
-        "backup-server",
-        &[
-            "verify",
-            "--all",
-            "--destination",
-            &f.dest,
-            "--key-file",
-            &f.key,
-            "--catalog",
-            &f.catalog(),
-        ],
-        &[],
-    );
+    let v = verify(&f, "--all");
     assert_eq!(v.code, Some(0), "{v:?}");
     restore_holds_the_whole_table(&f, &pg, &db).await;
 }

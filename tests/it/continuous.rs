@@ -250,23 +250,53 @@ async fn every_stored_event_reaches_the_destination_within_seconds_exactly_once(
     restore_holds_the_whole_table(&f, &pg, &db).await;
 
     // To an instant inside the window: exactly the events stored up to it.
+    restore_until_holds_the_events_up_to(&f, &pg, &pool, 100).await;
+}
+
+/// `restore latest --until` the time of the store's `offset`-th event (in time order) into a
+/// fresh database holds exactly the events stored up to that instant.
+pub(crate) async fn restore_until_holds_the_events_up_to(
+    f: &Fixture,
+    pg: &str,
+    pool: &sqlx::PgPool,
+    offset: i64,
+) {
     let (mid,): (chrono::DateTime<chrono::Utc>,) = sqlx::query_as(
-        r#"SELECT "timestamp" FROM event_records ORDER BY "timestamp" OFFSET 100 LIMIT 1"#,
+        r#"SELECT "timestamp" FROM event_records ORDER BY "timestamp" OFFSET $1 LIMIT 1"#,
     )
-    .fetch_one(&pool)
+    .bind(offset)
+    .fetch_one(pool)
     .await
     .expect("mid");
     let until = mid.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let upto = fresh_events_db(&pg).await;
+    let upto = fresh_events_db(pg).await;
     let out = f.restore(&["latest", "--events-db", &upto, "--until", &until]);
     assert_eq!(out.code, Some(0), "{out:?}");
     let n: i64 =
         sqlx::query_scalar(r#"SELECT count(*) FROM event_records WHERE "timestamp" <= $1"#)
             .bind(mid)
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await
             .expect("count");
     assert_eq!(table_events(&upto).await.len() as i64, n);
+}
+
+/// `backup-server verify TARGET` (an id, `latest` or `--all`) of the fixture's destination.
+pub(crate) fn verify(f: &Fixture, target: &str) -> monoskope_backup_tests::Out {
+    run(
+        "backup-server",
+        &[
+            "verify",
+            target,
+            "--destination",
+            &f.dest,
+            "--key-file",
+            &f.key,
+            "--catalog",
+            &f.catalog(),
+        ],
+        &[],
+    )
 }
 
 #[test]
