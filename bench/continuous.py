@@ -240,13 +240,7 @@ def main():
         "s3_cost_per_month_usd": round((puts / hours * PUT_PER_1000 + gets / hours * GET_PER_1000)
                                        / 1000 * 24 * 30, 2),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
-    with psycopg.connect(pg, autocommit=True) as c:
-        c.execute(f"DROP DATABASE {db} WITH (FORCE)")
+    report(a, pg, db, result)
 
 
 def latencies(url, manifests, committed):
@@ -386,9 +380,15 @@ def compaction(a, n, url, dest, s3, env, key, catalog):
 
 
 def finish(a, srv, proxy, pg, db, result):
+    """Stops the service and the proxy, then reports."""
     srv.terminate()
     srv.wait()
     proxy.shutdown()
+    report(a, pg, db, result)
+
+
+def report(a, pg, db, result):
+    """Prints the result (and writes it to --out), and drops the benchmark's database."""
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:
