@@ -427,6 +427,98 @@ async fn idle_reconciliation_writes_nothing_at_the_destination() {
     ));
 }
 
+/// A writer whose sessions PostgreSQL does not count (`track_counts` off for its role: the change
+/// counter stands still) is found by reconciliation, even after reconciliation backed off while
+/// idle; and once it has been, reconciliation no longer backs off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_change_counter_does_not_show_are_found_by_reconciliation() {
+    use std::str::FromStr;
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let (db, pool) = empty_events_table(&pg).await;
+    let uncounted = sqlx::PgPool::connect_with(
+        sqlx::postgres::PgConnectOptions::from_str(&db)
+            .expect("url")
+            .options([("track_counts", "off")]),
+    )
+    .await
+    .expect("pg");
+    drop(pool);
+    let aggregates: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    // Every write uncounted: the counter never moves, only reconciliation finds events.
+    store_rows(&uncounted, 0, 6, &aggregates).await;
+    let f = Fixture::new();
+    let _s = serve_continuous(&f, &db, &["--continuous-reconcile", "1s"]);
+    assert!(wait_until(
+        Duration::from_secs(15),
+        || events_at_destination(&f).0 == 6
+    ));
+    // Idle: reconciliation backs off (1 s, 2 s, 4 s, 8 s, … up to 16 s).
+    std::thread::sleep(Duration::from_secs(8));
+    store_rows(&uncounted, 6, 1, &aggregates).await;
+    assert!(
+        wait_until(Duration::from_secs(40), || events_at_destination(&f).0 == 7),
+        "an uncounted event is found by reconciliation"
+    );
+    // The counter missed one: from now on every second again, however long the store is idle.
+    std::thread::sleep(Duration::from_secs(8));
+    store_rows(&uncounted, 7, 1, &aggregates).await;
+    let started = Instant::now();
+    assert!(wait_until(
+        Duration::from_secs(40),
+        || events_at_destination(&f).0 == 8
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "found {:?} after the insert: reconciliation backed off again",
+        started.elapsed()
+    );
+}
+
+/// The end of a burst: PostgreSQL reports a backend's counts at most once a second and holds
+/// back what it counted within that second until ten idle seconds have passed. The follower
+/// looks on after the counter moved, so the held-back event arrives within seconds, not ten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_a_burst_arrives_within_seconds_though_its_count_is_held_back() {
+    let Some(pg) = service_env("TEST_PG_URL") else {
+        return;
+    };
+    let (db, pool) = empty_events_table(&pg).await;
+    drop(pool);
+    // One connection, one backend: its counts are reported together.
+    let writer = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db)
+        .await
+        .expect("pg");
+    let aggregates: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    store_rows(&writer, 0, 3, &aggregates).await;
+    let f = Fixture::new();
+    let _s = serve_continuous(&f, &db, &["--continuous-reconcile", "10m"]);
+    assert!(wait_until(
+        Duration::from_secs(15),
+        || events_at_destination(&f).0 == 3
+    ));
+    // Idle long enough that the backend's held-back counts are reported and the next event is
+    // reported at once.
+    std::thread::sleep(Duration::from_secs(11));
+    store_rows(&writer, 3, 1, &aggregates).await;
+    std::thread::sleep(Duration::from_millis(500));
+    // Within a second of the last report: counted, but not reported for ten seconds.
+    store_rows(&writer, 4, 1, &aggregates).await;
+    let stored = Instant::now();
+    assert!(wait_until(
+        Duration::from_secs(30),
+        || events_at_destination(&f).0 == 5
+    ));
+    assert!(
+        stored.elapsed() < Duration::from_secs(5),
+        "the held-back event arrived {:?} after its insert",
+        stored.elapsed()
+    );
+}
+
 /// The events database goes away under the follower (the EventStore's database restarted, or the
 /// network between cut): every connection dropped mid-run, refused for a while, then back. The
 /// follower reconnects by itself and, after the last write, the destination holds every stored

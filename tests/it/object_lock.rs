@@ -1,16 +1,26 @@
-//! S3 Object Lock against the S3 test server, which enforces locks: every object of a backup
-//! carries the mode and a retention date; a direct delete of a locked version is refused by the
-//! server; retention keeps a locked backup and says why, and never attempts the delete; a bucket
-//! without object lock is a clear error at start, with nothing written.
+//! S3 Object Lock against both S3 test servers (moto and versitygw), which enforce locks: every
+//! object of a backup carries the mode and a retention date; a direct delete of a locked version
+//! is refused by the server; retention keeps a locked backup and says why, and never attempts the
+//! delete; a bucket without object lock is a clear error at start, with nothing written.
 
 use monoskope_backup_tests::fixture::{sample, store, Fixture};
 use monoskope_backup_tests::{new_bucket, run, s3_client, service_env, Devstore, S3_ENV};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_object_is_locked_and_retention_never_deletes_before_the_date() {
-    let Some(endpoint) = service_env("TEST_S3_ENDPOINT") else {
-        return;
-    };
+    if let Some(endpoint) = service_env("TEST_S3_ENDPOINT") {
+        locks_every_object(endpoint).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versitygw_locks_every_object_and_retention_never_deletes_before_the_date() {
+    if let Some(endpoint) = service_env("TEST_VERSITYGW_ENDPOINT") {
+        locks_every_object(endpoint).await;
+    }
+}
+
+async fn locks_every_object(endpoint: String) {
     let s3 = s3_client(&endpoint);
     let bucket = format!("mbk-lock-{}", uuid::Uuid::new_v4().simple());
     s3.create_bucket()

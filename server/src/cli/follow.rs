@@ -15,10 +15,19 @@
 //! - every `interval`, PostgreSQL's count of rows inserted, updated and deleted in
 //!   `event_records` (`pg_stat_user_tables`, a few bytes, no read of the table): when it moved,
 //!   a segment — the fallback when the bus is down, not configured or lost a message (not on
-//!   CockroachDB, which keeps no such counter: there the bus and reconciliation alone);
+//!   CockroachDB, which keeps no such counter: there the bus and reconciliation alone). A backend
+//!   reports its counts at most once a second, and what it counted within that second only when
+//!   it next reports or after ten idle seconds (PostgreSQL's `PGSTAT_MIN_INTERVAL` and
+//!   `PGSTAT_IDLE_INTERVAL`): so after the counter moved, segments go on every interval until one
+//!   has started [`STATS_LAG`] after the move, which finds the end of a burst in seconds;
 //! - at least every `reconcile` (and after every failure), a segment anyway, so an event neither
 //!   showed (statistics are flushed within about a second; a reset; a publish the store never
-//!   made because it crashed between insert and publish) is still backed up.
+//!   made because it crashed between insert and publish) is still backed up. While the counter
+//!   stands still and each reconciliation finds nothing, the time to the next doubles, up to
+//!   [`RECONCILE_BACKOFF`] times `reconcile`; the first change brings it back. Where there is no
+//!   counter (CockroachDB, `track_counts` off) reconciliation is what finds events: never longer;
+//!   and once a reconciliation finds events the counter did not show (a writer whose sessions
+//!   do not count), never longer again in this process.
 //!
 //! A segment that finds nothing new writes nothing at the destination. Once a chain's oldest
 //! segment is `compact` old, its segments become one incremental (`engine::compact`).
@@ -30,8 +39,13 @@ use crate::engine::{Engine, EngineError};
 use crate::identity::Identity;
 use crate::ops::metrics;
 
-/// The count of changes PostgreSQL has recorded for the events table.
-const CHANGES: &str = "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint FROM pg_stat_user_tables WHERE relname = 'event_records'";
+/// The count of changes PostgreSQL has recorded for the events table; NULL when it records none
+/// (`track_counts` off).
+const CHANGES: &str = "SELECT CASE WHEN current_setting('track_counts')::bool THEN (SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint FROM pg_stat_user_tables WHERE relname = 'event_records') END";
+
+/// While the store's change counter stands still, reconciliation backs off to at most this many
+/// times `reconcile` (16 minutes at the default).
+pub const RECONCILE_BACKOFF: u32 = 16;
 
 /// The longest time between two reconciling segments, unless configured.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(60);
@@ -41,6 +55,10 @@ pub const COMPACT_AFTER: Duration = Duration::from_secs(3600);
 
 /// The longest time between two looks for segments to compact (and at most half the age).
 const COMPACT_CHECK: Duration = Duration::from_secs(60);
+
+/// How long after a backend reported its counts it may hold back the next ones (PostgreSQL
+/// reports at most once a second): the follower keeps looking that long after the counter moved.
+const STATS_LAG: Duration = Duration::from_millis(1100);
 
 /// After the first message of a quiet spell, how long to gather the rest of its burst.
 const GATHER: Duration = Duration::from_millis(500);
@@ -82,6 +100,11 @@ pub async fn run(engine: Engine, f: Follow) {
     let mut pool = None;
     let mut seen: Option<i64> = None;
     let mut counterless = false;
+    let mut reconcile_every = f.reconcile;
+    let mut counter_missed = false;
+    // When the counter was last seen to move, while a segment that started at least STATS_LAG
+    // after it is still to come.
+    let mut moved_at: Option<Instant> = None;
     let mut pending_since: Option<Instant> = None;
     let mut last_ok: Option<Instant> = None;
     let mut last_written: Option<Instant> = None;
@@ -143,21 +166,34 @@ pub async fn run(engine: Engine, f: Follow) {
         }
         let changes = match &pool {
             Some(_) if counterless => Some(0),
-            Some(p) => sqlx::query_scalar::<_, i64>(CHANGES)
+            Some(p) => match sqlx::query_scalar::<_, Option<i64>>(CHANGES)
                 .fetch_one(p)
                 .await
-                .ok(),
+            {
+                Ok(Some(n)) => Some(n),
+                Ok(None) => {
+                    tracing::warn!(bus = heard.is_some(), reconcile = %humantime::format_duration(f.reconcile), "continuous backup: PostgreSQL records no changes (track_counts is off); new events are found by the bus (when configured) and by reconciliation");
+                    counterless = true;
+                    Some(0)
+                }
+                Err(_) => None,
+            },
             None => None,
         };
         let changed = changes.is_none() || changes != seen;
         if changed && pending_since.is_none() {
             pending_since = Some(Instant::now());
         }
-        let reconcile = last_ok.is_none_or(|t| t.elapsed() >= f.reconcile);
+        if changed && !counterless {
+            moved_at = Some(Instant::now());
+        }
+        let reconcile = last_ok.is_none_or(|t| t.elapsed() >= reconcile_every);
         lag(pending_since);
-        if !changed && !reconcile && pending_since.is_none() {
+        if !changed && !reconcile && pending_since.is_none() && moved_at.is_none() {
             continue;
         }
+        // Only the clock asked for this one: nothing moved lately, nothing was heard.
+        let reconciling = !changed && pending_since.is_none() && moved_at.is_none();
         let started = Instant::now();
         match engine.segment(&who).await {
             Ok(Some(r)) if r.error.is_some() => {
@@ -175,6 +211,19 @@ pub async fn run(engine: Engine, f: Follow) {
                 seen = changes;
                 pending_since = None;
                 last_ok = Some(Instant::now());
+                if moved_at.is_some_and(|t| started >= t + STATS_LAG) {
+                    moved_at = None;
+                }
+                let found = r.as_ref().is_some_and(|r| r.event_count > 0);
+                if reconciling && found && !counterless && !counter_missed {
+                    tracing::warn!(reconcile = %humantime::format_duration(f.reconcile), "continuous backup: reconciliation found events PostgreSQL's change counter did not show (a writer with track_counts off?); reconciling every interval given from now on, without backing off");
+                    counter_missed = true;
+                }
+                reconcile_every = next_reconcile(
+                    reconcile_every,
+                    f.reconcile,
+                    reconciling && !found && !counterless && !counter_missed,
+                );
             }
             Err(e @ (EngineError::Busy { .. } | EngineError::BusyElsewhere { .. })) => {
                 tracing::debug!("continuous segment waits: {e}");
@@ -197,6 +246,17 @@ pub async fn run(engine: Engine, f: Follow) {
 /// the last segment's duration `took`, and at least half the interval.
 fn cadence(interval: Duration, took: Duration) -> Duration {
     interval.saturating_sub(took).max(interval / 2)
+}
+
+/// The time to the reconciliation after one: doubled (up to [`RECONCILE_BACKOFF`] times `base`)
+/// when it was `idle` — prompted by the clock alone, found nothing, with a change counter that
+/// stood still — else `base`.
+fn next_reconcile(now: Duration, base: Duration, idle: bool) -> Duration {
+    if idle {
+        (now * 2).min(base * RECONCILE_BACKOFF)
+    } else {
+        base
+    }
 }
 
 /// Compacts what is due; a failure is logged (and recorded by the engine), and tried again at
@@ -223,5 +283,19 @@ mod tests {
         assert_eq!(cadence(s(5), Duration::ZERO), s(5));
         assert_eq!(cadence(s(5), s(4)), ms(2500));
         assert_eq!(cadence(s(1), s(3)), ms(500));
+    }
+
+    #[test]
+    fn reconciliation_backs_off_while_idle_to_sixteen_times_and_returns_at_the_first_change() {
+        let s = Duration::from_secs;
+        let mut every = s(60);
+        let mut seen = vec![];
+        for _ in 0..6 {
+            every = next_reconcile(every, s(60), true);
+            seen.push(every.as_secs());
+        }
+        assert_eq!(seen, [120, 240, 480, 960, 960, 960]);
+        assert_eq!(next_reconcile(every, s(60), false), s(60));
+        assert_eq!(next_reconcile(s(60), s(60), false), s(60));
     }
 }

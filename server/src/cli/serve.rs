@@ -83,8 +83,9 @@ pub struct ServeArgs {
     /// How often continuous backup looks for new events (config `backup.continuous.interval`).
     #[arg(long, env = "BACKUP_CONTINUOUS_INTERVAL")]
     pub continuous_interval: Option<String>,
-    /// The longest time between two reconciling segments, which find any event the bus and the
-    /// table's statistics did not show (config `backup.continuous.reconcile`; default 60s).
+    /// The time between two reconciling segments, which find any event the bus and the table's
+    /// statistics did not show; while the statistics stand still and each reconciliation finds
+    /// nothing it doubles, up to 16 times (config `backup.continuous.reconcile`; default 60s).
     #[arg(long, env = "BACKUP_CONTINUOUS_RECONCILE")]
     pub continuous_reconcile: Option<String>,
     /// Compact a chain's continuous segments into one incremental once its oldest segment is

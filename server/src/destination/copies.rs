@@ -27,7 +27,8 @@ async fn copy_object(
     key: &str,
 ) -> anyhow::Result<(u64, String)> {
     let mut reader = from.get(key).await?;
-    let mut upload = to.upload(key).await?;
+    // Lazy: most archives copied are small (segments every few seconds), one PutObject each.
+    let mut upload = to.upload_lazily(key).await?;
     let mut sha = Sha256::new();
     let mut total = 0u64;
     loop {

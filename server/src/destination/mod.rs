@@ -89,6 +89,13 @@ pub trait Destination: Send + Sync + std::fmt::Debug {
     fn url(&self) -> String;
     /// Starts a streaming upload of `key`.
     async fn upload(&self, key: &str) -> Result<Box<dyn Upload>, DestinationError>;
+    /// An upload of `key` that asks nothing of the destination until it must: one that fits a
+    /// part is written at once when it completes (on S3 one PutObject instead of three multipart
+    /// requests), one aborted before a second part costs nothing. For the small and often empty
+    /// archives of continuous backup; a destination that cannot be reached is found only then.
+    async fn upload_lazily(&self, key: &str) -> Result<Box<dyn Upload>, DestinationError> {
+        self.upload(key).await
+    }
     /// Writes a small object at once (atomically visible).
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), DestinationError>;
     /// Reads an object as a stream.

@@ -1,6 +1,7 @@
-//! Any S3-compatible bucket through `aws-sdk-s3`: streaming multipart uploads (flat memory),
-//! the SDK's retries with backoff for transient errors, immediate clear failures for permanent
-//! ones (403, no such bucket), and an aborted multipart upload on any failure.
+//! Any S3-compatible bucket through `aws-sdk-s3`: streaming multipart uploads (flat memory; a
+//! lazy upload that fits one part is one PutObject), the SDK's retries with backoff for transient
+//! errors, immediate clear failures for permanent ones (403, no such bucket), and an aborted
+//! multipart upload on any failure.
 
 use std::time::Duration;
 
@@ -185,6 +186,37 @@ impl S3Destination {
         })
     }
 
+    fn s3_upload(&self, key: String, upload_id: Option<String>) -> Box<dyn Upload> {
+        Box::new(S3Upload {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key,
+            upload_id,
+            held: None,
+            parts: Vec::new(),
+            lock: self.lock,
+        })
+    }
+
+    /// Reads `key` (or the HTTP `range` of it) as a stream.
+    async fn get_object(
+        &self,
+        key: &str,
+        range: Option<String>,
+    ) -> Result<ObjectReader, DestinationError> {
+        let full = self.key(key);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .set_range(range)
+            .send()
+            .await
+            .map_err(|e| classify(&full, &self.bucket, e))?;
+        Ok(Box::pin(out.body.into_async_read()))
+    }
+
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -237,36 +269,94 @@ struct S3Upload {
     client: Client,
     bucket: String,
     key: String,
-    upload_id: String,
+    /// `None` until the multipart upload is started: a lazy upload starts it at its second part.
+    upload_id: Option<String>,
+    /// A lazy upload's first part, held until it is known whether another follows.
+    held: Option<Vec<u8>>,
     parts: Vec<CompletedPart>,
     lock: Option<ObjectLock>,
+}
+
+/// Starts a multipart upload of `key` (locked as `lock` says); returns its id.
+async fn create_multipart(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    lock: Option<&ObjectLock>,
+) -> Result<String, DestinationError> {
+    let mut req = client.create_multipart_upload().bucket(bucket).key(key);
+    if let Some(l) = lock {
+        req = req
+            .object_lock_mode(l.mode.sdk())
+            .object_lock_retain_until_date(l.sdk_until());
+    }
+    let out = req
+        .send()
+        .await
+        .map_err(|e| classify(&format!("start upload of {key}"), bucket, e))?;
+    out.upload_id
+        .ok_or_else(|| DestinationError::Other("the S3 server returned no upload id".into()))
+}
+
+/// Writes `bytes` as the object `key` in one request (locked as `lock` says).
+async fn put_object(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    bytes: Vec<u8>,
+    lock: Option<&ObjectLock>,
+) -> Result<(), DestinationError> {
+    let mut req = client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(bytes));
+    if let Some(l) = lock {
+        req = req
+            .object_lock_mode(l.mode.sdk())
+            .object_lock_retain_until_date(l.sdk_until());
+    }
+    req.send()
+        .await
+        .map_err(|e| classify(&format!("put {key}"), bucket, e))?;
+    Ok(())
 }
 
 #[async_trait::async_trait]
 impl Upload for S3Upload {
     async fn write_part(&mut self, part: Vec<u8>) -> Result<(), DestinationError> {
-        let n = self.parts.len() as i32 + 1;
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .part_number(n)
-            .body(ByteStream::from(part))
-            .send()
-            .await
-            .map_err(|e| classify(&format!("upload part {n} of {}", self.key), &self.bucket, e))?;
-        self.parts.push(
-            CompletedPart::builder()
-                .part_number(n)
-                .set_e_tag(out.e_tag)
-                .build(),
-        );
-        Ok(())
+        let upload_id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                // Lazy: the first part waits; a second means a multipart upload after all.
+                let Some(first) = self.held.take() else {
+                    self.held = Some(part);
+                    return Ok(());
+                };
+                let id =
+                    create_multipart(&self.client, &self.bucket, &self.key, self.lock.as_ref())
+                        .await?;
+                self.upload_id = Some(id.clone());
+                self.send_part(&id, first).await?;
+                id
+            }
+        };
+        self.send_part(&upload_id, part).await
     }
 
     async fn complete(self: Box<Self>) -> Result<(), DestinationError> {
+        let Some(upload_id) = self.upload_id.clone() else {
+            // A lazy upload that fit one part: one request.
+            let body = self.held.unwrap_or_default();
+            return put_object(
+                &self.client,
+                &self.bucket,
+                &self.key,
+                body,
+                self.lock.as_ref(),
+            )
+            .await;
+        };
         let parts = CompletedMultipartUpload::builder()
             .set_parts(Some(self.parts.clone()))
             .build();
@@ -275,7 +365,7 @@ impl Upload for S3Upload {
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(&self.key)
-            .upload_id(&self.upload_id)
+            .upload_id(&upload_id)
             .multipart_upload(parts)
             .send()
             .await;
@@ -309,17 +399,45 @@ impl Upload for S3Upload {
     }
 
     async fn abort(self: Box<Self>) {
+        // A lazy upload not yet started has nothing at the destination.
+        let Some(upload_id) = &self.upload_id else {
+            return;
+        };
         let res = self
             .client
             .abort_multipart_upload()
             .bucket(&self.bucket)
             .key(&self.key)
-            .upload_id(&self.upload_id)
+            .upload_id(upload_id)
             .send()
             .await;
         if let Err(e) = res {
             tracing::warn!(key = %self.key, error = %classify("abort multipart upload", &self.bucket, e), "could not abort the multipart upload; retention removes it after a day");
         }
+    }
+}
+
+impl S3Upload {
+    async fn send_part(&mut self, upload_id: &str, part: Vec<u8>) -> Result<(), DestinationError> {
+        let n = self.parts.len() as i32 + 1;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id)
+            .part_number(n)
+            .body(ByteStream::from(part))
+            .send()
+            .await
+            .map_err(|e| classify(&format!("upload part {n} of {}", self.key), &self.bucket, e))?;
+        self.parts.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag)
+                .build(),
+        );
+        Ok(())
     }
 }
 
@@ -331,77 +449,33 @@ impl Destination for S3Destination {
 
     async fn upload(&self, key: &str) -> Result<Box<dyn Upload>, DestinationError> {
         let full = self.key(key);
-        let mut req = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full);
-        if let Some(l) = &self.lock {
-            req = req
-                .object_lock_mode(l.mode.sdk())
-                .object_lock_retain_until_date(l.sdk_until());
-        }
-        let out = req
-            .send()
-            .await
-            .map_err(|e| classify(&format!("start upload of {full}"), &self.bucket, e))?;
-        let upload_id = out
-            .upload_id
-            .ok_or_else(|| DestinationError::Other("the S3 server returned no upload id".into()))?;
-        Ok(Box::new(S3Upload {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
-            key: full,
-            upload_id,
-            parts: Vec::new(),
-            lock: self.lock,
-        }))
+        let upload_id =
+            create_multipart(&self.client, &self.bucket, &full, self.lock.as_ref()).await?;
+        Ok(self.s3_upload(full, Some(upload_id)))
+    }
+
+    async fn upload_lazily(&self, key: &str) -> Result<Box<dyn Upload>, DestinationError> {
+        Ok(self.s3_upload(self.key(key), None))
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), DestinationError> {
-        let full = self.key(key);
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .body(ByteStream::from(bytes));
-        if let Some(l) = &self.lock {
-            req = req
-                .object_lock_mode(l.mode.sdk())
-                .object_lock_retain_until_date(l.sdk_until());
-        }
-        req.send()
-            .await
-            .map_err(|e| classify(&format!("put {full}"), &self.bucket, e))?;
-        Ok(())
+        put_object(
+            &self.client,
+            &self.bucket,
+            &self.key(key),
+            bytes,
+            self.lock.as_ref(),
+        )
+        .await
     }
 
     async fn get(&self, key: &str) -> Result<ObjectReader, DestinationError> {
-        let full = self.key(key);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-            .map_err(|e| classify(&full, &self.bucket, e))?;
-        Ok(Box::pin(out.body.into_async_read()))
+        self.get_object(key, None).await
     }
 
     async fn get_prefix(&self, key: &str, len: u64) -> Result<ObjectReader, DestinationError> {
-        let full = self.key(key);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .range(format!("bytes=0-{}", len.max(1) - 1))
-            .send()
+        self.get_object(key, Some(format!("bytes=0-{}", len.max(1) - 1)))
             .await
-            .map_err(|e| classify(&full, &self.bucket, e))?;
-        Ok(Box::pin(out.body.into_async_read()))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, DestinationError> {

@@ -187,9 +187,14 @@ pub(super) async fn run(
         .bounded_with(
             deadline,
             async {
-                dest.upload(&archive_key)
-                    .await
-                    .context("cannot start the upload")
+                // A segment is small and often finds nothing new: its upload asks nothing of
+                // the destination until it completes (one request) or never (nothing new).
+                if attempt.segment {
+                    dest.upload_lazily(&archive_key).await
+                } else {
+                    dest.upload(&archive_key).await
+                }
+                .context("cannot start the upload")
             },
             || timed_out(" (the destination did not answer)"),
             interrupted,

@@ -177,7 +177,15 @@ pub(super) async fn run(
         caller: crate::identity::Identity::default(),
     };
     let result = async {
-        let restored = super::restore::run(&scratch_cfg, &req, &Sink::Api, chain, progress).await?;
+        let restored = super::restore::run(
+            &scratch_cfg,
+            &req,
+            &Sink::Api,
+            chain,
+            &Default::default(),
+            progress,
+        )
+        .await?;
         let archive = archive_digest(cfg, chain)
             .await
             .map_err(|e| EngineError::Corrupt(error_line(e.as_ref())))?;

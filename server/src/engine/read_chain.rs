@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::restore::Damaged;
 use super::{EngineConfig, Progress};
+use crate::archive::envelope::KeyFile;
 use crate::archive::{ArchiveReader, Record, RecordView};
 use crate::destination::manifest::Manifest;
 use crate::sink::table::{CopyRows, ROW_BATCH_BYTES};
@@ -30,7 +31,14 @@ pub(super) fn records(
     base: (Manifest, Watermark),
 ) -> super::backup::RecordStream {
     use futures::StreamExt;
-    let (rx, _reader) = spawn_reader::<Vec<Record>>(cfg, chain, Some(base), None, Arc::default());
+    let (rx, _reader) = spawn_reader::<Vec<Record>>(
+        cfg,
+        chain,
+        Some(base),
+        None,
+        Arc::default(),
+        &KeyFiles::default(),
+    );
     let batches = futures::stream::unfold(Some(rx), |rx| async move {
         let mut rx = rx?;
         match rx.recv().await {
@@ -112,6 +120,10 @@ impl Fill for Counted {
     }
 }
 
+/// Key files already read, by archive key (the restore's head checks read every link's): a link
+/// found here is not asked for again.
+pub(super) type KeyFiles = std::collections::HashMap<String, Option<KeyFile>>;
+
 /// Reads the chain's archives in order on a blocking thread and sends their records (up to
 /// `until`): `Ok(Some)` per batch, then `Ok(None)` once every link checked out, or an `Err`
 /// naming the link — never a record of an unauthenticated chunk. Each link must be the backup
@@ -125,11 +137,13 @@ pub(super) fn spawn_reader<F: Fill>(
     base: Option<(Manifest, Watermark)>,
     until: Option<prost_types::Timestamp>,
     progress: Arc<Progress>,
+    known: &KeyFiles,
 ) -> (Batches<F>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(4);
     let dest = cfg.destination.clone();
     let keys = cfg.keys.clone();
     let chain = chain.to_vec();
+    let known = known.clone();
     let handle = tokio::spawn(async move {
         let n = chain.len() + usize::from(base.is_some());
         let (base, mut held) = match base {
@@ -139,9 +153,11 @@ pub(super) fn spawn_reader<F: Fill>(
         let mut bytes_before = 0u64;
         // The next link's key file and archive stream are requested while this one is read, so
         // a chain of many archives costs about what one archive of its events does.
-        let mut next = chain
-            .first()
-            .map(|m| fetch(dest.clone(), m.archive_key.clone()));
+        let fetch = |m: &Manifest| {
+            let key_file = known.get(&m.archive_key).cloned();
+            fetch(dest.clone(), m.archive_key.clone(), key_file)
+        };
+        let mut next = chain.first().map(fetch);
         for (i, m) in chain.iter().enumerate() {
             let number = i + 1 + usize::from(base.is_some());
             let link = if n > 1 {
@@ -153,9 +169,7 @@ pub(super) fn spawn_reader<F: Fill>(
                 Some(f) => f.await.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}"))),
                 None => Err(anyhow::anyhow!("the link was not requested")),
             };
-            next = chain
-                .get(i + 1)
-                .map(|m| fetch(dest.clone(), m.archive_key.clone()));
+            next = chain.get(i + 1).map(fetch);
             let (key_file, reader) = match fetched {
                 Ok(v) => v,
                 Err(e) => {
@@ -283,18 +297,17 @@ pub(super) fn spawn_reader<F: Fill>(
     (rx, handle)
 }
 
-/// Requests an archive's key file and then its stream, on a task of its own.
+/// Requests an archive's key file (unless `known`) and then its stream, on a task of its own.
 fn fetch(
     dest: Arc<dyn crate::destination::Destination>,
     archive_key: String,
-) -> tokio::task::JoinHandle<
-    anyhow::Result<(
-        Option<crate::archive::envelope::KeyFile>,
-        crate::destination::ObjectReader,
-    )>,
-> {
+    known: Option<Option<KeyFile>>,
+) -> tokio::task::JoinHandle<anyhow::Result<(Option<KeyFile>, crate::destination::ObjectReader)>> {
     tokio::spawn(async move {
-        let key_file = crate::destination::keyfile::load(dest.as_ref(), &archive_key).await?;
+        let key_file = match known {
+            Some(k) => k,
+            None => crate::destination::keyfile::load(dest.as_ref(), &archive_key).await?,
+        };
         let reader = dest.get(&archive_key).await?;
         Ok((key_file, reader))
     })

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use super::read_chain::{spawn_reader, Counted};
+use super::read_chain::{spawn_reader, Counted, KeyFiles};
 use super::{EngineConfig, EngineError, Progress};
 use crate::archive::{ArchiveError, ArchiveReader, Record};
 use crate::destination::manifest::Manifest;
@@ -136,6 +136,9 @@ pub struct RestorePlan {
     pub existing: u64,
     /// Where the events go, named (database and table, or the EventStore's address).
     pub target: String,
+    /// Every link's key file as its check read it: the restore reads the archives with these
+    /// rather than asking the destination for each again.
+    pub key_files: KeyFiles,
 }
 
 impl RestorePlan {
@@ -241,17 +244,22 @@ pub(super) async fn prepare(
     {
         use futures::{StreamExt, TryStreamExt};
         let checks: Vec<_> = chain.iter().map(|m| check_head(cfg, m)).collect();
-        futures::stream::iter(checks)
+        let key_files = futures::stream::iter(checks)
             .buffered(8)
-            .try_collect::<Vec<()>>()
+            .try_collect::<Vec<_>>()
             .await?;
+        Ok(RestorePlan {
+            key_files: chain
+                .iter()
+                .map(|m| m.archive_key.clone())
+                .zip(key_files)
+                .collect(),
+            sink,
+            chain,
+            existing,
+            target,
+        })
     }
-    Ok(RestorePlan {
-        sink,
-        chain,
-        existing,
-        target,
-    })
 }
 
 /// The most an archive's head can take: 16 bytes, a header and a key envelope of at most
@@ -260,7 +268,11 @@ const HEAD_MAX: u64 = 20 + 2 * 64 * 1024;
 
 /// Opens the archive of `m` with the configured keys and checks its authenticated header
 /// against the manifest: a wrong or missing key, a damaged key file or a swapped manifest.
-async fn check_head(cfg: &EngineConfig, m: &Manifest) -> Result<(), EngineError> {
+/// Returns the key file it read, for the restore to read the archive with.
+async fn check_head(
+    cfg: &EngineConfig,
+    m: &Manifest,
+) -> Result<Option<crate::archive::envelope::KeyFile>, EngineError> {
     let key_file = crate::destination::keyfile::load(cfg.destination.as_ref(), &m.archive_key)
         .await
         .map_err(|e| match e {
@@ -280,13 +292,14 @@ async fn check_head(cfg: &EngineConfig, m: &Manifest) -> Result<(), EngineError>
         .await
         .map_err(|e| EngineError::Unavailable(format!("backup {}: {e}", m.id)))?;
     let keys = cfg.keys.clone();
-    let (header, key_ids) = tokio::task::spawn_blocking(move || {
+    let (header, key_ids, key_file) = tokio::task::spawn_blocking(move || {
         ArchiveReader::open_with_key_file(
             tokio_util::io::SyncIoBridge::new(reader),
             &keys,
             key_file.as_ref(),
         )
         .map(|r| (r.header().clone(), r.key_ids().to_vec()))
+        .map(|(h, k)| (h, k, key_file))
     })
     .await
     .map_err(|e| EngineError::Internal(anyhow::anyhow!("{e}")))?
@@ -300,7 +313,7 @@ async fn check_head(cfg: &EngineConfig, m: &Manifest) -> Result<(), EngineError>
             problems.join("; ")
         )));
     }
-    Ok(())
+    Ok(key_file)
 }
 
 /// A backup that does not hold what its manifest and chain say (a swapped or edited manifest,
@@ -329,11 +342,13 @@ pub(super) async fn run(
     req: &RestoreRequest,
     sink: &Sink,
     chain: &[Manifest],
+    key_files: &KeyFiles,
     progress: Arc<Progress>,
 ) -> Result<u64, EngineError> {
     match sink {
         Sink::Table(table) => {
-            let (rx, reader) = spawn_reader::<CopyRows>(cfg, chain, None, req.until, progress);
+            let (rx, reader) =
+                spawn_reader::<CopyRows>(cfg, chain, None, req.until, progress, key_files);
             let res = table.restore(rx, req.drop_existing).await;
             reader.abort();
             res.map_err(|e| match e {
@@ -352,8 +367,14 @@ pub(super) async fn run(
         Sink::Api => {
             // Pass 1: every link must authenticate and continue the chain before the first
             // Store call.
-            let (mut rx, reader) =
-                spawn_reader::<Counted>(cfg, chain, None, req.until, Arc::new(Progress::default()));
+            let (mut rx, reader) = spawn_reader::<Counted>(
+                cfg,
+                chain,
+                None,
+                req.until,
+                Arc::new(Progress::default()),
+                key_files,
+            );
             loop {
                 match rx.recv().await {
                     Some(Ok(Some(_))) => {}
@@ -374,7 +395,7 @@ pub(super) async fn run(
             }
             // Pass 2: stream the records to Store.
             let (mut rx, reader) =
-                spawn_reader::<Vec<Record>>(cfg, chain, None, req.until, progress);
+                spawn_reader::<Vec<Record>>(cfg, chain, None, req.until, progress, key_files);
             let (tx, store_rx) = mpsc::channel::<Record>(1024);
             let forward = tokio::spawn(async move {
                 while let Some(item) = rx.recv().await {

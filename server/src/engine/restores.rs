@@ -50,7 +50,12 @@ impl Engine {
                 id: r.id.clone(),
             });
         }
-        let restore::RestorePlan { sink, chain, .. } = match self.plan_restore(&req).await {
+        let restore::RestorePlan {
+            sink,
+            chain,
+            key_files,
+            ..
+        } = match self.plan_restore(&req).await {
             Ok(p) => p,
             Err(e) => {
                 self.report_unstarted(Op::Restore, &e, &req.caller).await;
@@ -112,7 +117,7 @@ impl Engine {
                 .interrupt
                 .bounded_with(
                     tokio::time::Instant::now() + engine.cfg.restore_timeout,
-                    restore::run(&engine.cfg, &req, &sink, &chain, progress),
+                    restore::run(&engine.cfg, &req, &sink, &chain, &key_files, progress),
                     || {
                         EngineError::Internal(anyhow::anyhow!(
                             "timed out after {}; {left}",
