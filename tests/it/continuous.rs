@@ -463,17 +463,22 @@ async fn events_the_change_counter_does_not_show_are_found_by_reconciliation() {
     );
     // The counter missed one: from now on every second again, however long the store is idle.
     std::thread::sleep(Duration::from_secs(8));
+    let stored = Instant::now();
     store_rows(&uncounted, 7, 1, &aggregates).await;
-    let started = Instant::now();
-    assert!(wait_until(
-        Duration::from_secs(40),
-        || events_at_destination(&f).0 == 8
-    ));
+    let took = time_until_destination_holds(&f, 8, stored);
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "found {:?} after the insert: reconciliation backed off again",
-        started.elapsed()
+        took < Duration::from_secs(5),
+        "found {took:?} after the insert: reconciliation backed off again"
     );
+}
+
+/// How long after `since` the destination came to hold `n` events (it must within 40 s).
+fn time_until_destination_holds(f: &Fixture, n: u64, since: Instant) -> Duration {
+    assert!(
+        wait_until(Duration::from_secs(40), || events_at_destination(f).0 == n),
+        "the destination never held {n} events"
+    );
+    since.elapsed()
 }
 
 /// The end of a burst: PostgreSQL reports a backend's counts at most once a second and holds
@@ -506,16 +511,12 @@ async fn the_end_of_a_burst_arrives_within_seconds_though_its_count_is_held_back
     store_rows(&writer, 3, 1, &aggregates).await;
     std::thread::sleep(Duration::from_millis(500));
     // Within a second of the last report: counted, but not reported for ten seconds.
-    store_rows(&writer, 4, 1, &aggregates).await;
     let stored = Instant::now();
-    assert!(wait_until(
-        Duration::from_secs(30),
-        || events_at_destination(&f).0 == 5
-    ));
+    store_rows(&writer, 4, 1, &aggregates).await;
+    let took = time_until_destination_holds(&f, 5, stored);
     assert!(
-        stored.elapsed() < Duration::from_secs(5),
-        "the held-back event arrived {:?} after its insert",
-        stored.elapsed()
+        took < Duration::from_secs(5),
+        "the held-back event arrived {took:?} after its insert"
     );
 }
 
