@@ -275,6 +275,53 @@ async fn s3_suite(endpoint: String) {
         .all(|o| o.key().unwrap_or("").starts_with("team/prod/")));
 }
 
+/// A lazy upload asks nothing of S3 until it must, so a missing bucket is found then: at its
+/// completion (one part) or at its second part (a multipart upload begun), as the same clear
+/// error as an eager upload's, and nothing is left.
+#[tokio::test]
+async fn s3_lazy_upload_to_a_missing_bucket_fails_when_it_first_writes() {
+    let Some(endpoint) = service_env("TEST_S3_ENDPOINT") else {
+        return;
+    };
+    set_test_credentials();
+    let d = destination::open("s3://no-such-bucket-mbk/x", &s3_opts(&endpoint))
+        .await
+        .expect("open");
+    let missing = |err: DestinationError| {
+        assert!(matches!(err, DestinationError::Missing(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("bucket no-such-bucket-mbk does not exist"),
+            "{err}"
+        );
+    };
+    let mut up = d
+        .upload_lazily("backups/one.mbk")
+        .await
+        .expect("nothing asked yet");
+    up.write_part(vec![1; 1000])
+        .await
+        .expect("held, nothing sent");
+    missing(
+        up.complete()
+            .await
+            .expect_err("completed into a missing bucket"),
+    );
+    let mut up = d
+        .upload_lazily("backups/two.mbk")
+        .await
+        .expect("nothing asked yet");
+    up.write_part(vec![2; destination::PART_SIZE])
+        .await
+        .expect("held, nothing sent");
+    missing(
+        up.write_part(vec![3; 10])
+            .await
+            .expect_err("a second part starts the multipart upload"),
+    );
+    up.abort().await;
+}
+
 #[tokio::test]
 async fn s3_missing_bucket_and_wrong_credentials_fail_at_once_with_clear_errors() {
     let Some(endpoint) = service_env("TEST_S3_ENDPOINT") else {
